@@ -1,0 +1,43 @@
+-- cancel.lua: turns a granted answer into a cancelled one and returns its
+-- slot to the pool.
+--
+-- KEYS[1] meta, KEYS[2] ans, KEYS[3] left, KEYS[4] free (of ARGV[4]'s pool),
+-- KEYS[5] outbox (redis-lua only; the flusher applies the cancellation in
+-- stream order, after the grant it cancels)
+-- ARGV[1] user
+-- ARGV[2] 'lua' to append to the outbox, else ''
+-- ARGV[3] the code PostgreSQL cancelled, or '' to accept any
+-- ARGV[4] the pool index the caller took keys for
+-- Returns {'noinit'}, {'none'}, {'already', a}, {'not_granted', a},
+-- {'other', a} (code or pool differs) or {'cancelled', a}.
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'noinit'}
+end
+local a = redis.call('HGET', KEYS[2], ARGV[1])
+if not a then
+  return {'none'}
+end
+local kind = string.sub(a, 1, 1)
+if kind == 'C' then
+  return {'already', a}
+end
+if kind ~= 'G' then
+  return {'not_granted', a}
+end
+-- G|pidx|slot|code|seq
+local pidx, slot, code = string.match(a, '^G|(%d+)|(%d+)|([^|]+)|')
+if (ARGV[3] ~= '' and code ~= ARGV[3]) or pidx ~= ARGV[4] then
+  return {'other', a}
+end
+local c = 'C' .. string.sub(a, 2)
+redis.call('HSET', KEYS[2], ARGV[1], c)
+redis.call('INCR', KEYS[3])
+redis.call('ZADD', KEYS[4], slot, slot)
+local exp = redis.call('HGET', KEYS[1], 'exp')
+if exp then
+  redis.call('PEXPIREAT', KEYS[4], exp)
+end
+if ARGV[2] == 'lua' then
+  redis.call('XADD', KEYS[5], '*', 'op', 'c', 'u', ARGV[1], 'c', code)
+end
+return {'cancelled', c}

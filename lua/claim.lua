@@ -1,0 +1,72 @@
+-- claim.lua: one atomic admission decision for the Redis modes.
+--
+-- KEYS[1] meta    hash: opens, closes (ms since epoch, '' = none), exp
+-- KEYS[2] ans     hash: user -> answer (see README of lua/ in ARCHITECTURE.md)
+-- KEYS[3] seq     arrival counter
+-- KEYS[4] left    stock still available at the door for this pool
+-- KEYS[5] hw      highest slot ever handed out in this pool
+-- KEYS[6] free    zset of released slots of this pool (score = slot)
+-- KEYS[7] stream  outbox (redis-lua) or queue (redis-queue); unused by gate
+-- KEYS[8] queued  number of queued claims (redis-queue)
+-- ARGV[1] user, ARGV[2] pool index, ARGV[3] fresh coupon code,
+-- ARGV[4] mode: 'gate' | 'lua' | 'queue'
+--
+-- Returns {'noinit'} when the campaign's state is not loaded (Redis lost it
+-- or it was never built), {'dup', answer} for a repeated claim,
+-- {'not_open'} / {'closed'} outside the window (not remembered), or
+-- {'new', answer}.
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'noinit'}
+end
+local user = ARGV[1]
+local prev = redis.call('HGET', KEYS[2], user)
+if prev then
+  return {'dup', prev}
+end
+-- Redis' clock, so that every API process agrees on the window.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local w = redis.call('HMGET', KEYS[1], 'opens', 'closes')
+if w[1] and w[1] ~= '' and now < tonumber(w[1]) then
+  return {'not_open'}
+end
+if w[2] and w[2] ~= '' and now >= tonumber(w[2]) then
+  return {'closed'}
+end
+local seq = redis.call('INCR', KEYS[3])
+local left = tonumber(redis.call('GET', KEYS[4]) or '0')
+if left <= 0 then
+  local a = 'R|sold_out|' .. seq
+  redis.call('HSET', KEYS[2], user, a)
+  return {'new', a}
+end
+redis.call('DECR', KEYS[4])
+local pidx = ARGV[2]
+local mode = ARGV[4]
+if mode == 'queue' then
+  -- The drainer allocates the slot, in arrival order.
+  local a = 'Q|' .. pidx .. '|' .. seq
+  redis.call('HSET', KEYS[2], user, a)
+  redis.call('XADD', KEYS[7], '*', 'u', user, 'p', pidx, 's', seq)
+  redis.call('INCR', KEYS[8])
+  return {'new', a}
+end
+local slot
+local f = redis.call('ZPOPMIN', KEYS[6])
+if f[1] then
+  slot = f[1]
+else
+  slot = tostring(redis.call('INCR', KEYS[5]))
+end
+local code = ARGV[3]
+local a
+if mode == 'gate' then
+  -- Pending until PostgreSQL commits; the time lets a sweeper resolve a
+  -- reservation whose API process died before answering.
+  a = 'P|' .. pidx .. '|' .. slot .. '|' .. code .. '|' .. seq .. '|' .. now
+else
+  a = 'G|' .. pidx .. '|' .. slot .. '|' .. code .. '|' .. seq
+  redis.call('XADD', KEYS[7], '*', 'op', 'g', 'u', user, 'p', pidx, 'sl', slot, 'c', code, 's', seq)
+end
+redis.call('HSET', KEYS[2], user, a)
+return {'new', a}

@@ -1,0 +1,55 @@
+-- init.lua: loads a campaign's admission state, at creation or when it is
+-- rebuilt from PostgreSQL after Redis lost it. Does nothing if the state
+-- is present (meta exists), so racing rebuilders cannot clobber live state.
+-- Streams are kept if they survived; their consumer group is created.
+--
+-- KEYS[1] meta, [2] ans, [3] seq, [4] queued, [5] outbox, [6] queue, then per
+-- pool i (0-based): KEYS[7 + 3i] left, [8 + 3i] hw, [9 + 3i] free
+-- ARGV[1] expire-at (ms), [2] opens (ms or ''), [3] closes (ms or ''),
+-- [4] mode, [5] number of pools, [6] seq, [7] queued,
+-- then per pool: left, hw, number of free slots, the free slots...,
+-- then the number of answers, then user, answer pairs.
+-- Returns 1 when loaded, 0 when the state was already there.
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+local exp = ARGV[1]
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+redis.call('HSET', KEYS[2], '_', '')
+redis.call('SET', KEYS[3], ARGV[6])
+redis.call('SET', KEYS[4], ARGV[7])
+for _, s in ipairs({KEYS[5], KEYS[6]}) do
+  if redis.call('EXISTS', s) == 0 then
+    redis.call('XGROUP', 'CREATE', s, 'g', '0', 'MKSTREAM')
+  end
+  redis.call('PEXPIREAT', s, exp)
+end
+local np = tonumber(ARGV[5])
+local a = 8
+for i = 0, np - 1 do
+  local k = 7 + 3 * i
+  redis.call('DEL', KEYS[k], KEYS[k + 1], KEYS[k + 2])
+  redis.call('SET', KEYS[k], ARGV[a])
+  redis.call('SET', KEYS[k + 1], ARGV[a + 1])
+  local nfree = tonumber(ARGV[a + 2])
+  a = a + 3
+  for j = 0, nfree - 1 do
+    redis.call('ZADD', KEYS[k + 2], ARGV[a + j], ARGV[a + j])
+  end
+  a = a + nfree
+  for j = 0, 2 do
+    redis.call('PEXPIREAT', KEYS[k + j], exp)
+  end
+end
+local nans = tonumber(ARGV[a])
+a = a + 1
+for j = 0, nans - 1 do
+  redis.call('HSET', KEYS[2], ARGV[a + 2 * j], ARGV[a + 2 * j + 1])
+end
+for i = 2, 4 do
+  redis.call('PEXPIREAT', KEYS[i], exp)
+end
+-- Written last: its presence tells the claim script that the state is whole.
+redis.call('HSET', KEYS[1], 'opens', ARGV[2], 'closes', ARGV[3], 'mode', ARGV[4], 'exp', exp)
+redis.call('PEXPIREAT', KEYS[1], exp)
+return 1

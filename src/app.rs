@@ -1,0 +1,164 @@
+//! Wiring: connect the stores, start the background tasks, serve HTTP, and
+//! shut everything down in order on SIGTERM/SIGINT.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use anyhow::Context;
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+use crate::{
+    config::{Role, ServeArgs},
+    http::{self, AppState},
+    modes::{redis_common::RedisCommon, Admissions},
+    storage::{pg, redis::RedisStore},
+    tasks::{committer, stream::StreamConfig, worker},
+};
+
+/// A built, not yet running, service.
+pub struct Application {
+    /// Where it listens (port 0 resolved).
+    addr: SocketAddr,
+    /// The bound listener.
+    listener: TcpListener,
+    /// Shared state of the handlers.
+    state: AppState,
+    /// Flips to true to stop the background tasks.
+    stop_tx: watch::Sender<bool>,
+    /// The worker, when this process runs one.
+    worker: Option<JoinHandle<()>>,
+    /// Which parts run.
+    role: Role,
+}
+
+impl Application {
+    /// Connects the stores (applying migrations), starts the background
+    /// tasks of the role, and binds the listener.
+    pub async fn build(args: ServeArgs) -> anyhow::Result<Self> {
+        crate::telemetry::init_metrics();
+        let db = pg::connect(&args.stores.database_url, args.stores.db_max_connections)
+            .await
+            .context("connecting to PostgreSQL")?;
+        let redis = RedisStore::connect(
+            &args.stores.redis_url,
+            &args.stores.redis_prefix,
+            args.redis_timeout(),
+        )
+        .await
+        .context("connecting to Redis")?;
+        let committer = committer::spawn(
+            db.clone(),
+            committer::CommitterConfig {
+                max_batch: args.commit_max_batch.max(1),
+                max_inflight: args.commit_inflight.max(1),
+                linger: Duration::from_micros(args.commit_linger_us),
+            },
+        );
+        let admissions = Admissions::new(
+            db.clone(),
+            redis.clone(),
+            committer,
+            Duration::from_millis(args.pending_wait_ms),
+        );
+        let admin_token: Arc<str> = match args.admin_token.as_deref() {
+            Some(t) if !t.is_empty() => t.into(),
+            _ => {
+                let t = crate::domain::generate_code();
+                tracing::warn!(token = %t, "FIRSTCOME_ADMIN_TOKEN is not set: using this random admin token");
+                t.into()
+            }
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let worker = matches!(args.role, Role::Worker | Role::All).then(|| {
+            let common = RedisCommon::new(
+                db.clone(),
+                redis.clone(),
+                Duration::from_millis(args.pending_wait_ms),
+            );
+            tokio::spawn(worker::run(
+                common,
+                db.clone(),
+                StreamConfig::default(),
+                stop_rx,
+            ))
+        });
+        let listener = TcpListener::bind(args.addr)
+            .await
+            .with_context(|| format!("binding {}", args.addr))?;
+        let addr = listener.local_addr()?;
+        let state = AppState {
+            db,
+            redis,
+            admissions,
+            admin_token,
+            campaigns: Arc::new(RwLock::new(HashMap::new())),
+            sse_max: Duration::from_secs(args.sse_max_secs),
+        };
+        Ok(Self {
+            addr,
+            listener,
+            state,
+            stop_tx,
+            worker,
+            role: args.role,
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A handle that stops the background tasks (tests use it to kill a
+    /// worker mid-run).
+    pub fn stopper(&self) -> watch::Sender<bool> {
+        self.stop_tx.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight requests and
+    /// stops the background tasks.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.addr, role = ?self.role, "firstcome listening");
+        let app = if self.role == Role::Worker {
+            http::ops_router(self.state)
+        } else {
+            http::router(self.state)
+        };
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        let _ = self.stop_tx.send(true);
+        if let Some(w) = self.worker {
+            let _ = w.await;
+        }
+        tracing::info!("firstcome stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutdown requested");
+}

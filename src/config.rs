@@ -1,0 +1,127 @@
+//! Command-line and environment configuration (clap, env fallbacks).
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// firstcome: hand a limited stock to whoever asks first.
+#[derive(Debug, Parser)]
+#[command(name = "firstcome", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the API and/or the background worker.
+    Serve(ServeArgs),
+    /// Load-test every mode against a running service and verify invariants.
+    Bench(crate::bench::BenchArgs),
+    /// Create or inspect campaigns through a running service.
+    #[command(subcommand)]
+    Campaign(crate::cli::CampaignCmd),
+}
+
+/// Which parts of the service a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// HTTP API only.
+    Api,
+    /// Background worker only (flushers, drainers).
+    Worker,
+    /// Both.
+    All,
+}
+
+/// Connections to the stores.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// PostgreSQL URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/firstcome"
+    )]
+    pub database_url: String,
+    /// Redis URL.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Prefix of every Redis key (several deployments can share a Redis).
+    #[arg(long, env = "FIRSTCOME_REDIS_PREFIX", default_value = "fc")]
+    pub redis_prefix: String,
+    /// Bound on one Redis call on the request path, in milliseconds.
+    #[arg(long, env = "FIRSTCOME_REDIS_TIMEOUT_MS", default_value_t = 1000)]
+    pub redis_timeout_ms: u64,
+    /// Size of the PostgreSQL connection pool.
+    #[arg(long, env = "FIRSTCOME_DB_MAX_CONNECTIONS", default_value_t = 32)]
+    pub db_max_connections: u32,
+}
+
+/// `firstcome serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "FIRSTCOME_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// Bearer token of admin calls. Without one, a random token is made and
+    /// logged at startup.
+    #[arg(long, env = "FIRSTCOME_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Which parts to run.
+    #[arg(long, env = "FIRSTCOME_ROLE", value_enum, default_value_t = Role::All)]
+    pub role: Role,
+    /// Stores.
+    #[command(flatten)]
+    pub stores: StoreArgs,
+    /// Most rows in one group commit (gate).
+    #[arg(long, env = "FIRSTCOME_COMMIT_MAX_BATCH", default_value_t = 512)]
+    pub commit_max_batch: usize,
+    /// Group commits in flight at once (gate).
+    #[arg(long, env = "FIRSTCOME_COMMIT_INFLIGHT", default_value_t = 4)]
+    pub commit_inflight: usize,
+    /// How long a group commit waits for company, in microseconds (gate).
+    #[arg(long, env = "FIRSTCOME_COMMIT_LINGER_US", default_value_t = 500)]
+    pub commit_linger_us: u64,
+    /// How long a repeated claim waits for a pending grant, in milliseconds.
+    #[arg(long, env = "FIRSTCOME_PENDING_WAIT_MS", default_value_t = 3000)]
+    pub pending_wait_ms: u64,
+    /// Longest a server-sent event stream stays open, in seconds.
+    #[arg(long, env = "FIRSTCOME_SSE_MAX_SECS", default_value_t = 600)]
+    pub sse_max_secs: u64,
+}
+
+impl ServeArgs {
+    /// Defaults for tests: the given stores, port 0, a fixed admin token.
+    pub fn for_tests(
+        database_url: &str,
+        redis_url: &str,
+        redis_prefix: &str,
+        admin_token: &str,
+    ) -> Self {
+        Self {
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            admin_token: Some(admin_token.into()),
+            role: Role::All,
+            stores: StoreArgs {
+                database_url: database_url.into(),
+                redis_url: redis_url.into(),
+                redis_prefix: redis_prefix.into(),
+                redis_timeout_ms: 1000,
+                db_max_connections: 16,
+            },
+            commit_max_batch: 512,
+            commit_inflight: 4,
+            commit_linger_us: 500,
+            pending_wait_ms: 3000,
+            sse_max_secs: 60,
+        }
+    }
+
+    /// Redis call bound.
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.stores.redis_timeout_ms)
+    }
+}

@@ -1,0 +1,351 @@
+use std::{fmt, str::FromStr};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{CampaignId, IdError, PoolName};
+
+/// How a campaign admits claims. Chosen once, at creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// `SELECT ... FOR UPDATE` on the pool row, then insert (both seeds' baseline).
+    DbLock,
+    /// Conditional `UPDATE ... WHERE issued < stock RETURNING`, then insert.
+    DbAtomic,
+    /// Redis Lua as the database; a flusher writes the outbox behind.
+    RedisLua,
+    /// Redis Lua reservation, then a group-committed PostgreSQL insert
+    /// before answering. The default.
+    Gate,
+    /// Redis validates and queues; a drainer grants in arrival order.
+    RedisQueue,
+}
+
+impl Mode {
+    /// Every mode, in the order the benchmark reports them.
+    pub const ALL: [Mode; 5] = [
+        Mode::DbLock,
+        Mode::DbAtomic,
+        Mode::RedisLua,
+        Mode::Gate,
+        Mode::RedisQueue,
+    ];
+
+    /// The mode's name as it appears in the API and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::DbLock => "db-lock",
+            Mode::DbAtomic => "db-atomic",
+            Mode::RedisLua => "redis-lua",
+            Mode::Gate => "gate",
+            Mode::RedisQueue => "redis-queue",
+        }
+    }
+
+    /// Whether admission runs through Redis.
+    pub fn uses_redis(self) -> bool {
+        matches!(self, Mode::RedisLua | Mode::Gate | Mode::RedisQueue)
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Mode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| format!("unknown mode {s:?}"))
+    }
+}
+
+/// Largest stock of one pool. Slots are `i32` in PostgreSQL and the Redis
+/// free-slot sets stay small enough to rebuild in one pass.
+pub const MAX_STOCK: i64 = 10_000_000;
+/// Most pools a campaign may have (seed 004 has 6 schools).
+pub const MAX_POOLS: usize = 256;
+/// Longest campaign name, in characters.
+pub const MAX_NAME_LEN: usize = 200;
+/// Longest hold after closing: 30 days.
+pub const MAX_HOLD_SECS: i64 = 30 * 24 * 3600;
+/// Default hold after closing, as seed 004 keeps seats for compensation.
+pub const DEFAULT_HOLD_SECS: i64 = 2 * 3600;
+
+/// A pool as the creator asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPool {
+    /// Its name, unique within the campaign.
+    pub name: PoolName,
+    /// How many grants it can hold at once; at least 1.
+    pub stock: i32,
+}
+
+/// A campaign as the creator asked for it, already checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCampaign {
+    /// Free-text name.
+    pub name: String,
+    /// Admission mode.
+    pub mode: Mode,
+    /// Pools, at least one, names unique.
+    pub pools: Vec<NewPool>,
+    /// Active grants a user may hold; only 1 is supported (see ARCHITECTURE.md).
+    pub per_user_limit: i32,
+    /// Claims before this instant are refused with `not_open`.
+    pub opens_at: Option<DateTime<Utc>>,
+    /// Claims from this instant on are refused with `closed`.
+    pub closes_at: Option<DateTime<Utc>>,
+    /// Seconds after `closes_at` during which grants may still be cancelled
+    /// and Redis keeps the campaign's keys.
+    pub hold_secs: i64,
+}
+
+/// Why a campaign definition was refused. Each maps to a stable error code.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NewCampaignError {
+    /// Name empty or too long.
+    #[error("name must be 1..={MAX_NAME_LEN} characters")]
+    BadName,
+    /// No pools given.
+    #[error("a campaign needs at least one pool")]
+    NoPools,
+    /// Too many pools.
+    #[error("a campaign may have at most {MAX_POOLS} pools")]
+    TooManyPools,
+    /// A pool name was malformed.
+    #[error("{0}")]
+    BadPoolName(IdError),
+    /// Two pools share a name.
+    #[error("pool {0:?} appears twice")]
+    DuplicatePool(String),
+    /// Stock out of range.
+    #[error("stock must be between 1 and {MAX_STOCK}, got {0}")]
+    BadStock(i64),
+    /// per_user_limit other than 1.
+    #[error("per_user_limit must be 1 (one active grant per user), got {0}")]
+    BadPerUserLimit(i64),
+    /// closes_at not after opens_at.
+    #[error("closes_at must be after opens_at")]
+    BadWindow,
+    /// hold_secs out of range.
+    #[error("hold_secs must be between 0 and {MAX_HOLD_SECS}, got {0}")]
+    BadHold(i64),
+}
+
+impl NewCampaignError {
+    /// The stable machine-readable code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadName => "invalid_name",
+            Self::NoPools => "no_pools",
+            Self::TooManyPools => "too_many_pools",
+            Self::BadPoolName(_) => "invalid_pool",
+            Self::DuplicatePool(_) => "duplicate_pool",
+            Self::BadStock(_) => "invalid_stock",
+            Self::BadPerUserLimit(_) => "invalid_per_user_limit",
+            Self::BadWindow => "invalid_window",
+            Self::BadHold(_) => "invalid_hold",
+        }
+    }
+}
+
+impl NewCampaign {
+    /// Checks a raw definition. `pools` are `(name, stock)` pairs.
+    pub fn parse(
+        name: String,
+        mode: Mode,
+        pools: Vec<(String, i64)>,
+        per_user_limit: Option<i64>,
+        opens_at: Option<DateTime<Utc>>,
+        closes_at: Option<DateTime<Utc>>,
+        hold_secs: Option<i64>,
+    ) -> Result<Self, NewCampaignError> {
+        let name = name.trim().to_string();
+        if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
+            return Err(NewCampaignError::BadName);
+        }
+        if pools.is_empty() {
+            return Err(NewCampaignError::NoPools);
+        }
+        if pools.len() > MAX_POOLS {
+            return Err(NewCampaignError::TooManyPools);
+        }
+        let mut parsed: Vec<NewPool> = Vec::with_capacity(pools.len());
+        for (pname, stock) in pools {
+            let pname = PoolName::parse(pname).map_err(NewCampaignError::BadPoolName)?;
+            if parsed.iter().any(|p| p.name == pname) {
+                return Err(NewCampaignError::DuplicatePool(pname.as_str().into()));
+            }
+            if !(1..=MAX_STOCK).contains(&stock) {
+                return Err(NewCampaignError::BadStock(stock));
+            }
+            parsed.push(NewPool {
+                name: pname,
+                stock: stock as i32,
+            });
+        }
+        let per_user_limit = per_user_limit.unwrap_or(1);
+        if per_user_limit != 1 {
+            return Err(NewCampaignError::BadPerUserLimit(per_user_limit));
+        }
+        if let (Some(o), Some(c)) = (opens_at, closes_at) {
+            if c <= o {
+                return Err(NewCampaignError::BadWindow);
+            }
+        }
+        let hold_secs = hold_secs.unwrap_or(DEFAULT_HOLD_SECS);
+        if !(0..=MAX_HOLD_SECS).contains(&hold_secs) {
+            return Err(NewCampaignError::BadHold(hold_secs));
+        }
+        Ok(Self {
+            name,
+            mode,
+            pools: parsed,
+            per_user_limit: per_user_limit as i32,
+            opens_at,
+            closes_at,
+            hold_secs,
+        })
+    }
+}
+
+/// A pool as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    /// Database id.
+    pub id: i64,
+    /// Position within the campaign, 0-based; names Redis keys.
+    pub idx: i32,
+    /// Its name.
+    pub name: PoolName,
+    /// Its stock.
+    pub stock: i32,
+}
+
+/// A campaign as stored. Immutable once created, so it is safe to cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Campaign {
+    /// Database id.
+    pub id: CampaignId,
+    /// Free-text name.
+    pub name: String,
+    /// Admission mode.
+    pub mode: Mode,
+    /// Active grants per user.
+    pub per_user_limit: i32,
+    /// Start of the claim window, if any.
+    pub opens_at: Option<DateTime<Utc>>,
+    /// End of the claim window, if any.
+    pub closes_at: Option<DateTime<Utc>>,
+    /// Seconds after closing during which cancellation stays possible.
+    pub hold_secs: i64,
+    /// Creation time; anchors key TTLs when there is no `closes_at`.
+    pub created_at: DateTime<Utc>,
+    /// Pools in creation order.
+    pub pools: Vec<Pool>,
+}
+
+/// When a campaign without `closes_at` stops needing its Redis keys, counted
+/// from creation. Keys are rebuilt from PostgreSQL if a claim comes later.
+pub const OPEN_ENDED_KEY_LIFETIME_SECS: i64 = 7 * 24 * 3600;
+
+impl Campaign {
+    /// Finds a pool by name, or the only pool when `name` is `None` and
+    /// there is exactly one.
+    pub fn pool(&self, name: Option<&PoolName>) -> Option<&Pool> {
+        match name {
+            Some(n) => self.pools.iter().find(|p| &p.name == n),
+            None if self.pools.len() == 1 => self.pools.first(),
+            None => None,
+        }
+    }
+
+    /// The pool at position `idx`.
+    pub fn pool_at(&self, idx: i32) -> Option<&Pool> {
+        self.pools.get(usize::try_from(idx).ok()?)
+    }
+
+    /// Whether a claim at `now` falls inside the window; `Err` tells which side.
+    pub fn window_check(&self, now: DateTime<Utc>) -> Result<(), super::RejectReason> {
+        if let Some(o) = self.opens_at {
+            if now < o {
+                return Err(super::RejectReason::NotOpen);
+            }
+        }
+        if let Some(c) = self.closes_at {
+            if now >= c {
+                return Err(super::RejectReason::Closed);
+            }
+        }
+        Ok(())
+    }
+
+    /// The instant until which grants may be cancelled: closes_at + hold.
+    pub fn hold_until(&self) -> Option<DateTime<Utc>> {
+        self.closes_at
+            .map(|c| c + chrono::Duration::seconds(self.hold_secs))
+    }
+
+    /// When the campaign's Redis keys may expire (before jitter):
+    /// `closes_at + hold`, or creation + 7 days + hold when open-ended.
+    pub fn keys_expire_at(&self) -> DateTime<Utc> {
+        let end = self
+            .closes_at
+            .unwrap_or(self.created_at + chrono::Duration::seconds(OPEN_ENDED_KEY_LIFETIME_SECS));
+        end + chrono::Duration::seconds(self.hold_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pools: Vec<(&str, i64)>) -> Result<NewCampaign, NewCampaignError> {
+        NewCampaign::parse(
+            "c".into(),
+            Mode::Gate,
+            pools.into_iter().map(|(n, s)| (n.to_string(), s)).collect(),
+            None,
+            None,
+            None,
+            None,
+        )
+    }
+
+    #[test]
+    fn campaigns_are_checked() {
+        assert!(parse(vec![("a", 1)]).is_ok());
+        assert_eq!(parse(vec![]), Err(NewCampaignError::NoPools));
+        assert_eq!(parse(vec![("a", 0)]), Err(NewCampaignError::BadStock(0)));
+        assert_eq!(parse(vec![("a", -5)]), Err(NewCampaignError::BadStock(-5)));
+        assert_eq!(
+            parse(vec![("a", 1), ("a", 2)]),
+            Err(NewCampaignError::DuplicatePool("a".into()))
+        );
+        let now = Utc::now();
+        let err = NewCampaign::parse(
+            "c".into(),
+            Mode::DbLock,
+            vec![("a".into(), 1)],
+            None,
+            Some(now),
+            Some(now),
+            None,
+        );
+        assert_eq!(err, Err(NewCampaignError::BadWindow));
+    }
+
+    #[test]
+    fn modes_round_trip() {
+        for m in Mode::ALL {
+            assert_eq!(m.as_str().parse::<Mode>(), Ok(m));
+        }
+        assert!("nope".parse::<Mode>().is_err());
+    }
+}

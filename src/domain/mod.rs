@@ -1,0 +1,13 @@
+//! Domain types: parsed, validated values with no I/O.
+//!
+//! Everything that crosses the HTTP boundary is parsed into one of these
+//! types first ("parse, don't validate"), so the admission modes never see a
+//! malformed user id, an empty pool list or a negative stock.
+
+mod campaign;
+mod claim;
+mod ids;
+
+pub use campaign::{Campaign, Mode, NewCampaign, NewCampaignError, NewPool, Pool};
+pub use claim::{generate_code, ClaimOutcome, ClaimStatus, RejectReason};
+pub use ids::{CampaignId, IdError, PoolName, UserId};

@@ -1,0 +1,259 @@
+//! Campaign endpoints: create (admin), read (anyone), grants export (admin).
+
+use axum::{
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode},
+    response::IntoResponse,
+    Json,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{ApiError, ApiJson, AppState};
+use crate::{
+    domain::{Campaign, Mode, NewCampaign},
+    storage::pg::{self, GrantRow},
+};
+
+/// Body of `POST /v1/campaigns`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCampaign {
+    /// Free-text name, 1..=200 characters.
+    pub name: String,
+    /// `db-lock`, `db-atomic`, `redis-lua`, `gate` (default) or `redis-queue`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// At least one pool.
+    pub pools: Vec<PoolSpec>,
+    /// Active grants per user; only 1 is supported.
+    #[serde(default)]
+    pub per_user_limit: Option<i64>,
+    /// Claims before this are refused with `not_open`.
+    #[serde(default)]
+    pub opens_at: Option<DateTime<Utc>>,
+    /// Claims from this on are refused with `closed`.
+    #[serde(default)]
+    pub closes_at: Option<DateTime<Utc>>,
+    /// Seconds after closing during which cancellation stays possible
+    /// (default 7200).
+    #[serde(default)]
+    pub hold_secs: Option<i64>,
+}
+
+/// A pool to create.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    /// 1..=64 characters of `[A-Za-z0-9_.:@-]`, unique in the campaign.
+    pub name: String,
+    /// 1..=10,000,000.
+    pub stock: i64,
+}
+
+/// A campaign as answered.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CampaignBody {
+    /// Id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// Admission mode.
+    pub mode: Mode,
+    /// Active grants per user.
+    pub per_user_limit: i32,
+    /// Start of the window.
+    pub opens_at: Option<DateTime<Utc>>,
+    /// End of the window.
+    pub closes_at: Option<DateTime<Utc>>,
+    /// Cancellation stays possible this long after closing.
+    pub hold_secs: i64,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Pools with their counts.
+    pub pools: Vec<PoolBody>,
+    /// Claims accepted and waiting for the drainer (redis-queue).
+    pub queued: i64,
+}
+
+/// A pool with its counts.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PoolBody {
+    /// Name.
+    pub name: String,
+    /// Stock.
+    pub stock: i32,
+    /// Stock that can still be claimed.
+    pub remaining: i64,
+    /// Durable active grants (PostgreSQL).
+    pub granted: i64,
+}
+
+/// Page of the grants export.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GrantsPage {
+    /// Active grants in id order.
+    pub grants: Vec<GrantRow>,
+    /// Cursor of the next page, `null` at the end.
+    pub next: Option<String>,
+}
+
+/// Query of the grants export.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct GrantsQuery {
+    /// Cursor from the previous page's `next`.
+    pub after: Option<String>,
+    /// Page size, 1..=10000 (default 1000).
+    pub limit: Option<i64>,
+}
+
+async fn body(state: &AppState, c: &Campaign) -> Result<CampaignBody, ApiError> {
+    let active = pg::active_counts(&state.db, c.id).await?;
+    let granted = |pool_id: i64| {
+        active
+            .iter()
+            .find(|(p, _)| *p == pool_id)
+            .map(|x| x.1)
+            .unwrap_or(0)
+    };
+    let mut counters = None;
+    if c.mode.uses_redis() {
+        counters = state.admissions.redis().counters(c).await.ok().flatten();
+    }
+    let pools = c
+        .pools
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let g = granted(p.id);
+            let remaining = match &counters {
+                Some((left, _)) => left.get(i).copied().unwrap_or(0),
+                None => (p.stock as i64 - g).max(0),
+            };
+            PoolBody {
+                name: p.name.to_string(),
+                stock: p.stock,
+                remaining,
+                granted: g,
+            }
+        })
+        .collect();
+    Ok(CampaignBody {
+        id: c.id.0,
+        name: c.name.clone(),
+        mode: c.mode,
+        per_user_limit: c.per_user_limit,
+        opens_at: c.opens_at,
+        closes_at: c.closes_at,
+        hold_secs: c.hold_secs,
+        created_at: c.created_at,
+        pools,
+        queued: counters.map(|(_, q)| q).unwrap_or(0),
+    })
+}
+
+/// Creates a campaign.
+#[utoipa::path(post, path = "/v1/campaigns", request_body = CreateCampaign,
+    security(("admin" = [])),
+    responses(
+        (status = 201, body = CampaignBody),
+        (status = 400, description = "Malformed JSON", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong admin token", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid campaign", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A store is unavailable", body = super::ops::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body_json: Result<ApiJson<CreateCampaign>, ApiError>,
+) -> Result<impl IntoResponse, ApiError> {
+    state.require_admin(&headers)?;
+    let ApiJson(req) = body_json?;
+    let mode = match req.mode.as_deref() {
+        None => Mode::Gate,
+        Some(m) => m
+            .parse()
+            .map_err(|e: String| ApiError::unprocessable("unknown_mode", e))?,
+    };
+    let new = NewCampaign::parse(
+        req.name,
+        mode,
+        req.pools.into_iter().map(|p| (p.name, p.stock)).collect(),
+        req.per_user_limit,
+        req.opens_at,
+        req.closes_at,
+        req.hold_secs,
+    )?;
+    let c = pg::create_campaign(&state.db, &new).await?;
+    if c.mode.uses_redis() {
+        // Load the empty state now; if Redis is down, the first claim
+        // rebuilds it from PostgreSQL.
+        if let Err(e) = state.admissions.redis().init_new(&c).await {
+            tracing::warn!(error = %e, campaign = %c.id, "could not load the new campaign into redis");
+        }
+    }
+    tracing::info!(campaign = %c.id, mode = %c.mode, pools = c.pools.len(), "campaign created");
+    let b = body(&state, &c).await?;
+    Ok((StatusCode::CREATED, Json(b)))
+}
+
+/// Reads a campaign with its counts.
+#[utoipa::path(get, path = "/v1/campaigns/{id}",
+    params(("id" = i64, Path, description = "Campaign id")),
+    responses(
+        (status = 200, body = CampaignBody),
+        (status = 404, body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 503, body = super::ops::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<CampaignBody>, ApiError> {
+    let c = state.campaign(&id).await?;
+    Ok(Json(body(&state, &c).await?))
+}
+
+/// Exports active grants, paged.
+#[utoipa::path(get, path = "/v1/campaigns/{id}/grants",
+    params(("id" = i64, Path, description = "Campaign id"), GrantsQuery),
+    security(("admin" = [])),
+    responses(
+        (status = 200, body = GrantsPage),
+        (status = 400, body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 404, body = super::ops::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn grants(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: Result<Query<GrantsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<GrantsPage>, ApiError> {
+    state.require_admin(&headers)?;
+    let Query(q) = query?;
+    let c = state.campaign(&id).await?;
+    let after = match q.after.as_deref() {
+        None | Some("") => 0,
+        Some(s) => s.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_cursor",
+                "after must be a cursor from a previous page",
+            )
+        })?,
+    };
+    let limit = q.limit.unwrap_or(1000);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            "limit must be between 1 and 10000",
+        ));
+    }
+    let rows = pg::grants_page(&state.db, c.id, after, limit).await?;
+    let next = if rows.len() as i64 == limit {
+        rows.last().map(|r| r.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(GrantsPage { grants: rows, next }))
+}

@@ -1,0 +1,290 @@
+//! Claim endpoints: claim, status, cancel, and the SSE stream of changes.
+
+use std::{convert::Infallible, time::Duration};
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    response::{
+        sse::{Event, KeepAlive, Sse},
+        IntoResponse, Response,
+    },
+    Json,
+};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{ApiError, ApiJson, AppState};
+use crate::{
+    domain::{ClaimOutcome, ClaimStatus, PoolName, RejectReason, UserId},
+    modes::CancelOutcome,
+};
+
+/// Body of `POST /v1/campaigns/{id}/claims`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    /// 1..=128 characters of `[A-Za-z0-9_.:@-]`.
+    pub user_id: String,
+    /// Pool name; may be left out when the campaign has one pool.
+    #[serde(default)]
+    pub pool: Option<String>,
+}
+
+/// A claim's state: the body of every claim endpoint.
+#[derive(Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq, Clone)]
+pub struct ClaimAnswer {
+    /// granted, queued, rejected or cancelled.
+    pub status: ClaimStatus,
+    /// Who.
+    pub user_id: String,
+    /// Pool (granted, cancelled).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pool: Option<String>,
+    /// Seat number 1..=stock (granted, cancelled).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub slot: Option<i32>,
+    /// Coupon code (granted, cancelled).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub code: Option<String>,
+    /// Why (rejected): sold_out, not_open or closed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(value_type = Option<String>)]
+    pub reason: Option<RejectReason>,
+    /// Arrival sequence number.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub seq: Option<i64>,
+}
+
+impl From<&ClaimOutcome> for ClaimAnswer {
+    fn from(o: &ClaimOutcome) -> Self {
+        let mut a = ClaimAnswer {
+            status: o.status(),
+            user_id: String::new(),
+            pool: None,
+            slot: None,
+            code: None,
+            reason: None,
+            seq: None,
+        };
+        match o {
+            ClaimOutcome::Granted {
+                user_id,
+                pool,
+                slot,
+                code,
+                seq,
+            }
+            | ClaimOutcome::Cancelled {
+                user_id,
+                pool,
+                slot,
+                code,
+                seq,
+            } => {
+                a.user_id = user_id.to_string();
+                a.pool = Some(pool.to_string());
+                a.slot = Some(*slot);
+                a.code = Some(code.clone());
+                a.seq = Some(*seq);
+            }
+            ClaimOutcome::Queued { user_id, seq } => {
+                a.user_id = user_id.to_string();
+                a.seq = Some(*seq);
+            }
+            ClaimOutcome::Rejected {
+                user_id,
+                reason,
+                seq,
+            } => {
+                a.user_id = user_id.to_string();
+                a.reason = Some(*reason);
+                a.seq = *seq;
+            }
+        }
+        a
+    }
+}
+
+/// Status code of a claim's answer: 200 granted, 202 queued, 409 refused
+/// (or cancelled earlier).
+fn claim_status_code(o: &ClaimOutcome) -> StatusCode {
+    match o {
+        ClaimOutcome::Granted { .. } => StatusCode::OK,
+        ClaimOutcome::Queued { .. } => StatusCode::ACCEPTED,
+        ClaimOutcome::Rejected { .. } | ClaimOutcome::Cancelled { .. } => StatusCode::CONFLICT,
+    }
+}
+
+fn outcome_label(o: &ClaimOutcome) -> &'static str {
+    match o {
+        ClaimOutcome::Granted { .. } => "granted",
+        ClaimOutcome::Queued { .. } => "queued",
+        ClaimOutcome::Rejected { reason, .. } => reason.as_str(),
+        ClaimOutcome::Cancelled { .. } => "cancelled",
+    }
+}
+
+/// Claims a unit of stock.
+#[utoipa::path(post, path = "/v1/campaigns/{id}/claims", request_body = ClaimRequest,
+    params(("id" = i64, Path, description = "Campaign id")),
+    responses(
+        (status = 200, description = "Granted", body = ClaimAnswer),
+        (status = 202, description = "Queued (redis-queue)", body = ClaimAnswer),
+        (status = 409, description = "Rejected: sold_out, not_open, closed; or cancelled earlier", body = ClaimAnswer),
+        (status = 400, body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 404, body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 422, body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 503, body = super::ops::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn claim(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<ApiJson<ClaimRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    let c = state.campaign(&id).await?;
+    let ApiJson(req) = body?;
+    let user = UserId::parse(req.user_id)?;
+    let pool_name = req.pool.map(PoolName::parse).transpose()?;
+    let pool = c.pool(pool_name.as_ref()).ok_or_else(|| match &pool_name {
+        Some(p) => ApiError::unprocessable("unknown_pool", format!("campaign has no pool {p}")),
+        None => {
+            ApiError::unprocessable("pool_required", "this campaign has several pools: name one")
+        }
+    })?;
+    let outcome = match c.window_check(Utc::now()) {
+        // Outside the window: answer without touching any store. A repeat
+        // after closing still finds its first answer (status), but a claim
+        // cannot change anything any more.
+        Err(reason) => match state.admissions.status(&c, &user).await.ok().flatten() {
+            Some(o) if reason == RejectReason::Closed => o,
+            _ => ClaimOutcome::Rejected {
+                user_id: user.clone(),
+                reason,
+                seq: None,
+            },
+        },
+        Ok(()) => state.admissions.claim(&c, pool, &user).await?,
+    };
+    metrics::counter!("firstcome_claims_total", "mode" => c.mode.as_str(), "outcome" => outcome_label(&outcome))
+        .increment(1);
+    Ok((
+        claim_status_code(&outcome),
+        Json(ClaimAnswer::from(&outcome)),
+    )
+        .into_response())
+}
+
+/// The claim's current state.
+#[utoipa::path(get, path = "/v1/campaigns/{id}/claims/{user_id}",
+    params(("id" = i64, Path, description = "Campaign id"), ("user_id" = String, Path, description = "User id")),
+    responses(
+        (status = 200, body = ClaimAnswer),
+        (status = 404, body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 422, body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 503, body = super::ops::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn status(
+    State(state): State<AppState>,
+    Path((id, user_id)): Path<(String, String)>,
+) -> Result<Json<ClaimAnswer>, ApiError> {
+    let c = state.campaign(&id).await?;
+    let user = UserId::parse(user_id)?;
+    match state.admissions.status(&c, &user).await? {
+        Some(o) => Ok(Json(ClaimAnswer::from(&o))),
+        None => Err(claim_not_found()),
+    }
+}
+
+fn claim_not_found() -> ApiError {
+    ApiError::NotFound {
+        code: "claim_not_found",
+        detail: "this user has not claimed in this campaign".into(),
+    }
+}
+
+/// Cancels the user's grant; the slot returns to stock. Idempotent.
+#[utoipa::path(delete, path = "/v1/campaigns/{id}/claims/{user_id}",
+    params(("id" = i64, Path, description = "Campaign id"), ("user_id" = String, Path, description = "User id")),
+    responses(
+        (status = 200, description = "Cancelled", body = ClaimAnswer),
+        (status = 404, body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not granted, or past the hold", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 503, body = super::ops::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path((id, user_id)): Path<(String, String)>,
+) -> Result<Json<ClaimAnswer>, ApiError> {
+    let c = state.campaign(&id).await?;
+    let user = UserId::parse(user_id)?;
+    match state.admissions.cancel(&c, &user, Utc::now()).await? {
+        CancelOutcome::Cancelled(o) => {
+            metrics::counter!("firstcome_cancellations_total", "mode" => c.mode.as_str())
+                .increment(1);
+            Ok(Json(ClaimAnswer::from(&o)))
+        }
+        CancelOutcome::NotFound => Err(claim_not_found()),
+        CancelOutcome::NotGranted(o) => Err(ApiError::Conflict {
+            code: "not_granted",
+            detail: format!("the claim is {:?}, not granted", o.status()).to_lowercase(),
+        }),
+        CancelOutcome::HoldOver => Err(ApiError::Conflict {
+            code: "hold_over",
+            detail: "grants can no longer be cancelled (past closes_at + hold_secs)".into(),
+        }),
+    }
+}
+
+/// How often the SSE stream looks for a change. State lives in Redis or
+/// PostgreSQL, so a claim made through another API process is seen too.
+pub const SSE_POLL: Duration = Duration::from_millis(20);
+
+/// Streams the claim's state changes; closes after a final state.
+#[utoipa::path(get, path = "/v1/campaigns/{id}/claims/{user_id}/events",
+    params(("id" = i64, Path, description = "Campaign id"), ("user_id" = String, Path, description = "User id")),
+    responses(
+        (status = 200, description = "text/event-stream of `claim` events whose data is a ClaimAnswer", content_type = "text/event-stream", body = String),
+        (status = 404, body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 422, body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 503, body = super::ops::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn events(
+    State(state): State<AppState>,
+    Path((id, user_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let c = state.campaign(&id).await?;
+    let user = UserId::parse(user_id)?;
+    let first = state
+        .admissions
+        .status(&c, &user)
+        .await?
+        .ok_or_else(claim_not_found)?;
+    let deadline = tokio::time::Instant::now() + state.sse_max;
+    let stream = async_stream::stream! {
+        let mut last = ClaimAnswer::from(&first);
+        let mut done = first.is_final();
+        yield Ok::<Event, Infallible>(event(&last));
+        while !done && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(SSE_POLL).await;
+            let Ok(Some(now)) = state.admissions.status(&c, &user).await else { continue };
+            let a = ClaimAnswer::from(&now);
+            if a != last {
+                yield Ok(event(&a));
+                last = a;
+            }
+            done = now.is_final();
+        }
+    };
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+fn event(a: &ClaimAnswer) -> Event {
+    Event::default()
+        .event("claim")
+        .json_data(a)
+        .unwrap_or_else(|_| Event::default().event("claim"))
+}

@@ -1,0 +1,241 @@
+//! The HTTP boundary's one error type, rendered as RFC 9457
+//! `application/problem+json` with a stable `code`.
+
+use axum::{
+    extract::rejection::{JsonRejection, QueryRejection},
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+use crate::{
+    domain::{IdError, NewCampaignError},
+    modes::AdmissionError,
+    storage::{pg::PgError, redis::RedisStoreError},
+};
+
+/// Seconds a client should wait before retrying a 503.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+/// Everything a handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400/413/415/422: the request itself is wrong.
+    #[error("{detail}")]
+    Invalid {
+        /// HTTP status.
+        status: StatusCode,
+        /// Stable code.
+        code: &'static str,
+        /// Human-readable detail.
+        detail: String,
+    },
+    /// 401: admin call without the right token.
+    #[error("missing or wrong admin token")]
+    Unauthorized,
+    /// 404.
+    #[error("{detail}")]
+    NotFound {
+        /// Stable code.
+        code: &'static str,
+        /// Human-readable detail.
+        detail: String,
+    },
+    /// 409: the state forbids it (cancel a refused claim, after the hold).
+    #[error("{detail}")]
+    Conflict {
+        /// Stable code.
+        code: &'static str,
+        /// Human-readable detail.
+        detail: String,
+    },
+    /// 503 with Retry-After: a store is unreachable or busy.
+    #[error("{detail}")]
+    Unavailable {
+        /// Stable code.
+        code: &'static str,
+        /// Human-readable detail.
+        detail: String,
+    },
+    /// 500: a bug.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A 422 with `code`.
+    pub fn unprocessable(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::Invalid {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    /// A 400 with `code`.
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::Invalid {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    /// 404 for an unknown campaign.
+    pub fn campaign_not_found() -> Self {
+        Self::NotFound {
+            code: "campaign_not_found",
+            detail: "no campaign with that id".into(),
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Invalid { status, .. } => *status,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Invalid { code, .. }
+            | Self::NotFound { code, .. }
+            | Self::Conflict { code, .. }
+            | Self::Unavailable { code, .. } => code,
+            Self::Unauthorized => "unauthorized",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(code = self.code(), error = %self, "request failed");
+        }
+        let detail = match &self {
+            // Never leak internals to the client.
+            Self::Internal(_) => "internal error".to_string(),
+            other => other.to_string(),
+        };
+        let body = json!({
+            "type": format!("https://firstcome.dev/problems/{}", self.code()),
+            "title": status.canonical_reason().unwrap_or("error"),
+            "status": status.as_u16(),
+            "code": self.code(),
+            "detail": detail,
+        });
+        let mut resp = (status, body.to_string()).into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        match self {
+            Self::Unavailable { .. } => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            Self::Unauthorized => {
+                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        let (status, code) = match &r {
+            JsonRejection::JsonDataError(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+            JsonRejection::JsonSyntaxError(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
+            JsonRejection::MissingJsonContentType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            _ if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+            }
+            _ => (StatusCode::BAD_REQUEST, "bad_body"),
+        };
+        Self::Invalid {
+            status,
+            code,
+            detail: r.body_text(),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        Self::bad_request("invalid_query", r.body_text())
+    }
+}
+
+impl From<NewCampaignError> for ApiError {
+    fn from(e: NewCampaignError) -> Self {
+        Self::unprocessable(e.code(), e.to_string())
+    }
+}
+
+impl From<IdError> for ApiError {
+    fn from(e: IdError) -> Self {
+        let code = match &e {
+            IdError::Empty(k) | IdError::TooLong(k, _) | IdError::BadChar(k) if *k == "pool" => {
+                "invalid_pool"
+            }
+            _ => "invalid_user_id",
+        };
+        Self::unprocessable(code, e.to_string())
+    }
+}
+
+impl From<PgError> for ApiError {
+    fn from(e: PgError) -> Self {
+        match e {
+            PgError::Corrupt(m) => Self::Internal(m),
+            e if e.is_unique_violation() => Self::Conflict {
+                code: "conflict",
+                detail: "the request collides with existing data".into(),
+            },
+            e => Self::Unavailable {
+                code: "database_unavailable",
+                detail: format!("the database is unavailable ({e})"),
+            },
+        }
+    }
+}
+
+impl From<RedisStoreError> for ApiError {
+    fn from(e: RedisStoreError) -> Self {
+        match e {
+            RedisStoreError::Protocol(m) => Self::Internal(m),
+            e => Self::Unavailable {
+                code: "redis_unavailable",
+                detail: format!("redis is unavailable ({e})"),
+            },
+        }
+    }
+}
+
+impl From<AdmissionError> for ApiError {
+    fn from(e: AdmissionError) -> Self {
+        match e {
+            AdmissionError::Database(e) => e.into(),
+            AdmissionError::Redis(e) => e.into(),
+            AdmissionError::Rebuilding => Self::Unavailable {
+                code: "rebuilding",
+                detail: e.to_string(),
+            },
+            AdmissionError::Pending => Self::Unavailable {
+                code: "pending",
+                detail: e.to_string(),
+            },
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! `db-lock`: both seeds' baseline. One transaction takes the pool row with
+//! `SELECT ... FOR UPDATE`, checks stock, allocates a slot and inserts the
+//! grant. Correct and simple; every claim on a pool waits for that row.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Row};
+
+use super::{db_common, Admission, AdmissionError, CancelOutcome};
+use crate::{
+    domain::{Campaign, ClaimOutcome, Pool, UserId},
+    storage::pg::{self, PgError},
+};
+
+/// The `SELECT ... FOR UPDATE` mode.
+#[derive(Clone)]
+pub struct DbLock {
+    /// The source of truth, and here the only store.
+    db: PgPool,
+}
+
+impl DbLock {
+    /// A mode over `db`.
+    pub fn new(db: PgPool) -> Self {
+        Self { db }
+    }
+
+    async fn attempt(
+        &self,
+        campaign: &Campaign,
+        pool: &Pool,
+        user: &UserId,
+    ) -> Result<ClaimOutcome, PgError> {
+        let mut tx = self.db.begin().await?;
+        let row = sqlx::query("SELECT stock, granted FROM pools WHERE id = $1 FOR UPDATE")
+            .bind(pool.id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let (stock, granted): (i32, i32) = (row.get(0), row.get(1));
+        // Re-check under the lock: a concurrent claim of the same user may
+        // have committed between the fast-path read and here.
+        // (On this transaction's connection: a second one could deadlock
+        // the pool while we hold the row.)
+        if let Some(a) = pg::grant_answer(&mut *tx, campaign, user).await? {
+            return Ok(a);
+        }
+        if let Some(a) = pg::rejection_answer(&mut *tx, campaign.id, user).await? {
+            return Ok(a);
+        }
+        let seq = db_common::next_seq(&mut tx).await?;
+        let answer = if granted >= stock {
+            db_common::reject_sold_out(&mut tx, campaign, user, seq).await?
+        } else {
+            let slot = db_common::take_slot(&mut tx, pool.id).await?;
+            let a = db_common::insert_grant(&mut tx, campaign, pool, user, slot, seq).await?;
+            sqlx::query("UPDATE pools SET granted = granted + 1 WHERE id = $1")
+                .bind(pool.id)
+                .execute(&mut *tx)
+                .await?;
+            a
+        };
+        tx.commit().await?;
+        Ok(answer)
+    }
+}
+
+impl Admission for DbLock {
+    async fn claim(
+        &self,
+        campaign: &Campaign,
+        pool: &Pool,
+        user: &UserId,
+    ) -> Result<ClaimOutcome, AdmissionError> {
+        db_common::claim_with_retry(&self.db, campaign, user, || {
+            self.attempt(campaign, pool, user)
+        })
+        .await
+    }
+
+    async fn status(
+        &self,
+        campaign: &Campaign,
+        user: &UserId,
+    ) -> Result<Option<ClaimOutcome>, AdmissionError> {
+        Ok(db_common::stored_answer(&self.db, campaign, user).await?)
+    }
+
+    async fn cancel(
+        &self,
+        campaign: &Campaign,
+        user: &UserId,
+        now: DateTime<Utc>,
+    ) -> Result<CancelOutcome, AdmissionError> {
+        db_common::cancel(&self.db, campaign, user, now).await
+    }
+}

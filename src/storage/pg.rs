@@ -1,0 +1,360 @@
+//! PostgreSQL: connection, migrations, and the queries every mode shares.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{postgres::PgPoolOptions, PgPool, Postgres, Row, Transaction};
+
+use crate::domain::{
+    Campaign, CampaignId, ClaimOutcome, Mode, NewCampaign, Pool, PoolName, RejectReason, UserId,
+};
+
+/// Errors of the PostgreSQL boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// The database could not be reached or the query failed.
+    #[error("postgres: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    /// A shared operation (a group-commit batch) failed; the text says why.
+    #[error("postgres: {0}")]
+    Failed(String),
+    /// Stored data did not parse (a bug or a hand edit).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl PgError {
+    /// Whether this is a unique-constraint violation (SQLSTATE 23505).
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, PgError::Sqlx(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505"))
+    }
+}
+
+/// Opens a pool and applies migrations.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        // A claim must fail fast with 503 rather than queue forever when the
+        // database is down or saturated.
+        .acquire_timeout(Duration::from_secs(3))
+        .connect(url)
+        .await?;
+    sqlx::migrate!("./migrations").run(&pool).await?;
+    Ok(pool)
+}
+
+/// Inserts a campaign and its pools in one transaction.
+pub async fn create_campaign(db: &PgPool, new: &NewCampaign) -> Result<Campaign, PgError> {
+    let mut tx = db.begin().await?;
+    let row = sqlx::query(
+        "INSERT INTO campaigns (name, mode, per_user_limit, opens_at, closes_at, hold_secs)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+    )
+    .bind(&new.name)
+    .bind(new.mode.as_str())
+    .bind(new.per_user_limit)
+    .bind(new.opens_at)
+    .bind(new.closes_at)
+    .bind(new.hold_secs)
+    .fetch_one(&mut *tx)
+    .await?;
+    let id: i64 = row.get(0);
+    let names: Vec<String> = new.pools.iter().map(|p| p.name.as_str().into()).collect();
+    let stocks: Vec<i32> = new.pools.iter().map(|p| p.stock).collect();
+    let idxs: Vec<i32> = (0..new.pools.len() as i32).collect();
+    sqlx::query(
+        "INSERT INTO pools (campaign_id, idx, name, stock)
+         SELECT $1, * FROM UNNEST($2::int[], $3::text[], $4::int[])",
+    )
+    .bind(id)
+    .bind(&idxs)
+    .bind(&names)
+    .bind(&stocks)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    load_campaign(db, CampaignId(id))
+        .await?
+        .ok_or_else(|| PgError::Corrupt("campaign vanished after insert".into()))
+}
+
+/// Loads a campaign with its pools; `None` when it does not exist.
+pub async fn load_campaign(db: &PgPool, id: CampaignId) -> Result<Option<Campaign>, PgError> {
+    let Some(row) = sqlx::query(
+        "SELECT id, name, mode, per_user_limit, opens_at, closes_at, hold_secs, created_at
+         FROM campaigns WHERE id = $1",
+    )
+    .bind(id.0)
+    .fetch_optional(db)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let pools =
+        sqlx::query("SELECT id, idx, name, stock FROM pools WHERE campaign_id = $1 ORDER BY idx")
+            .bind(id.0)
+            .fetch_all(db)
+            .await?
+            .into_iter()
+            .map(|r| {
+                Ok(Pool {
+                    id: r.get("id"),
+                    idx: r.get("idx"),
+                    name: PoolName::parse(r.get::<String, _>("name"))
+                        .map_err(|e| PgError::Corrupt(e.to_string()))?,
+                    stock: r.get("stock"),
+                })
+            })
+            .collect::<Result<Vec<_>, PgError>>()?;
+    let mode: String = row.get("mode");
+    Ok(Some(Campaign {
+        id,
+        name: row.get("name"),
+        mode: mode.parse().map_err(PgError::Corrupt)?,
+        per_user_limit: row.get("per_user_limit"),
+        opens_at: row.get("opens_at"),
+        closes_at: row.get("closes_at"),
+        hold_secs: row.get("hold_secs"),
+        created_at: row.get("created_at"),
+        pools,
+    }))
+}
+
+/// Campaigns of the given modes whose keys may still be live: the worker
+/// runs flushers and drainers for these.
+pub async fn live_campaigns(db: &PgPool, modes: &[Mode]) -> Result<Vec<CampaignId>, PgError> {
+    let modes: Vec<&str> = modes.iter().map(|m| m.as_str()).collect();
+    let rows = sqlx::query(
+        "SELECT id FROM campaigns
+         WHERE mode = ANY($1)
+           AND COALESCE(closes_at, created_at + interval '7 days')
+               + make_interval(secs => hold_secs) > now()
+         ORDER BY id",
+    )
+    .bind(&modes)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| CampaignId(r.get(0))).collect())
+}
+
+/// A grant row as exported.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct GrantRow {
+    /// Export cursor: the grant's id.
+    #[serde(skip)]
+    pub id: i64,
+    /// Who holds it.
+    pub user_id: String,
+    /// Pool name.
+    pub pool: String,
+    /// Seat number.
+    pub slot: i32,
+    /// Coupon code.
+    pub code: String,
+    /// Arrival sequence number.
+    pub seq: i64,
+}
+
+/// One page of active grants with id greater than `after`.
+pub async fn grants_page(
+    db: &PgPool,
+    campaign: CampaignId,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<GrantRow>, PgError> {
+    let rows = sqlx::query(
+        "SELECT g.id, g.user_id, p.name AS pool, g.slot, g.code, g.seq
+         FROM grants g JOIN pools p ON p.id = g.pool_id
+         WHERE g.campaign_id = $1 AND g.state = 'active' AND g.id > $2
+         ORDER BY g.id LIMIT $3",
+    )
+    .bind(campaign.0)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| GrantRow {
+            id: r.get("id"),
+            user_id: r.get("user_id"),
+            pool: r.get("pool"),
+            slot: r.get("slot"),
+            code: r.get("code"),
+            seq: r.get("seq"),
+        })
+        .collect())
+}
+
+/// Active grants per pool id.
+pub async fn active_counts(db: &PgPool, campaign: CampaignId) -> Result<Vec<(i64, i64)>, PgError> {
+    let rows = sqlx::query(
+        "SELECT pool_id, count(*) FROM grants
+         WHERE campaign_id = $1 AND state = 'active' GROUP BY pool_id",
+    )
+    .bind(campaign.0)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// The user's latest grant in the campaign (active first), as an answer.
+pub async fn grant_answer<'e, E>(
+    exec: E,
+    campaign: &Campaign,
+    user: &UserId,
+) -> Result<Option<ClaimOutcome>, PgError>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    let row = sqlx::query(
+        "SELECT pool_id, slot, code, seq, state FROM grants
+         WHERE campaign_id = $1 AND user_id = $2
+         ORDER BY (state = 'active') DESC, id DESC LIMIT 1",
+    )
+    .bind(campaign.id.0)
+    .bind(user.as_str())
+    .fetch_optional(exec)
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    let pool_id: i64 = r.get("pool_id");
+    let pool = campaign
+        .pools
+        .iter()
+        .find(|p| p.id == pool_id)
+        .ok_or_else(|| PgError::Corrupt(format!("grant in unknown pool {pool_id}")))?;
+    let state: String = r.get("state");
+    let (slot, code, seq) = (r.get("slot"), r.get("code"), r.get("seq"));
+    Ok(Some(if state == "active" {
+        ClaimOutcome::Granted {
+            user_id: user.clone(),
+            pool: pool.name.clone(),
+            slot,
+            code,
+            seq,
+        }
+    } else {
+        ClaimOutcome::Cancelled {
+            user_id: user.clone(),
+            pool: pool.name.clone(),
+            slot,
+            code,
+            seq,
+        }
+    }))
+}
+
+/// The user's remembered refusal, as an answer.
+pub async fn rejection_answer<'e, E>(
+    exec: E,
+    campaign: CampaignId,
+    user: &UserId,
+) -> Result<Option<ClaimOutcome>, PgError>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    let row = sqlx::query("SELECT seq FROM rejections WHERE campaign_id = $1 AND user_id = $2")
+        .bind(campaign.0)
+        .bind(user.as_str())
+        .fetch_optional(exec)
+        .await?;
+    Ok(row.map(|r| ClaimOutcome::Rejected {
+        user_id: user.clone(),
+        reason: RejectReason::SoldOut,
+        seq: Some(r.get(0)),
+    }))
+}
+
+/// Cancels the user's active grant inside `tx`; returns its pool id and
+/// slot, or `None` when there was none.
+pub async fn cancel_grant(
+    tx: &mut Transaction<'_, Postgres>,
+    campaign: CampaignId,
+    user: &UserId,
+    now: DateTime<Utc>,
+) -> Result<Option<(i64, i32)>, PgError> {
+    let row = sqlx::query(
+        "UPDATE grants SET state = 'cancelled', released_at = $3
+         WHERE campaign_id = $1 AND user_id = $2 AND state = 'active'
+         RETURNING pool_id, slot",
+    )
+    .bind(campaign.0)
+    .bind(user.as_str())
+    .bind(now)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// A winner to insert: what the Redis modes hand to PostgreSQL in batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewGrant {
+    /// Campaign id.
+    pub campaign_id: i64,
+    /// Pool id.
+    pub pool_id: i64,
+    /// User.
+    pub user_id: String,
+    /// Slot.
+    pub slot: i32,
+    /// Coupon code: the idempotency key.
+    pub code: String,
+    /// Arrival sequence number.
+    pub seq: i64,
+}
+
+/// Inserts many grants in one statement. Rows that collide with an existing
+/// grant (same code: a redelivery; or a unique index) are skipped; returns
+/// the codes that were inserted.
+pub async fn insert_grants<'e, E>(exec: E, grants: &[NewGrant]) -> Result<Vec<String>, PgError>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    if grants.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut c = Vec::with_capacity(grants.len());
+    let mut p = Vec::with_capacity(grants.len());
+    let mut u = Vec::with_capacity(grants.len());
+    let mut s = Vec::with_capacity(grants.len());
+    let mut k = Vec::with_capacity(grants.len());
+    let mut q = Vec::with_capacity(grants.len());
+    for g in grants {
+        c.push(g.campaign_id);
+        p.push(g.pool_id);
+        u.push(g.user_id.as_str());
+        s.push(g.slot);
+        k.push(g.code.as_str());
+        q.push(g.seq);
+    }
+    let rows = sqlx::query(
+        "INSERT INTO grants (campaign_id, pool_id, user_id, slot, code, seq)
+         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::text[], $6::bigint[])
+         ON CONFLICT DO NOTHING
+         RETURNING code",
+    )
+    .bind(&c)
+    .bind(&p)
+    .bind(&u)
+    .bind(&s)
+    .bind(&k)
+    .bind(&q)
+    .fetch_all(exec)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.get(0)).collect())
+}
+
+/// Codes among `codes` that exist in PostgreSQL (any state).
+pub async fn existing_codes(db: &PgPool, codes: &[String]) -> Result<Vec<String>, PgError> {
+    let rows = sqlx::query("SELECT code FROM grants WHERE code = ANY($1)")
+        .bind(codes)
+        .fetch_all(db)
+        .await?;
+    Ok(rows.into_iter().map(|r| r.get(0)).collect())
+}
+
+/// Checks the database answers.
+pub async fn ping(db: &PgPool) -> Result<(), PgError> {
+    sqlx::query("SELECT 1").execute(db).await?;
+    Ok(())
+}

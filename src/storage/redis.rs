@@ -1,0 +1,230 @@
+//! Redis: the shared connection, the key layout and the Lua scripts.
+//!
+//! Every key of a campaign carries the campaign's hash tag (`{c42}`), so a
+//! script only ever touches one cluster slot. Keys are built here and passed
+//! through `KEYS`; scripts never build key names. Scripts are `.lua` files
+//! compiled in, run by SHA and loaded again on `NOSCRIPT` (redis-rs'
+//! `Script::invoke_async` does that) after a restart, failover or
+//! `SCRIPT FLUSH`.
+
+use std::time::Duration;
+
+use redis::{aio::ConnectionManager, aio::ConnectionManagerConfig, FromRedisValue, Script};
+
+use crate::domain::CampaignId;
+
+/// Errors of the Redis boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisStoreError {
+    /// The command failed or the connection is down.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// No answer within the configured timeout.
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// A script answered something it never answers (a bug).
+    #[error("unexpected redis reply: {0}")]
+    Protocol(String),
+}
+
+/// The Lua scripts, compiled into the binary from `lua/`.
+pub struct Scripts {
+    /// Admission decision (all Redis modes).
+    pub claim: Script,
+    /// Replace expected answers (gate commit, queue grant).
+    pub promote: Script,
+    /// Compensation: give back a reservation's stock and slot.
+    pub release: Script,
+    /// Cancel a granted answer, freeing its slot.
+    pub cancel: Script,
+    /// Slot allocation for queued claims, in order.
+    pub allocate: Script,
+    /// Load a campaign's state (creation or rebuild).
+    pub init: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            claim: Script::new(include_str!("../../lua/claim.lua")),
+            promote: Script::new(include_str!("../../lua/promote.lua")),
+            release: Script::new(include_str!("../../lua/release.lua")),
+            cancel: Script::new(include_str!("../../lua/cancel.lua")),
+            allocate: Script::new(include_str!("../../lua/allocate.lua")),
+            init: Script::new(include_str!("../../lua/init.lua")),
+        }
+    }
+}
+
+/// Names of one pool's keys.
+#[derive(Debug, Clone)]
+pub struct PoolKeys {
+    /// Stock still available at the door.
+    pub left: String,
+    /// Highest slot ever handed out.
+    pub hw: String,
+    /// Released slots (zset, score = slot).
+    pub free: String,
+}
+
+/// Names of one campaign's keys.
+#[derive(Debug, Clone)]
+pub struct CampaignKeys {
+    /// Window and expiry; its presence means the state is loaded.
+    pub meta: String,
+    /// user -> answer.
+    pub ans: String,
+    /// Arrival counter.
+    pub seq: String,
+    /// Claims waiting in the queue (redis-queue).
+    pub queued: String,
+    /// Write-behind outbox stream (redis-lua).
+    pub outbox: String,
+    /// Arrival queue stream (redis-queue).
+    pub queue: String,
+    /// Dead letters (redis-queue).
+    pub dlq: String,
+    /// Held while the state is rebuilt from PostgreSQL.
+    pub rebuild_lock: String,
+    /// Held by the one worker that flushes or drains this campaign.
+    pub lease: String,
+    /// Per pool, by index.
+    pub pools: Vec<PoolKeys>,
+}
+
+impl CampaignKeys {
+    /// The keys of campaign `id` with `npools` pools under `prefix`.
+    pub fn new(prefix: &str, id: CampaignId, npools: usize) -> Self {
+        let base = format!("{prefix}:{{c{}}}", id.0);
+        Self {
+            meta: format!("{base}:meta"),
+            ans: format!("{base}:ans"),
+            seq: format!("{base}:seq"),
+            queued: format!("{base}:queued"),
+            outbox: format!("{base}:outbox"),
+            queue: format!("{base}:queue"),
+            dlq: format!("{base}:dlq"),
+            rebuild_lock: format!("{base}:lock:rebuild"),
+            lease: format!("{base}:lease"),
+            pools: (0..npools)
+                .map(|i| PoolKeys {
+                    left: format!("{base}:p{i}:left"),
+                    hw: format!("{base}:p{i}:hw"),
+                    free: format!("{base}:p{i}:free"),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Name of the consumer group on both streams.
+pub const GROUP: &str = "g";
+
+/// The shared Redis handle: one multiplexed, self-reconnecting connection
+/// for requests, and the client to open dedicated connections for blocking
+/// stream reads.
+#[derive(Clone)]
+pub struct RedisStore {
+    /// Shared by every request; reconnects by itself.
+    conn: ConnectionManager,
+    /// For blocking reads (`XREADGROUP BLOCK`), which must not stall the
+    /// shared connection.
+    client: redis::Client,
+    /// Key prefix, e.g. `fc`; tests use a unique one each.
+    prefix: String,
+    /// Bound on any one request-path call.
+    timeout: Duration,
+    /// The scripts.
+    scripts: std::sync::Arc<Scripts>,
+}
+
+impl RedisStore {
+    /// Connects. Fails if Redis cannot be reached at all at startup.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self, RedisStoreError> {
+        let client = redis::Client::open(url)?;
+        let cfg = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn =
+            tokio::time::timeout(timeout * 4, client.get_connection_manager_with_config(cfg))
+                .await
+                .map_err(|_| RedisStoreError::Timeout(timeout * 4))??;
+        Ok(Self {
+            conn,
+            client,
+            prefix: prefix.to_string(),
+            timeout,
+            scripts: std::sync::Arc::new(Scripts::new()),
+        })
+    }
+
+    /// The key names of a campaign.
+    pub fn keys(&self, id: CampaignId, npools: usize) -> CampaignKeys {
+        CampaignKeys::new(&self.prefix, id, npools)
+    }
+
+    /// The scripts.
+    pub fn scripts(&self) -> &Scripts {
+        &self.scripts
+    }
+
+    /// A clone of the shared connection.
+    pub fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// A new dedicated connection for blocking reads.
+    pub async fn dedicated(&self) -> Result<redis::aio::MultiplexedConnection, RedisStoreError> {
+        let fut = self.client.get_multiplexed_async_connection();
+        tokio::time::timeout(self.timeout * 4, fut)
+            .await
+            .map_err(|_| RedisStoreError::Timeout(self.timeout * 4))?
+            .map_err(Into::into)
+    }
+
+    /// Runs `f` on the shared connection, bounded by the timeout.
+    pub async fn run<T, F, Fut>(&self, f: F) -> Result<T, RedisStoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        tokio::time::timeout(self.timeout, f(self.conn.clone()))
+            .await
+            .map_err(|_| RedisStoreError::Timeout(self.timeout))?
+            .map_err(Into::into)
+    }
+
+    /// Runs a script by SHA (loading it on NOSCRIPT), bounded by the timeout.
+    pub async fn eval<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<T, RedisStoreError> {
+        let mut inv = script.prepare_invoke();
+        for k in keys {
+            inv.key(*k);
+        }
+        for a in args {
+            inv.arg(*a);
+        }
+        let mut conn = self.conn.clone();
+        tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
+            .await
+            .map_err(|_| RedisStoreError::Timeout(self.timeout))?
+            .map_err(Into::into)
+    }
+
+    /// Checks Redis answers.
+    pub async fn ping(&self) -> Result<(), RedisStoreError> {
+        self.run(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
+            .await
+            .map(|_| ())
+    }
+}

@@ -1,0 +1,129 @@
+//! Group commit for `gate`: winners from concurrent requests are inserted in
+//! one transaction (one fsync for many grants). No fixed tick: while every
+//! committing connection is busy, new winners queue up and go together in
+//! the next batch; an optional linger trades a little latency for larger
+//! batches.
+
+use std::{sync::Arc, time::Duration};
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::storage::pg::{self, NewGrant, PgError};
+
+/// Why a commit gave no verdict on a row.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The batch's transaction failed; nothing of it was written.
+    #[error(transparent)]
+    Database(#[from] PgError),
+    /// The committer has stopped (shutdown).
+    #[error("committer stopped")]
+    Closed,
+}
+
+/// One winner waiting for its commit.
+struct Job {
+    /// The row.
+    grant: NewGrant,
+    /// `Ok(true)` inserted; `Ok(false)` refused by a unique index.
+    reply: oneshot::Sender<Result<bool, CommitError>>,
+}
+
+/// Tuning of the group committer.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitterConfig {
+    /// Most rows in one transaction.
+    pub max_batch: usize,
+    /// Transactions in flight at once (connections used).
+    pub max_inflight: usize,
+    /// How long a batch waits for company after its first row.
+    pub linger: Duration,
+}
+
+impl Default for CommitterConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 512,
+            max_inflight: 4,
+            linger: Duration::from_micros(500),
+        }
+    }
+}
+
+/// Hands winners to the committer.
+#[derive(Clone)]
+pub struct CommitterHandle {
+    /// Queue of waiting winners.
+    tx: mpsc::Sender<Job>,
+}
+
+impl CommitterHandle {
+    /// Waits until `grant` is committed (or refused, or its batch failed).
+    pub async fn commit(&self, grant: NewGrant) -> Result<bool, CommitError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job { grant, reply })
+            .await
+            .map_err(|_| CommitError::Closed)?;
+        rx.await.map_err(|_| CommitError::Closed)?
+    }
+}
+
+/// Starts the committer; it stops when every handle is dropped.
+pub fn spawn(db: PgPool, cfg: CommitterConfig) -> CommitterHandle {
+    let (tx, mut rx) = mpsc::channel::<Job>(cfg.max_batch * cfg.max_inflight * 4);
+    let slots = Arc::new(Semaphore::new(cfg.max_inflight));
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            // Waiting for a free connection is what forms the batch.
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let mut batch = vec![first];
+            if !cfg.linger.is_zero() {
+                let deadline = tokio::time::Instant::now() + cfg.linger;
+                while batch.len() < cfg.max_batch {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(j)) => batch.push(j),
+                        _ => break,
+                    }
+                }
+            }
+            while batch.len() < cfg.max_batch {
+                match rx.try_recv() {
+                    Ok(j) => batch.push(j),
+                    Err(_) => break,
+                }
+            }
+            let db = db.clone();
+            tokio::spawn(async move {
+                run_batch(&db, batch).await;
+                drop(permit);
+            });
+        }
+    });
+    CommitterHandle { tx }
+}
+
+async fn run_batch(db: &PgPool, batch: Vec<Job>) {
+    let rows: Vec<NewGrant> = batch.iter().map(|j| j.grant.clone()).collect();
+    metrics::histogram!("firstcome_group_commit_rows").record(rows.len() as f64);
+    match pg::insert_grants(db, &rows).await {
+        Ok(inserted) => {
+            let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+            for j in batch {
+                let ok = inserted.contains(&j.grant.code);
+                let _ = j.reply.send(Ok(ok));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, rows = rows.len(), "group commit failed");
+            for j in batch {
+                let _ = j
+                    .reply
+                    .send(Err(CommitError::Database(PgError::Failed(e.to_string()))));
+            }
+        }
+    }
+}

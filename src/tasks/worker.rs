@@ -1,0 +1,86 @@
+//! The worker role: keeps one flusher (redis-lua) or drainer (redis-queue)
+//! running per live campaign. Several workers may run; a lease in Redis
+//! makes sure one of them at a time works a given campaign.
+
+use std::{collections::HashMap, time::Duration};
+
+use sqlx::PgPool;
+use tokio::{sync::watch, task::JoinHandle};
+
+use super::{drainer::Drainer, flusher::Flusher, stream};
+use crate::{
+    domain::{CampaignId, Mode},
+    modes::redis_common::RedisCommon,
+    storage::pg,
+};
+
+/// How often the worker looks for new campaigns.
+pub const DISCOVERY_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Runs until `shutdown` turns true, then waits for its tasks to stop.
+pub async fn run(
+    common: RedisCommon,
+    db: PgPool,
+    cfg: stream::StreamConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let me = format!(
+        "w-{}-{}",
+        std::process::id(),
+        crate::domain::generate_code()
+    );
+    let mut tasks: HashMap<CampaignId, JoinHandle<()>> = HashMap::new();
+    while !*shutdown.borrow() {
+        tasks.retain(|_, h| !h.is_finished());
+        match pg::live_campaigns(&db, &[Mode::RedisLua, Mode::RedisQueue]).await {
+            Ok(ids) => {
+                for id in ids {
+                    if tasks.contains_key(&id) {
+                        continue;
+                    }
+                    let Ok(Some(c)) = pg::load_campaign(&db, id).await else {
+                        continue;
+                    };
+                    let keys = common.keys(&c);
+                    let rx = shutdown.clone();
+                    let store = common.redis.clone();
+                    let h = match c.mode {
+                        Mode::RedisLua => tokio::spawn(stream::run(
+                            store,
+                            keys.outbox.clone(),
+                            keys.lease.clone(),
+                            me.clone(),
+                            cfg,
+                            Flusher {
+                                db: db.clone(),
+                                campaign: c,
+                            },
+                            rx,
+                        )),
+                        Mode::RedisQueue => tokio::spawn(stream::run(
+                            store,
+                            keys.queue.clone(),
+                            keys.lease.clone(),
+                            me.clone(),
+                            cfg,
+                            Drainer {
+                                common: common.clone(),
+                                db: db.clone(),
+                                campaign: c,
+                                attempts: HashMap::new(),
+                            },
+                            rx,
+                        )),
+                        _ => continue,
+                    };
+                    tasks.insert(id, h);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "worker: cannot list campaigns"),
+        }
+        let _ = tokio::time::timeout(DISCOVERY_INTERVAL, shutdown.changed()).await;
+    }
+    for (_, h) in tasks {
+        let _ = h.await;
+    }
+}

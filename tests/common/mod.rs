@@ -1,0 +1,326 @@
+//! Test support: `spawn_app` starts the service in-process on port 0 over a
+//! fresh PostgreSQL database and a unique Redis key prefix, so tests run in
+//! parallel and in any order (the zero2prod pattern).
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use firstcome::{app::Application, config::ServeArgs};
+use serde_json::{json, Value};
+use sqlx::{Connection, PgConnection, PgPool, Row};
+use tokio::sync::{oneshot, watch};
+
+/// Admin token of every test app.
+pub const TOKEN: &str = "test-admin-token";
+
+/// The base database URL (the one `scripts/services.sh` prints).
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/firstcome".into())
+}
+
+/// The Redis URL.
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A unique name for this test's database and Redis prefix.
+pub fn unique(tag: &str) -> String {
+    format!(
+        "fc_test_{tag}_{}",
+        firstcome::domain::generate_code().to_lowercase()
+    )
+}
+
+/// Creates a fresh database; returns its URL.
+pub async fn fresh_database(name: &str) -> String {
+    let base = database_url();
+    let server = base
+        .rsplit_once('/')
+        .map(|(s, _)| s.to_string())
+        .expect("url has a database");
+    let mut admin = PgConnection::connect(&format!("{server}/postgres"))
+        .await
+        .expect("connect to postgres");
+    sqlx::query(&format!(r#"CREATE DATABASE "{name}""#))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+    format!("{server}/{name}")
+}
+
+/// A running app.
+pub struct TestApp {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// HTTP client.
+    pub http: reqwest::Client,
+    /// Direct access to the app's database, for assertions.
+    pub db: PgPool,
+    /// Its database URL.
+    pub db_url: String,
+    /// Its Redis key prefix.
+    pub prefix: String,
+    /// Stops its background tasks (the worker) without stopping HTTP.
+    pub stop_worker: watch::Sender<bool>,
+    /// Stops the whole app.
+    shutdown: Option<oneshot::Sender<()>>,
+    /// The app's task.
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts an app with default settings on a fresh database.
+pub async fn spawn_app() -> TestApp {
+    let name = unique("db");
+    let db_url = fresh_database(&name).await;
+    spawn_app_on(&db_url, &name, |_| {}).await
+}
+
+/// Starts an app on an existing database and prefix (a second process of
+/// the same deployment), with settings adjusted by `tweak`.
+pub async fn spawn_app_on(
+    db_url: &str,
+    prefix: &str,
+    tweak: impl FnOnce(&mut ServeArgs),
+) -> TestApp {
+    let mut args = ServeArgs::for_tests(db_url, &redis_url(), prefix, TOKEN);
+    tweak(&mut args);
+    let app = Application::build(args).await.expect("build app");
+    let base = format!("http://{}", app.addr());
+    let stop_worker = app.stopper();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        app.run_until(async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("app runs");
+    });
+    let db = PgPool::connect(db_url).await.expect("connect test db");
+    TestApp {
+        base,
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()
+            .expect("client"),
+        db,
+        db_url: db_url.to_string(),
+        prefix: prefix.to_string(),
+        stop_worker,
+        shutdown: Some(tx),
+        task: Some(task),
+    }
+}
+
+impl TestApp {
+    /// Stops the app and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+
+    /// POST /v1/campaigns with the admin token; panics unless 201.
+    pub async fn create_campaign(&self, spec: Value) -> Value {
+        let (s, v) = self.post_admin("/v1/campaigns", spec).await;
+        assert_eq!(s, 201, "create campaign: {v}");
+        v
+    }
+
+    /// A campaign of `mode` with pools `(name, stock)`; returns its id.
+    pub async fn campaign(&self, mode: &str, pools: &[(&str, i64)]) -> i64 {
+        let pools: Vec<Value> = pools
+            .iter()
+            .map(|(n, s)| json!({"name": n, "stock": s}))
+            .collect();
+        self.create_campaign(json!({"name": format!("test {mode}"), "mode": mode, "pools": pools}))
+            .await["id"]
+            .as_i64()
+            .expect("id")
+    }
+
+    /// POST with the admin token.
+    pub async fn post_admin(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A claim.
+    pub async fn claim(&self, id: i64, user: &str, pool: Option<&str>) -> (u16, Value) {
+        let mut body = json!({"user_id": user});
+        if let Some(p) = pool {
+            body["pool"] = json!(p);
+        }
+        self.send(
+            reqwest::Method::POST,
+            &format!("/v1/campaigns/{id}/claims"),
+            Some(body),
+        )
+        .await
+    }
+
+    /// GET a claim's state.
+    pub async fn status(&self, id: i64, user: &str) -> (u16, Value) {
+        self.send(
+            reqwest::Method::GET,
+            &format!("/v1/campaigns/{id}/claims/{user}"),
+            None,
+        )
+        .await
+    }
+
+    /// DELETE a claim.
+    pub async fn cancel(&self, id: i64, user: &str) -> (u16, Value) {
+        self.send(
+            reqwest::Method::DELETE,
+            &format!("/v1/campaigns/{id}/claims/{user}"),
+            None,
+        )
+        .await
+    }
+
+    /// Any request without auth; (status, JSON or Null).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.expect("request");
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Every active grant through the paged export.
+    pub async fn grants(&self, id: i64) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut after = String::new();
+        loop {
+            let r = self
+                .http
+                .get(format!(
+                    "{}/v1/campaigns/{id}/grants?limit=100&after={after}",
+                    self.base
+                ))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .expect("request");
+            assert_eq!(r.status().as_u16(), 200);
+            let v: Value = r.json().await.expect("json");
+            out.extend(v["grants"].as_array().cloned().unwrap_or_default());
+            match v["next"].as_str() {
+                Some(n) => after = n.to_string(),
+                None => return out,
+            }
+        }
+    }
+
+    /// Waits (with a deadline) until `cond` holds on the campaign body.
+    pub async fn wait_campaign(&self, id: i64, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, v) = self
+                .send(reqwest::Method::GET, &format!("/v1/campaigns/{id}"), None)
+                .await;
+            if cond(&v) {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until no claim is queued and PostgreSQL holds `n` active grants.
+    pub async fn wait_durable(&self, id: i64, n: i64) {
+        self.wait_campaign(id, &format!("{n} durable grants"), |v| {
+            v["queued"].as_i64() == Some(0) && total_granted(v) == n
+        })
+        .await;
+    }
+
+    /// Checks invariants 1-3 straight from PostgreSQL; returns active grants.
+    pub async fn assert_db_invariants(&self, id: i64) -> i64 {
+        let over: i64 = sqlx::query(
+            "SELECT count(*) FROM pools p WHERE p.campaign_id = $1 AND p.stock <
+               (SELECT count(*) FROM grants g WHERE g.pool_id = p.id AND g.state = 'active')",
+        )
+        .bind(id)
+        .fetch_one(&self.db)
+        .await
+        .unwrap()
+        .get(0);
+        assert_eq!(over, 0, "oversold pool");
+        let dup: i64 = sqlx::query(
+            "SELECT count(*) FROM (SELECT user_id FROM grants WHERE campaign_id = $1 AND state = 'active'
+             GROUP BY user_id HAVING count(*) > 1) d",
+        )
+        .bind(id)
+        .fetch_one(&self.db)
+        .await
+        .unwrap()
+        .get(0);
+        assert_eq!(dup, 0, "duplicate grants");
+        let bad_slot: i64 = sqlx::query(
+            "SELECT count(*) FROM grants g JOIN pools p ON p.id = g.pool_id
+             WHERE g.campaign_id = $1 AND g.state = 'active' AND (g.slot < 1 OR g.slot > p.stock)",
+        )
+        .bind(id)
+        .fetch_one(&self.db)
+        .await
+        .unwrap()
+        .get(0);
+        assert_eq!(bad_slot, 0, "slot out of range");
+        let double: i64 = sqlx::query(
+            "SELECT count(*) FROM (SELECT pool_id, slot FROM grants WHERE campaign_id = $1 AND state = 'active'
+             GROUP BY pool_id, slot HAVING count(*) > 1) d",
+        )
+        .bind(id)
+        .fetch_one(&self.db)
+        .await
+        .unwrap()
+        .get(0);
+        assert_eq!(double, 0, "double-booked slot");
+        sqlx::query("SELECT count(*) FROM grants WHERE campaign_id = $1 AND state = 'active'")
+            .bind(id)
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+            .get(0)
+    }
+}
+
+/// Sum of `granted` over a campaign body's pools.
+pub fn total_granted(v: &Value) -> i64 {
+    v["pools"]
+        .as_array()
+        .map(|ps| ps.iter().map(|p| p["granted"].as_i64().unwrap_or(0)).sum())
+        .unwrap_or(-1)
+}
+
+/// A Redis connection for direct checks.
+pub async fn redis_conn() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
