@@ -10,6 +10,8 @@ eval "$(scripts/services.sh)"
 export FIRSTCOME_ADMIN_TOKEN="${FIRSTCOME_ADMIN_TOKEN:-demo-admin-token}"
 export FIRSTCOME_ADDR="${FIRSTCOME_ADDR:-127.0.0.1:8080}"
 
+command -v curl >/dev/null || { sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd=sudo;
+  $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq curl; }
 cargo build --release --locked
 bin=target/release/firstcome
 

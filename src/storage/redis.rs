@@ -27,31 +27,49 @@ pub enum RedisStoreError {
     Protocol(String),
 }
 
+/// One Lua script: its SHA-cached handle and its source.
+pub struct Lua {
+    /// Runs by SHA, loading on NOSCRIPT.
+    pub script: Script,
+    /// The source, for a plain EVAL when the cache is flushed again between
+    /// the load and the EVALSHA (SCRIPT FLUSH in a loop, failover storms).
+    pub src: &'static str,
+}
+
+impl Lua {
+    fn new(src: &'static str) -> Self {
+        Self {
+            script: Script::new(src),
+            src,
+        }
+    }
+}
+
 /// The Lua scripts, compiled into the binary from `lua/`.
 pub struct Scripts {
     /// Admission decision (all Redis modes).
-    pub claim: Script,
+    pub claim: Lua,
     /// Replace expected answers (gate commit, queue grant).
-    pub promote: Script,
+    pub promote: Lua,
     /// Compensation: give back a reservation's stock and slot.
-    pub release: Script,
+    pub release: Lua,
     /// Cancel a granted answer, freeing its slot.
-    pub cancel: Script,
+    pub cancel: Lua,
     /// Slot allocation for queued claims, in order.
-    pub allocate: Script,
+    pub allocate: Lua,
     /// Load a campaign's state (creation or rebuild).
-    pub init: Script,
+    pub init: Lua,
 }
 
 impl Scripts {
     fn new() -> Self {
         Self {
-            claim: Script::new(include_str!("../../lua/claim.lua")),
-            promote: Script::new(include_str!("../../lua/promote.lua")),
-            release: Script::new(include_str!("../../lua/release.lua")),
-            cancel: Script::new(include_str!("../../lua/cancel.lua")),
-            allocate: Script::new(include_str!("../../lua/allocate.lua")),
-            init: Script::new(include_str!("../../lua/init.lua")),
+            claim: Lua::new(include_str!("../../lua/claim.lua")),
+            promote: Lua::new(include_str!("../../lua/promote.lua")),
+            release: Lua::new(include_str!("../../lua/release.lua")),
+            cancel: Lua::new(include_str!("../../lua/cancel.lua")),
+            allocate: Lua::new(include_str!("../../lua/allocate.lua")),
+            init: Lua::new(include_str!("../../lua/init.lua")),
         }
     }
 }
@@ -203,11 +221,11 @@ impl RedisStore {
     /// Runs a script by SHA (loading it on NOSCRIPT), bounded by the timeout.
     pub async fn eval<T: FromRedisValue>(
         &self,
-        script: &Script,
+        lua: &Lua,
         keys: &[&str],
         args: &[&str],
     ) -> Result<T, RedisStoreError> {
-        let mut inv = script.prepare_invoke();
+        let mut inv = lua.script.prepare_invoke();
         for k in keys {
             inv.key(*k);
         }
@@ -215,7 +233,23 @@ impl RedisStore {
             inv.arg(*a);
         }
         let mut conn = self.conn.clone();
-        tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
+        let call = async {
+            match inv.invoke_async(&mut conn).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    redis::cmd("EVAL")
+                        .arg(lua.src)
+                        .arg(keys.len())
+                        .arg(keys)
+                        .arg(args)
+                        .query_async(&mut conn)
+                        .await
+                }
+                other => other,
+            }
+        };
+        tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| RedisStoreError::Timeout(self.timeout))?
             .map_err(Into::into)

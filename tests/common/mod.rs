@@ -113,6 +113,20 @@ pub async fn spawn_app_on(
 }
 
 impl TestApp {
+    /// A client of an app started elsewhere (no database, no control).
+    pub fn client_only(base: &str) -> TestApp {
+        TestApp {
+            base: base.to_string(),
+            http: reqwest::Client::new(),
+            db: PgPool::connect_lazy(&database_url()).expect("lazy pool"),
+            db_url: String::new(),
+            prefix: String::new(),
+            stop_worker: watch::channel(false).0,
+            shutdown: None,
+            task: None,
+        }
+    }
+
     /// Stops the app and waits for it.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
