@@ -73,6 +73,7 @@ impl Application {
             }
         };
         let (stop_tx, stop_rx) = watch::channel(false);
+        let worker_wakeup = Arc::new(tokio::sync::Notify::new());
         let worker = matches!(args.role, Role::Worker | Role::All).then(|| {
             let common = RedisCommon::new(
                 db.clone(),
@@ -83,6 +84,7 @@ impl Application {
                 common,
                 db.clone(),
                 StreamConfig::default(),
+                worker_wakeup.clone(),
                 stop_rx,
             ))
         });
@@ -97,6 +99,7 @@ impl Application {
             admin_token,
             campaigns: Arc::new(RwLock::new(HashMap::new())),
             sse_max: Duration::from_secs(args.sse_max_secs),
+            worker_wakeup,
         };
         Ok(Self {
             addr,

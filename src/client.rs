@@ -75,6 +75,17 @@ impl Client {
         Ok((status, v))
     }
 
+    /// GET `path` as text (e.g. /metrics).
+    pub async fn text(&self, path: &str) -> anyhow::Result<String> {
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(format!("{}{}", self.base, path))
+            .body(Full::new(Bytes::new()))?;
+        let resp = self.inner.request(req).await.context("request failed")?;
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
     /// Creates a campaign (admin); returns its body.
     pub async fn create_campaign(&self, spec: &Value) -> anyhow::Result<Value> {
         let (s, v) = self

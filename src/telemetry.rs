@@ -33,9 +33,26 @@ pub fn init_metrics() -> &'static PrometheusHandle {
     })
 }
 
-/// The metrics in Prometheus' text format.
+/// The metrics in Prometheus' text format, with the process' memory.
 pub fn render_metrics() -> String {
-    init_metrics().render()
+    let handle = init_metrics();
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .map(|v| v * 1024.0)
+        };
+        if let Some(v) = kib("VmRSS:") {
+            metrics::gauge!("firstcome_process_resident_bytes").set(v);
+        }
+        if let Some(v) = kib("VmHWM:") {
+            metrics::gauge!("firstcome_process_peak_resident_bytes").set(v);
+        }
+    }
+    handle.render()
 }
 
 /// Installs the log subscriber (RUST_LOG, default info). Idempotent.

@@ -193,6 +193,7 @@ pub async fn create(
             tracing::warn!(error = %e, campaign = %c.id, "could not load the new campaign into redis");
         }
     }
+    state.worker_wakeup.notify_one();
     tracing::info!(campaign = %c.id, mode = %c.mode, pools = c.pools.len(), "campaign created");
     let b = body(&state, &c).await?;
     Ok((StatusCode::CREATED, Json(b)))

@@ -49,6 +49,8 @@ pub struct AppState {
     pub campaigns: Arc<RwLock<HashMap<CampaignId, Arc<Campaign>>>>,
     /// Longest an SSE stream stays open.
     pub sse_max: Duration,
+    /// Wakes this process' worker when a campaign is created.
+    pub worker_wakeup: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {

@@ -2,10 +2,13 @@
 //! running per live campaign. Several workers may run; a lease in Redis
 //! makes sure one of them at a time works a given campaign.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use sqlx::PgPool;
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::{
+    sync::{watch, Notify},
+    task::JoinHandle,
+};
 
 use super::{drainer::Drainer, flusher::Flusher, stream};
 use crate::{
@@ -22,6 +25,7 @@ pub async fn run(
     common: RedisCommon,
     db: PgPool,
     cfg: stream::StreamConfig,
+    wakeup: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let me = format!(
@@ -78,7 +82,13 @@ pub async fn run(
             }
             Err(e) => tracing::warn!(error = %e, "worker: cannot list campaigns"),
         }
-        let _ = tokio::time::timeout(DISCOVERY_INTERVAL, shutdown.changed()).await;
+        // A campaign created in this process wakes the worker at once, so
+        // its first grants are not held up by the discovery interval.
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = wakeup.notified() => {}
+            _ = tokio::time::sleep(DISCOVERY_INTERVAL) => {}
+        }
     }
     for (_, h) in tasks {
         let _ = h.await;

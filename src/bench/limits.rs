@@ -1,0 +1,244 @@
+//! The machine's own limits, measured in the same run as the modes: the
+//! claim Lua script driven straight at Redis (one request in flight per
+//! connection, and pipelined), and the `SELECT ... FOR UPDATE` transaction
+//! driven straight at PostgreSQL. The modes' throughput is reported as a
+//! ratio to these.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::{
+    domain::CampaignId,
+    storage::redis::{CampaignKeys, RedisStore},
+};
+
+/// One limit measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct Limit {
+    /// What was driven.
+    pub name: String,
+    /// Connections.
+    pub concurrency: usize,
+    /// Calls (or transactions) per second.
+    pub per_sec: f64,
+    /// Median latency of one call (or pipeline), ms.
+    pub p50_ms: f64,
+    /// p99, ms.
+    pub p99_ms: f64,
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+}
+
+/// Loads a one-pool campaign state of `stock` under a throwaway prefix.
+async fn scratch_state(
+    redis_url: &str,
+    stock: i64,
+) -> anyhow::Result<(RedisStore, CampaignKeys, String)> {
+    let prefix = format!("fcbench-{}", crate::domain::generate_code().to_lowercase());
+    let store = RedisStore::connect(redis_url, &prefix, Duration::from_secs(5)).await?;
+    let k = store.keys(CampaignId(1), 1);
+    let exp = (chrono::Utc::now() + chrono::Duration::minutes(30))
+        .timestamp_millis()
+        .to_string();
+    let stock_s = stock.to_string();
+    let args = [
+        exp.as_str(),
+        "",
+        "",
+        "gate",
+        "1",
+        "0",
+        "0",
+        &stock_s,
+        "0",
+        "0",
+        "0",
+    ];
+    let p = &k.pools[0];
+    let keys = [
+        &k.meta, &k.ans, &k.seq, &k.queued, &k.outbox, &k.queue, &p.left, &p.hw, &p.free,
+    ];
+    let keys: Vec<&str> = keys.iter().map(|s| s.as_str()).collect();
+    let _: i64 = store.eval(&store.scripts().init, &keys, &args).await?;
+    Ok((store, k, prefix))
+}
+
+async fn drop_prefix(redis_url: &str, prefix: &str) -> anyhow::Result<()> {
+    let mut c = redis::Client::open(redis_url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut c)
+        .await?;
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut c).await?;
+    }
+    Ok(())
+}
+
+/// Drives `claim.lua` (gate reservation path) at Redis for `secs` seconds
+/// from `conc` connections, `pipeline` calls per round trip, with a fresh
+/// user each call against a pool of `stock` (so most calls sell out, as in
+/// a rush).
+pub async fn redis_lua(
+    redis_url: &str,
+    conc: usize,
+    pipeline: usize,
+    stock: i64,
+    secs: f64,
+) -> anyhow::Result<Limit> {
+    let (store, k, prefix) = scratch_state(redis_url, stock).await?;
+    let client = redis::Client::open(redis_url)?;
+    let sha = store.scripts().claim.script.get_hash().to_string();
+    // Make sure the script is cached before timing.
+    let mut c0 = client.get_multiplexed_async_connection().await?;
+    let _: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(store.scripts().claim.src)
+        .query_async(&mut c0)
+        .await?;
+    let total = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..conc {
+        // One connection per task: one request (or pipeline) in flight on
+        // each, like redis-benchmark -c conc -P pipeline.
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let (k, sha, total) = (k.clone(), sha.clone(), total.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut h = hist();
+            let p = &k.pools[0];
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let mut pipe = redis::pipe();
+                for _ in 0..pipeline {
+                    pipe.cmd("EVALSHA")
+                        .arg(&sha)
+                        .arg(8)
+                        .arg(&k.meta)
+                        .arg(&k.ans)
+                        .arg(&k.seq)
+                        .arg(&p.left)
+                        .arg(&p.hw)
+                        .arg(&p.free)
+                        .arg(&k.outbox)
+                        .arg(&k.queued)
+                        .arg(format!("lim-{t}-{i}"))
+                        .arg("0")
+                        .arg("LIMITCODE0000000")
+                        .arg("gate");
+                    i += 1;
+                }
+                let t0 = Instant::now();
+                let r: redis::RedisResult<Vec<redis::Value>> = pipe.query_async(&mut conn).await;
+                if r.is_err() {
+                    break;
+                }
+                h.saturating_record(t0.elapsed().as_micros() as u64);
+                total.fetch_add(pipeline as u64, Ordering::Relaxed);
+            }
+            h
+        }));
+    }
+    let mut h = hist();
+    for t in tasks {
+        h.add(t.await?)?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    drop_prefix(redis_url, &prefix).await?;
+    Ok(Limit {
+        name: format!("claim.lua straight at Redis, pipeline {pipeline}"),
+        concurrency: conc,
+        per_sec: total.load(Ordering::Relaxed) as f64 / elapsed,
+        p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+    })
+}
+
+/// Drives the db-lock transaction (`SELECT ... FOR UPDATE` on a pool row,
+/// `UPDATE`, `COMMIT`) straight at PostgreSQL over `rows` hot rows.
+pub async fn pg_for_update(
+    database_url: &str,
+    conc: usize,
+    rows: i32,
+    secs: f64,
+) -> anyhow::Result<Limit> {
+    let table = format!(
+        "fc_bench_limit_{}",
+        crate::domain::generate_code().to_lowercase()
+    );
+    let db = PgPoolOptions::new()
+        .max_connections(conc as u32)
+        .connect(database_url)
+        .await?;
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, stock int NOT NULL, issued int NOT NULL DEFAULT 0)"
+    ))
+    .execute(&db)
+    .await?;
+    sqlx::query(&format!(
+        "INSERT INTO {table} (id, stock) SELECT g, 1000000000 FROM generate_series(1, $1) g"
+    ))
+    .bind(rows)
+    .execute(&db)
+    .await?;
+    let total = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..conc {
+        let (db, table, total) = (db.clone(), table.clone(), total.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut h = hist();
+            let mut i = t as i32;
+            let select = format!("SELECT stock, issued FROM {table} WHERE id = $1 FOR UPDATE");
+            let update = format!("UPDATE {table} SET issued = issued + 1 WHERE id = $1");
+            while Instant::now() < deadline {
+                let row = i % rows + 1;
+                i += 1;
+                let t0 = Instant::now();
+                let ok: Result<(), sqlx::Error> = async {
+                    let mut tx = db.begin().await?;
+                    sqlx::query(&select).bind(row).fetch_one(&mut *tx).await?;
+                    sqlx::query(&update).bind(row).execute(&mut *tx).await?;
+                    tx.commit().await
+                }
+                .await;
+                if ok.is_err() {
+                    break;
+                }
+                h.saturating_record(t0.elapsed().as_micros() as u64);
+                total.fetch_add(1, Ordering::Relaxed);
+            }
+            h
+        }));
+    }
+    let mut h = hist();
+    for t in tasks {
+        h.add(t.await?)?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    sqlx::query(&format!("DROP TABLE {table}"))
+        .execute(&db)
+        .await?;
+    Ok(Limit {
+        name: format!("SELECT ... FOR UPDATE tx straight at PostgreSQL, {rows} row(s)"),
+        concurrency: conc,
+        per_sec: total.load(Ordering::Relaxed) as f64 / elapsed,
+        p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+    })
+}
