@@ -4,11 +4,11 @@
 -- KEYS[1] ans     hash user -> answer
 -- KEYS[2] queued  counter decremented per promotion when ARGV[1] == '1'
 -- ARGV[1] '1' to decrement KEYS[2], else '0'
--- ARGV[2..] triples: user, expected answer, new answer
+-- ARGV[2..] triples: user, expected answer ('' = no answer yet), new answer
 -- Returns how many answers were replaced.
 local n = 0
 for i = 2, #ARGV, 3 do
-  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+  if (redis.call('HGET', KEYS[1], ARGV[i]) or '') == ARGV[i + 1] then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
     n = n + 1
   end

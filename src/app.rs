@@ -16,7 +16,7 @@ use crate::{
     http::{self, AppState},
     modes::{redis_common::RedisCommon, Admissions},
     storage::{pg, redis::RedisStore},
-    tasks::{committer, stream::StreamConfig, worker},
+    tasks::{committer, holds, reconcile, stream::StreamConfig, worker},
 };
 
 /// A built, not yet running, service.
@@ -29,8 +29,8 @@ pub struct Application {
     state: AppState,
     /// Flips to true to stop the background tasks.
     stop_tx: watch::Sender<bool>,
-    /// The worker, when this process runs one.
-    worker: Option<JoinHandle<()>>,
+    /// The worker's tasks, when this process runs one.
+    worker: Vec<JoinHandle<()>>,
     /// Which parts run.
     role: Role,
 }
@@ -74,20 +74,29 @@ impl Application {
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let worker_wakeup = Arc::new(tokio::sync::Notify::new());
-        let worker = matches!(args.role, Role::Worker | Role::All).then(|| {
+        let mut worker = Vec::new();
+        if matches!(args.role, Role::Worker | Role::All) {
             let common = RedisCommon::new(
                 db.clone(),
                 redis.clone(),
                 Duration::from_millis(args.pending_wait_ms),
             );
-            tokio::spawn(worker::run(
-                common,
+            worker.push(tokio::spawn(worker::run(
+                common.clone(),
                 db.clone(),
                 StreamConfig::default(),
                 worker_wakeup.clone(),
-                stop_rx,
-            ))
-        });
+                stop_rx.clone(),
+            )));
+            worker.push(tokio::spawn(holds::run(common.clone(), stop_rx.clone())));
+            if args.reconcile_interval_secs > 0 {
+                worker.push(tokio::spawn(reconcile::run(
+                    common,
+                    Duration::from_secs(args.reconcile_interval_secs),
+                    stop_rx,
+                )));
+            }
+        }
         let listener = TcpListener::bind(args.addr)
             .await
             .with_context(|| format!("binding {}", args.addr))?;
@@ -138,7 +147,7 @@ impl Application {
             .with_graceful_shutdown(shutdown)
             .await?;
         let _ = self.stop_tx.send(true);
-        if let Some(w) = self.worker {
+        for w in self.worker {
             let _ = w.await;
         }
         tracing::info!("firstcome stopped");

@@ -23,6 +23,26 @@ pub enum Command {
     /// Create or inspect campaigns through a running service.
     #[command(subcommand)]
     Campaign(crate::cli::CampaignCmd),
+    /// Compare Redis with PostgreSQL for Redis-mode campaigns, repair drift,
+    /// and report what was repaired.
+    Reconcile(ReconcileArgs),
+    /// List or replay redis-queue dead letters.
+    #[command(subcommand)]
+    Dlq(crate::cli::DlqCmd),
+}
+
+/// `firstcome reconcile`.
+#[derive(Debug, Clone, Args)]
+pub struct ReconcileArgs {
+    /// Only this campaign (default: every live Redis-mode campaign).
+    #[arg(long)]
+    pub campaign: Option<i64>,
+    /// Report only; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Stores.
+    #[command(flatten)]
+    pub stores: StoreArgs,
 }
 
 /// Which parts of the service a process runs.
@@ -91,6 +111,10 @@ pub struct ServeArgs {
     /// Longest a server-sent event stream stays open, in seconds.
     #[arg(long, env = "FIRSTCOME_SSE_MAX_SECS", default_value_t = 600)]
     pub sse_max_secs: u64,
+    /// How often the worker reconciles Redis with PostgreSQL, in seconds
+    /// (0 turns the periodic pass off).
+    #[arg(long, env = "FIRSTCOME_RECONCILE_INTERVAL_SECS", default_value_t = 30)]
+    pub reconcile_interval_secs: u64,
 }
 
 impl ServeArgs {
@@ -117,6 +141,7 @@ impl ServeArgs {
             commit_linger_us: 500,
             pending_wait_ms: 3000,
             sse_max_secs: 60,
+            reconcile_interval_secs: 0,
         }
     }
 

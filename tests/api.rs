@@ -443,6 +443,7 @@ async fn ops_endpoints_answer() {
         "/v1/campaigns/{id}/claims",
         "/v1/campaigns/{id}/claims/{user_id}",
         "/v1/campaigns/{id}/claims/{user_id}/events",
+        "/v1/campaigns/{id}/claims/{user_id}/confirm",
         "/v1/campaigns/{id}/grants",
     ] {
         assert!(doc["paths"][p].is_object(), "openapi lacks {p}");

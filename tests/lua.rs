@@ -311,3 +311,68 @@ async fn a_lost_state_is_reported_not_guessed() {
         .unwrap();
     assert_eq!(f.claim("a", 0, "gate").await, vec!["noinit"]);
 }
+
+#[tokio::test]
+async fn dead_letters_replay_into_the_queue_or_sell_out() {
+    let f = Fixture::new(&[2], "", "").await;
+    assert_eq!(f.claim("a", 0, "queue").await[1], "Q|0|1");
+    assert_eq!(f.claim("b", 0, "queue").await[1], "Q|0|2");
+    let k = &f.k;
+    let p = &k.pools[0];
+    let mut c = common::redis_conn().await;
+    // Both were dead-lettered: their stock went back to the door, and a
+    // newcomer took one unit of it.
+    for (u, s) in [("a", "1"), ("b", "2")] {
+        let _: String = redis::cmd("XADD")
+            .arg(&k.dlq)
+            .arg("*")
+            .arg("u")
+            .arg(u)
+            .arg("p")
+            .arg("0")
+            .arg("s")
+            .arg(s)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    let _: () = redis::cmd("INCRBY")
+        .arg(&p.left)
+        .arg(2)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(f.claim("n", 0, "queue").await[1], "Q|0|3");
+    let ids: Vec<(String, Vec<(String, String)>)> = {
+        let r: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&k.dlq)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        r.ids.into_iter().map(|e| (e.id.clone(), vec![])).collect()
+    };
+    let mut results = Vec::new();
+    for ((id, _), (u, s)) in ids.iter().zip([("a", "1"), ("b", "2")]) {
+        let r: String = f
+            .store
+            .eval(
+                &f.store.scripts().replay,
+                &[&k.ans, &p.left, &k.queue, &k.queued, &k.dlq],
+                &[u, "0", s, id],
+            )
+            .await
+            .unwrap();
+        results.push(r);
+    }
+    assert_eq!(results, vec!["requeued", "sold_out"]);
+    assert_eq!(f.get(&p.left).await.as_deref(), Some("0"));
+    assert_eq!(f.get(&k.queued).await.as_deref(), Some("2"));
+    let dlq_len: i64 = redis::cmd("XLEN")
+        .arg(&k.dlq)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(dlq_len, 0);
+}

@@ -74,6 +74,8 @@ pub const MAX_POOLS: usize = 256;
 pub const MAX_NAME_LEN: usize = 200;
 /// Longest hold after closing: 30 days.
 pub const MAX_HOLD_SECS: i64 = 30 * 24 * 3600;
+/// Longest time a held grant may wait for its confirmation: 7 days.
+pub const MAX_CONFIRM_SECS: i64 = 7 * 24 * 3600;
 /// Default hold after closing, as seed 004 keeps seats for compensation.
 pub const DEFAULT_HOLD_SECS: i64 = 2 * 3600;
 
@@ -104,6 +106,9 @@ pub struct NewCampaign {
     /// Seconds after `closes_at` during which grants may still be cancelled
     /// and Redis keeps the campaign's keys.
     pub hold_secs: i64,
+    /// When set, a grant is held until confirmed (payment done) and expires
+    /// this many seconds after it was made.
+    pub confirm_within_secs: Option<i64>,
 }
 
 /// Why a campaign definition was refused. Each maps to a stable error code.
@@ -136,6 +141,9 @@ pub enum NewCampaignError {
     /// hold_secs out of range.
     #[error("hold_secs must be between 0 and {MAX_HOLD_SECS}, got {0}")]
     BadHold(i64),
+    /// confirm_within_secs out of range.
+    #[error("confirm_within_secs must be between 1 and {MAX_CONFIRM_SECS}, got {0}")]
+    BadConfirm(i64),
 }
 
 impl NewCampaignError {
@@ -151,21 +159,24 @@ impl NewCampaignError {
             Self::BadPerUserLimit(_) => "invalid_per_user_limit",
             Self::BadWindow => "invalid_window",
             Self::BadHold(_) => "invalid_hold",
+            Self::BadConfirm(_) => "invalid_confirm_within",
         }
     }
 }
 
 impl NewCampaign {
-    /// Checks a raw definition. `pools` are `(name, stock)` pairs.
-    pub fn parse(
-        name: String,
-        mode: Mode,
-        pools: Vec<(String, i64)>,
-        per_user_limit: Option<i64>,
-        opens_at: Option<DateTime<Utc>>,
-        closes_at: Option<DateTime<Utc>>,
-        hold_secs: Option<i64>,
-    ) -> Result<Self, NewCampaignError> {
+    /// Checks a raw definition.
+    pub fn parse(raw: RawCampaign) -> Result<Self, NewCampaignError> {
+        let RawCampaign {
+            name,
+            mode,
+            pools,
+            per_user_limit,
+            opens_at,
+            closes_at,
+            hold_secs,
+            confirm_within_secs,
+        } = raw;
         let name = name.trim().to_string();
         if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
             return Err(NewCampaignError::BadName);
@@ -203,16 +214,43 @@ impl NewCampaign {
         if !(0..=MAX_HOLD_SECS).contains(&hold_secs) {
             return Err(NewCampaignError::BadHold(hold_secs));
         }
+        if let Some(c) = confirm_within_secs {
+            if !(1..=MAX_CONFIRM_SECS).contains(&c) {
+                return Err(NewCampaignError::BadConfirm(c));
+            }
+        }
         Ok(Self {
             name,
-            mode,
+            mode: mode.unwrap_or(Mode::Gate),
             pools: parsed,
             per_user_limit: per_user_limit as i32,
             opens_at,
             closes_at,
             hold_secs,
+            confirm_within_secs,
         })
     }
+}
+
+/// A campaign definition as it arrives, before any check.
+#[derive(Debug, Clone, Default)]
+pub struct RawCampaign {
+    /// Free-text name.
+    pub name: String,
+    /// Admission mode.
+    pub mode: Option<Mode>,
+    /// `(name, stock)` pairs.
+    pub pools: Vec<(String, i64)>,
+    /// Active grants per user.
+    pub per_user_limit: Option<i64>,
+    /// Start of the window.
+    pub opens_at: Option<DateTime<Utc>>,
+    /// End of the window.
+    pub closes_at: Option<DateTime<Utc>>,
+    /// Hold after closing.
+    pub hold_secs: Option<i64>,
+    /// Confirmation deadline of held grants.
+    pub confirm_within_secs: Option<i64>,
 }
 
 /// A pool as stored.
@@ -247,6 +285,8 @@ pub struct Campaign {
     pub hold_secs: i64,
     /// Creation time; anchors key TTLs when there is no `closes_at`.
     pub created_at: DateTime<Utc>,
+    /// Seconds a grant is held before it must be confirmed, if any.
+    pub confirm_within_secs: Option<i64>,
     /// Pools in creation order.
     pub pools: Vec<Pool>,
 }
@@ -307,15 +347,11 @@ mod tests {
     use super::*;
 
     fn parse(pools: Vec<(&str, i64)>) -> Result<NewCampaign, NewCampaignError> {
-        NewCampaign::parse(
-            "c".into(),
-            Mode::Gate,
-            pools.into_iter().map(|(n, s)| (n.to_string(), s)).collect(),
-            None,
-            None,
-            None,
-            None,
-        )
+        NewCampaign::parse(RawCampaign {
+            name: "c".into(),
+            pools: pools.into_iter().map(|(n, s)| (n.to_string(), s)).collect(),
+            ..Default::default()
+        })
     }
 
     #[test]
@@ -329,15 +365,14 @@ mod tests {
             Err(NewCampaignError::DuplicatePool("a".into()))
         );
         let now = Utc::now();
-        let err = NewCampaign::parse(
-            "c".into(),
-            Mode::DbLock,
-            vec![("a".into(), 1)],
-            None,
-            Some(now),
-            Some(now),
-            None,
-        );
+        let err = NewCampaign::parse(RawCampaign {
+            name: "c".into(),
+            mode: Some(Mode::DbLock),
+            pools: vec![("a".into(), 1)],
+            opens_at: Some(now),
+            closes_at: Some(now),
+            ..Default::default()
+        });
         assert_eq!(err, Err(NewCampaignError::BadWindow));
     }
 

@@ -8,6 +8,6 @@ mod campaign;
 mod claim;
 mod ids;
 
-pub use campaign::{Campaign, Mode, NewCampaign, NewCampaignError, NewPool, Pool};
+pub use campaign::{Campaign, Mode, NewCampaign, NewCampaignError, NewPool, Pool, RawCampaign};
 pub use claim::{generate_code, ClaimOutcome, ClaimStatus, RejectReason};
 pub use ids::{CampaignId, IdError, PoolName, UserId};

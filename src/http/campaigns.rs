@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiError, ApiJson, AppState};
 use crate::{
-    domain::{Campaign, Mode, NewCampaign},
+    domain::{Campaign, Mode, NewCampaign, RawCampaign},
     storage::pg::{self, GrantRow},
 };
 
@@ -40,6 +40,10 @@ pub struct CreateCampaign {
     /// (default 7200).
     #[serde(default)]
     pub hold_secs: Option<i64>,
+    /// When set, grants are held until `POST .../claims/{user_id}/confirm`
+    /// and expire (slot back to stock) this many seconds after they were made.
+    #[serde(default)]
+    pub confirm_within_secs: Option<i64>,
 }
 
 /// A pool to create.
@@ -69,6 +73,8 @@ pub struct CampaignBody {
     pub closes_at: Option<DateTime<Utc>>,
     /// Cancellation stays possible this long after closing.
     pub hold_secs: i64,
+    /// Grants are held this long for confirmation, if set.
+    pub confirm_within_secs: Option<i64>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Pools with their counts.
@@ -147,6 +153,7 @@ async fn body(state: &AppState, c: &Campaign) -> Result<CampaignBody, ApiError> 
         opens_at: c.opens_at,
         closes_at: c.closes_at,
         hold_secs: c.hold_secs,
+        confirm_within_secs: c.confirm_within_secs,
         created_at: c.created_at,
         pools,
         queued: counters.map(|(_, q)| q).unwrap_or(0),
@@ -171,20 +178,22 @@ pub async fn create(
     state.require_admin(&headers)?;
     let ApiJson(req) = body_json?;
     let mode = match req.mode.as_deref() {
-        None => Mode::Gate,
-        Some(m) => m
-            .parse()
-            .map_err(|e: String| ApiError::unprocessable("unknown_mode", e))?,
+        None => None,
+        Some(m) => Some(
+            m.parse()
+                .map_err(|e: String| ApiError::unprocessable("unknown_mode", e))?,
+        ),
     };
-    let new = NewCampaign::parse(
-        req.name,
+    let new = NewCampaign::parse(RawCampaign {
+        name: req.name,
         mode,
-        req.pools.into_iter().map(|p| (p.name, p.stock)).collect(),
-        req.per_user_limit,
-        req.opens_at,
-        req.closes_at,
-        req.hold_secs,
-    )?;
+        pools: req.pools.into_iter().map(|p| (p.name, p.stock)).collect(),
+        per_user_limit: req.per_user_limit,
+        opens_at: req.opens_at,
+        closes_at: req.closes_at,
+        hold_secs: req.hold_secs,
+        confirm_within_secs: req.confirm_within_secs,
+    })?;
     let c = pg::create_campaign(&state.db, &new).await?;
     if c.mode.uses_redis() {
         // Load the empty state now; if Redis is down, the first claim

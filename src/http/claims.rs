@@ -17,8 +17,9 @@ use utoipa::ToSchema;
 
 use super::{ApiError, ApiJson, AppState};
 use crate::{
-    domain::{ClaimOutcome, ClaimStatus, PoolName, RejectReason, UserId},
+    domain::{Campaign, ClaimOutcome, ClaimStatus, PoolName, RejectReason, UserId},
     modes::CancelOutcome,
+    storage::pg::{self, Hold},
 };
 
 /// Body of `POST /v1/campaigns/{id}/claims`.
@@ -55,6 +56,48 @@ pub struct ClaimAnswer {
     /// Arrival sequence number.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub seq: Option<i64>,
+    /// Campaigns with `confirm_within_secs`: `held` (confirm before
+    /// `confirm_by`), `confirmed`, or `expired` (released unconfirmed; the
+    /// status is then `cancelled`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub hold: Option<String>,
+    /// Deadline of a held grant.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub confirm_by: Option<chrono::DateTime<Utc>>,
+}
+
+/// The answer's body, with the hold state of campaigns that require a
+/// confirmation (read from PostgreSQL, where holds live).
+async fn answer(state: &AppState, c: &Campaign, o: &ClaimOutcome) -> Result<ClaimAnswer, ApiError> {
+    let mut a = ClaimAnswer::from(o);
+    if c.confirm_within_secs.is_some()
+        && matches!(
+            o,
+            ClaimOutcome::Granted { .. } | ClaimOutcome::Cancelled { .. }
+        )
+    {
+        let user = UserId::parse(a.user_id.clone())?;
+        match pg::hold_state(&state.db, c.id, &user).await? {
+            Some(Hold::Held(by)) if a.status == ClaimStatus::Granted => {
+                a.hold = Some("held".into());
+                a.confirm_by = Some(by);
+            }
+            Some(Hold::Confirmed) if a.status == ClaimStatus::Granted => {
+                a.hold = Some("confirmed".into())
+            }
+            Some(Hold::Expired) if a.status == ClaimStatus::Cancelled => {
+                a.hold = Some("expired".into())
+            }
+            _ => {}
+        }
+    }
+    Ok(a)
+}
+
+/// Whether no further change will come by itself: a held grant may still
+/// be confirmed or expire.
+fn settled(a: &ClaimAnswer) -> bool {
+    a.status != ClaimStatus::Queued && a.hold.as_deref() != Some("held")
 }
 
 impl From<&ClaimOutcome> for ClaimAnswer {
@@ -67,6 +110,8 @@ impl From<&ClaimOutcome> for ClaimAnswer {
             code: None,
             reason: None,
             seq: None,
+            hold: None,
+            confirm_by: None,
         };
         match o {
             ClaimOutcome::Granted {
@@ -192,7 +237,7 @@ pub async fn status(
     let c = state.campaign(&id).await?;
     let user = UserId::parse(user_id)?;
     match state.admissions.status(&c, &user).await? {
-        Some(o) => Ok(Json(ClaimAnswer::from(&o))),
+        Some(o) => Ok(Json(answer(&state, &c, &o).await?)),
         None => Err(claim_not_found()),
     }
 }
@@ -237,6 +282,54 @@ pub async fn cancel(
     }
 }
 
+/// Confirms a held grant (payment done): it will not expire.
+#[utoipa::path(post, path = "/v1/campaigns/{id}/claims/{user_id}/confirm",
+    params(("id" = i64, Path, description = "Campaign id"), ("user_id" = String, Path, description = "User id")),
+    responses(
+        (status = 200, description = "Confirmed (or already confirmed)", body = ClaimAnswer),
+        (status = 404, body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "No hold in this campaign, not granted, or expired", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 422, body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 503, body = super::ops::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn confirm(
+    State(state): State<AppState>,
+    Path((id, user_id)): Path<(String, String)>,
+) -> Result<Json<ClaimAnswer>, ApiError> {
+    let c = state.campaign(&id).await?;
+    let user = UserId::parse(user_id)?;
+    if c.confirm_within_secs.is_none() {
+        return Err(ApiError::Conflict {
+            code: "no_hold",
+            detail: "grants of this campaign need no confirmation".into(),
+        });
+    }
+    if pg::confirm(&state.db, c.id, &user).await? {
+        metrics::counter!("firstcome_holds_confirmed_total", "mode" => c.mode.as_str())
+            .increment(1);
+    }
+    let Some(o) = state.admissions.status(&c, &user).await? else {
+        return Err(claim_not_found());
+    };
+    let a = answer(&state, &c, &o).await?;
+    match (a.status, a.hold.as_deref()) {
+        (ClaimStatus::Granted, Some("confirmed")) => Ok(Json(a)),
+        (_, Some("expired")) => Err(ApiError::Conflict {
+            code: "hold_expired",
+            detail: "the hold expired before it was confirmed; its slot went back to stock".into(),
+        }),
+        // redis-lua: acknowledged, not yet flushed to PostgreSQL.
+        (ClaimStatus::Granted, None) => Err(ApiError::Unavailable {
+            code: "pending",
+            detail: "the grant is not durable yet; retry shortly".into(),
+        }),
+        _ => Err(ApiError::Conflict {
+            code: "not_granted",
+            detail: format!("the claim is {:?}, not granted", a.status).to_lowercase(),
+        }),
+    }
+}
+
 /// How often the SSE stream looks for a change. State lives in Redis or
 /// PostgreSQL, so a claim made through another API process is seen too.
 pub const SSE_POLL: Duration = Duration::from_millis(20);
@@ -262,19 +355,20 @@ pub async fn events(
         .await?
         .ok_or_else(claim_not_found)?;
     let deadline = tokio::time::Instant::now() + state.sse_max;
+    let first = answer(&state, &c, &first).await?;
     let stream = async_stream::stream! {
-        let mut last = ClaimAnswer::from(&first);
-        let mut done = first.is_final();
-        yield Ok::<Event, Infallible>(event(&last));
+        let mut done = settled(&first);
+        yield Ok::<Event, Infallible>(event(&first));
+        let mut last = first;
         while !done && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(SSE_POLL).await;
             let Ok(Some(now)) = state.admissions.status(&c, &user).await else { continue };
-            let a = ClaimAnswer::from(&now);
+            let Ok(a) = answer(&state, &c, &now).await else { continue };
+            done = settled(&a);
             if a != last {
                 yield Ok(event(&a));
                 last = a;
             }
-            done = now.is_final();
         }
     };
     Ok(Sse::new(stream)

@@ -130,6 +130,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/campaigns/{id}/claims/{user_id}/events",
             get(claims::events),
         )
+        .route(
+            "/v1/campaigns/{id}/claims/{user_id}/confirm",
+            post(claims::confirm),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

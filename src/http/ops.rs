@@ -112,6 +112,7 @@ impl Modify for AdminAuth {
         super::claims::status,
         super::claims::cancel,
         super::claims::events,
+        super::claims::confirm,
         healthz,
         readyz,
         metrics,

@@ -52,8 +52,8 @@ pub async fn insert_grant(
 ) -> Result<ClaimOutcome, PgError> {
     let code = generate_code();
     sqlx::query(
-        "INSERT INTO grants (campaign_id, pool_id, user_id, slot, code, seq)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO grants (campaign_id, pool_id, user_id, slot, code, seq, confirm_by)
+         VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7::double precision))",
     )
     .bind(campaign.id.0)
     .bind(pool.id)
@@ -61,6 +61,7 @@ pub async fn insert_grant(
     .bind(slot)
     .bind(&code)
     .bind(seq)
+    .bind(campaign.confirm_within_secs.map(|s| s as f64))
     .execute(&mut **tx)
     .await?;
     Ok(ClaimOutcome::Granted {

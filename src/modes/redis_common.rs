@@ -585,7 +585,9 @@ impl RedisCommon {
         result
     }
 
-    async fn rebuild_locked(&self, c: &Campaign, k: &CampaignKeys) -> Result<(), AdmissionError> {
+    /// What PostgreSQL says Redis should hold: every user's latest grant
+    /// as an answer, the active slots per pool (sorted), the highest seq.
+    pub async fn truth(&self, c: &Campaign) -> Result<Truth, AdmissionError> {
         let rows = sqlx::query(
             "SELECT DISTINCT ON (user_id) user_id, pool_id, slot, code, seq, state
              FROM grants WHERE campaign_id = $1
@@ -595,9 +597,11 @@ impl RedisCommon {
         .fetch_all(&self.db)
         .await
         .map_err(PgError::from)?;
-        let mut active: Vec<Vec<i32>> = vec![Vec::new(); c.pools.len()];
-        let mut answers: Vec<(String, String)> = Vec::with_capacity(rows.len());
-        let mut max_seq = 0i64;
+        let mut t = Truth {
+            answers: Vec::with_capacity(rows.len()),
+            active: vec![Vec::new(); c.pools.len()],
+            max_seq: 0,
+        };
         for r in rows {
             let pool_id: i64 = r.get("pool_id");
             let Some(pidx) = c.pools.iter().position(|p| p.id == pool_id) else {
@@ -605,10 +609,10 @@ impl RedisCommon {
             };
             let (slot, code, seq): (i32, String, i64) =
                 (r.get("slot"), r.get("code"), r.get("seq"));
-            max_seq = max_seq.max(seq);
+            t.max_seq = t.max_seq.max(seq);
             let state: String = r.get("state");
             let s = if state == "active" {
-                active[pidx].push(slot);
+                t.active[pidx].push(slot);
                 Stored::Granted {
                     pidx: pidx as i32,
                     slot,
@@ -623,8 +627,20 @@ impl RedisCommon {
                     seq,
                 }
             };
-            answers.push((r.get("user_id"), s.encode()));
+            t.answers.push((r.get("user_id"), s));
         }
+        for a in &mut t.active {
+            a.sort_unstable();
+        }
+        Ok(t)
+    }
+
+    async fn rebuild_locked(&self, c: &Campaign, k: &CampaignKeys) -> Result<(), AdmissionError> {
+        let Truth {
+            answers,
+            mut active,
+            max_seq,
+        } = self.truth(c).await?;
         let mut args: Vec<String> = vec![
             Self::expire_at_ms(c).to_string(),
             c.opens_at
@@ -639,7 +655,6 @@ impl RedisCommon {
             "0".to_string(),
         ];
         for (pool, slots) in c.pools.iter().zip(active.iter_mut()) {
-            slots.sort_unstable();
             let hw = slots.last().copied().unwrap_or(0);
             let free: Vec<i32> = (1..=hw)
                 .filter(|s| slots.binary_search(s).is_err())
@@ -652,7 +667,7 @@ impl RedisCommon {
         args.push(answers.len().to_string());
         for (u, a) in answers {
             args.push(u);
-            args.push(a);
+            args.push(a.encode());
         }
         let mut keys: Vec<&str> = vec![&k.meta, &k.ans, &k.seq, &k.queued, &k.outbox, &k.queue];
         for p in &k.pools {
@@ -690,6 +705,17 @@ impl RedisCommon {
             queued.unwrap_or(0),
         )))
     }
+}
+
+/// A campaign's state as PostgreSQL has it.
+#[derive(Debug, Clone, Default)]
+pub struct Truth {
+    /// Each user's latest grant as a stored answer (granted or cancelled).
+    pub answers: Vec<(String, Stored)>,
+    /// Active slots per pool index, sorted.
+    pub active: Vec<Vec<i32>>,
+    /// Highest arrival number seen.
+    pub max_seq: i64,
 }
 
 fn second(r: &[String]) -> Result<&str, RedisStoreError> {

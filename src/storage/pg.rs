@@ -47,8 +47,8 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
 pub async fn create_campaign(db: &PgPool, new: &NewCampaign) -> Result<Campaign, PgError> {
     let mut tx = db.begin().await?;
     let row = sqlx::query(
-        "INSERT INTO campaigns (name, mode, per_user_limit, opens_at, closes_at, hold_secs)
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        "INSERT INTO campaigns (name, mode, per_user_limit, opens_at, closes_at, hold_secs, confirm_within_secs)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
     )
     .bind(&new.name)
     .bind(new.mode.as_str())
@@ -56,6 +56,7 @@ pub async fn create_campaign(db: &PgPool, new: &NewCampaign) -> Result<Campaign,
     .bind(new.opens_at)
     .bind(new.closes_at)
     .bind(new.hold_secs)
+    .bind(new.confirm_within_secs)
     .fetch_one(&mut *tx)
     .await?;
     let id: i64 = row.get(0);
@@ -81,7 +82,7 @@ pub async fn create_campaign(db: &PgPool, new: &NewCampaign) -> Result<Campaign,
 /// Loads a campaign with its pools; `None` when it does not exist.
 pub async fn load_campaign(db: &PgPool, id: CampaignId) -> Result<Option<Campaign>, PgError> {
     let Some(row) = sqlx::query(
-        "SELECT id, name, mode, per_user_limit, opens_at, closes_at, hold_secs, created_at
+        "SELECT id, name, mode, per_user_limit, opens_at, closes_at, hold_secs, created_at, confirm_within_secs
          FROM campaigns WHERE id = $1",
     )
     .bind(id.0)
@@ -116,6 +117,7 @@ pub async fn load_campaign(db: &PgPool, id: CampaignId) -> Result<Option<Campaig
         closes_at: row.get("closes_at"),
         hold_secs: row.get("hold_secs"),
         created_at: row.get("created_at"),
+        confirm_within_secs: row.get("confirm_within_secs"),
         pools,
     }))
 }
@@ -328,8 +330,11 @@ where
         q.push(g.seq);
     }
     let rows = sqlx::query(
-        "INSERT INTO grants (campaign_id, pool_id, user_id, slot, code, seq)
-         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::text[], $6::bigint[])
+        "INSERT INTO grants (campaign_id, pool_id, user_id, slot, code, seq, confirm_by)
+         SELECT u.c, u.p, u.u, u.s, u.k, u.q, now() + make_interval(secs => cp.confirm_within_secs)
+         FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::text[], $6::bigint[])
+              AS u(c, p, u, s, k, q)
+         JOIN campaigns cp ON cp.id = u.c
          ON CONFLICT DO NOTHING
          RETURNING code",
     )
@@ -357,4 +362,119 @@ pub async fn existing_codes(db: &PgPool, codes: &[String]) -> Result<Vec<String>
 pub async fn ping(db: &PgPool) -> Result<(), PgError> {
     sqlx::query("SELECT 1").execute(db).await?;
     Ok(())
+}
+
+/// Where a held grant stands (campaigns with `confirm_within_secs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Waiting for confirmation until the instant given.
+    Held(DateTime<Utc>),
+    /// Confirmed: the grant is final.
+    Confirmed,
+    /// Not confirmed in time: released, slot back to stock.
+    Expired,
+}
+
+/// The hold state of the user's latest grant, if it has one.
+pub async fn hold_state(
+    db: &PgPool,
+    campaign: CampaignId,
+    user: &UserId,
+) -> Result<Option<Hold>, PgError> {
+    let row = sqlx::query(
+        "SELECT state, confirm_by, confirmed_at FROM grants
+         WHERE campaign_id = $1 AND user_id = $2
+         ORDER BY (state = 'active') DESC, id DESC LIMIT 1",
+    )
+    .bind(campaign.0)
+    .bind(user.as_str())
+    .fetch_optional(db)
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    let state: String = r.get("state");
+    let by: Option<DateTime<Utc>> = r.get("confirm_by");
+    let at: Option<DateTime<Utc>> = r.get("confirmed_at");
+    Ok(match (state.as_str(), by, at) {
+        ("expired", _, _) => Some(Hold::Expired),
+        ("active", Some(_), Some(_)) => Some(Hold::Confirmed),
+        ("active", Some(by), None) => Some(Hold::Held(by)),
+        _ => None,
+    })
+}
+
+/// Confirms the user's held grant; `true` when this call confirmed it.
+pub async fn confirm(db: &PgPool, campaign: CampaignId, user: &UserId) -> Result<bool, PgError> {
+    let r = sqlx::query(
+        "UPDATE grants SET confirmed_at = now()
+         WHERE campaign_id = $1 AND user_id = $2 AND state = 'active'
+           AND confirmed_at IS NULL AND confirm_by > now()",
+    )
+    .bind(campaign.0)
+    .bind(user.as_str())
+    .execute(db)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// A hold the sweeper released.
+#[derive(Debug, Clone)]
+pub struct Expired {
+    /// Campaign.
+    pub campaign_id: i64,
+    /// Campaign mode.
+    pub mode: Mode,
+    /// Pool.
+    pub pool_id: i64,
+    /// User.
+    pub user_id: String,
+    /// Released slot.
+    pub slot: i32,
+    /// Released code.
+    pub code: String,
+}
+
+/// Expires up to `limit` holds past their deadline, in one transaction.
+/// For the db-* modes the pool counter and free slots are fixed in the same
+/// transaction; the Redis modes mirror the release afterwards.
+pub async fn expire_due(db: &PgPool, limit: i64) -> Result<Vec<Expired>, PgError> {
+    let mut tx = db.begin().await?;
+    let rows = sqlx::query(
+        "WITH due AS (
+             SELECT id FROM grants
+             WHERE state = 'active' AND confirmed_at IS NULL AND confirm_by < now()
+             ORDER BY confirm_by LIMIT $1 FOR UPDATE SKIP LOCKED)
+         UPDATE grants g SET state = 'expired', released_at = now()
+         FROM due, campaigns c
+         WHERE g.id = due.id AND c.id = g.campaign_id
+         RETURNING g.campaign_id, c.mode, g.pool_id, g.user_id, g.slot, g.code",
+    )
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let mode: String = r.get("mode");
+        let e = Expired {
+            campaign_id: r.get("campaign_id"),
+            mode: mode.parse().map_err(PgError::Corrupt)?,
+            pool_id: r.get("pool_id"),
+            user_id: r.get("user_id"),
+            slot: r.get("slot"),
+            code: r.get("code"),
+        };
+        if !e.mode.uses_redis() {
+            sqlx::query("UPDATE pools SET granted = granted - 1 WHERE id = $1")
+                .bind(e.pool_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO free_slots (pool_id, slot) VALUES ($1, $2)")
+                .bind(e.pool_id)
+                .bind(e.slot)
+                .execute(&mut *tx)
+                .await?;
+        }
+        out.push(e);
+    }
+    tx.commit().await?;
+    Ok(out)
 }

@@ -59,6 +59,10 @@ pub struct Scripts {
     pub allocate: Lua,
     /// Load a campaign's state (creation or rebuild).
     pub init: Lua,
+    /// The reconciler's compare-and-set fix of a pool's counters.
+    pub repair: Lua,
+    /// Put a dead-lettered claim back in the queue.
+    pub replay: Lua,
 }
 
 impl Scripts {
@@ -70,6 +74,8 @@ impl Scripts {
             cancel: Lua::new(include_str!("../../lua/cancel.lua")),
             allocate: Lua::new(include_str!("../../lua/allocate.lua")),
             init: Lua::new(include_str!("../../lua/init.lua")),
+            repair: Lua::new(include_str!("../../lua/repair.lua")),
+            replay: Lua::new(include_str!("../../lua/replay.lua")),
         }
     }
 }

@@ -5,5 +5,7 @@
 pub mod committer;
 pub mod drainer;
 pub mod flusher;
+pub mod holds;
+pub mod reconcile;
 pub mod stream;
 pub mod worker;

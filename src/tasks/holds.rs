@@ -1,0 +1,58 @@
+//! The hold sweeper: releases grants whose confirmation deadline passed
+//! (seed 004's compensation for unpaid seats), and mirrors the release in
+//! Redis for the Redis modes so the slot goes back to the door.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::{
+    domain::{CampaignId, UserId},
+    modes::redis_common::RedisCommon,
+    storage::pg,
+};
+
+/// How often the sweeper looks for expired holds.
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Most holds expired per transaction.
+pub const SWEEP_BATCH: i64 = 500;
+
+/// Runs until shutdown.
+pub async fn run(common: RedisCommon, mut shutdown: watch::Receiver<bool>) {
+    while !*shutdown.borrow() {
+        match sweep_once(&common).await {
+            Ok(n) if n as i64 >= SWEEP_BATCH => continue,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "hold sweeper failed; will retry"),
+        }
+        let _ = tokio::time::timeout(SWEEP_INTERVAL, shutdown.changed()).await;
+    }
+}
+
+/// Expires one batch; returns how many holds were released.
+pub async fn sweep_once(common: &RedisCommon) -> anyhow::Result<usize> {
+    let expired = pg::expire_due(&common.db, SWEEP_BATCH).await?;
+    for e in &expired {
+        metrics::counter!("firstcome_holds_expired_total", "mode" => e.mode.as_str()).increment(1);
+        if !e.mode.uses_redis() {
+            continue;
+        }
+        let Some(c) = pg::load_campaign(&common.db, CampaignId(e.campaign_id)).await? else {
+            continue;
+        };
+        let Some(pidx) = c.pools.iter().position(|p| p.id == e.pool_id) else {
+            continue;
+        };
+        let user = UserId::parse(e.user_id.clone())?;
+        // PostgreSQL already says expired; Redis follows. If Redis is
+        // unreachable now, the reconciler repairs the answer and the stock.
+        if let Err(err) = common
+            .cancel_script(&c, &user, pidx as i32, Some(&e.code), false)
+            .await
+        {
+            tracing::warn!(error = %err, campaign = e.campaign_id, "could not mirror an expired hold in redis");
+        }
+    }
+    Ok(expired.len())
+}

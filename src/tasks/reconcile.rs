@@ -1,0 +1,339 @@
+//! The reconciler (seed 004's scheduler, made safe to run any time):
+//! recomputes each pool's grants, users and slots from PostgreSQL, compares
+//! them with Redis, repairs the drift, and reports what it repaired.
+//!
+//! Repairs never race the rush: answers are replaced only if they are still
+//! what was read, and counters with a compare-and-set script guarded by the
+//! arrival counter. A campaign with work in flight (an outbox or queue not
+//! yet drained, a gate commit pending) is skipped and retried later.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+use chrono::Utc;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::{
+    domain::{Campaign, CampaignId, Mode},
+    modes::{
+        redis_common::{RedisCommon, Stored, ORPHAN_PENDING_MS},
+        AdmissionError,
+    },
+    storage::pg,
+};
+
+/// What one pass over a campaign found and did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// Campaign id.
+    pub campaign: i64,
+    /// Mode.
+    pub mode: String,
+    /// Why nothing was compared: `not a redis mode`, `expired`, `busy`.
+    pub skipped: Option<String>,
+    /// Redis had no state: rebuilt from PostgreSQL.
+    pub rebuilt: bool,
+    /// Users compared.
+    pub users: usize,
+    /// Answers replaced by PostgreSQL's (missing, or cancelled/expired in
+    /// PostgreSQL but still granted in Redis).
+    pub answers_repaired: usize,
+    /// Pools whose stock counter or free slots were corrected.
+    pub pools_repaired: usize,
+    /// Stock returned to (positive) or taken from (negative) the door.
+    pub stock_delta: i64,
+    /// Gate reservations whose API process died, settled from PostgreSQL.
+    pub orphans_settled: usize,
+    /// Redis answers `granted` with no grant in PostgreSQL. In redis-lua
+    /// after the outbox drained these are acknowledged grants that were lost
+    /// (the mode's exposure); elsewhere they are drift. Never handed out again.
+    pub unbacked_grants: usize,
+    /// Stock left per pool after the pass (the final pass reports leftovers).
+    pub remaining: Vec<i64>,
+}
+
+/// Reconciles one campaign. With `repair` false it only reports.
+pub async fn reconcile(
+    common: &RedisCommon,
+    c: &Campaign,
+    repair: bool,
+) -> Result<Report, AdmissionError> {
+    let mut r = Report {
+        campaign: c.id.0,
+        mode: c.mode.as_str().into(),
+        ..Default::default()
+    };
+    if !c.mode.uses_redis() {
+        r.skipped = Some("not a redis mode".into());
+        return Ok(r);
+    }
+    if RedisCommon::keys_expired(c, Utc::now()) {
+        r.skipped = Some("expired".into());
+        return Ok(r);
+    }
+    let k = common.keys(c);
+    let snapshot = read_redis(common, c).await?;
+    let Some(snap) = snapshot else {
+        if repair {
+            common.rebuild(c).await?;
+            r.rebuilt = true;
+            metrics::counter!("firstcome_reconcile_repairs_total", "kind" => "rebuild")
+                .increment(1);
+        }
+        return Ok(r);
+    };
+    // Work in flight means Redis is legitimately ahead of PostgreSQL.
+    let mut busy = snap.stream_len > 0 || snap.queued > 0;
+    let now_ms = Utc::now().timestamp_millis();
+    for (user, s) in &snap.answers {
+        match s {
+            Stored::Pending { at_ms, .. } if now_ms - at_ms > ORPHAN_PENDING_MS => {
+                if repair {
+                    let u = crate::domain::UserId::parse(user.clone()).map_err(|e| {
+                        crate::storage::redis::RedisStoreError::Protocol(e.to_string())
+                    })?;
+                    common.resolve_orphan(c, &u, s).await?;
+                    r.orphans_settled += 1;
+                }
+                busy = true;
+            }
+            Stored::Pending { .. } | Stored::Queued { .. } => busy = true,
+            _ => {}
+        }
+    }
+    if busy {
+        r.skipped = Some("busy".into());
+        return Ok(r);
+    }
+    let truth = common.truth(c).await?;
+    r.users = snap.answers.len();
+    // Answers: PostgreSQL's grants win.
+    let pg_codes: HashSet<&str> = truth
+        .answers
+        .iter()
+        .filter_map(|(_, s)| match s {
+            Stored::Granted { code, .. } | Stored::Cancelled { code, .. } => Some(code.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut fixes = Vec::new();
+    for (user, want) in &truth.answers {
+        let have = snap.answers.get(user);
+        if have != Some(want) {
+            fixes.push((
+                user.clone(),
+                have.map(Stored::encode).unwrap_or_default(),
+                want.encode(),
+            ));
+        }
+    }
+    // Redis-only grants: their slots stay taken, they are reported.
+    let mut taken: Vec<HashSet<i32>> = truth
+        .active
+        .iter()
+        .map(|a| a.iter().copied().collect())
+        .collect();
+    for s in snap.answers.values() {
+        if let Stored::Granted {
+            pidx, slot, code, ..
+        } = s
+        {
+            // PostgreSQL knows the grant (active, or cancelled: the answer
+            // fix above follows it); otherwise Redis alone holds it.
+            if !pg_codes.contains(code.as_str()) {
+                r.unbacked_grants += 1;
+                if let Some(t) = taken.get_mut(*pidx as usize) {
+                    t.insert(*slot);
+                }
+            }
+        }
+    }
+    if repair && !fixes.is_empty() {
+        r.answers_repaired = common.promote(c, &fixes, false).await? as usize;
+        metrics::counter!("firstcome_reconcile_repairs_total", "kind" => "answer")
+            .increment(r.answers_repaired as u64);
+    }
+    // Counters and free slots per pool.
+    for (i, pool) in c.pools.iter().enumerate() {
+        let hw = snap.hw[i];
+        let want_left = pool.stock as i64 - taken[i].len() as i64;
+        let want_free: Vec<i32> = (1..=hw).filter(|s| !taken[i].contains(s)).collect();
+        let mut have_free = snap.free[i].clone();
+        have_free.sort_unstable();
+        if snap.left[i] == want_left && have_free == want_free {
+            r.remaining.push(want_left);
+            continue;
+        }
+        r.stock_delta += want_left - snap.left[i];
+        if repair {
+            let pk = &k.pools[i];
+            let mut args: Vec<String> = vec![
+                snap.seq.to_string(),
+                snap.left[i].to_string(),
+                snap.free[i].len().to_string(),
+                want_left.to_string(),
+            ];
+            args.extend(want_free.iter().map(|s| s.to_string()));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let done: i64 = common
+                .redis
+                .eval(
+                    &common.redis.scripts().repair,
+                    &[&k.meta, &k.seq, &pk.left, &pk.free],
+                    &args,
+                )
+                .await?;
+            if done == 1 {
+                r.pools_repaired += 1;
+                metrics::counter!("firstcome_reconcile_repairs_total", "kind" => "counters")
+                    .increment(1);
+            } else {
+                r.skipped = Some("busy".into());
+            }
+        }
+        r.remaining.push(want_left);
+    }
+    if r.answers_repaired + r.pools_repaired + r.unbacked_grants > 0 {
+        tracing::warn!(report = ?r, "reconciler found drift");
+    }
+    Ok(r)
+}
+
+/// Redis' side of a campaign, read without blocking the rush (HSCAN).
+struct Snapshot {
+    answers: HashMap<String, Stored>,
+    seq: i64,
+    queued: i64,
+    stream_len: i64,
+    left: Vec<i64>,
+    hw: Vec<i32>,
+    free: Vec<Vec<i32>>,
+}
+
+async fn read_redis(
+    common: &RedisCommon,
+    c: &Campaign,
+) -> Result<Option<Snapshot>, AdmissionError> {
+    let k = common.keys(c);
+    let stream = match c.mode {
+        Mode::RedisLua => k.outbox.clone(),
+        _ => k.queue.clone(),
+    };
+    let k2 = k.clone();
+    let (exists, seq, queued, stream_len): (bool, Option<i64>, Option<i64>, i64) = common
+        .redis
+        .run(|mut conn| async move {
+            redis::pipe()
+                .exists(&k2.meta)
+                .get(&k2.seq)
+                .get(&k2.queued)
+                .cmd("XLEN")
+                .arg(&stream)
+                .query_async(&mut conn)
+                .await
+        })
+        .await?;
+    if !exists {
+        return Ok(None);
+    }
+    let mut left = Vec::new();
+    let mut hw = Vec::new();
+    let mut free = Vec::new();
+    for pk in &k.pools {
+        let pk = pk.clone();
+        let (l, h, f): (Option<i64>, Option<i32>, Vec<i32>) = common
+            .redis
+            .run(|mut conn| async move {
+                redis::pipe()
+                    .get(&pk.left)
+                    .get(&pk.hw)
+                    .zrange(&pk.free, 0, -1)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        left.push(l.unwrap_or(0));
+        hw.push(h.unwrap_or(0));
+        free.push(f);
+    }
+    let mut answers = HashMap::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let ans = k.ans.clone();
+        let (next, items): (u64, Vec<(String, String)>) = common
+            .redis
+            .run(|mut conn| async move {
+                redis::cmd("HSCAN")
+                    .arg(&ans)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        for (u, a) in items {
+            if u == "_" {
+                continue;
+            }
+            answers.insert(u, Stored::parse(&a)?);
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    Ok(Some(Snapshot {
+        answers,
+        seq: seq.unwrap_or(0),
+        queued: queued.unwrap_or(0),
+        stream_len,
+        left,
+        hw,
+        free,
+    }))
+}
+
+/// Runs the reconciler over every live Redis-mode campaign every
+/// `interval`, and once more (the final correction pass) after a campaign
+/// closes, logging what is left over.
+pub async fn run(common: RedisCommon, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut final_done: HashSet<CampaignId> = HashSet::new();
+    while !*shutdown.borrow() {
+        let _ = tokio::time::timeout(interval, shutdown.changed()).await;
+        if *shutdown.borrow() {
+            break;
+        }
+        let ids =
+            match pg::live_campaigns(&common.db, &[Mode::Gate, Mode::RedisLua, Mode::RedisQueue])
+                .await
+            {
+                Ok(ids) => ids,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconciler: cannot list campaigns");
+                    continue;
+                }
+            };
+        for id in ids {
+            let Ok(Some(c)) = pg::load_campaign(&common.db, id).await else {
+                continue;
+            };
+            let closed = c.closes_at.is_some_and(|t| t <= Utc::now());
+            if closed && final_done.contains(&id) {
+                continue;
+            }
+            match reconcile(&common, &c, true).await {
+                Ok(r) if closed && r.skipped.is_none() => {
+                    tracing::info!(campaign = %id, leftovers = ?r.remaining, unbacked = r.unbacked_grants,
+                        repaired = r.answers_repaired + r.pools_repaired, "final correction pass after closing");
+                    final_done.insert(id);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, campaign = %id, "reconciler failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Recovery: holds that expire unless confirmed, the reconciler repairing
+//! drift between Redis and PostgreSQL, dead-letter replay.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{redis_conn, spawn_app, TestApp};
+use firstcome::{
+    domain::CampaignId,
+    modes::redis_common::RedisCommon,
+    storage::{pg, redis::RedisStore},
+    tasks::reconcile,
+};
+use serde_json::{json, Value};
+
+/// Polls `f` until it returns Some, failing after a deadline.
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn confirm(app: &TestApp, id: i64, user: &str) -> (u16, Value) {
+    app.send(
+        reqwest::Method::POST,
+        &format!("/v1/campaigns/{id}/claims/{user}/confirm"),
+        None,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unconfirmed_holds_expire_and_their_slots_return() {
+    let app = spawn_app().await;
+    for mode in ["db-lock", "db-atomic", "redis-lua", "gate", "redis-queue"] {
+        let id = app
+            .create_campaign(
+                json!({"name":"seats","mode":mode,"pools":[{"name":"hall","stock":2}],
+                "confirm_within_secs":1}),
+            )
+            .await["id"]
+            .as_i64()
+            .unwrap();
+        app.claim(id, "payer", None).await;
+        app.claim(id, "dawdler", None).await;
+        app.wait_durable(id, 2).await;
+        let (s, held) = app.status(id, "dawdler").await;
+        assert_eq!(s, 200);
+        // It may already have expired on a slow machine; both are fine here.
+        assert!(
+            held["hold"] == "held" || held["hold"] == "expired",
+            "{mode}: {held}"
+        );
+        let paid = eventually("confirmation", || async {
+            let (s, v) = confirm(&app, id, "payer").await;
+            (s == 200).then_some(v)
+        })
+        .await;
+        assert_eq!(paid["hold"], "confirmed", "{mode}: {paid}");
+        assert_eq!(
+            confirm(&app, id, "payer").await.0,
+            200,
+            "confirming twice is fine"
+        );
+        // The dawdler's hold expires; the slot returns to stock.
+        let expired = eventually("expiry", || async {
+            let (_, v) = app.status(id, "dawdler").await;
+            (v["hold"] == "expired").then_some(v)
+        })
+        .await;
+        assert_eq!(expired["status"], "cancelled", "{mode}: {expired}");
+        let (s, v) = confirm(&app, id, "dawdler").await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (409, Some("hold_expired")),
+            "{mode}: {v}"
+        );
+        let (_, c) = app.claim(id, "next", None).await;
+        assert!(
+            c["status"] == "granted" || c["status"] == "queued",
+            "{mode}: {c}"
+        );
+        app.wait_durable(id, 2).await;
+        let (_, c) = app.status(id, "next").await;
+        assert_eq!(
+            c["slot"], held["slot"],
+            "{mode}: the expired slot is reused"
+        );
+        // The confirmed grant never expires.
+        assert_eq!(app.status(id, "payer").await.1["hold"], "confirmed");
+        app.assert_db_invariants(id).await;
+    }
+    let plain = app.campaign("gate", &[("a", 1)]).await;
+    app.claim(plain, "u", None).await;
+    assert_eq!(confirm(&app, plain, "u").await.1["code"], "no_hold");
+    app.stop().await;
+}
+
+async fn common_for(app: &TestApp) -> RedisCommon {
+    let db = pg::connect(&app.db_url, 4).await.unwrap();
+    let redis = RedisStore::connect(&common::redis_url(), &app.prefix, Duration::from_secs(2))
+        .await
+        .unwrap();
+    RedisCommon::new(db, redis, Duration::from_secs(3))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_reconciler_repairs_drift_and_reports_it() {
+    let app = spawn_app().await;
+    let common = common_for(&app).await;
+    for mode in ["gate", "redis-queue", "redis-lua"] {
+        let id = app.campaign(mode, &[("main", 10)]).await;
+        for u in ["a", "b", "c"] {
+            app.claim(id, u, None).await;
+        }
+        app.wait_durable(id, 3).await;
+        let c = pg::load_campaign(&common.db, CampaignId(id))
+            .await
+            .unwrap()
+            .unwrap();
+        // Let any in-flight outbox/queue work finish: the reconciler skips
+        // busy campaigns.
+        let clean = eventually("a quiet campaign", || async {
+            let r = reconcile::reconcile(&common, &c, false).await.unwrap();
+            r.skipped.is_none().then_some(r)
+        })
+        .await;
+        assert_eq!(
+            (
+                clean.answers_repaired,
+                clean.pools_repaired,
+                clean.stock_delta
+            ),
+            (0, 0, 0),
+            "{mode}: {clean:?}"
+        );
+        assert_eq!(clean.remaining, vec![7]);
+
+        // Drift: a lost answer, a wrong counter, a grant cancelled in
+        // PostgreSQL behind Redis' back.
+        let k = common.keys(&c);
+        let mut r = redis_conn().await;
+        let _: () = redis::cmd("HDEL")
+            .arg(&k.ans)
+            .arg("a")
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("SET")
+            .arg(&k.pools[0].left)
+            .arg(2)
+            .arg("KEEPTTL")
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        let slot_b: i32 = sqlx::query_scalar(
+            "UPDATE grants SET state = 'cancelled' WHERE campaign_id = $1 AND user_id = 'b' RETURNING slot",
+        )
+        .bind(id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+
+        let dry = reconcile::reconcile(&common, &c, false).await.unwrap();
+        assert_eq!(dry.stock_delta, 6, "{mode}: {dry:?}");
+        assert_eq!(dry.answers_repaired, 0, "a dry run changes nothing");
+        let fixed = reconcile::reconcile(&common, &c, true).await.unwrap();
+        assert_eq!(fixed.answers_repaired, 2, "{mode}: {fixed:?}");
+        assert_eq!(fixed.pools_repaired, 1, "{mode}: {fixed:?}");
+        assert_eq!(fixed.remaining, vec![8]);
+        let again = reconcile::reconcile(&common, &c, true).await.unwrap();
+        assert_eq!(
+            (again.answers_repaired, again.pools_repaired),
+            (0, 0),
+            "{mode}: repairs hold: {again:?}"
+        );
+
+        // The service behaves: a keeps its grant, b is cancelled, b's slot
+        // is handed out again, and the stock is right.
+        assert_eq!(app.status(id, "a").await.1["status"], "granted");
+        assert_eq!(app.status(id, "b").await.1["status"], "cancelled");
+        let mut slots = Vec::new();
+        for i in 0..20 {
+            app.claim(id, &format!("late-{i}"), None).await;
+        }
+        app.wait_durable(id, 10).await;
+        for g in app.grants(id).await {
+            slots.push(g["slot"].as_i64().unwrap() as i32);
+        }
+        slots.sort();
+        assert_eq!(slots, (1..=10).collect::<Vec<_>>(), "{mode}");
+        assert!(slots.contains(&slot_b));
+        app.assert_db_invariants(id).await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_lost_state_is_rebuilt_by_the_reconciler() {
+    let app = spawn_app().await;
+    let common = common_for(&app).await;
+    let id = app.campaign("gate", &[("main", 5)]).await;
+    app.claim(id, "x", None).await;
+    let c = pg::load_campaign(&common.db, CampaignId(id))
+        .await
+        .unwrap()
+        .unwrap();
+    let k = common.keys(&c);
+    let mut r = redis_conn().await;
+    let _: () = redis::cmd("DEL")
+        .arg(&k.meta)
+        .arg(&k.ans)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let rep = reconcile::reconcile(&common, &c, true).await.unwrap();
+    assert!(rep.rebuilt, "{rep:?}");
+    let (s, v) = app.claim(id, "x", None).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("granted")));
+    app.stop().await;
+}
