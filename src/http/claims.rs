@@ -15,9 +15,9 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{ApiError, ApiJson, AppState};
+use super::{auth::Caller, ApiError, ApiJson, AppState};
 use crate::{
-    domain::{ClaimOutcome, ClaimStatus, PoolName, RejectReason, UserId},
+    domain::{ClaimOutcome, ClaimStatus, PoolName, RejectReason},
     modes::CancelOutcome,
 };
 
@@ -140,12 +140,13 @@ fn outcome_label(o: &ClaimOutcome) -> &'static str {
     ))]
 pub async fn claim(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     body: Result<ApiJson<ClaimRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let c = state.campaign(&id).await?;
     let ApiJson(req) = body?;
-    let user = UserId::parse(req.user_id)?;
+    let user = caller.user(&state, req.user_id)?;
     let pool_name = req.pool.map(PoolName::parse).transpose()?;
     let pool = c.pool(pool_name.as_ref()).ok_or_else(|| match &pool_name {
         Some(p) => ApiError::unprocessable("unknown_pool", format!("campaign has no pool {p}")),
@@ -187,10 +188,11 @@ pub async fn claim(
     ))]
 pub async fn status(
     State(state): State<AppState>,
+    caller: Caller,
     Path((id, user_id)): Path<(String, String)>,
 ) -> Result<Json<ClaimAnswer>, ApiError> {
+    let user = caller.user(&state, user_id)?;
     let c = state.campaign(&id).await?;
-    let user = UserId::parse(user_id)?;
     match state.admissions.status(&c, &user).await? {
         Some(o) => Ok(Json(ClaimAnswer::from(&o))),
         None => Err(claim_not_found()),
@@ -215,10 +217,11 @@ fn claim_not_found() -> ApiError {
     ))]
 pub async fn cancel(
     State(state): State<AppState>,
+    caller: Caller,
     Path((id, user_id)): Path<(String, String)>,
 ) -> Result<Json<ClaimAnswer>, ApiError> {
+    let user = caller.user(&state, user_id)?;
     let c = state.campaign(&id).await?;
-    let user = UserId::parse(user_id)?;
     match state.admissions.cancel(&c, &user, Utc::now()).await? {
         CancelOutcome::Cancelled(o) => {
             metrics::counter!("firstcome_cancellations_total", "mode" => c.mode.as_str())
@@ -252,10 +255,11 @@ pub const SSE_POLL: Duration = Duration::from_millis(20);
     ))]
 pub async fn events(
     State(state): State<AppState>,
+    caller: Caller,
     Path((id, user_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    let user = caller.user(&state, user_id)?;
     let c = state.campaign(&id).await?;
-    let user = UserId::parse(user_id)?;
     let first = state
         .admissions
         .status(&c, &user)
