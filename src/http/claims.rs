@@ -25,10 +25,17 @@ use crate::{
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
-    /// 1..=128 characters of `[A-Za-z0-9_.:@-]`.
+    /// 1..=128 characters of `[A-Za-z0-9_.:@-]`; the JWT's `sub` when
+    /// JWTs are configured.
+    #[schema(
+        pattern = "^[A-Za-z0-9_.:@-]{1,128}$",
+        min_length = 1,
+        max_length = 128
+    )]
     pub user_id: String,
     /// Pool name; may be left out when the campaign has one pool.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_.:@-]{1,64}$", min_length = 1, max_length = 64)]
     pub pool: Option<String>,
 }
 
@@ -128,15 +135,21 @@ fn outcome_label(o: &ClaimOutcome) -> &'static str {
 
 /// Claims a unit of stock.
 #[utoipa::path(post, path = "/v1/campaigns/{id}/claims", request_body = ClaimRequest,
+    security((), ("user" = [])),
     params(("id" = i64, Path, description = "Campaign id")),
     responses(
         (status = 200, description = "Granted", body = ClaimAnswer),
         (status = 202, description = "Queued (redis-queue)", body = ClaimAnswer),
         (status = 409, description = "Rejected: sold_out, not_open, closed; or cancelled earlier", body = ClaimAnswer),
-        (status = 400, body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 404, body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 422, body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 503, body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "User JWT missing, invalid or expired (when JWTs are configured): missing_token, invalid_token, expired_token", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The user id is not the token's subject: forbidden_user", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the per-user or per-IP rate limit: rate_limited, with Retry-After", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown campaign", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than 64 KiB: body_too_large", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json: unsupported_media_type", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid user id, pool or body", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A store is unavailable, or a commit is pending: with Retry-After", body = super::ops::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn claim(
     State(state): State<AppState>,
@@ -179,12 +192,16 @@ pub async fn claim(
 
 /// The claim's current state.
 #[utoipa::path(get, path = "/v1/campaigns/{id}/claims/{user_id}",
-    params(("id" = i64, Path, description = "Campaign id"), ("user_id" = String, Path, description = "User id")),
+    security((), ("user" = [])),
+    params(("id" = i64, Path, description = "Campaign id"), ("user_id" = String, Path, description = "User id: 1..=128 characters of `[A-Za-z0-9_.:@-]`", pattern = "^[A-Za-z0-9_.:@-]{1,128}$", min_length = 1, max_length = 128)),
     responses(
-        (status = 200, body = ClaimAnswer),
-        (status = 404, body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 422, body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 503, body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The claim's current state", body = ClaimAnswer),
+        (status = 401, description = "User JWT missing, invalid or expired (when JWTs are configured): missing_token, invalid_token, expired_token", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The user id is not the token's subject: forbidden_user", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the per-user or per-IP rate limit: rate_limited, with Retry-After", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown campaign, or the user never claimed", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid user id", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A store is unavailable: with Retry-After", body = super::ops::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn status(
     State(state): State<AppState>,
@@ -208,12 +225,17 @@ fn claim_not_found() -> ApiError {
 
 /// Cancels the user's grant; the slot returns to stock. Idempotent.
 #[utoipa::path(delete, path = "/v1/campaigns/{id}/claims/{user_id}",
-    params(("id" = i64, Path, description = "Campaign id"), ("user_id" = String, Path, description = "User id")),
+    security((), ("user" = [])),
+    params(("id" = i64, Path, description = "Campaign id"), ("user_id" = String, Path, description = "User id: 1..=128 characters of `[A-Za-z0-9_.:@-]`", pattern = "^[A-Za-z0-9_.:@-]{1,128}$", min_length = 1, max_length = 128)),
     responses(
         (status = 200, description = "Cancelled", body = ClaimAnswer),
-        (status = 404, body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Not granted, or past the hold", body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 503, body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "User JWT missing, invalid or expired (when JWTs are configured): missing_token, invalid_token, expired_token", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The user id is not the token's subject: forbidden_user", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the per-user or per-IP rate limit: rate_limited, with Retry-After", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown campaign, or the user never claimed", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not granted (not_granted), or past the hold (hold_over)", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid user id", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A store is unavailable: with Retry-After", body = super::ops::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn cancel(
     State(state): State<AppState>,
@@ -240,18 +262,31 @@ pub async fn cancel(
     }
 }
 
+/// One server-sent event of the claim stream.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClaimEvent {
+    /// Always `claim`.
+    pub event: String,
+    /// A [`ClaimAnswer`] as JSON text.
+    pub data: String,
+}
+
 /// How often the SSE stream looks for a change. State lives in Redis or
 /// PostgreSQL, so a claim made through another API process is seen too.
 pub const SSE_POLL: Duration = Duration::from_millis(20);
 
 /// Streams the claim's state changes; closes after a final state.
 #[utoipa::path(get, path = "/v1/campaigns/{id}/claims/{user_id}/events",
-    params(("id" = i64, Path, description = "Campaign id"), ("user_id" = String, Path, description = "User id")),
+    security((), ("user" = [])),
+    params(("id" = i64, Path, description = "Campaign id"), ("user_id" = String, Path, description = "User id: 1..=128 characters of `[A-Za-z0-9_.:@-]`", pattern = "^[A-Za-z0-9_.:@-]{1,128}$", min_length = 1, max_length = 128)),
     responses(
-        (status = 200, description = "text/event-stream of `claim` events whose data is a ClaimAnswer", content_type = "text/event-stream", body = String),
-        (status = 404, body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 422, body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 503, body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "text/event-stream of `claim` events whose data is a ClaimAnswer", content_type = "text/event-stream", body = ClaimEvent),
+        (status = 401, description = "User JWT missing, invalid or expired (when JWTs are configured): missing_token, invalid_token, expired_token", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The user id is not the token's subject: forbidden_user", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the per-user or per-IP rate limit: rate_limited, with Retry-After", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown campaign, or the user never claimed", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid user id", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A store is unavailable: with Retry-After", body = super::ops::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn events(
     State(state): State<AppState>,
