@@ -97,7 +97,7 @@ EOF
 log "running schemathesis (max $MAX_EXAMPLES examples per operation)"
 set +e
 "$VENV/bin/schemathesis" --config-file "$WORK/schemathesis.toml" run "$BASE/openapi.json" \
-  --checks not_a_server_error,response_schema_conformance \
+  --checks "${ST_CHECKS:-not_a_server_error,response_schema_conformance}" \
   --max-examples "$MAX_EXAMPLES" \
   --header "Authorization: Bearer $TOKEN" \
   --phases examples,coverage,fuzzing \
