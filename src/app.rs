@@ -39,6 +39,15 @@ impl Application {
     /// Connects the stores (applying migrations), starts the background
     /// tasks of the role, and binds the listener.
     pub async fn build(args: ServeArgs) -> anyhow::Result<Self> {
+        args.validate()?;
+        let jwt = http::auth::JwtVerifier::from_args(&args)?.map(Arc::new);
+        if jwt.is_none() {
+            tracing::warn!(
+                "no JWT key (FIRSTCOME_JWT_SECRET / FIRSTCOME_JWT_PUBLIC_KEY): user calls are NOT \
+                 authenticated, the user_id in each request is trusted as is"
+            );
+        }
+        let limits = http::auth::RateLimits::from_args(&args);
         crate::telemetry::init_metrics();
         let db = pg::connect(&args.stores.database_url, args.stores.db_max_connections)
             .await
@@ -73,6 +82,13 @@ impl Application {
             }
         };
         let (stop_tx, stop_rx) = watch::channel(false);
+        if limits.enabled() {
+            tokio::spawn(
+                limits
+                    .clone()
+                    .janitor(Duration::from_secs(60), stop_rx.clone()),
+            );
+        }
         let worker_wakeup = Arc::new(tokio::sync::Notify::new());
         let mut worker = Vec::new();
         if matches!(args.role, Role::Worker | Role::All) {
@@ -109,6 +125,8 @@ impl Application {
             campaigns: Arc::new(RwLock::new(HashMap::new())),
             sse_max: Duration::from_secs(args.sse_max_secs),
             worker_wakeup,
+            jwt,
+            limits,
         };
         Ok(Self {
             addr,
@@ -143,9 +161,13 @@ impl Application {
         } else {
             http::router(self.state)
         };
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        // Connect info gives the per-IP rate limit the peer address.
+        axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await?;
         let _ = self.stop_tx.send(true);
         for w in self.worker {
             let _ = w.await;

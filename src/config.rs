@@ -115,7 +115,61 @@ pub struct ServeArgs {
     /// (0 turns the periodic pass off).
     #[arg(long, env = "FIRSTCOME_RECONCILE_INTERVAL_SECS", default_value_t = 30)]
     pub reconcile_interval_secs: u64,
+    /// HS256 secret of user JWTs. With it (or a public key) every user call
+    /// needs `Authorization: Bearer <jwt>` and acts for the token's `sub`.
+    #[arg(long, env = "FIRSTCOME_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Public key of user JWTs (RS256 or ES256): PEM text, or the path of a
+    /// PEM file.
+    #[arg(long, env = "FIRSTCOME_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<String>,
+    /// Required `aud` of user JWTs, if set.
+    #[arg(long, env = "FIRSTCOME_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Required `iss` of user JWTs, if set.
+    #[arg(long, env = "FIRSTCOME_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Production profile: refuse to start without an admin token and a JWT
+    /// key.
+    #[arg(long, env = "FIRSTCOME_PRODUCTION", default_value_t = false)]
+    pub production: bool,
+    /// Requests per second per client IP on the /v1 API (0 = no limit).
+    /// Off by default: load tests send everything from 127.0.0.1, and
+    /// behind a proxy every client shares its address.
+    #[arg(long, env = "FIRSTCOME_RATE_PER_IP", default_value_t = 0)]
+    pub rate_per_ip: u32,
+    /// Burst allowed above `--rate-per-ip` (0 = same as the rate).
+    #[arg(long, env = "FIRSTCOME_RATE_PER_IP_BURST", default_value_t = 0)]
+    pub rate_per_ip_burst: u32,
+    /// Requests per second per user on user calls (0 = no limit).
+    #[arg(long, env = "FIRSTCOME_RATE_PER_USER", default_value_t = 20)]
+    pub rate_per_user: u32,
+    /// Burst allowed above `--rate-per-user` (0 = same as the rate).
+    #[arg(long, env = "FIRSTCOME_RATE_PER_USER_BURST", default_value_t = 40)]
+    pub rate_per_user_burst: u32,
 }
+
+/// Why a configuration is refused at startup.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// `--production` without `--admin-token`.
+    #[error("--production needs an admin token (--admin-token or FIRSTCOME_ADMIN_TOKEN, at least {MIN_ADMIN_TOKEN_LEN} characters)")]
+    ProductionWithoutAdminToken,
+    /// `--production` without a JWT key.
+    #[error("--production needs a JWT key for user calls (--jwt-secret/FIRSTCOME_JWT_SECRET or --jwt-public-key/FIRSTCOME_JWT_PUBLIC_KEY)")]
+    ProductionWithoutJwtKey,
+    /// Both a secret and a public key.
+    #[error("give either --jwt-secret or --jwt-public-key, not both")]
+    TwoJwtKeys,
+    /// An HS256 secret too short to resist brute force.
+    #[error("--jwt-secret must be at least {MIN_JWT_SECRET_LEN} bytes")]
+    ShortJwtSecret,
+}
+
+/// Shortest admin token accepted by the production profile.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+/// Shortest HS256 secret accepted (RFC 7518 asks for at least the hash size).
+pub const MIN_JWT_SECRET_LEN: usize = 32;
 
 impl ServeArgs {
     /// Defaults for tests: the given stores, port 0, a fixed admin token.
@@ -142,7 +196,42 @@ impl ServeArgs {
             pending_wait_ms: 3000,
             sse_max_secs: 60,
             reconcile_interval_secs: 0,
+            jwt_secret: None,
+            jwt_public_key: None,
+            jwt_audience: None,
+            jwt_issuer: None,
+            production: false,
+            rate_per_ip: 0,
+            rate_per_ip_burst: 0,
+            rate_per_user: 0,
+            rate_per_user_burst: 0,
         }
+    }
+
+    /// Checks the settings that must hold before anything starts: the
+    /// production profile needs an admin token and a JWT key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let secret = self.jwt_secret.as_deref().filter(|s| !s.is_empty());
+        let public = self.jwt_public_key.as_deref().filter(|s| !s.is_empty());
+        if secret.is_some() && public.is_some() {
+            return Err(ConfigError::TwoJwtKeys);
+        }
+        if secret.is_some_and(|s| s.len() < MIN_JWT_SECRET_LEN) {
+            return Err(ConfigError::ShortJwtSecret);
+        }
+        if self.production {
+            if self
+                .admin_token
+                .as_deref()
+                .is_none_or(|t| t.len() < MIN_ADMIN_TOKEN_LEN)
+            {
+                return Err(ConfigError::ProductionWithoutAdminToken);
+            }
+            if secret.is_none() && public.is_none() {
+                return Err(ConfigError::ProductionWithoutJwtKey);
+            }
+        }
+        Ok(())
     }
 
     /// Redis call bound.

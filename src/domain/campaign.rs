@@ -78,6 +78,15 @@ pub const MAX_HOLD_SECS: i64 = 30 * 24 * 3600;
 pub const MAX_CONFIRM_SECS: i64 = 7 * 24 * 3600;
 /// Default hold after closing, as seed 004 keeps seats for compensation.
 pub const DEFAULT_HOLD_SECS: i64 = 2 * 3600;
+/// Latest `closes_at`, counted from now: 400 days. `closes_at` decides how
+/// long Redis keeps a campaign's keys, so it must not be absurdly far.
+pub const MAX_CLOSES_AHEAD_SECS: i64 = 400 * 24 * 3600;
+/// Latest `opens_at`, counted from now: 100 years (a campaign announced
+/// without a date keeps no Redis keys beyond the open-ended lifetime).
+pub const MAX_OPENS_AHEAD_SECS: i64 = 100 * 365 * 24 * 3600;
+/// Earliest accepted `opens_at`/`closes_at` (2000-01-01T00:00:00Z): keeps
+/// expiry times positive milliseconds and dates meaningful.
+pub const EARLIEST_INSTANT_SECS: i64 = 946_684_800;
 
 /// A pool as the creator asked for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +147,9 @@ pub enum NewCampaignError {
     /// closes_at not after opens_at.
     #[error("closes_at must be after opens_at")]
     BadWindow,
+    /// opens_at or closes_at before 2000 or too far ahead.
+    #[error("{0}")]
+    BadSchedule(String),
     /// hold_secs out of range.
     #[error("hold_secs must be between 0 and {MAX_HOLD_SECS}, got {0}")]
     BadHold(i64),
@@ -158,6 +170,7 @@ impl NewCampaignError {
             Self::BadStock(_) => "invalid_stock",
             Self::BadPerUserLimit(_) => "invalid_per_user_limit",
             Self::BadWindow => "invalid_window",
+            Self::BadSchedule(_) => "invalid_schedule",
             Self::BadHold(_) => "invalid_hold",
             Self::BadConfirm(_) => "invalid_confirm_within",
         }
@@ -178,7 +191,11 @@ impl NewCampaign {
             confirm_within_secs,
         } = raw;
         let name = name.trim().to_string();
-        if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
+        // Control characters would forge lines in logs and terminals.
+        if name.is_empty()
+            || name.chars().count() > MAX_NAME_LEN
+            || name.chars().any(char::is_control)
+        {
             return Err(NewCampaignError::BadName);
         }
         if pools.is_empty() {
@@ -210,6 +227,7 @@ impl NewCampaign {
                 return Err(NewCampaignError::BadWindow);
             }
         }
+        check_schedule(Utc::now(), opens_at, closes_at)?;
         let hold_secs = hold_secs.unwrap_or(DEFAULT_HOLD_SECS);
         if !(0..=MAX_HOLD_SECS).contains(&hold_secs) {
             return Err(NewCampaignError::BadHold(hold_secs));
@@ -251,6 +269,33 @@ pub struct RawCampaign {
     pub hold_secs: Option<i64>,
     /// Confirmation deadline of held grants.
     pub confirm_within_secs: Option<i64>,
+}
+
+/// Bounds of `opens_at` and `closes_at` as seen at `now`.
+fn check_schedule(
+    now: DateTime<Utc>,
+    opens_at: Option<DateTime<Utc>>,
+    closes_at: Option<DateTime<Utc>>,
+) -> Result<(), NewCampaignError> {
+    let earliest = DateTime::from_timestamp(EARLIEST_INSTANT_SECS, 0).expect("valid instant");
+    for (field, at, ahead) in [
+        ("opens_at", opens_at, MAX_OPENS_AHEAD_SECS),
+        ("closes_at", closes_at, MAX_CLOSES_AHEAD_SECS),
+    ] {
+        let Some(at) = at else { continue };
+        if at < earliest {
+            return Err(NewCampaignError::BadSchedule(format!(
+                "{field} must not be before 2000-01-01T00:00:00Z"
+            )));
+        }
+        if at > now + chrono::Duration::seconds(ahead) {
+            return Err(NewCampaignError::BadSchedule(format!(
+                "{field} must be at most {} days ahead",
+                ahead / 86_400
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A pool as stored.
@@ -374,6 +419,22 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(err, Err(NewCampaignError::BadWindow));
+        let far = |opens: Option<DateTime<Utc>>, closes: Option<DateTime<Utc>>| {
+            NewCampaign::parse(RawCampaign {
+                name: "c".into(),
+                pools: vec![("a".into(), 1)],
+                opens_at: opens,
+                closes_at: closes,
+                ..Default::default()
+            })
+            .map_err(|e| e.code())
+        };
+        let years = |n: i64| now + chrono::Duration::days(365 * n);
+        assert_eq!(far(None, Some(years(2))), Err("invalid_schedule"));
+        assert_eq!(far(Some(years(200)), None), Err("invalid_schedule"));
+        assert_eq!(far(Some(years(-30)), None), Err("invalid_schedule"));
+        assert!(far(Some(years(50)), None).is_ok());
+        assert!(far(None, Some(years(1))).is_ok());
     }
 
     #[test]

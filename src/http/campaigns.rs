@@ -20,25 +20,32 @@ use crate::{
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCampaign {
-    /// Free-text name, 1..=200 characters.
+    /// Free-text name, 1..=200 characters, no control characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// `db-lock`, `db-atomic`, `redis-lua`, `gate` (default) or `redis-queue`.
     #[serde(default)]
+    #[schema(value_type = Option<Mode>)]
     pub mode: Option<String>,
-    /// At least one pool.
+    /// 1..=256 pools.
+    #[schema(min_items = 1, max_items = 256)]
     pub pools: Vec<PoolSpec>,
     /// Active grants per user; only 1 is supported.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1)]
     pub per_user_limit: Option<i64>,
-    /// Claims before this are refused with `not_open`.
+    /// Claims before this are refused with `not_open`. From 2000-01-01 to
+    /// 100 years ahead.
     #[serde(default)]
     pub opens_at: Option<DateTime<Utc>>,
-    /// Claims from this on are refused with `closed`.
+    /// Claims from this on are refused with `closed`. After `opens_at`,
+    /// from 2000-01-01 to 400 days ahead.
     #[serde(default)]
     pub closes_at: Option<DateTime<Utc>>,
     /// Seconds after closing during which cancellation stays possible
-    /// (default 7200).
+    /// (default 7200, at most 30 days).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 2592000)]
     pub hold_secs: Option<i64>,
     /// When set, grants are held until `POST .../claims/{user_id}/confirm`
     /// and expire (slot back to stock) this many seconds after they were made.
@@ -51,8 +58,10 @@ pub struct CreateCampaign {
 #[serde(deny_unknown_fields)]
 pub struct PoolSpec {
     /// 1..=64 characters of `[A-Za-z0-9_.:@-]`, unique in the campaign.
+    #[schema(pattern = "^[A-Za-z0-9_.:@-]{1,64}$", min_length = 1, max_length = 64)]
     pub name: String,
     /// 1..=10,000,000.
+    #[schema(minimum = 1, maximum = 10000000)]
     pub stock: i64,
 }
 
@@ -111,6 +120,7 @@ pub struct GrantsQuery {
     /// Cursor from the previous page's `next`.
     pub after: Option<String>,
     /// Page size, 1..=10000 (default 1000).
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<i64>,
 }
 
@@ -164,10 +174,13 @@ async fn body(state: &AppState, c: &Campaign) -> Result<CampaignBody, ApiError> 
 #[utoipa::path(post, path = "/v1/campaigns", request_body = CreateCampaign,
     security(("admin" = [])),
     responses(
-        (status = 201, body = CampaignBody),
+        (status = 201, description = "Created", body = CampaignBody),
         (status = 400, description = "Malformed JSON", body = super::ops::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong admin token", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than 64 KiB: body_too_large", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json: unsupported_media_type", body = super::ops::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid campaign", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the per-IP rate limit: rate_limited, with Retry-After", body = super::ops::Problem, content_type = "application/problem+json"),
         (status = 503, description = "A store is unavailable", body = super::ops::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create(
@@ -212,9 +225,10 @@ pub async fn create(
 #[utoipa::path(get, path = "/v1/campaigns/{id}",
     params(("id" = i64, Path, description = "Campaign id")),
     responses(
-        (status = 200, body = CampaignBody),
-        (status = 404, body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 503, body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The campaign with its counts", body = CampaignBody),
+        (status = 404, description = "Unknown campaign", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the per-IP rate limit: rate_limited, with Retry-After", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A store is unavailable: with Retry-After", body = super::ops::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get(
     State(state): State<AppState>,
@@ -229,10 +243,12 @@ pub async fn get(
     params(("id" = i64, Path, description = "Campaign id"), GrantsQuery),
     security(("admin" = [])),
     responses(
-        (status = 200, body = GrantsPage),
-        (status = 400, body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 404, body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "A page of active grants", body = GrantsPage),
+        (status = 400, description = "Bad cursor or limit: invalid_cursor, invalid_limit, invalid_query", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong admin token", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown campaign", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the per-IP rate limit: rate_limited, with Retry-After", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A store is unavailable: with Retry-After", body = super::ops::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn grants(
     State(state): State<AppState>,

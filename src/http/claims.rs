@@ -15,7 +15,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{ApiError, ApiJson, AppState};
+use super::{auth::Caller, ApiError, ApiJson, AppState};
 use crate::{
     domain::{Campaign, ClaimOutcome, ClaimStatus, PoolName, RejectReason, UserId},
     modes::CancelOutcome,
@@ -26,10 +26,17 @@ use crate::{
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
-    /// 1..=128 characters of `[A-Za-z0-9_.:@-]`.
+    /// 1..=128 characters of `[A-Za-z0-9_.:@-]`; the JWT's `sub` when
+    /// JWTs are configured.
+    #[schema(
+        pattern = "^[A-Za-z0-9_.:@-]{1,128}$",
+        min_length = 1,
+        max_length = 128
+    )]
     pub user_id: String,
     /// Pool name; may be left out when the campaign has one pool.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_.:@-]{1,64}$", min_length = 1, max_length = 64)]
     pub pool: Option<String>,
 }
 
@@ -173,24 +180,31 @@ fn outcome_label(o: &ClaimOutcome) -> &'static str {
 
 /// Claims a unit of stock.
 #[utoipa::path(post, path = "/v1/campaigns/{id}/claims", request_body = ClaimRequest,
+    security((), ("user" = [])),
     params(("id" = i64, Path, description = "Campaign id")),
     responses(
         (status = 200, description = "Granted", body = ClaimAnswer),
         (status = 202, description = "Queued (redis-queue)", body = ClaimAnswer),
         (status = 409, description = "Rejected: sold_out, not_open, closed; or cancelled earlier", body = ClaimAnswer),
-        (status = 400, body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 404, body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 422, body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 503, body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "User JWT missing, invalid or expired (when JWTs are configured): missing_token, invalid_token, expired_token", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The user id is not the token's subject: forbidden_user", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the per-user or per-IP rate limit: rate_limited, with Retry-After", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown campaign", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than 64 KiB: body_too_large", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json: unsupported_media_type", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid user id, pool or body", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A store is unavailable, or a commit is pending: with Retry-After", body = super::ops::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn claim(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     body: Result<ApiJson<ClaimRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let c = state.campaign(&id).await?;
     let ApiJson(req) = body?;
-    let user = UserId::parse(req.user_id)?;
+    let user = caller.user(&state, req.user_id)?;
     let pool_name = req.pool.map(PoolName::parse).transpose()?;
     let pool = c.pool(pool_name.as_ref()).ok_or_else(|| match &pool_name {
         Some(p) => ApiError::unprocessable("unknown_pool", format!("campaign has no pool {p}")),
@@ -223,19 +237,24 @@ pub async fn claim(
 
 /// The claim's current state.
 #[utoipa::path(get, path = "/v1/campaigns/{id}/claims/{user_id}",
-    params(("id" = i64, Path, description = "Campaign id"), ("user_id" = String, Path, description = "User id")),
+    security((), ("user" = [])),
+    params(("id" = i64, Path, description = "Campaign id"), ("user_id" = String, Path, description = "User id: 1..=128 characters of `[A-Za-z0-9_.:@-]`", pattern = "^[A-Za-z0-9_.:@-]{1,128}$", min_length = 1, max_length = 128)),
     responses(
-        (status = 200, body = ClaimAnswer),
-        (status = 404, body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 422, body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 503, body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The claim's current state", body = ClaimAnswer),
+        (status = 401, description = "User JWT missing, invalid or expired (when JWTs are configured): missing_token, invalid_token, expired_token", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The user id is not the token's subject: forbidden_user", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the per-user or per-IP rate limit: rate_limited, with Retry-After", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown campaign, or the user never claimed", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid user id", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A store is unavailable: with Retry-After", body = super::ops::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn status(
     State(state): State<AppState>,
+    caller: Caller,
     Path((id, user_id)): Path<(String, String)>,
 ) -> Result<Json<ClaimAnswer>, ApiError> {
+    let user = caller.user(&state, user_id)?;
     let c = state.campaign(&id).await?;
-    let user = UserId::parse(user_id)?;
     match state.admissions.status(&c, &user).await? {
         Some(o) => Ok(Json(answer(&state, &c, &o).await?)),
         None => Err(claim_not_found()),
@@ -251,19 +270,25 @@ fn claim_not_found() -> ApiError {
 
 /// Cancels the user's grant; the slot returns to stock. Idempotent.
 #[utoipa::path(delete, path = "/v1/campaigns/{id}/claims/{user_id}",
-    params(("id" = i64, Path, description = "Campaign id"), ("user_id" = String, Path, description = "User id")),
+    security((), ("user" = [])),
+    params(("id" = i64, Path, description = "Campaign id"), ("user_id" = String, Path, description = "User id: 1..=128 characters of `[A-Za-z0-9_.:@-]`", pattern = "^[A-Za-z0-9_.:@-]{1,128}$", min_length = 1, max_length = 128)),
     responses(
         (status = 200, description = "Cancelled", body = ClaimAnswer),
-        (status = 404, body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Not granted, or past the hold", body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 503, body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "User JWT missing, invalid or expired (when JWTs are configured): missing_token, invalid_token, expired_token", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The user id is not the token's subject: forbidden_user", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the per-user or per-IP rate limit: rate_limited, with Retry-After", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown campaign, or the user never claimed", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not granted (not_granted), or past the hold (hold_over)", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid user id", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A store is unavailable: with Retry-After", body = super::ops::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn cancel(
     State(state): State<AppState>,
+    caller: Caller,
     Path((id, user_id)): Path<(String, String)>,
 ) -> Result<Json<ClaimAnswer>, ApiError> {
+    let user = caller.user(&state, user_id)?;
     let c = state.campaign(&id).await?;
-    let user = UserId::parse(user_id)?;
     match state.admissions.cancel(&c, &user, Utc::now()).await? {
         CancelOutcome::Cancelled(o) => {
             metrics::counter!("firstcome_cancellations_total", "mode" => c.mode.as_str())
@@ -294,10 +319,11 @@ pub async fn cancel(
     ))]
 pub async fn confirm(
     State(state): State<AppState>,
+    caller: Caller,
     Path((id, user_id)): Path<(String, String)>,
 ) -> Result<Json<ClaimAnswer>, ApiError> {
+    let user = caller.user(&state, user_id)?;
     let c = state.campaign(&id).await?;
-    let user = UserId::parse(user_id)?;
     if c.confirm_within_secs.is_none() {
         return Err(ApiError::Conflict {
             code: "no_hold",
@@ -330,25 +356,39 @@ pub async fn confirm(
     }
 }
 
+/// One server-sent event of the claim stream.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClaimEvent {
+    /// Always `claim`.
+    pub event: String,
+    /// A [`ClaimAnswer`] as JSON text.
+    pub data: String,
+}
+
 /// How often the SSE stream looks for a change. State lives in Redis or
 /// PostgreSQL, so a claim made through another API process is seen too.
 pub const SSE_POLL: Duration = Duration::from_millis(20);
 
 /// Streams the claim's state changes; closes after a final state.
 #[utoipa::path(get, path = "/v1/campaigns/{id}/claims/{user_id}/events",
-    params(("id" = i64, Path, description = "Campaign id"), ("user_id" = String, Path, description = "User id")),
+    security((), ("user" = [])),
+    params(("id" = i64, Path, description = "Campaign id"), ("user_id" = String, Path, description = "User id: 1..=128 characters of `[A-Za-z0-9_.:@-]`", pattern = "^[A-Za-z0-9_.:@-]{1,128}$", min_length = 1, max_length = 128)),
     responses(
-        (status = 200, description = "text/event-stream of `claim` events whose data is a ClaimAnswer", content_type = "text/event-stream", body = String),
-        (status = 404, body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 422, body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 503, body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "text/event-stream of `claim` events whose data is a ClaimAnswer", content_type = "text/event-stream", body = ClaimEvent),
+        (status = 401, description = "User JWT missing, invalid or expired (when JWTs are configured): missing_token, invalid_token, expired_token", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The user id is not the token's subject: forbidden_user", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the per-user or per-IP rate limit: rate_limited, with Retry-After", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown campaign, or the user never claimed", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid user id", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A store is unavailable: with Retry-After", body = super::ops::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn events(
     State(state): State<AppState>,
+    caller: Caller,
     Path((id, user_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    let user = caller.user(&state, user_id)?;
     let c = state.campaign(&id).await?;
-    let user = UserId::parse(user_id)?;
     let first = state
         .admissions
         .status(&c, &user)

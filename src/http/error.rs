@@ -33,6 +33,31 @@ pub enum ApiError {
     /// 401: admin call without the right token.
     #[error("missing or wrong admin token")]
     Unauthorized,
+    /// 401: user call without a valid JWT (`missing_token`, `invalid_token`,
+    /// `expired_token`).
+    #[error("{detail}")]
+    Unauthenticated {
+        /// Stable code.
+        code: &'static str,
+        /// Human-readable detail.
+        detail: String,
+    },
+    /// 403: the caller is known but may not act for this user.
+    #[error("{detail}")]
+    Forbidden {
+        /// Stable code.
+        code: &'static str,
+        /// Human-readable detail.
+        detail: String,
+    },
+    /// 429 with Retry-After: over a rate limit (code `rate_limited`).
+    #[error("{detail}")]
+    RateLimited {
+        /// Seconds until a request would be allowed again.
+        retry_after_secs: u64,
+        /// Human-readable detail.
+        detail: String,
+    },
     /// 404.
     #[error("{detail}")]
     NotFound {
@@ -81,6 +106,14 @@ impl ApiError {
         }
     }
 
+    /// A 401 of a user call with `code`.
+    pub fn unauthenticated(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::Unauthenticated {
+            code,
+            detail: detail.into(),
+        }
+    }
+
     /// 404 for an unknown campaign.
     pub fn campaign_not_found() -> Self {
         Self::NotFound {
@@ -92,7 +125,9 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             Self::Invalid { status, .. } => *status,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -106,8 +141,11 @@ impl ApiError {
             Self::Invalid { code, .. }
             | Self::NotFound { code, .. }
             | Self::Conflict { code, .. }
-            | Self::Unavailable { code, .. } => code,
+            | Self::Unavailable { code, .. }
+            | Self::Unauthenticated { code, .. }
+            | Self::Forbidden { code, .. } => code,
             Self::Unauthorized => "unauthorized",
+            Self::RateLimited { .. } => "rate_limited",
             Self::Internal(_) => "internal",
         }
     }
@@ -141,8 +179,19 @@ impl IntoResponse for ApiError {
             Self::Unavailable { .. } => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
+            Self::RateLimited {
+                retry_after_secs, ..
+            } => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
             Self::Unauthorized => {
                 h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::Unauthenticated { .. } => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
             }
             _ => {}
         }

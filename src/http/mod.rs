@@ -22,6 +22,7 @@ use crate::{
     storage::{pg, redis::RedisStore},
 };
 
+pub mod auth;
 pub mod campaigns;
 pub mod claims;
 pub mod error;
@@ -51,6 +52,10 @@ pub struct AppState {
     pub sse_max: Duration,
     /// Wakes this process' worker when a campaign is created.
     pub worker_wakeup: Arc<tokio::sync::Notify>,
+    /// Verifier of user JWTs; `None` trusts the user id of the request.
+    pub jwt: Option<Arc<auth::JwtVerifier>>,
+    /// Rate limits per user and per client IP.
+    pub limits: auth::RateLimits,
 }
 
 impl AppState {
@@ -90,11 +95,11 @@ impl AppState {
     }
 }
 
+/// Compares in time independent of where the bytes differ (only the
+/// length may show), so the admin token cannot be guessed byte by byte.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 /// `Json<T>` whose rejections are problem+json with a stable code.
@@ -117,7 +122,8 @@ where
 
 /// The application's routes.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    // The per-IP limit guards the API, not the probes of an orchestrator.
+    let api = Router::new()
         .route("/v1/campaigns", post(campaigns::create))
         .route("/v1/campaigns/{id}", get(campaigns::get))
         .route("/v1/campaigns/{id}/grants", get(campaigns::grants))
@@ -134,6 +140,12 @@ pub fn router(state: AppState) -> Router {
             "/v1/campaigns/{id}/claims/{user_id}/confirm",
             post(claims::confirm),
         )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::limit_ip,
+        ));
+    Router::new()
+        .merge(api)
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

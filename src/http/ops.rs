@@ -43,7 +43,7 @@ pub async fn healthz() -> &'static str {
 
 /// Readiness: Redis and PostgreSQL both answer.
 #[utoipa::path(get, path = "/readyz", responses(
-    (status = 200, description = "Ready", body = String),
+    (status = 200, description = "Ready: `{\"postgres\":\"ok\",\"redis\":\"ok\"}`", body = Object),
     (status = 503, description = "A store is unreachable", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -88,14 +88,33 @@ pub fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
     ApiError::Internal("handler panicked".into()).into_response()
 }
 
-struct AdminAuth;
+struct Auth;
 
-impl Modify for AdminAuth {
+impl Modify for Auth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "admin",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The admin token (FIRSTCOME_ADMIN_TOKEN)"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "user",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "A user JWT (HS256, RS256 or ES256; `exp` required; the user is `sub`). \
+                         Required when the service has a JWT key; without one the user id of \
+                         the request is trusted.",
+                    ))
+                    .build(),
+            ),
         );
     }
 }
@@ -119,6 +138,6 @@ impl Modify for AdminAuth {
         openapi,
     ),
     components(schemas(Problem)),
-    modifiers(&AdminAuth)
+    modifiers(&Auth)
 )]
 pub struct ApiDoc;

@@ -1,0 +1,458 @@
+//! Security and bad input, end to end: user JWTs (required, subject,
+//! expiry, algorithm), rate limits with Retry-After, input bounds, and the
+//! production profile's refusal to start half-configured.
+
+mod common;
+
+use std::time::Duration;
+
+use firstcome::config::{ConfigError, ServeArgs};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::{header, Method};
+use serde_json::{json, Value};
+
+const SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
+
+/// A throwaway P-256 key pair, only for these tests.
+const EC_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgY+MsPLqefBmdcwdr
+m5S7hAwD5H35Qudq0PyeH7LQ+H2hRANCAAQv2NxwaNrAdnAdmFtPxzWMgn4vrm5E
+Q755BCEjNXpajxaU6+tW1JQKUUN1jQUfRV3z01RvXl6amDcNZoXacQJo
+-----END PRIVATE KEY-----
+";
+const EC_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEL9jccGjawHZwHZhbT8c1jIJ+L65u
+REO+eQQhIzV6Wo8WlOvrVtSUClFDdY0FH0Vd89NUb15empg3DWaF2nECaA==
+-----END PUBLIC KEY-----
+";
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// An HS256 token for `sub` expiring at `exp`.
+fn hs256(sub: &str, exp: i64, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": sub, "exp": exp}),
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+async fn spawn(tweak: impl FnOnce(&mut ServeArgs)) -> common::TestApp {
+    let name = common::unique("sec");
+    let db_url = common::fresh_database(&name).await;
+    common::spawn_app_on(&db_url, &name, tweak).await
+}
+
+/// A request with an optional bearer token: (status, Retry-After, body).
+async fn call(
+    app: &common::TestApp,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Option<String>, Value) {
+    let mut r = app.http.request(method, format!("{}{path}", app.base));
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().await.expect("request");
+    let s = r.status().as_u16();
+    let ra = r
+        .headers()
+        .get(header::RETRY_AFTER)
+        .map(|v| v.to_str().unwrap().to_string());
+    if s >= 400 {
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            "application/problem+json",
+            "errors are problems"
+        );
+    }
+    (s, ra, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn user_calls_need_a_valid_token_for_the_same_user() {
+    let app = spawn(|a| a.jwt_secret = Some(SECRET.into())).await;
+    let id = app.campaign("gate", &[("main", 5)]).await;
+    let claims = format!("/v1/campaigns/{id}/claims");
+    let alice = hs256("alice", now() + 600, SECRET);
+    let body = || Some(json!({"user_id": "alice"}));
+
+    // No token, a garbage token, a wrongly signed one, an expired one.
+    let (s, _, v) = call(&app, Method::POST, &claims, None, body()).await;
+    assert_eq!((s, v["code"].as_str()), (401, Some("missing_token")));
+    let (s, _, v) = call(&app, Method::POST, &claims, Some("not.a.jwt"), body()).await;
+    assert_eq!((s, v["code"].as_str()), (401, Some("invalid_token")));
+    let forged = hs256("alice", now() + 600, "another-secret-another-secret-xx");
+    let (s, _, v) = call(&app, Method::POST, &claims, Some(&forged), body()).await;
+    assert_eq!((s, v["code"].as_str()), (401, Some("invalid_token")));
+    let expired = hs256("alice", now() - 3600, SECRET);
+    let (s, _, v) = call(&app, Method::POST, &claims, Some(&expired), body()).await;
+    assert_eq!((s, v["code"].as_str()), (401, Some("expired_token")));
+    // A token without exp is refused: it would never expire.
+    let no_exp = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": "alice"}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let (s, _, v) = call(&app, Method::POST, &claims, Some(&no_exp), body()).await;
+    assert_eq!((s, v["code"].as_str()), (401, Some("invalid_token")));
+    // An alg=none token (header and claims, no signature).
+    let none = {
+        use base64_like::encode;
+        format!(
+            "{}.{}.",
+            encode(br#"{"alg":"none","typ":"JWT"}"#),
+            encode(format!(r#"{{"sub":"alice","exp":{}}}"#, now() + 600).as_bytes())
+        )
+    };
+    let (s, _, v) = call(&app, Method::POST, &claims, Some(&none), body()).await;
+    assert_eq!((s, v["code"].as_str()), (401, Some("invalid_token")));
+    // Nothing was claimed by any of those.
+    let (s, _, _) = call(
+        &app,
+        Method::GET,
+        &format!("{claims}/alice"),
+        Some(&alice),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+
+    // Alice may not act for bob, on any user call.
+    let bob_body = Some(json!({"user_id": "bob"}));
+    let (s, _, v) = call(&app, Method::POST, &claims, Some(&alice), bob_body).await;
+    assert_eq!((s, v["code"].as_str()), (403, Some("forbidden_user")));
+    for (m, path) in [
+        (Method::GET, format!("{claims}/bob")),
+        (Method::DELETE, format!("{claims}/bob")),
+        (Method::GET, format!("{claims}/bob/events")),
+    ] {
+        let (s, _, v) = call(&app, m.clone(), &path, Some(&alice), None).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (403, Some("forbidden_user")),
+            "{m} {path}"
+        );
+        let (s, _, v) = call(&app, m.clone(), &path, None, None).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (401, Some("missing_token")),
+            "{m} {path}"
+        );
+    }
+
+    // With her own token everything works, and repeats are stable.
+    let (s, _, first) = call(&app, Method::POST, &claims, Some(&alice), body()).await;
+    assert_eq!((s, first["status"].as_str()), (200, Some("granted")));
+    let (s, _, again) = call(&app, Method::POST, &claims, Some(&alice), body()).await;
+    assert_eq!((s, &again), (200, &first));
+    let (s, _, st) = call(
+        &app,
+        Method::GET,
+        &format!("{claims}/alice"),
+        Some(&alice),
+        None,
+    )
+    .await;
+    assert_eq!((s, &st), (200, &first));
+    let (s, _, c) = call(
+        &app,
+        Method::DELETE,
+        &format!("{claims}/alice"),
+        Some(&alice),
+        None,
+    )
+    .await;
+    assert_eq!((s, c["status"].as_str()), (200, Some("cancelled")));
+
+    // Reading a campaign stays public; admin calls still need the admin token.
+    let (s, _, _) = call(
+        &app,
+        Method::GET,
+        &format!("/v1/campaigns/{id}"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _, v) = call(
+        &app,
+        Method::POST,
+        "/v1/campaigns",
+        Some(&alice),
+        Some(json!({"name":"x","pools":[{"name":"a","stock":1}]})),
+    )
+    .await;
+    assert_eq!((s, v["code"].as_str()), (401, Some("unauthorized")));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn es256_public_keys_verify_and_refuse_other_algorithms() {
+    let app = spawn(|a| a.jwt_public_key = Some(EC_PUBLIC.into())).await;
+    let id = app.campaign("db-atomic", &[("main", 5)]).await;
+    let claims = format!("/v1/campaigns/{id}/claims");
+    let es = jsonwebtoken::encode(
+        &Header::new(Algorithm::ES256),
+        &json!({"sub": "carol", "exp": now() + 600}),
+        &EncodingKey::from_ec_pem(EC_PRIVATE.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let (s, _, v) = call(
+        &app,
+        Method::POST,
+        &claims,
+        Some(&es),
+        Some(json!({"user_id": "carol"})),
+    )
+    .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("granted")), "{v}");
+    // HS256 "signed" with the public key text: the classic confusion.
+    let confused = hs256("carol", now() + 600, EC_PUBLIC);
+    let (s, _, v) = call(
+        &app,
+        Method::GET,
+        &format!("{claims}/carol"),
+        Some(&confused),
+        None,
+    )
+    .await;
+    assert_eq!((s, v["code"].as_str()), (401, Some("invalid_token")));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_key_the_request_user_id_is_trusted() {
+    let app = common::spawn_app().await;
+    let id = app.campaign("gate", &[("main", 5)]).await;
+    // A token, even a bogus one, is ignored.
+    let (s, _, v) = call(
+        &app,
+        Method::POST,
+        &format!("/v1/campaigns/{id}/claims"),
+        Some("whatever"),
+        Some(json!({"user_id": "dave"})),
+    )
+    .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("granted")));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_user_over_the_limit_gets_429_and_a_stable_answer_otherwise() {
+    let app = spawn(|a| {
+        a.rate_per_user = 1;
+        a.rate_per_user_burst = 3;
+    })
+    .await;
+    let id = app.campaign("gate", &[("main", 5)]).await;
+    let (s, _, first) = call(
+        &app,
+        Method::POST,
+        &format!("/v1/campaigns/{id}/claims"),
+        None,
+        Some(json!({"user_id": "eve"})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    // Poll until refused: the burst is 3, so a refusal comes within a few
+    // requests unless each one takes a second.
+    let mut limited = None;
+    for _ in 0..200 {
+        let (s, ra, v) = call(
+            &app,
+            Method::GET,
+            &format!("/v1/campaigns/{id}/claims/eve"),
+            None,
+            None,
+        )
+        .await;
+        match s {
+            200 => assert_eq!(v, first, "polling within the limit is stable"),
+            429 => {
+                limited = Some((ra, v));
+                break;
+            }
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    let (ra, v) = limited.expect("the limit refused some request");
+    assert_eq!(v["code"], "rate_limited");
+    let secs: u64 = ra.expect("Retry-After").parse().expect("seconds");
+    assert!(secs >= 1);
+    // Another user is not affected.
+    let (s, _, _) = call(
+        &app,
+        Method::POST,
+        &format!("/v1/campaigns/{id}/claims"),
+        None,
+        Some(json!({"user_id": "frank"})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    // After Retry-After, eve is served again with the same answer.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        let (s, _, v) = call(
+            &app,
+            Method::GET,
+            &format!("/v1/campaigns/{id}/claims/eve"),
+            None,
+            None,
+        )
+        .await;
+        if s == 200 {
+            assert_eq!(v, first);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still limited");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_address_over_the_limit_gets_429_but_probes_do_not() {
+    let app = spawn(|a| {
+        a.rate_per_ip = 1;
+        a.rate_per_ip_burst = 5;
+    })
+    .await;
+    let mut limited = None;
+    for _ in 0..200 {
+        let (s, ra, v) = call(&app, Method::GET, "/v1/campaigns/1", None, None).await;
+        if s == 429 {
+            limited = Some((ra, v));
+            break;
+        }
+        assert_eq!(s, 404, "{v}");
+    }
+    let (ra, v) = limited.expect("the limit refused some request");
+    assert_eq!(v["code"], "rate_limited");
+    assert!(ra.expect("Retry-After").parse::<u64>().unwrap() >= 1);
+    for _ in 0..20 {
+        assert_eq!(call(&app, Method::GET, "/healthz", None, None).await.0, 200);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_stable_codes() {
+    let app = common::spawn_app().await;
+    let far = (chrono::Utc::now() + chrono::Duration::days(3650)).to_rfc3339();
+    for (spec, code) in [
+        (
+            json!({"name":"x","pools":[{"name":"a","stock":1}],"closes_at": far}),
+            "invalid_schedule",
+        ),
+        (
+            json!({"name":"x","pools":[{"name":"a","stock":1}],"opens_at":"1970-01-01T00:00:00Z"}),
+            "invalid_schedule",
+        ),
+        (
+            json!({"name":"x","pools":[{"name":"a","stock":1}],"opens_at":"+275000-01-01T00:00:00Z"}),
+            "invalid_body",
+        ),
+        (
+            json!({"name":"x","pools":[{"name":"a","stock":1}],"hold_secs": 1_000_000_000}),
+            "invalid_hold",
+        ),
+        (
+            json!({"name":"x\u{1b}[31m","pools":[{"name":"a","stock":1}]}),
+            "invalid_name",
+        ),
+        (
+            json!({"name":"x","pools":[{"name":"a","stock":1e20}]}),
+            "invalid_body",
+        ),
+    ] {
+        let (s, v) = app.post_admin("/v1/campaigns", spec.clone()).await;
+        assert_eq!((s, v["code"].as_str()), (422, Some(code)), "{spec}: {v}");
+    }
+    let id = app.campaign("gate", &[("main", 5)]).await;
+    let long = "u".repeat(129);
+    let (s, v) = app.claim(id, &long, None).await;
+    assert_eq!((s, v["code"].as_str()), (422, Some("invalid_user_id")));
+    let (s, v) = app.status(id, "a%7Cb").await;
+    assert_eq!((s, v["code"].as_str()), (422, Some("invalid_user_id")));
+    // A body past MAX_BODY_BYTES.
+    let huge = json!({"user_id": "x".repeat(firstcome::http::MAX_BODY_BYTES)});
+    let (s, v) = app
+        .send(
+            Method::POST,
+            &format!("/v1/campaigns/{id}/claims"),
+            Some(huge),
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (413, Some("body_too_large")));
+    app.stop().await;
+}
+
+#[test]
+fn the_production_profile_refuses_to_start_half_configured() {
+    let mut a = ServeArgs::for_tests("postgres://x/y", "redis://x", "fc", "");
+    a.production = true;
+    a.admin_token = None;
+    a.jwt_secret = Some(SECRET.into());
+    assert_eq!(a.validate(), Err(ConfigError::ProductionWithoutAdminToken));
+    a.admin_token = Some("short".into());
+    assert_eq!(a.validate(), Err(ConfigError::ProductionWithoutAdminToken));
+    a.admin_token = Some("a-long-enough-admin-token".into());
+    assert_eq!(a.validate(), Ok(()));
+    a.jwt_secret = None;
+    assert_eq!(a.validate(), Err(ConfigError::ProductionWithoutJwtKey));
+    a.jwt_public_key = Some(EC_PUBLIC.into());
+    assert_eq!(a.validate(), Ok(()));
+    a.jwt_secret = Some(SECRET.into());
+    assert_eq!(a.validate(), Err(ConfigError::TwoJwtKeys));
+    // Outside production, a short secret is still refused: it would be
+    // brute-forced offline from any token.
+    a.production = false;
+    a.jwt_public_key = None;
+    a.jwt_secret = Some("short".into());
+    assert_eq!(a.validate(), Err(ConfigError::ShortJwtSecret));
+    a.jwt_secret = None;
+    a.admin_token = None;
+    assert_eq!(a.validate(), Ok(()));
+}
+
+#[tokio::test]
+async fn the_production_profile_stops_the_build() {
+    let mut a = ServeArgs::for_tests(&common::database_url(), &common::redis_url(), "fc", "token");
+    a.production = true;
+    let err = firstcome::app::Application::build(a)
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("--production"), "{err}");
+}
+
+/// URL-safe base64 without padding, enough to hand-craft a token.
+mod base64_like {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+    pub fn encode(input: &[u8]) -> String {
+        let mut out = String::new();
+        for chunk in input.chunks(3) {
+            let b = [
+                chunk[0],
+                chunk.get(1).copied().unwrap_or(0),
+                chunk.get(2).copied().unwrap_or(0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..=chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+}
