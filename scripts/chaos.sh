@@ -15,7 +15,10 @@
 # started here is tracked by PID and stopped on exit (trap), temp dirs removed.
 #
 # Usage: scripts/chaos.sh [--quick] [--rounds N] [--modes a,b] [--faults a,b]
-#        [--bin PATH] [--keep-logs]
+#        [--bin PATH]
+# Environment: CHAOS_USERS, CHAOS_STOCK, CHAOS_RATE, CHAOS_CONCURRENCY,
+# CHAOS_RETRY_SECS (sizes of a round), CHAOS_OUT (output dir), FIRSTCOME_BIN or CARGO_TARGET_DIR
+# (where the release binary is).
 # Output: a table per fault x mode on stdout, target/chaos/summary.md and
 # target/chaos/summary.json; per-round bench JSON and logs in target/chaos/.
 # Exit status: non-zero if any invariant broke outside the documented
@@ -36,7 +39,7 @@ while [ $# -gt 0 ]; do
     --modes) MODES="$2"; shift ;;
     --faults) FAULTS="$2"; shift ;;
     --bin) BIN="$2"; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -46,18 +49,23 @@ done
 # stock is most of the crowd, so that a fault at 0.2-0.8 s lands while stock
 # is still being handed out (losers never reach PostgreSQL in the Redis
 # modes: a fault after the sell-out would test little).
+# CHAOS_* environment variables override them.
 if [ "$QUICK" = 1 ]; then
   ROUNDS=1; USERS=1000; STOCK=800; RATE=1000
 else
   USERS=2000; STOCK=1500; RATE=1000
 fi
-CONC=16
+USERS="${CHAOS_USERS:-$USERS}"; STOCK="${CHAOS_STOCK:-$STOCK}"; RATE="${CHAOS_RATE:-$RATE}"
+CONC="${CHAOS_CONCURRENCY:-16}"
 MAX_SECS=20      # longest rush
-RETRY_SECS=45    # a user's claim is retried (other URL) this long: > the 30 s orphan-reservation settle of gate
+# A user's claim is retried (next URL) this long: more than the 30 s after
+# which gate settles a reservation orphaned by a dead API process. 0 turns
+# retries off (then a dead process strands what it held: see docs/CHAOS.md).
+RETRY_SECS="${CHAOS_RETRY_SECS:-45}"
 DRAIN_SECS=15    # longest wait for write-behind / queue drain
 ROUND_TIMEOUT=$((MAX_SECS + RETRY_SECS + DRAIN_SECS + 60))
 
-OUT="$ROOT/target/chaos"
+OUT="${CHAOS_OUT:-$ROOT/target/chaos}"
 mkdir -p "$OUT"
 rm -rf "$OUT/runs" "$OUT/logs"
 mkdir -p "$OUT/runs" "$OUT/logs"
