@@ -45,9 +45,23 @@ pub enum Scenario {
 /// Options of `firstcome bench`.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Service URL (loopback only).
+    /// Service URL (loopback only); several, comma-separated, spread the
+    /// connections round-robin over API processes (a claim that fails on one
+    /// is retried on the next, see `--retry-secs`).
     #[arg(long, env = "FIRSTCOME_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// Retry a claim answered 5xx or not answered (transport error) on the
+    /// next URL, with backoff, for up to this many seconds; 0 = no retry.
+    /// With retries on, a user left without an answer is a liveness
+    /// violation (`unanswered`).
+    #[arg(long, default_value_t = 0.0)]
+    pub retry_secs: f64,
+    /// Redis lost its state during the run (chaos): count the documented
+    /// exposures (redis-lua grants acknowledged but not flushed, redis-queue
+    /// claims queued but not drained) under `exposure` instead of as
+    /// violations.
+    #[arg(long)]
+    pub allow_redis_loss: bool,
     /// Admin token of the service.
     #[arg(long, env = "FIRSTCOME_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: String,
@@ -162,6 +176,29 @@ pub struct Violations {
     pub unfair: usize,
     /// Repeated claims or polls that contradicted the first answer.
     pub unstable: usize,
+    /// With `--retry-secs`: users who never got an answer (liveness).
+    pub unanswered: usize,
+}
+
+/// Documented losses when Redis loses its state (`--allow-redis-loss`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Exposure {
+    /// redis-lua: answers `granted` never flushed to PostgreSQL.
+    pub lua_unflushed_lost: usize,
+    /// redis-queue: users answered `queued` whose entry vanished (404 or
+    /// still queued after the drain).
+    pub queue_lost: usize,
+}
+
+/// Error answers seen during a run (every attempt counted).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ErrorCounts {
+    /// 5xx answers (503 during a fault).
+    pub http_5xx: usize,
+    /// Requests that got no HTTP answer (refused, reset).
+    pub transport: usize,
+    /// Claims retried on another URL after an error.
+    pub retries: usize,
 }
 
 impl Violations {
@@ -173,6 +210,7 @@ impl Violations {
             + self.lost
             + self.unfair
             + self.unstable
+            + self.unanswered
     }
 
     /// `0`, or the non-zero counts by name.
@@ -188,6 +226,7 @@ impl Violations {
             ("lost", self.lost),
             ("unfair", self.unfair),
             ("unstable", self.unstable),
+            ("unanswered", self.unanswered),
         ];
         parts
             .iter()
@@ -251,8 +290,12 @@ pub struct RunResult {
     pub durable_per_sec: f64,
     /// Seconds from the end of the rush until every grant was durable.
     pub drain_secs: f64,
-    /// Answers that were errors (5xx, transport).
+    /// Users whose final answer was an error (5xx, transport).
     pub errors: usize,
+    /// Every error answer, retries included.
+    pub error_counts: ErrorCounts,
+    /// Documented exposures (with `--allow-redis-loss`).
+    pub exposure: Exposure,
     /// Invariant violations.
     pub violations: Violations,
     /// Service-side figures, when its /metrics and Redis were reachable.
@@ -283,7 +326,10 @@ fn ensure_loopback(what: &str, url: &str) -> anyhow::Result<()> {
 
 /// Runs the benchmark and prints the table.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    ensure_loopback("--url", &args.url)?;
+    for u in urls(&args.url) {
+        ensure_loopback("--url", &u)?;
+    }
+    anyhow::ensure!(!urls(&args.url).is_empty(), "--url is empty");
     ensure_loopback("--redis-url", &args.redis_url)?;
     ensure_loopback("--database-url", &args.database_url)?;
     for m in &args.modes {
@@ -345,6 +391,56 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let bad: usize = results.iter().map(|r| r.violations.total()).sum();
     anyhow::ensure!(bad == 0, "{bad} invariant violations");
     Ok(())
+}
+
+/// The comma-separated URLs of `--url`.
+fn urls(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Calls `path` on the clients in turn (from `from`), until one answers
+/// without a 5xx or `secs` have passed; the last answer or error otherwise.
+async fn call_any(
+    clients: &[Client],
+    from: usize,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+    admin: bool,
+    secs: f64,
+) -> anyhow::Result<(u16, Value)> {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let mut k = from;
+    loop {
+        let r = clients[k % clients.len()]
+            .call(method.clone(), path, body, admin)
+            .await;
+        let ok = matches!(&r, Ok((s, _)) if *s < 500);
+        if ok || Instant::now() > deadline {
+            return r;
+        }
+        k += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every grant of a campaign, from whichever client answers.
+async fn all_grants_any(clients: &[Client], id: i64, secs: f64) -> anyhow::Result<Vec<Value>> {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let mut k = 0;
+    loop {
+        match clients[k % clients.len()].all_grants(id).await {
+            Ok(g) => return Ok(g),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => {}
+        }
+        k += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn write_file(p: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
@@ -436,8 +532,13 @@ fn quantile_between(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Opti
         .map(|(le, _)| *le)
 }
 
-async fn scrape(client: &Client) -> String {
-    client.text("/metrics").await.unwrap_or_default()
+async fn scrape(clients: &[Client]) -> String {
+    for c in clients {
+        if let Ok(t) = c.text("/metrics").await {
+            return t;
+        }
+    }
+    String::new()
 }
 
 async fn redis_used_memory(url: &str) -> Option<i64> {
@@ -462,32 +563,62 @@ struct WorkerOut {
     seen: Vec<(u32, Seen)>,
     unstable: usize,
     behind: u64,
+    errors: ErrorCounts,
 }
 
 /// Sends user `i`'s claim (and, in retry-storm, repeats and polls);
 /// returns the first answer and how many later answers contradicted it.
+#[allow(clippy::too_many_arguments)]
 async fn one_user(
-    client: &Client,
+    clients: &[Client],
+    k: usize,
     id: i64,
     i: usize,
     pool: (usize, &str),
     repeats: usize,
-    hist: &mut Histogram<u64>,
+    retry: Duration,
+    out: &mut WorkerOut,
     t_start: Instant,
 ) -> (Seen, usize) {
     let (p, pool_name) = pool;
     let body = json!({"user_id": format!("u{i}"), "pool": pool_name});
     let path = format!("/v1/campaigns/{id}/claims");
-    let r = client.call(Method::POST, &path, Some(&body), false).await;
-    hist.saturating_record(t_start.elapsed().as_micros() as u64);
-    let first = match &r {
-        Ok((s, v)) => seen_from(*s, v, p as u8),
-        Err(_) => Seen {
-            kind: 6,
-            pool: p as u8,
-            ..Default::default()
-        },
+    let client = &clients[k % clients.len()];
+    // A claim that errs (5xx, or no answer: the process died) is retried on
+    // the next URL with backoff until `retry` has passed: the user must
+    // still get an answer. The latency is the time to the final answer.
+    let retry_deadline = Instant::now() + retry;
+    let mut attempt = 0usize;
+    let first = loop {
+        let c = &clients[(k + attempt) % clients.len()];
+        let r = c.call(Method::POST, &path, Some(&body), false).await;
+        let seen = match &r {
+            Ok((s, v)) => {
+                if *s >= 500 {
+                    out.errors.http_5xx += 1;
+                }
+                seen_from(*s, v, p as u8)
+            }
+            Err(_) => {
+                out.errors.transport += 1;
+                Seen {
+                    kind: 6,
+                    pool: p as u8,
+                    ..Default::default()
+                }
+            }
+        };
+        let retryable = r.is_err() || matches!(&r, Ok((s, _)) if *s >= 500);
+        let backoff = Duration::from_millis((20u64 << attempt.min(5)).min(500));
+        if !retryable || Instant::now() + backoff > retry_deadline {
+            break seen;
+        }
+        out.errors.retries += 1;
+        attempt += 1;
+        tokio::time::sleep(backoff).await;
     };
+    let hist = &mut out.hist;
+    hist.saturating_record(t_start.elapsed().as_micros() as u64);
     let mut unstable = 0;
     for _ in 0..repeats {
         let t0 = Instant::now();
@@ -528,7 +659,14 @@ fn new_hist() -> Histogram<u64> {
 }
 
 async fn run_one(args: &BenchArgs, mode: &str, conc: usize) -> anyhow::Result<RunResult> {
-    let client = Client::new(&args.url, Some(args.admin_token.clone()), conc);
+    let clients: Arc<Vec<Client>> = Arc::new(
+        urls(&args.url)
+            .iter()
+            .map(|u| Client::new(u, Some(args.admin_token.clone()), conc))
+            .collect(),
+    );
+    // Calls outside the rush (create, drain, export) ride out a fault too.
+    let admin_secs = args.retry_secs.max(1.0) + 10.0;
     let pools = pools(args);
     let mut acc = 0.0;
     let cum: Arc<Vec<f64>> = Arc::new(
@@ -545,9 +683,19 @@ async fn run_one(args: &BenchArgs, mode: &str, conc: usize) -> anyhow::Result<Ru
         "mode": mode,
         "pools": pools.iter().map(|(n, s, _)| json!({"name": n, "stock": s})).collect::<Vec<_>>(),
     });
-    let metrics_before = scrape(&client).await;
+    let metrics_before = scrape(&clients).await;
     let redis_before = redis_used_memory(&args.redis_url).await;
-    let campaign = client.create_campaign(&spec).await?;
+    let (s, campaign) = call_any(
+        &clients,
+        0,
+        Method::POST,
+        "/v1/campaigns",
+        Some(&spec),
+        true,
+        admin_secs,
+    )
+    .await?;
+    anyhow::ensure!(s == 201, "create campaign answered {s}: {campaign}");
     let id = campaign["id"]
         .as_i64()
         .ok_or_else(|| anyhow::anyhow!("no id in {campaign}"))?;
@@ -572,9 +720,10 @@ async fn run_one(args: &BenchArgs, mode: &str, conc: usize) -> anyhow::Result<Ru
     let start = Instant::now();
     let mut handles = Vec::with_capacity(conc);
     let rate = args.rate;
-    for _ in 0..conc {
-        let (client, next, names, cum, progress) = (
-            client.clone(),
+    let retry = Duration::from_secs_f64(args.retry_secs.max(0.0));
+    for k in 0..conc {
+        let (clients, next, names, cum, progress) = (
+            clients.clone(),
             next.clone(),
             names.clone(),
             cum.clone(),
@@ -586,6 +735,7 @@ async fn run_one(args: &BenchArgs, mode: &str, conc: usize) -> anyhow::Result<Ru
                 seen: Vec::new(),
                 unstable: 0,
                 behind: 0,
+                errors: ErrorCounts::default(),
             };
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -609,12 +759,14 @@ async fn run_one(args: &BenchArgs, mode: &str, conc: usize) -> anyhow::Result<Ru
                 };
                 let p = pool_of(i, &cum);
                 let (first, u) = one_user(
-                    &client,
+                    &clients,
+                    k,
                     id,
                     i,
                     (p, &names[p]),
                     repeats,
-                    &mut out.hist,
+                    retry,
+                    &mut out,
                     t_start,
                 )
                 .await;
@@ -629,6 +781,7 @@ async fn run_one(args: &BenchArgs, mode: &str, conc: usize) -> anyhow::Result<Ru
     let mut seen = vec![Seen::default(); users];
     let mut unstable = 0;
     let mut behind = 0;
+    let mut errors = ErrorCounts::default();
     for h in handles {
         let o = h.await?;
         hist.add(o.hist)?;
@@ -637,6 +790,9 @@ async fn run_one(args: &BenchArgs, mode: &str, conc: usize) -> anyhow::Result<Ru
         }
         unstable += o.unstable;
         behind += o.behind;
+        errors.http_5xx += o.errors.http_5xx;
+        errors.transport += o.errors.transport;
+        errors.retries += o.errors.retries;
     }
     progress.finish_and_clear();
     let elapsed = start.elapsed().as_secs_f64();
@@ -651,9 +807,24 @@ async fn run_one(args: &BenchArgs, mode: &str, conc: usize) -> anyhow::Result<Ru
         .sum::<i64>()
         .min(seen.iter().filter(|s| s.kind != 0).count() as i64);
     loop {
-        let (_, v) = client
-            .call(Method::GET, &format!("/v1/campaigns/{id}"), None, false)
-            .await?;
+        let v = match call_any(
+            &clients,
+            0,
+            Method::GET,
+            &format!("/v1/campaigns/{id}"),
+            None,
+            false,
+            0.0,
+        )
+        .await
+        {
+            Ok((200, v)) => v,
+            _ if Instant::now() > drain_deadline => break,
+            _ => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let queued = v["queued"].as_i64().unwrap_or(0);
         let granted: i64 = v["pools"]
             .as_array()
@@ -669,30 +840,46 @@ async fn run_one(args: &BenchArgs, mode: &str, conc: usize) -> anyhow::Result<Ru
     }
     let drain_secs = drain_start.elapsed().as_secs_f64();
     // Final answers of queued users.
+    let mut exposure = Exposure::default();
     for (i, s) in seen.iter_mut().enumerate() {
         if s.kind == 2 {
-            let (st, v) = client
-                .call(
-                    Method::GET,
-                    &format!("/v1/campaigns/{id}/claims/u{i}"),
-                    None,
-                    false,
-                )
-                .await?;
+            let (st, v) = call_any(
+                &clients,
+                i,
+                Method::GET,
+                &format!("/v1/campaigns/{id}/claims/u{i}"),
+                None,
+                false,
+                admin_secs,
+            )
+            .await?;
             let (pool, seq) = (s.pool, s.seq);
             *s = seen_from(st, &v, pool);
             if v["status"] == "queued" {
                 s.kind = 2;
+            }
+            if args.allow_redis_loss && (st == 404 || s.kind == 2) {
+                // The queue entry went with Redis' state: the user lost its
+                // place (documented exposure), neither granted nor refused.
+                exposure.queue_lost += 1;
+                s.kind = 7;
+                continue;
             }
             if s.seq != seq {
                 unstable += 1;
             }
         }
     }
-    let grants = client.all_grants(id).await?;
+    let grants = all_grants_any(&clients, id, admin_secs).await?;
     let mut v = verify(&pools, &names, &seen, &grants, mode == "redis-queue");
     v.unstable += unstable;
-    let metrics_after = scrape(&client).await;
+    if args.retry_secs > 0.0 {
+        v.unanswered = seen.iter().filter(|s| s.kind == 6).count();
+    }
+    if args.allow_redis_loss && mode == "redis-lua" {
+        exposure.lua_unflushed_lost = std::mem::take(&mut v.lost);
+    }
+    let metrics_after = scrape(&clients).await;
     let redis_after = redis_used_memory(&args.redis_url).await;
     let asked = seen.iter().filter(|s| s.kind != 0).count().max(1);
     let service = (!metrics_after.is_empty()).then(|| {
@@ -757,6 +944,8 @@ async fn run_one(args: &BenchArgs, mode: &str, conc: usize) -> anyhow::Result<Ru
         durable_per_sec: grants.len() as f64 / (elapsed + drain_secs),
         drain_secs,
         errors: seen.iter().filter(|s| s.kind == 6).count(),
+        error_counts: errors,
+        exposure,
         violations: v,
         service,
     })
