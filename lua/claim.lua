@@ -8,6 +8,8 @@
 -- KEYS[6] free    zset of released slots of this pool (score = slot)
 -- KEYS[7] stream  outbox (redis-lua) or queue (redis-queue); unused by gate
 -- KEYS[8] queued  number of queued claims (redis-queue)
+-- KEYS[9] pending zset user -> reservation time (gate), so a worker can
+--         settle reservations whose API process died
 -- ARGV[1] user, ARGV[2] pool index, ARGV[3] fresh coupon code,
 -- ARGV[4] mode: 'gate' | 'lua' | 'queue'
 --
@@ -26,7 +28,7 @@ end
 -- Redis' clock, so that every API process agrees on the window.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local w = redis.call('HMGET', KEYS[1], 'opens', 'closes')
+local w = redis.call('HMGET', KEYS[1], 'opens', 'closes', 'exp')
 if w[1] and w[1] ~= '' and now < tonumber(w[1]) then
   return {'not_open'}
 end
@@ -64,6 +66,10 @@ if mode == 'gate' then
   -- Pending until PostgreSQL commits; the time lets a sweeper resolve a
   -- reservation whose API process died before answering.
   a = 'P|' .. pidx .. '|' .. slot .. '|' .. code .. '|' .. seq .. '|' .. now
+  redis.call('ZADD', KEYS[9], now, user)
+  if w[3] then
+    redis.call('PEXPIREAT', KEYS[9], w[3])
+  end
 else
   a = 'G|' .. pidx .. '|' .. slot .. '|' .. code .. '|' .. seq
   redis.call('XADD', KEYS[7], '*', 'op', 'g', 'u', user, 'p', pidx, 'sl', slot, 'c', code, 's', seq)

@@ -4,7 +4,8 @@
 -- Streams are kept if they survived; their consumer group is created.
 --
 -- KEYS[1] meta, [2] ans, [3] seq, [4] queued, [5] outbox, [6] queue, then per
--- pool i (0-based): KEYS[7 + 3i] left, [8 + 3i] hw, [9 + 3i] free
+-- pool i (0-based): KEYS[7 + 3i] left, [8 + 3i] hw, [9 + 3i] free, and last
+-- the pending zset (gate reservations died with the old state)
 -- ARGV[1] expire-at (ms), [2] opens (ms or ''), [3] closes (ms or ''),
 -- [4] mode, [5] number of pools, [6] seq, [7] queued,
 -- then per pool: left, hw, number of free slots, the free slots...,
@@ -15,6 +16,9 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 local exp = ARGV[1]
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+if #KEYS > 6 + 3 * tonumber(ARGV[5]) then
+  redis.call('DEL', KEYS[#KEYS])
+end
 redis.call('HSET', KEYS[2], '_', '')
 redis.call('SET', KEYS[3], ARGV[6])
 redis.call('SET', KEYS[4], ARGV[7])

@@ -7,6 +7,7 @@
 -- KEYS[3] left    of the reservation's pool
 -- KEYS[4] free    of the reservation's pool
 -- KEYS[5] queued  counter, changed by ARGV[5]
+-- KEYS[6] pending zset of gate reservations; a released user leaves it
 -- ARGV[1] user
 -- ARGV[2] expected answer
 -- ARGV[3] replacement answer; '' deletes it (the user may claim again)
@@ -16,6 +17,7 @@
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then
   return 0
 end
+redis.call('ZREM', KEYS[6], ARGV[1])
 if ARGV[3] == '' then
   redis.call('HDEL', KEYS[2], ARGV[1])
 else

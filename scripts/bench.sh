@@ -44,7 +44,7 @@ run drain --scenario drain --modes gate,redis-queue,redis-lua --limit-secs 0 "${
 # redis-benchmark of the same script: a scratch one-pool state, then
 # EVALSHA claim.lua with a fresh user each call (most sell out, as in a rush).
 P="rb$$"; T="{c1}"
-K=("$P:$T:meta" "$P:$T:ans" "$P:$T:seq" "$P:$T:p0:left" "$P:$T:p0:hw" "$P:$T:p0:free" "$P:$T:outbox" "$P:$T:queued")
+K=("$P:$T:meta" "$P:$T:ans" "$P:$T:seq" "$P:$T:p0:left" "$P:$T:p0:hw" "$P:$T:p0:free" "$P:$T:outbox" "$P:$T:queued" "$P:$T:pending")
 EXP=$(( ($(date +%s) + 1800) * 1000 ))
 redis-cli EVAL "$(cat lua/init.lua)" 9 "${K[0]}" "${K[1]}" "${K[2]}" "${K[7]}" "${K[6]}" "$P:$T:queue" "${K[3]}" "${K[4]}" "${K[5]}" \
   "$EXP" "" "" gate 1 0 0 100 0 0 0 >/dev/null
@@ -54,7 +54,7 @@ SHA=$(redis-cli SCRIPT LOAD "$(cat lua/claim.lua)")
   for c in 64 128; do
     for pl in 1 16; do
       printf 'c=%s P=%s: ' "$c" "$pl"
-      redis-benchmark -q -c "$c" -P "$pl" -n 300000 -r 1000000000 EVALSHA "$SHA" 8 "${K[@]}" "u:__rand_int__" 0 CODE0000000000000 gate | tr '\r' '\n' | tail -n 1
+      redis-benchmark -q -c "$c" -P "$pl" -n 300000 -r 1000000000 EVALSHA "$SHA" 9 "${K[@]}" "u:__rand_int__" 0 CODE0000000000000 gate | tr '\r' '\n' | tail -n 1
     done
   done
 } | tee "$OUT/redis-benchmark.md"

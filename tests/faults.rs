@@ -366,3 +366,112 @@ async fn redis_down_answers_503_then_recovers_by_itself() {
     assert_eq!(app.assert_db_invariants(id).await, 2);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reservations_of_a_dead_api_process_are_settled_by_the_worker() {
+    let app = spawn_app().await;
+    let id = app.campaign("gate", &[("main", 3)]).await;
+    app.claim(id, "alive", None).await;
+    // Two reservations left by a process killed before it answered, a
+    // minute ago: one whose commit landed, one whose commit never did.
+    let base = format!("{}:{{c{id}}}", app.prefix);
+    let old = chrono::Utc::now().timestamp_millis() - 60_000;
+    let mut c = redis_conn().await;
+    for (user, slot, code) in [
+        ("committed", 2, "CODECOMMITTED000"),
+        ("lost", 3, "CODELOST00000000"),
+    ] {
+        let answer = format!("P|0|{slot}|{code}|{slot}|{old}");
+        let _: () = redis::pipe()
+            .cmd("HSET")
+            .arg(format!("{base}:ans"))
+            .arg(user)
+            .arg(&answer)
+            .ignore()
+            .cmd("ZADD")
+            .arg(format!("{base}:pending"))
+            .arg(old)
+            .arg(user)
+            .ignore()
+            .cmd("DECR")
+            .arg(format!("{base}:p0:left"))
+            .ignore()
+            .cmd("INCR")
+            .arg(format!("{base}:p0:hw"))
+            .ignore()
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO grants (campaign_id, pool_id, user_id, slot, code, seq)
+         SELECT $1, id, 'committed', 2, 'CODECOMMITTED000', 2 FROM pools WHERE campaign_id = $1",
+    )
+    .bind(id)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    // Nobody asks again: the worker settles both.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending: i64 = redis::cmd("ZCARD")
+            .arg(format!("{base}:pending"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "orphans not settled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (s, v) = app.status(id, "committed").await;
+    assert_eq!(
+        (s, v["status"].as_str(), v["slot"].as_i64()),
+        (200, Some("granted"), Some(2))
+    );
+    assert_eq!(
+        app.status(id, "lost").await.0,
+        404,
+        "a lost reservation is released"
+    );
+    // Its stock and slot went back: the next claimant gets slot 3.
+    let (s, v) = app.claim(id, "next", None).await;
+    assert_eq!((s, v["slot"].as_i64()), (200, Some(3)), "{v}");
+    assert_eq!(app.assert_db_invariants(id).await, 3);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_rebuilds_a_lost_state_without_waiting_for_a_claim() {
+    let app = spawn_app().await;
+    for mode in ["redis-lua", "redis-queue"] {
+        let id = app.campaign(mode, &[("main", 5)]).await;
+        app.claim(id, "a", None).await;
+        app.wait_durable(id, 1).await;
+        assert!(delete_campaign_keys(&app.prefix, id).await > 0);
+        let meta = format!("{}:{{c{id}}}:meta", app.prefix);
+        let mut c = redis_conn().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let exists: bool = redis::cmd("EXISTS")
+                .arg(&meta)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            if exists {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{mode}: the worker did not rebuild"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(app.status(id, "a").await.1["status"], "granted", "{mode}");
+    }
+    app.stop().await;
+}

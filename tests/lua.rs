@@ -68,7 +68,7 @@ impl Fixture {
             .eval(
                 &self.store.scripts().claim,
                 &[
-                    &k.meta, &k.ans, &k.seq, &p.left, &p.hw, &p.free, stream, &k.queued,
+                    &k.meta, &k.ans, &k.seq, &p.left, &p.hw, &p.free, stream, &k.queued, &k.pending,
                 ],
                 &[user, &pidx, &code, mode],
             )
@@ -207,6 +207,7 @@ async fn compensation_releases_once_and_only_the_expected_answer() {
             p.left.clone(),
             p.free.clone(),
             k.queued.clone(),
+            k.pending.clone(),
         ];
         async move {
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -271,7 +272,7 @@ async fn queue_allocation_is_in_order_and_idempotent() {
         .store
         .eval(
             &f.store.scripts().promote,
-            &[&k.ans, &k.queued],
+            &[&k.ans, &k.queued, &k.pending],
             &[
                 "1",
                 "a",

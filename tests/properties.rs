@@ -198,6 +198,7 @@ async fn run_lua(stock: Vec<i64>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         &store.scripts().claim,
                         &[
                             &k.meta, &k.ans, &k.seq, &p.left, &p.hw, &p.free, &k.outbox, &k.queued,
+                            &k.pending,
                         ],
                         &[&u, &pidx, &c, "lua"],
                     )

@@ -127,7 +127,7 @@ pub async fn redis_lua(
                 for _ in 0..pipeline {
                     pipe.cmd("EVALSHA")
                         .arg(&sha)
-                        .arg(8)
+                        .arg(9)
                         .arg(&k.meta)
                         .arg(&k.ans)
                         .arg(&k.seq)
@@ -136,6 +136,7 @@ pub async fn redis_lua(
                         .arg(&p.free)
                         .arg(&k.outbox)
                         .arg(&k.queued)
+                        .arg(&k.pending)
                         .arg(format!("lim-{t}-{i}"))
                         .arg("0")
                         .arg("LIMITCODE0000000")

@@ -230,8 +230,10 @@ pub struct RedisCommon {
 pub const EXPIRY_JITTER_SECS: i64 = 600;
 
 /// A reservation older than this whose API process never answered is
-/// settled from PostgreSQL (granted if its row exists, else released).
-pub const ORPHAN_PENDING_MS: i64 = 30_000;
+/// settled from PostgreSQL (granted if its row exists, else released). It
+/// must exceed the longest a commit can take: the pool's acquire timeout
+/// (3 s) plus the statement timeout ([`crate::storage::pg::STATEMENT_TIMEOUT_MS`]).
+pub const ORPHAN_PENDING_MS: i64 = 20_000;
 
 impl RedisCommon {
     /// Shared state over the connections.
@@ -282,6 +284,7 @@ impl RedisCommon {
                     &self.redis.scripts().claim,
                     &[
                         &k.meta, &k.ans, &k.seq, &pk.left, &pk.hw, &pk.free, stream, &k.queued,
+                        &k.pending,
                     ],
                     &[user.as_str(), &pidx, &code, mode],
                 )
@@ -440,7 +443,11 @@ impl RedisCommon {
         }
         Ok(self
             .redis
-            .eval(&self.redis.scripts().promote, &[&k.ans, &k.queued], &args)
+            .eval(
+                &self.redis.scripts().promote,
+                &[&k.ans, &k.queued, &k.pending],
+                &args,
+            )
             .await?)
     }
 
@@ -470,7 +477,7 @@ impl RedisCommon {
             .redis
             .eval(
                 &self.redis.scripts().release,
-                &[&k.meta, &k.ans, &pk.left, &pk.free, &k.queued],
+                &[&k.meta, &k.ans, &pk.left, &pk.free, &k.queued, &k.pending],
                 &[user.as_str(), &expected.encode(), &rep, &slot, &delta],
             )
             .await?;
@@ -673,6 +680,7 @@ impl RedisCommon {
         for p in &k.pools {
             keys.extend([p.left.as_str(), p.hw.as_str(), p.free.as_str()]);
         }
+        keys.push(&k.pending);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let _: i64 = self
             .redis

@@ -30,14 +30,21 @@ impl PgError {
     }
 }
 
+/// No statement runs longer than this: a claim waiting on a lock queue or a
+/// stalled database fails with 503 instead of hanging, and a gate commit
+/// ends (committed or not) well before its reservation counts as orphaned.
+pub const STATEMENT_TIMEOUT_MS: u64 = 10_000;
+
 /// Opens a pool and applies migrations.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    let opts: sqlx::postgres::PgConnectOptions = url.parse()?;
+    let opts = opts.options([("statement_timeout", STATEMENT_TIMEOUT_MS.to_string())]);
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         // A claim must fail fast with 503 rather than queue forever when the
         // database is down or saturated.
         .acquire_timeout(Duration::from_secs(3))
-        .connect(url)
+        .connect_with(opts)
         .await?;
     sqlx::migrate!("./migrations").run(&pool).await?;
     Ok(pool)

@@ -112,6 +112,8 @@ pub struct CampaignKeys {
     pub rebuild_lock: String,
     /// Held by the one worker that flushes or drains this campaign.
     pub lease: String,
+    /// Gate reservations in flight: user -> reservation time (ms).
+    pub pending: String,
     /// Per pool, by index.
     pub pools: Vec<PoolKeys>,
 }
@@ -130,6 +132,7 @@ impl CampaignKeys {
             dlq: format!("{base}:dlq"),
             rebuild_lock: format!("{base}:lock:rebuild"),
             lease: format!("{base}:lease"),
+            pending: format!("{base}:pending"),
             pools: (0..npools)
                 .map(|i| PoolKeys {
                     left: format!("{base}:p{i}:left"),

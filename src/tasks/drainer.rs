@@ -193,4 +193,8 @@ impl Handler for Drainer {
     fn finished(&self) -> bool {
         RedisCommon::keys_expired(&self.campaign, chrono::Utc::now())
     }
+
+    async fn recover(&mut self) -> anyhow::Result<()> {
+        Ok(self.common.rebuild(&self.campaign).await?)
+    }
 }

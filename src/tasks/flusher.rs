@@ -17,6 +17,8 @@ pub struct Flusher {
     pub db: PgPool,
     /// The campaign.
     pub campaign: Campaign,
+    /// Redis, to rebuild the state if it is lost.
+    pub common: RedisCommon,
 }
 
 impl Handler for Flusher {
@@ -92,5 +94,9 @@ impl Handler for Flusher {
 
     fn finished(&self) -> bool {
         RedisCommon::keys_expired(&self.campaign, chrono::Utc::now())
+    }
+
+    async fn recover(&mut self) -> anyhow::Result<()> {
+        Ok(self.common.rebuild(&self.campaign).await?)
     }
 }

@@ -6,6 +6,7 @@ pub mod committer;
 pub mod drainer;
 pub mod flusher;
 pub mod holds;
+pub mod orphans;
 pub mod reconcile;
 pub mod stream;
 pub mod worker;

@@ -43,6 +43,9 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&mut self, entries: &[Entry]) -> impl Future<Output = anyhow::Result<()>> + Send;
     /// Whether the campaign is over and its stream can be left.
     fn finished(&self) -> bool;
+    /// The stream or its group is gone (Redis lost its state): rebuild the
+    /// campaign's state from PostgreSQL rather than retry forever.
+    fn recover(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
 /// Tuning of a stream loop.
@@ -100,6 +103,14 @@ pub async fn run<H: Handler>(
         match step(c, &stream, &lease, &me, &cfg, &mut handler, &mut leader).await {
             Ok(true) => backoff = Duration::from_millis(10),
             Ok(false) => pause(&mut shutdown, cfg.lease_ttl / 5).await,
+            Err(e) if e.to_string().contains("NOGROUP") => {
+                tracing::warn!(stream = %stream, "stream worker: redis lost the stream; rebuilding from postgres");
+                if let Err(e) = handler.recover().await {
+                    tracing::warn!(error = %e, stream = %stream, "stream worker: rebuild failed, will retry");
+                }
+                pause(&mut shutdown, backoff).await;
+                backoff = (backoff * 2).min(cfg.max_backoff);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, stream = %stream, "stream worker: batch failed, will retry");
                 metrics::counter!("firstcome_stream_batch_failures_total").increment(1);

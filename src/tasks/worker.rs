@@ -10,7 +10,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::{drainer::Drainer, flusher::Flusher, stream};
+use super::{drainer::Drainer, flusher::Flusher, orphans, stream};
 use crate::{
     domain::{CampaignId, Mode},
     modes::redis_common::RedisCommon,
@@ -36,7 +36,7 @@ pub async fn run(
     let mut tasks: HashMap<CampaignId, JoinHandle<()>> = HashMap::new();
     while !*shutdown.borrow() {
         tasks.retain(|_, h| !h.is_finished());
-        match pg::live_campaigns(&db, &[Mode::RedisLua, Mode::RedisQueue]).await {
+        match pg::live_campaigns(&db, &[Mode::RedisLua, Mode::RedisQueue, Mode::Gate]).await {
             Ok(ids) => {
                 for id in ids {
                     if tasks.contains_key(&id) {
@@ -58,6 +58,7 @@ pub async fn run(
                             Flusher {
                                 db: db.clone(),
                                 campaign: c,
+                                common: common.clone(),
                             },
                             rx,
                         )),
@@ -75,6 +76,7 @@ pub async fn run(
                             },
                             rx,
                         )),
+                        Mode::Gate => tokio::spawn(orphans::run(common.clone(), c, rx)),
                         _ => continue,
                     };
                     tasks.insert(id, h);

@@ -1,0 +1,84 @@
+//! Settles gate reservations whose API process died between the Redis
+//! reservation and the answer: PostgreSQL decides (granted if the row was
+//! committed, released otherwise), so no stock stays stranded until the same
+//! user happens to ask again.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::watch;
+
+use crate::{
+    domain::{Campaign, UserId},
+    modes::redis_common::{RedisCommon, Stored, ORPHAN_PENDING_MS},
+};
+
+/// How often the pending set is looked at.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Most reservations settled per sweep.
+pub const SWEEP_BATCH: usize = 200;
+
+/// Runs for one gate campaign until shutdown or its keys expire.
+pub async fn run(common: RedisCommon, c: Campaign, mut shutdown: watch::Receiver<bool>) {
+    while !*shutdown.borrow() && !RedisCommon::keys_expired(&c, Utc::now()) {
+        let _ = tokio::time::timeout(SWEEP_INTERVAL, shutdown.changed()).await;
+        match sweep_once(&common, &c).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(campaign = %c.id, settled = n, "settled orphaned gate reservations")
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, campaign = %c.id, "orphan sweep failed; will retry")
+            }
+        }
+    }
+}
+
+/// Settles the reservations older than [`ORPHAN_PENDING_MS`]; returns how
+/// many were settled.
+pub async fn sweep_once(common: &RedisCommon, c: &Campaign) -> anyhow::Result<usize> {
+    let k = common.keys(c);
+    let cutoff = Utc::now().timestamp_millis() - ORPHAN_PENDING_MS;
+    let key = k.pending.clone();
+    let users: Vec<String> = common
+        .redis
+        .run(|mut conn| async move {
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(&key)
+                .arg("-inf")
+                .arg(cutoff)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(SWEEP_BATCH)
+                .query_async(&mut conn)
+                .await
+        })
+        .await?;
+    let mut settled = 0;
+    for u in users {
+        let user = UserId::parse(u.clone())?;
+        match common.stored(c, &user).await? {
+            Some(s @ Stored::Pending { .. }) => {
+                common.resolve_orphan(c, &user, &s).await?;
+                metrics::counter!("firstcome_orphans_settled_total").increment(1);
+                settled += 1;
+            }
+            _ => {
+                // Already settled by its request: only the index entry is left.
+                let key = k.pending.clone();
+                common
+                    .redis
+                    .run(|mut conn| async move {
+                        redis::cmd("ZREM")
+                            .arg(&key)
+                            .arg(&u)
+                            .query_async::<i64>(&mut conn)
+                            .await
+                    })
+                    .await?;
+            }
+        }
+    }
+    Ok(settled)
+}
