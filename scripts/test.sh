@@ -18,3 +18,8 @@ cargo test --locked --all-targets "$@"
 # The service against its own OpenAPI document (schemathesis from PyPI):
 # 0 answers 5xx, 0 answers that break the documented schema.
 scripts/schemathesis.sh
+
+# A short chaos round (docs/GUARANTEES.md): one round per fault per mode on
+# private Redis and PostgreSQL instances, with the debug binary just built.
+cargo build --locked --bin firstcome
+FIRSTCOME_BIN=target/debug/firstcome scripts/chaos.sh --quick
