@@ -120,7 +120,7 @@ impl Application {
         let state = AppState {
             db,
             redis,
-            admissions,
+            admissions: Arc::new(admissions),
             admin_token,
             campaigns: Arc::new(RwLock::new(HashMap::new())),
             sse_max: Duration::from_secs(args.sse_max_secs),

@@ -42,7 +42,7 @@ pub struct AppState {
     /// Redis.
     pub redis: RedisStore,
     /// The admission modes.
-    pub admissions: Admissions,
+    pub admissions: Arc<Admissions>,
     /// Bearer token of admin calls.
     pub admin_token: Arc<str>,
     /// Campaigns are immutable once created, so they are cached forever:

@@ -7,7 +7,7 @@
 //! `Script::invoke_async` does that) after a restart, failover or
 //! `SCRIPT FLUSH`.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use redis::{aio::ConnectionManager, aio::ConnectionManagerConfig, FromRedisValue, Script};
 
@@ -156,13 +156,13 @@ pub struct RedisStore {
     conn: ConnectionManager,
     /// For blocking reads (`XREADGROUP BLOCK`), which must not stall the
     /// shared connection.
-    client: redis::Client,
+    client: Arc<redis::Client>,
     /// Key prefix, e.g. `fc`; tests use a unique one each.
-    prefix: String,
+    prefix: Arc<str>,
     /// Bound on any one request-path call.
     timeout: Duration,
     /// The scripts.
-    scripts: std::sync::Arc<Scripts>,
+    scripts: Arc<Scripts>,
 }
 
 impl RedisStore {
@@ -184,10 +184,10 @@ impl RedisStore {
                 .map_err(|_| RedisStoreError::Timeout(timeout * 4))??;
         Ok(Self {
             conn,
-            client,
-            prefix: prefix.to_string(),
+            client: Arc::new(client),
+            prefix: prefix.into(),
             timeout,
-            scripts: std::sync::Arc::new(Scripts::new()),
+            scripts: Arc::new(Scripts::new()),
         })
     }
 
