@@ -41,7 +41,7 @@ run() { # run NAME ARGS...
 run coupon --scenario coupon --stock 100 "${COUPON[@]}"
 run exam --scenario exam "${EXAM[@]}"
 run retry-storm --scenario retry-storm --stock 100 --repeats 2 "${STORM[@]}"
-run drain --scenario drain --modes gate,redis-queue,redis-lua --limit-secs 0 "${DRAIN[@]}"
+run drain --scenario drain --modes gate,redis-queue,redis-lua "${DRAIN[@]}"
 
 # redis-benchmark of the same script: a scratch one-pool state, then
 # EVALSHA claim.lua with a fresh user each call (most sell out, as in a rush).

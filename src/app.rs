@@ -61,6 +61,7 @@ impl Application {
         .context("connecting to Redis")?;
         let committer = committer::spawn(
             db.clone(),
+            redis.clone(),
             committer::CommitterConfig {
                 max_batch: args.commit_max_batch.max(1),
                 max_inflight: args.commit_inflight.max(1),

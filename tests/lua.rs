@@ -12,7 +12,7 @@ use firstcome::{
 
 struct Fixture {
     store: RedisStore,
-    k: CampaignKeys,
+    k: std::sync::Arc<CampaignKeys>,
 }
 
 impl Fixture {
@@ -23,38 +23,10 @@ impl Fixture {
             .await
             .unwrap();
         let k = store.keys(CampaignId(1), stocks.len());
-        let exp = (chrono::Utc::now() + chrono::Duration::hours(1))
-            .timestamp_millis()
-            .to_string();
-        let mut args: Vec<String> = vec![
-            exp,
-            opens_ms.into(),
-            closes_ms.into(),
-            "gate".into(),
-            stocks.len().to_string(),
-            "0".into(),
-            "0".into(),
-        ];
-        for s in stocks {
-            args.extend([s.to_string(), "0".into(), "0".into()]);
-        }
-        args.push("0".into());
-        let mut keys: Vec<&str> = vec![&k.meta, &k.ans, &k.seq, &k.queued, &k.outbox, &k.queue];
-        for p in &k.pools {
-            keys.extend([p.left.as_str(), p.hw.as_str(), p.free.as_str()]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let loaded: i64 = store
-            .eval(&store.scripts().init, &keys, &args)
-            .await
-            .unwrap();
-        assert_eq!(loaded, 1);
+        let st = common::init_state("gate", stocks, opens_ms, closes_ms);
+        assert!(store.init_state(&k, &st).await.unwrap());
         // A second init must not clobber the live state.
-        let again: i64 = store
-            .eval(&store.scripts().init, &keys, &args)
-            .await
-            .unwrap();
-        assert_eq!(again, 0);
+        assert!(!store.init_state(&k, &st).await.unwrap());
         Self { store, k }
     }
 

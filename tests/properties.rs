@@ -147,38 +147,14 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 /// A fresh redis-lua campaign state under its own prefix.
-async fn fresh_state(stock: &[i64]) -> (RedisStore, CampaignKeys) {
+async fn fresh_state(stock: &[i64]) -> (RedisStore, std::sync::Arc<CampaignKeys>) {
     let prefix = common::unique("prop");
     let store = RedisStore::connect(&common::redis_url(), &prefix, Duration::from_secs(5))
         .await
         .expect("redis");
     let k = store.keys(CampaignId(1), stock.len());
-    let exp = (chrono::Utc::now() + chrono::Duration::minutes(10))
-        .timestamp_millis()
-        .to_string();
-    let mut args: Vec<String> = vec![
-        exp,
-        String::new(),
-        String::new(),
-        "redis-lua".into(),
-        stock.len().to_string(),
-        "0".into(),
-        "0".into(),
-    ];
-    for s in stock {
-        args.extend([s.to_string(), "0".into(), "0".into()]);
-    }
-    args.push("0".into());
-    let mut keys: Vec<&str> = vec![&k.meta, &k.ans, &k.seq, &k.queued, &k.outbox, &k.queue];
-    for p in &k.pools {
-        keys.extend([p.left.as_str(), p.hw.as_str(), p.free.as_str()]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let loaded: i64 = store
-        .eval(&store.scripts().init, &keys, &args)
-        .await
-        .expect("init");
-    assert_eq!(loaded, 1);
+    let st = common::init_state("redis-lua", stock, "", "");
+    assert!(store.init_state(&k, &st).await.expect("init"));
     (store, k)
 }
 

@@ -133,6 +133,12 @@ async fn rush(mode: &str, pools: &[(&str, i64)], users: usize, claims: usize) {
             other => panic!("{mode}: {user} still {other} after draining"),
         }
     }
+    // Redis agrees: every answer final (gate's batched promotions and the
+    // queue's drainer both landed), no reservation left pending.
+    if !mode.starts_with("db-") {
+        assert_redis_settled(&app, id, mode).await;
+    }
+
     // Invariant 6: in redis-queue, grants go to the earliest arrivals.
     if mode == "redis-queue" {
         for p in 0..pools.len() {
@@ -145,6 +151,41 @@ async fn rush(mode: &str, pools: &[(&str, i64)], users: usize, claims: usize) {
                 );
             }
         }
+    }
+}
+
+/// Waits (10 s at most) until the campaign's Redis answers are all granted
+/// or rejected and its pending set is empty; fails with what is left.
+async fn assert_redis_settled(app: &TestApp, id: i64, mode: &str) {
+    let mut conn = common::redis_conn().await;
+    let base = format!("{}:{{c{id}}}", app.prefix);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let ans: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(format!("{base}:ans"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let pending: i64 = redis::cmd("ZCARD")
+            .arg(format!("{base}:pending"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let unsettled: Vec<_> = ans
+            .iter()
+            .filter(|(u, a)| *u != "_" && !(a.starts_with("G|") || a.starts_with("R|")))
+            .collect();
+        assert!(ans.len() > 1, "{mode}: no answers in Redis under {base}");
+        if unsettled.is_empty() && pending == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{mode}: Redis still holds {} unsettled answers (e.g. {:?}) and {pending} pending",
+            unsettled.len(),
+            unsettled.first()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 

@@ -1,8 +1,10 @@
 //! The machine's own limits, measured in the same run as the modes: the
 //! claim Lua script driven straight at Redis (one request in flight per
-//! connection, and pipelined), and the `SELECT ... FOR UPDATE` transaction
-//! driven straight at PostgreSQL. The modes' throughput is reported as a
-//! ratio to these.
+//! connection, and pipelined; by this crate's client and by
+//! `redis-benchmark` when it is installed), the `SELECT ... FOR UPDATE`
+//! transaction driven straight at PostgreSQL, and the grant insert of the
+//! durable write path. The modes' throughput is reported as a ratio to
+//! these.
 
 use std::{
     sync::{
@@ -18,8 +20,14 @@ use sqlx::postgres::PgPoolOptions;
 
 use crate::{
     domain::CampaignId,
-    storage::redis::{CampaignKeys, RedisStore},
+    storage::{
+        pg::{self, NewGrant},
+        redis::{CampaignKeys, InitState, PoolState, RedisStore},
+    },
 };
+
+/// Name of the `redis-benchmark` limit (the report's ratio column finds it).
+pub const REDIS_BENCHMARK: &str = "claim.lua by redis-benchmark, unpipelined";
 
 /// One limit measurement.
 #[derive(Debug, Clone, Serialize)]
@@ -44,33 +52,24 @@ fn hist() -> Histogram<u64> {
 async fn scratch_state(
     redis_url: &str,
     stock: i64,
-) -> anyhow::Result<(RedisStore, CampaignKeys, String)> {
+) -> anyhow::Result<(RedisStore, std::sync::Arc<CampaignKeys>, String)> {
     let prefix = format!("fcbench-{}", crate::domain::generate_code().to_lowercase());
     let store = RedisStore::connect(redis_url, &prefix, Duration::from_secs(5)).await?;
     let k = store.keys(CampaignId(1), 1);
-    let exp = (chrono::Utc::now() + chrono::Duration::minutes(30))
-        .timestamp_millis()
-        .to_string();
-    let stock_s = stock.to_string();
-    let args = [
-        exp.as_str(),
-        "",
-        "",
-        "gate",
-        "1",
-        "0",
-        "0",
-        &stock_s,
-        "0",
-        "0",
-        "0",
-    ];
-    let p = &k.pools[0];
-    let keys = [
-        &k.meta, &k.ans, &k.seq, &k.queued, &k.outbox, &k.queue, &p.left, &p.hw, &p.free,
-    ];
-    let keys: Vec<&str> = keys.iter().map(|s| s.as_str()).collect();
-    let _: i64 = store.eval(&store.scripts().init, &keys, &args).await?;
+    let st = InitState {
+        expire_at_ms: (chrono::Utc::now() + chrono::Duration::minutes(30)).timestamp_millis(),
+        opens_ms: None,
+        closes_ms: None,
+        mode: "gate".into(),
+        seq: 0,
+        queued: 0,
+        pools: vec![PoolState {
+            left: stock,
+            ..Default::default()
+        }],
+        answers: Vec::new(),
+    };
+    store.init_state(&k, &st).await?;
     Ok((store, k, prefix))
 }
 
@@ -239,6 +238,164 @@ pub async fn pg_for_update(
         name: format!("SELECT ... FOR UPDATE tx straight at PostgreSQL, {rows} row(s)"),
         concurrency: conc,
         per_sec: total.load(Ordering::Relaxed) as f64 / elapsed,
+        p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+    })
+}
+
+/// `redis-benchmark -c conc -P 1` running `EVALSHA claim.lua` with a fresh
+/// user per call (the issue's yardstick); `Ok(None)` when redis-benchmark
+/// is not installed. Sized to take about `secs` at 40,000 calls/s.
+pub async fn redis_benchmark(
+    redis_url: &str,
+    conc: usize,
+    stock: i64,
+    secs: f64,
+) -> anyhow::Result<Option<Limit>> {
+    let info = redis::Client::open(redis_url)?
+        .get_connection_info()
+        .clone();
+    let redis::ConnectionAddr::Tcp(host, port) = info.addr().clone() else {
+        anyhow::bail!("redis-benchmark needs a TCP redis url, not {redis_url}");
+    };
+    let (store, k, prefix) = scratch_state(redis_url, stock).await?;
+    let sha = store.scripts().claim.script.get_hash().to_string();
+    let mut c0 = redis::Client::open(redis_url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let _: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(store.scripts().claim.src)
+        .query_async(&mut c0)
+        .await?;
+    let p = &k.pools[0];
+    let n = ((40_000.0 * secs) as u64).max(10_000);
+    let out = tokio::process::Command::new("redis-benchmark")
+        .args(["-h", &host, "-p", &port.to_string()])
+        .args([
+            "-q",
+            "-c",
+            &conc.to_string(),
+            "-P",
+            "1",
+            "-n",
+            &n.to_string(),
+        ])
+        .args(["-r", "1000000000", "EVALSHA", &sha, "9"])
+        .args([
+            &k.meta, &k.ans, &k.seq, &p.left, &p.hw, &p.free, &k.outbox, &k.queued, &k.pending,
+        ])
+        .args(["u:__rand_int__", "0", "LIMITCODE0000000", "gate"])
+        .output()
+        .await;
+    drop_prefix(redis_url, &prefix).await?;
+    let out = match out {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    anyhow::ensure!(
+        out.status.success(),
+        "redis-benchmark failed: {:?}",
+        out.status
+    );
+    // `-q` prints `EVALSHA ...: 37860.11 requests per second, p50=1.2 msec`
+    // after carriage-return progress lines.
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("requests per second"))
+        .ok_or_else(|| anyhow::anyhow!("redis-benchmark printed no rate: {text}"))?;
+    let num_after = |tag: &str| -> Option<f64> {
+        let rest = &line[line.find(tag)? + tag.len()..];
+        rest.trim_start()
+            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .next()?
+            .parse()
+            .ok()
+    };
+    let per_sec = num_after(": ").ok_or_else(|| anyhow::anyhow!("unparsed: {line}"))?;
+    Ok(Some(Limit {
+        name: REDIS_BENCHMARK.into(),
+        concurrency: conc,
+        per_sec,
+        p50_ms: num_after("p50=").unwrap_or(f64::NAN),
+        p99_ms: f64::NAN,
+    }))
+}
+
+/// Inserts grant rows with the service's own statement
+/// ([`pg::insert_grants`]) into a scratch campaign for `secs`, `chunk`
+/// rows per transaction from `conns` connections: the ceiling of the
+/// durable write path (drain) on this machine. Reported per row.
+pub async fn pg_insert_grants(
+    database_url: &str,
+    conns: usize,
+    chunk: usize,
+    secs: f64,
+) -> anyhow::Result<Limit> {
+    let db = PgPoolOptions::new()
+        .max_connections(conns as u32)
+        .connect(database_url)
+        .await?;
+    let campaign: i64 = sqlx::query_scalar(
+        "INSERT INTO campaigns (name, mode) VALUES ('bench-limit-insert', 'redis-queue') RETURNING id",
+    )
+    .fetch_one(&db)
+    .await?;
+    let pool: i64 = sqlx::query_scalar(
+        "INSERT INTO pools (campaign_id, idx, name, stock) VALUES ($1, 0, 'main', 2000000000) RETURNING id",
+    )
+    .bind(campaign)
+    .fetch_one(&db)
+    .await?;
+    let next = Arc::new(AtomicU64::new(1));
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (db, next) = (db.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut h = hist();
+            let mut rows = 0u64;
+            while Instant::now() < deadline {
+                let first = next.fetch_add(chunk as u64, Ordering::Relaxed);
+                let batch: Vec<NewGrant> = (first..first + chunk as u64)
+                    .map(|i| NewGrant {
+                        campaign_id: campaign,
+                        pool_id: pool,
+                        user_id: format!("limit-{i}"),
+                        slot: i as i32,
+                        code: crate::domain::generate_code(),
+                        seq: i as i64,
+                    })
+                    .collect();
+                let t0 = Instant::now();
+                if pg::insert_grants(&db, &batch).await.is_err() {
+                    break;
+                }
+                h.saturating_record(t0.elapsed().as_micros() as u64);
+                rows += chunk as u64;
+            }
+            (h, rows)
+        }));
+    }
+    let (mut h, mut rows) = (hist(), 0);
+    for t in tasks {
+        let (th, n) = t.await?;
+        h.add(th)?;
+        rows += n;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    sqlx::query("DELETE FROM campaigns WHERE id = $1")
+        .bind(campaign)
+        .execute(&db)
+        .await?;
+    Ok(Limit {
+        name: format!("grant INSERT straight at PostgreSQL, {chunk} rows per tx (per s = rows)"),
+        concurrency: conns,
+        per_sec: rows as f64 / elapsed,
         p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
         p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
     })

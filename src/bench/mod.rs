@@ -340,8 +340,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let mut results = Vec::new();
     let mut limits = Vec::new();
+    if args.limit_secs > 0.0 && matches!(args.scenario, Scenario::Drain) {
+        for conns in [1, 2, 4] {
+            match limits::pg_insert_grants(
+                &args.database_url,
+                conns,
+                crate::tasks::drainer::INSERT_CHUNK,
+                args.limit_secs,
+            )
+            .await
+            {
+                Ok(l) => limits.push(l),
+                Err(e) => eprintln!("postgres insert limit not measured: {e}"),
+            }
+        }
+    }
     for &conc in &args.concurrency {
-        if args.limit_secs > 0.0 {
+        // The drain is bound by the insert, measured above, not the door.
+        if args.limit_secs > 0.0 && !matches!(args.scenario, Scenario::Drain) {
             let stock = pools(&args).iter().map(|p| p.1).sum::<i64>();
             for pipeline in [1, 16] {
                 match limits::redis_lua(&args.redis_url, conc, pipeline, stock, args.limit_secs)
@@ -350,6 +366,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     Ok(l) => limits.push(l),
                     Err(e) => eprintln!("redis limit not measured: {e}"),
                 }
+            }
+            match limits::redis_benchmark(&args.redis_url, conc, stock, args.limit_secs).await {
+                Ok(Some(l)) => limits.push(l),
+                Ok(None) => eprintln!("redis-benchmark not installed: its limit is not measured"),
+                Err(e) => eprintln!("redis-benchmark limit not measured: {e}"),
             }
             for rows in [1, 6] {
                 match limits::pg_for_update(&args.database_url, conc.min(64), rows, args.limit_secs)

@@ -29,6 +29,14 @@ fn lua_limit(limits: &[Limit], conc: usize) -> Option<f64> {
         .map(|l| l.per_sec)
 }
 
+/// `redis-benchmark`'s unpipelined rate of the claim script at `conc`.
+fn rb_limit(limits: &[Limit], conc: usize) -> Option<f64> {
+    limits
+        .iter()
+        .find(|l| l.concurrency == conc && l.name == super::limits::REDIS_BENCHMARK)
+        .map(|l| l.per_sec)
+}
+
 /// Markdown table of the runs, with ratios to db-lock and to the limits.
 pub fn table(results: &[RunResult], limits: &[Limit]) -> String {
     let mut s = String::new();
@@ -39,11 +47,11 @@ pub fn table(results: &[RunResult], limits: &[Limit]) -> String {
         .collect();
     let _ = writeln!(
         s,
-        "| mode | scenario | conc | requests | req/s | x db-lock | x lua limit | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | grants | durable/s | drain s | errors | violations |"
+        "| mode | scenario | conc | requests | req/s | x db-lock | x lua limit | x redis-benchmark | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | grants | durable/s | drain s | errors | violations |"
     );
     let _ = writeln!(
         s,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for r in results {
         let ratio = |b: Option<f64>| {
@@ -53,7 +61,7 @@ pub fn table(results: &[RunResult], limits: &[Limit]) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {:?} | {} | {} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.0} | {:.2} | {} | {} |",
+            "| {} | {:?} | {} | {} | {:.0} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.0} | {:.2} | {} | {} |",
             r.mode,
             r.scenario,
             r.concurrency,
@@ -61,6 +69,7 @@ pub fn table(results: &[RunResult], limits: &[Limit]) -> String {
             r.rps,
             ratio(base.get(&r.concurrency).copied()),
             ratio(lua_limit(limits, r.concurrency)),
+            ratio(rb_limit(limits, r.concurrency)),
             r.p50_ms,
             r.p90_ms,
             r.p99_ms,

@@ -7,13 +7,13 @@
 use chrono::{DateTime, Utc};
 
 use super::{
-    redis_common::{RedisCommon, ScriptReply, Stored},
+    redis_common::{window_rejection, RedisCommon, ScriptReply, Stored},
     Admission, AdmissionError, CancelOutcome,
 };
 use crate::{
     domain::{Campaign, ClaimOutcome, Pool, UserId},
     storage::pg::{self, NewGrant},
-    tasks::committer::{CommitError, CommitterHandle},
+    tasks::committer::{CommitError, CommitterHandle, Promotion},
 };
 
 /// The reserve-then-group-commit mode.
@@ -64,28 +64,21 @@ impl Gate {
             code: code.clone(),
             seq,
         };
-        match committer.commit(grant).await {
-            Ok(true) => {
-                let g = Stored::Granted {
-                    pidx,
-                    slot,
-                    code: code.clone(),
-                    seq,
-                };
-                // Durable now: answer granted even if Redis misses the
-                // promotion (a later read settles it from PostgreSQL).
-                if let Err(e) = common
-                    .promote(
-                        &campaign,
-                        &[(user.as_str().into(), pending.encode(), g.encode())],
-                        false,
-                    )
-                    .await
-                {
-                    tracing::warn!(error = %e, "promote after commit failed");
-                }
-                Ok(g.outcome(&campaign, &user)?)
-            }
+        let g = Stored::Granted {
+            pidx,
+            slot,
+            code: code.clone(),
+            seq,
+        };
+        let promotion = Promotion {
+            keys: common.keys(&campaign),
+            from: pending.encode(),
+            to: g.encode(),
+        };
+        match committer.commit(grant, Some(promotion)).await {
+            // Durable now: answer granted even if Redis missed the promotion
+            // (a later read settles it from PostgreSQL).
+            Ok(true) => Ok(g.outcome(&campaign, &user)?),
             Ok(false) => {
                 // A unique index refused the row: PostgreSQL already holds a
                 // grant for this user (Redis was rebuilt behind a commit).
@@ -151,11 +144,7 @@ impl Admission for Gate {
             .claim_script(campaign, pool, user, "gate")
             .await?
         {
-            ScriptReply::Window(reason) => Ok(ClaimOutcome::Rejected {
-                user_id: user.clone(),
-                reason,
-                seq: None,
-            }),
+            ScriptReply::Window(reason) => Ok(window_rejection(user, reason)),
             ScriptReply::New(s @ Stored::Pending { .. }) => {
                 let task = tokio::spawn(Self::commit(
                     self.common.clone(),

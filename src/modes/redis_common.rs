@@ -12,7 +12,7 @@ use crate::{
     domain::{generate_code, Campaign, ClaimOutcome, Pool, RejectReason, UserId},
     storage::{
         pg::{self, PgError},
-        redis::{CampaignKeys, RedisStore, RedisStoreError},
+        redis::{CampaignKeys, InitState, PoolState, RedisStore, RedisStoreError},
     },
 };
 
@@ -203,6 +203,15 @@ impl Stored {
     }
 }
 
+/// The answer to a claim outside the campaign's window (never remembered).
+pub fn window_rejection(user: &UserId, reason: RejectReason) -> ClaimOutcome {
+    ClaimOutcome::Rejected {
+        user_id: user.clone(),
+        reason,
+        seq: None,
+    }
+}
+
 /// What the claim script decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScriptReply {
@@ -246,7 +255,7 @@ impl RedisCommon {
     }
 
     /// The campaign's key names.
-    pub fn keys(&self, c: &Campaign) -> CampaignKeys {
+    pub fn keys(&self, c: &Campaign) -> std::sync::Arc<CampaignKeys> {
         self.redis.keys(c.id, c.pools.len())
     }
 
@@ -275,7 +284,12 @@ impl RedisCommon {
         let k = self.keys(c);
         let pk = &k.pools[pool.idx as usize];
         let stream = if mode == "queue" { &k.queue } else { &k.outbox };
-        let code = generate_code();
+        // The queue's drainer draws codes when it allocates slots.
+        let code = if mode == "queue" {
+            String::new()
+        } else {
+            generate_code()
+        };
         let pidx = pool.idx.to_string();
         for _ in 0..2 {
             let r: Vec<String> = self
@@ -302,6 +316,34 @@ impl RedisCommon {
             }
         }
         Err(AdmissionError::Rebuilding)
+    }
+
+    /// A claim whose stored answer is final as the script gives it
+    /// (redis-lua, redis-queue): nothing waits on PostgreSQL.
+    pub async fn claim_as_stored(
+        &self,
+        c: &Campaign,
+        pool: &Pool,
+        user: &UserId,
+        mode: &str,
+    ) -> Result<ClaimOutcome, AdmissionError> {
+        match self.claim_script(c, pool, user, mode).await? {
+            ScriptReply::Window(reason) => Ok(window_rejection(user, reason)),
+            ScriptReply::New(s) | ScriptReply::Dup(s) => Ok(s.outcome(c, user)?),
+        }
+    }
+
+    /// The stored answer as the client sees it (redis-lua, redis-queue).
+    pub async fn status_as_stored(
+        &self,
+        c: &Campaign,
+        user: &UserId,
+    ) -> Result<Option<ClaimOutcome>, AdmissionError> {
+        Ok(self
+            .stored(c, user)
+            .await?
+            .map(|s| s.outcome(c, user))
+            .transpose()?)
     }
 
     /// The user's stored answer, `Ok(None)` when the user never claimed.
@@ -436,18 +478,9 @@ impl RedisCommon {
         triples: &[(String, String, String)],
         decrement_queued: bool,
     ) -> Result<i64, AdmissionError> {
-        let k = self.keys(c);
-        let mut args: Vec<&str> = vec![if decrement_queued { "1" } else { "0" }];
-        for (u, e, n) in triples {
-            args.extend([u.as_str(), e.as_str(), n.as_str()]);
-        }
         Ok(self
             .redis
-            .eval(
-                &self.redis.scripts().promote,
-                &[&k.ans, &k.queued, &k.pending],
-                &args,
-            )
+            .promote(&self.keys(c), triples, decrement_queued)
             .await?)
     }
 
@@ -648,44 +681,31 @@ impl RedisCommon {
             mut active,
             max_seq,
         } = self.truth(c).await?;
-        let mut args: Vec<String> = vec![
-            Self::expire_at_ms(c).to_string(),
-            c.opens_at
-                .map(|t| t.timestamp_millis().to_string())
-                .unwrap_or_default(),
-            c.closes_at
-                .map(|t| t.timestamp_millis().to_string())
-                .unwrap_or_default(),
-            c.mode.as_str().to_string(),
-            c.pools.len().to_string(),
-            max_seq.to_string(),
-            "0".to_string(),
-        ];
-        for (pool, slots) in c.pools.iter().zip(active.iter_mut()) {
-            let hw = slots.last().copied().unwrap_or(0);
-            let free: Vec<i32> = (1..=hw)
-                .filter(|s| slots.binary_search(s).is_err())
-                .collect();
-            args.push((pool.stock as i64 - slots.len() as i64).max(0).to_string());
-            args.push(hw.to_string());
-            args.push(free.len().to_string());
-            args.extend(free.iter().map(|s| s.to_string()));
-        }
-        args.push(answers.len().to_string());
-        for (u, a) in answers {
-            args.push(u);
-            args.push(a.encode());
-        }
-        let mut keys: Vec<&str> = vec![&k.meta, &k.ans, &k.seq, &k.queued, &k.outbox, &k.queue];
-        for p in &k.pools {
-            keys.extend([p.left.as_str(), p.hw.as_str(), p.free.as_str()]);
-        }
-        keys.push(&k.pending);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let _: i64 = self
-            .redis
-            .eval(&self.redis.scripts().init, &keys, &args)
-            .await?;
+        let st = InitState {
+            expire_at_ms: Self::expire_at_ms(c),
+            opens_ms: c.opens_at.map(|t| t.timestamp_millis()),
+            closes_ms: c.closes_at.map(|t| t.timestamp_millis()),
+            mode: c.mode.as_str().to_string(),
+            seq: max_seq,
+            queued: 0,
+            pools: c
+                .pools
+                .iter()
+                .zip(active.iter_mut())
+                .map(|(pool, slots)| {
+                    let hw = slots.last().copied().unwrap_or(0);
+                    PoolState {
+                        left: (pool.stock as i64 - slots.len() as i64).max(0),
+                        hw,
+                        free: (1..=hw)
+                            .filter(|s| slots.binary_search(s).is_err())
+                            .collect(),
+                    }
+                })
+                .collect(),
+            answers: answers.into_iter().map(|(u, a)| (u, a.encode())).collect(),
+        };
+        self.redis.init_state(k, &st).await?;
         Ok(())
     }
 

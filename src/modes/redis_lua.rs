@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{
-    redis_common::{RedisCommon, ScriptReply, Stored},
+    redis_common::{RedisCommon, Stored},
     Admission, AdmissionError, CancelOutcome,
 };
 use crate::domain::{Campaign, ClaimOutcome, Pool, UserId};
@@ -33,18 +33,9 @@ impl Admission for RedisLua {
         pool: &Pool,
         user: &UserId,
     ) -> Result<ClaimOutcome, AdmissionError> {
-        match self
-            .common
-            .claim_script(campaign, pool, user, "lua")
-            .await?
-        {
-            ScriptReply::Window(reason) => Ok(ClaimOutcome::Rejected {
-                user_id: user.clone(),
-                reason,
-                seq: None,
-            }),
-            ScriptReply::New(s) | ScriptReply::Dup(s) => Ok(s.outcome(campaign, user)?),
-        }
+        self.common
+            .claim_as_stored(campaign, pool, user, "lua")
+            .await
     }
 
     async fn status(
@@ -52,12 +43,7 @@ impl Admission for RedisLua {
         campaign: &Campaign,
         user: &UserId,
     ) -> Result<Option<ClaimOutcome>, AdmissionError> {
-        Ok(self
-            .common
-            .stored(campaign, user)
-            .await?
-            .map(|s| s.outcome(campaign, user))
-            .transpose()?)
+        self.common.status_as_stored(campaign, user).await
     }
 
     /// Cancels in Redis and appends the cancellation to the outbox, behind

@@ -6,10 +6,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{
-    redis_common::{RedisCommon, ScriptReply},
-    Admission, AdmissionError, CancelOutcome,
-};
+use super::{redis_common::RedisCommon, Admission, AdmissionError, CancelOutcome};
 use crate::domain::{Campaign, ClaimOutcome, Pool, UserId};
 
 /// The queue-and-drain mode.
@@ -33,18 +30,9 @@ impl Admission for RedisQueue {
         pool: &Pool,
         user: &UserId,
     ) -> Result<ClaimOutcome, AdmissionError> {
-        match self
-            .common
-            .claim_script(campaign, pool, user, "queue")
-            .await?
-        {
-            ScriptReply::Window(reason) => Ok(ClaimOutcome::Rejected {
-                user_id: user.clone(),
-                reason,
-                seq: None,
-            }),
-            ScriptReply::New(s) | ScriptReply::Dup(s) => Ok(s.outcome(campaign, user)?),
-        }
+        self.common
+            .claim_as_stored(campaign, pool, user, "queue")
+            .await
     }
 
     async fn status(
@@ -52,12 +40,7 @@ impl Admission for RedisQueue {
         campaign: &Campaign,
         user: &UserId,
     ) -> Result<Option<ClaimOutcome>, AdmissionError> {
-        Ok(self
-            .common
-            .stored(campaign, user)
-            .await?
-            .map(|s| s.outcome(campaign, user))
-            .transpose()?)
+        self.common.status_as_stored(campaign, user).await
     }
 
     async fn cancel(

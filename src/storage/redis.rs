@@ -7,7 +7,11 @@
 //! `Script::invoke_async` does that) after a restart, failover or
 //! `SCRIPT FLUSH`.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use redis::{aio::ConnectionManager, aio::ConnectionManagerConfig, FromRedisValue, Script};
 
@@ -144,6 +148,39 @@ impl CampaignKeys {
     }
 }
 
+/// One pool's counters as `init.lua` loads them.
+#[derive(Debug, Clone, Default)]
+pub struct PoolState {
+    /// Stock still available at the door.
+    pub left: i64,
+    /// Highest slot ever handed out.
+    pub hw: i32,
+    /// Released slots below `hw`.
+    pub free: Vec<i32>,
+}
+
+/// A campaign's admission state as `init.lua` loads it (at creation, or
+/// rebuilt from PostgreSQL).
+#[derive(Debug, Clone)]
+pub struct InitState {
+    /// When the keys expire (ms since epoch).
+    pub expire_at_ms: i64,
+    /// Window start (ms), if any.
+    pub opens_ms: Option<i64>,
+    /// Window end (ms), if any.
+    pub closes_ms: Option<i64>,
+    /// Mode name.
+    pub mode: String,
+    /// Last arrival number handed out.
+    pub seq: i64,
+    /// Claims waiting in the queue.
+    pub queued: i64,
+    /// Per pool, by index.
+    pub pools: Vec<PoolState>,
+    /// Stored answers: (user, encoded answer).
+    pub answers: Vec<(String, String)>,
+}
+
 /// Name of the consumer group on both streams.
 pub const GROUP: &str = "g";
 
@@ -163,7 +200,20 @@ pub struct RedisStore {
     timeout: Duration,
     /// The scripts.
     scripts: Arc<Scripts>,
+    /// Key names per campaign, built once: a claim would otherwise format a
+    /// dozen names per request (campaigns never change their pools).
+    keys: Arc<KeyCache>,
 }
+
+/// Key names by (campaign id, number of pools).
+type KeyCache = RwLock<HashMap<(i64, usize), Arc<CampaignKeys>>>;
+
+/// One answer swap of `promote.lua`: (user, expected answer, new answer).
+pub type AnswerSwap = (String, String, String);
+
+/// Most campaigns whose key names are kept; past it the cache starts over
+/// (a name costs a `format!`, never a Redis call).
+const KEY_CACHE_MAX: usize = 10_000;
 
 impl RedisStore {
     /// Connects. Fails if Redis cannot be reached at all at startup.
@@ -188,12 +238,23 @@ impl RedisStore {
             prefix: prefix.into(),
             timeout,
             scripts: Arc::new(Scripts::new()),
+            keys: Arc::default(),
         })
     }
 
     /// The key names of a campaign.
-    pub fn keys(&self, id: CampaignId, npools: usize) -> CampaignKeys {
-        CampaignKeys::new(&self.prefix, id, npools)
+    pub fn keys(&self, id: CampaignId, npools: usize) -> Arc<CampaignKeys> {
+        let k = (id.0, npools);
+        if let Some(v) = self.keys.read().expect("key cache lock").get(&k) {
+            return v.clone();
+        }
+        let v = Arc::new(CampaignKeys::new(&self.prefix, id, npools));
+        let mut m = self.keys.write().expect("key cache lock");
+        if m.len() >= KEY_CACHE_MAX {
+            m.clear();
+        }
+        m.insert(k, v.clone());
+        v
     }
 
     /// The scripts.
@@ -262,6 +323,66 @@ impl RedisStore {
             .await
             .map_err(|_| RedisStoreError::Timeout(self.timeout))?
             .map_err(Into::into)
+    }
+
+    /// Replaces answers still equal to the expected ones (`promote.lua`):
+    /// `triples` are (user, expected, new). Returns how many were replaced.
+    pub async fn promote(
+        &self,
+        k: &CampaignKeys,
+        triples: &[AnswerSwap],
+        decrement_queued: bool,
+    ) -> Result<i64, RedisStoreError> {
+        let mut args: Vec<&str> = Vec::with_capacity(1 + triples.len() * 3);
+        args.push(if decrement_queued { "1" } else { "0" });
+        for (u, e, n) in triples {
+            args.extend([u.as_str(), e.as_str(), n.as_str()]);
+        }
+        self.eval(
+            &self.scripts().promote,
+            &[&k.ans, &k.queued, &k.pending],
+            &args,
+        )
+        .await
+    }
+
+    /// Loads a campaign's state with `init.lua`. `Ok(false)` when the state
+    /// was already there (a racing rebuild never clobbers live state).
+    pub async fn init_state(
+        &self,
+        k: &CampaignKeys,
+        st: &InitState,
+    ) -> Result<bool, RedisStoreError> {
+        let ms = |t: Option<i64>| t.map(|t| t.to_string()).unwrap_or_default();
+        let mut args: Vec<String> = vec![
+            st.expire_at_ms.to_string(),
+            ms(st.opens_ms),
+            ms(st.closes_ms),
+            st.mode.clone(),
+            st.pools.len().to_string(),
+            st.seq.to_string(),
+            st.queued.to_string(),
+        ];
+        for p in &st.pools {
+            args.extend([
+                p.left.to_string(),
+                p.hw.to_string(),
+                p.free.len().to_string(),
+            ]);
+            args.extend(p.free.iter().map(|s| s.to_string()));
+        }
+        args.push(st.answers.len().to_string());
+        for (u, a) in &st.answers {
+            args.extend([u.clone(), a.clone()]);
+        }
+        let mut keys: Vec<&str> = vec![&k.meta, &k.ans, &k.seq, &k.queued, &k.outbox, &k.queue];
+        for p in &k.pools {
+            keys.extend([p.left.as_str(), p.hw.as_str(), p.free.as_str()]);
+        }
+        keys.push(&k.pending);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let loaded: i64 = self.eval(&self.scripts().init, &keys, &args).await?;
+        Ok(loaded == 1)
     }
 
     /// Checks Redis answers.

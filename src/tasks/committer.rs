@@ -2,14 +2,19 @@
 //! one transaction (one fsync for many grants). No fixed tick: while every
 //! committing connection is busy, new winners queue up and go together in
 //! the next batch; an optional linger trades a little latency for larger
-//! batches.
+//! batches. After the transaction, the batch's Redis answers go from
+//! pending to granted in one `promote.lua` call per campaign rather than one
+//! call per winner.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::storage::pg::{self, NewGrant, PgError};
+use crate::storage::{
+    pg::{self, NewGrant, PgError},
+    redis::{AnswerSwap, CampaignKeys, RedisStore},
+};
 
 /// Why a commit gave no verdict on a row.
 #[derive(Debug, thiserror::Error)]
@@ -22,10 +27,23 @@ pub enum CommitError {
     Closed,
 }
 
+/// The Redis answer to replace once a row is durable.
+#[derive(Debug, Clone)]
+pub struct Promotion {
+    /// The campaign's keys.
+    pub keys: Arc<CampaignKeys>,
+    /// The answer expected in Redis (the pending reservation).
+    pub from: String,
+    /// The answer to store (granted).
+    pub to: String,
+}
+
 /// One winner waiting for its commit.
 struct Job {
     /// The row.
     grant: NewGrant,
+    /// Applied in Redis if the row was inserted.
+    promote: Option<Promotion>,
     /// `Ok(true)` inserted; `Ok(false)` refused by a unique index.
     reply: oneshot::Sender<Result<bool, CommitError>>,
 }
@@ -60,10 +78,21 @@ pub struct CommitterHandle {
 
 impl CommitterHandle {
     /// Waits until `grant` is committed (or refused, or its batch failed).
-    pub async fn commit(&self, grant: NewGrant) -> Result<bool, CommitError> {
+    /// When inserted, `promote` is applied in Redis (best effort: the row is
+    /// durable either way, and a later read settles a missed promotion)
+    /// before the answer.
+    pub async fn commit(
+        &self,
+        grant: NewGrant,
+        promote: Option<Promotion>,
+    ) -> Result<bool, CommitError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job { grant, reply })
+            .send(Job {
+                grant,
+                promote,
+                reply,
+            })
             .await
             .map_err(|_| CommitError::Closed)?;
         rx.await.map_err(|_| CommitError::Closed)?
@@ -71,7 +100,7 @@ impl CommitterHandle {
 }
 
 /// Starts the committer; it stops when every handle is dropped.
-pub fn spawn(db: PgPool, cfg: CommitterConfig) -> CommitterHandle {
+pub fn spawn(db: PgPool, redis: RedisStore, cfg: CommitterConfig) -> CommitterHandle {
     let (tx, mut rx) = mpsc::channel::<Job>(cfg.max_batch * cfg.max_inflight * 4);
     let slots = Arc::new(Semaphore::new(cfg.max_inflight));
     tokio::spawn(async move {
@@ -96,9 +125,9 @@ pub fn spawn(db: PgPool, cfg: CommitterConfig) -> CommitterHandle {
                     Err(_) => break,
                 }
             }
-            let db = db.clone();
+            let (db, redis) = (db.clone(), redis.clone());
             tokio::spawn(async move {
-                run_batch(&db, batch).await;
+                run_batch(&db, &redis, batch).await;
                 drop(permit);
             });
         }
@@ -106,12 +135,13 @@ pub fn spawn(db: PgPool, cfg: CommitterConfig) -> CommitterHandle {
     CommitterHandle { tx }
 }
 
-async fn run_batch(db: &PgPool, batch: Vec<Job>) {
+async fn run_batch(db: &PgPool, redis: &RedisStore, batch: Vec<Job>) {
     let rows: Vec<NewGrant> = batch.iter().map(|j| j.grant.clone()).collect();
     metrics::histogram!("firstcome_group_commit_rows").record(rows.len() as f64);
     match pg::insert_grants(db, &rows).await {
         Ok(inserted) => {
             let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+            promote(redis, &batch, &inserted).await;
             for j in batch {
                 let ok = inserted.contains(&j.grant.code);
                 let _ = j.reply.send(Ok(ok));
@@ -124,6 +154,28 @@ async fn run_batch(db: &PgPool, batch: Vec<Job>) {
                     .reply
                     .send(Err(CommitError::Database(PgError::Failed(e.to_string()))));
             }
+        }
+    }
+}
+
+/// One `promote.lua` call per campaign for the batch's inserted rows.
+async fn promote(redis: &RedisStore, batch: &[Job], inserted: &std::collections::HashSet<String>) {
+    let mut by_campaign: HashMap<i64, (Arc<CampaignKeys>, Vec<AnswerSwap>)> = HashMap::new();
+    for j in batch {
+        let Some(p) = &j.promote else { continue };
+        if !inserted.contains(&j.grant.code) {
+            continue;
+        }
+        by_campaign
+            .entry(j.grant.campaign_id)
+            .or_insert_with(|| (p.keys.clone(), Vec::new()))
+            .1
+            .push((j.grant.user_id.clone(), p.from.clone(), p.to.clone()));
+    }
+    for (keys, triples) in by_campaign.into_values() {
+        if let Err(e) = redis.promote(&keys, &triples, false).await {
+            // Durable already: a later read or the orphan sweeper settles it.
+            tracing::warn!(error = %e, rows = triples.len(), "promote after commit failed");
         }
     }
 }

@@ -18,6 +18,11 @@ use crate::{
 /// Attempts before a row is dead-lettered.
 pub const MAX_ATTEMPTS: u32 = 5;
 
+/// Rows per insert transaction. A batch's chunks are inserted on separate
+/// connections at once: one connection inserts ~22k grant rows/s on the
+/// development machine, two ~40k (`docs/BENCHMARKS.md`, limits).
+pub const INSERT_CHUNK: usize = 500;
+
 /// Drains one campaign's queue.
 pub struct Drainer {
     /// Redis and PostgreSQL.
@@ -77,10 +82,14 @@ impl Handler for Drainer {
                 pending.push((i, s));
             }
         }
-        let inserted: std::collections::HashSet<String> = pg::insert_grants(&self.db, &rows)
-            .await?
-            .into_iter()
-            .collect();
+        let inserted: std::collections::HashSet<String> = futures::future::try_join_all(
+            rows.chunks(INSERT_CHUNK)
+                .map(|chunk| pg::insert_grants(&self.db, chunk)),
+        )
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
         let missing: Vec<String> = rows
             .iter()
             .filter(|r| !inserted.contains(&r.code))

@@ -84,7 +84,10 @@ pub async fn run<H: Handler>(
 ) {
     let mut conn: Option<MultiplexedConnection> = None;
     let mut backoff = Duration::from_millis(10);
-    let mut leader = false;
+    let mut st = LoopState {
+        leader: false,
+        dirty: true,
+    };
     while !*shutdown.borrow() {
         if handler.finished() {
             break;
@@ -100,7 +103,7 @@ pub async fn run<H: Handler>(
                 }
             },
         };
-        match step(c, &stream, &lease, &me, &cfg, &mut handler, &mut leader).await {
+        match step(c, &stream, &lease, &me, &cfg, &mut handler, &mut st).await {
             Ok(true) => backoff = Duration::from_millis(10),
             Ok(false) => pause(&mut shutdown, cfg.lease_ttl / 5).await,
             Err(e) if e.to_string().contains("NOGROUP") => {
@@ -116,7 +119,7 @@ pub async fn run<H: Handler>(
                 metrics::counter!("firstcome_stream_batch_failures_total").increment(1);
                 if e.downcast_ref::<redis::RedisError>().is_some() {
                     conn = None;
-                    leader = false;
+                    st.leader = false;
                 }
                 pause(&mut shutdown, backoff).await;
                 backoff = (backoff * 2).min(cfg.max_backoff);
@@ -124,7 +127,7 @@ pub async fn run<H: Handler>(
         }
     }
     // Hand the lease over at once rather than after its TTL.
-    if leader {
+    if st.leader {
         if let Some(c) = conn.as_mut() {
             let _: Result<i64, _> = redis::Script::new(
                 "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
@@ -141,6 +144,15 @@ async fn pause(shutdown: &mut watch::Receiver<bool>, d: Duration) {
     let _ = tokio::time::timeout(d, shutdown.changed()).await;
 }
 
+/// What a stream loop remembers between iterations.
+struct LoopState {
+    /// Whether this worker holds the lease.
+    leader: bool,
+    /// Whether entries of ours may be pending (then read from id 0 first):
+    /// after a takeover or a failed batch.
+    dirty: bool,
+}
+
 /// One iteration; `Ok(false)` when not the lease holder.
 async fn step<H: Handler>(
     c: &mut MultiplexedConnection,
@@ -149,8 +161,9 @@ async fn step<H: Handler>(
     me: &str,
     cfg: &StreamConfig,
     handler: &mut H,
-    leader: &mut bool,
+    st: &mut LoopState,
 ) -> anyhow::Result<bool> {
+    let LoopState { leader, dirty } = st;
     let held: i64 = redis::Script::new(
         "local v = redis.call('GET', KEYS[1])
          if v == false then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
@@ -169,16 +182,25 @@ async fn step<H: Handler>(
     if !*leader {
         // Newly the holder: take over what a dead worker left pending.
         *leader = true;
+        *dirty = true;
         claim_orphans(c, stream, me).await?;
     }
-    // Our own pending entries first (a failed batch), then new ones.
-    let mut entries = read(c, stream, me, "0", cfg.batch, None).await?;
+    // Our own pending entries first (a failed batch, or a predecessor's
+    // taken over), then new ones. Only after a failure or a takeover can
+    // there be any, which saves a round trip per batch otherwise.
+    let mut entries = Vec::new();
+    if *dirty {
+        entries = read(c, stream, me, "0", cfg.batch, None).await?;
+        *dirty = !entries.is_empty();
+    }
     if entries.is_empty() {
         entries = read(c, stream, me, ">", cfg.batch, Some(cfg.block)).await?;
     }
     if entries.is_empty() {
         return Ok(true);
     }
+    // Until acknowledged, a failure leaves these pending for the next step.
+    *dirty = true;
     handler.handle(&entries).await?;
     let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
     let _: () = redis::pipe()
@@ -193,6 +215,7 @@ async fn step<H: Handler>(
         .ignore()
         .query_async(c)
         .await?;
+    *dirty = false;
     Ok(true)
 }
 

@@ -338,3 +338,30 @@ pub async fn redis_conn() -> redis::aio::MultiplexedConnection {
         .await
         .unwrap()
 }
+
+/// A fresh campaign state for the Lua scripts: one pool per stock entry,
+/// the window in ms ('' for none), keys alive for an hour.
+pub fn init_state(
+    mode: &str,
+    stocks: &[i64],
+    opens_ms: &str,
+    closes_ms: &str,
+) -> firstcome::storage::redis::InitState {
+    use firstcome::storage::redis::{InitState, PoolState};
+    InitState {
+        expire_at_ms: (chrono::Utc::now() + chrono::Duration::hours(1)).timestamp_millis(),
+        opens_ms: opens_ms.parse().ok(),
+        closes_ms: closes_ms.parse().ok(),
+        mode: mode.into(),
+        seq: 0,
+        queued: 0,
+        pools: stocks
+            .iter()
+            .map(|&left| PoolState {
+                left,
+                ..Default::default()
+            })
+            .collect(),
+        answers: Vec::new(),
+    }
+}
