@@ -3,12 +3,13 @@
 #   scripts/bench.sh [quick]
 # Brings up the stores, builds the release binary, starts `firstcome serve`
 # on 127.0.0.1:18080, runs `firstcome bench` for each scenario (limits of
-# the machine measured in the same run), runs redis-benchmark on the same
-# claim.lua, writes bench-out/*.json|html|md, and stops what it started.
+# the machine measured in the same run, redis-benchmark of the same
+# claim.lua among them), writes bench-out/*.json|html|md, and stops what it
+# started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/services.sh)"
-command -v redis-benchmark >/dev/null || { echo "redis-benchmark missing (apt-get install redis-tools)" >&2; exit 1; }
+command -v redis-benchmark >/dev/null || echo "redis-benchmark missing (apt-get install redis-tools): its column stays empty" >&2
 export FIRSTCOME_ADMIN_TOKEN="bench-$$-$RANDOM$RANDOM"
 export FIRSTCOME_ADDR=127.0.0.1:18080
 export FIRSTCOME_RATE_PER_USER=0
@@ -43,22 +44,4 @@ run exam --scenario exam "${EXAM[@]}"
 run retry-storm --scenario retry-storm --stock 100 --repeats 2 "${STORM[@]}"
 run drain --scenario drain --modes gate,redis-queue,redis-lua "${DRAIN[@]}"
 
-# redis-benchmark of the same script: a scratch one-pool state, then
-# EVALSHA claim.lua with a fresh user each call (most sell out, as in a rush).
-P="rb$$"; T="{c1}"
-K=("$P:$T:meta" "$P:$T:ans" "$P:$T:seq" "$P:$T:p0:left" "$P:$T:p0:hw" "$P:$T:p0:free" "$P:$T:outbox" "$P:$T:queued" "$P:$T:pending")
-EXP=$(( ($(date +%s) + 1800) * 1000 ))
-redis-cli EVAL "$(cat lua/init.lua)" 9 "${K[0]}" "${K[1]}" "${K[2]}" "${K[7]}" "${K[6]}" "$P:$T:queue" "${K[3]}" "${K[4]}" "${K[5]}" \
-  "$EXP" "" "" gate 1 0 0 100 0 0 0 >/dev/null
-SHA=$(redis-cli SCRIPT LOAD "$(cat lua/claim.lua)")
-{
-  echo "== redis-benchmark, claim.lua by EVALSHA =="
-  for c in 64 128; do
-    for pl in 1 16; do
-      printf 'c=%s P=%s: ' "$c" "$pl"
-      redis-benchmark -q -c "$c" -P "$pl" -n 300000 -r 1000000000 EVALSHA "$SHA" 9 "${K[@]}" "u:__rand_int__" 0 CODE0000000000000 gate | tr '\r' '\n' | tail -n 1
-    done
-  done
-} | tee "$OUT/redis-benchmark.md"
-redis-cli --scan --pattern "$P:*" | xargs -r redis-cli DEL >/dev/null
 echo "results in $OUT/"

@@ -148,6 +148,10 @@ async fn the_reconciler_repairs_drift_and_reports_it() {
             "{mode}: {clean:?}"
         );
         assert_eq!(clean.remaining, vec![7]);
+        assert!(
+            reconcile::counters_agree(&common, &c).await.unwrap(),
+            "{mode}: the periodic look finds a quiet, consistent campaign fine"
+        );
 
         // Drift: a lost answer, a wrong counter, a grant cancelled in
         // PostgreSQL behind Redis' back.
@@ -174,6 +178,10 @@ async fn the_reconciler_repairs_drift_and_reports_it() {
         .await
         .unwrap();
 
+        assert!(
+            !reconcile::counters_agree(&common, &c).await.unwrap(),
+            "{mode}: the periodic look sees the counters drift"
+        );
         let dry = reconcile::reconcile(&common, &c, false).await.unwrap();
         assert_eq!(dry.stock_delta, 6, "{mode}: {dry:?}");
         assert_eq!(dry.answers_repaired, 0, "a dry run changes nothing");
@@ -181,6 +189,10 @@ async fn the_reconciler_repairs_drift_and_reports_it() {
         assert_eq!(fixed.answers_repaired, 2, "{mode}: {fixed:?}");
         assert_eq!(fixed.pools_repaired, 1, "{mode}: {fixed:?}");
         assert_eq!(fixed.remaining, vec![8]);
+        assert!(
+            reconcile::counters_agree(&common, &c).await.unwrap(),
+            "{mode}: repaired counters agree again"
+        );
         let again = reconcile::reconcile(&common, &c, true).await.unwrap();
         assert_eq!(
             (again.answers_repaired, again.pools_repaired),

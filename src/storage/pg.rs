@@ -356,6 +356,21 @@ where
     Ok(rows.into_iter().map(|r| r.get(0)).collect())
 }
 
+/// Active grants per pool id of a campaign.
+pub async fn active_per_pool(
+    db: &PgPool,
+    campaign: CampaignId,
+) -> Result<std::collections::HashMap<i64, i64>, PgError> {
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT pool_id, count(*) FROM grants
+         WHERE campaign_id = $1 AND state = 'active' GROUP BY pool_id",
+    )
+    .bind(campaign.0)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
 /// Codes among `codes` that exist in PostgreSQL (any state).
 pub async fn existing_codes(db: &PgPool, codes: &[String]) -> Result<Vec<String>, PgError> {
     let rows = sqlx::query("SELECT code FROM grants WHERE code = ANY($1)")

@@ -202,6 +202,68 @@ pub async fn reconcile(
     Ok(r)
 }
 
+/// The periodic pass's cheap look, O(pools) rather than O(users): `true`
+/// when the campaign is quiet (nothing queued, outboxed or pending) and
+/// every pool's counters agree with PostgreSQL's active grants (stock left
+/// plus active is the stock, slots handed out less slots free is active). Any drift
+/// that matters moves a counter (a lost grant, a cancel Redis missed, a
+/// slot taken twice), so only then does the full pass read every answer.
+pub async fn counters_agree(common: &RedisCommon, c: &Campaign) -> Result<bool, AdmissionError> {
+    let k = common.keys(c);
+    let stream = match c.mode {
+        Mode::RedisLua => k.outbox.clone(),
+        _ => k.queue.clone(),
+    };
+    let k2 = k.clone();
+    let (exists, stream_len, queued, pending): (bool, i64, Option<i64>, i64) = common
+        .redis
+        .run(|mut conn| async move {
+            redis::pipe()
+                .exists(&k2.meta)
+                .cmd("XLEN")
+                .arg(&stream)
+                .get(&k2.queued)
+                .zcard(&k2.pending)
+                .query_async(&mut conn)
+                .await
+        })
+        .await?;
+    if !exists || stream_len > 0 || queued.unwrap_or(0) > 0 || pending > 0 {
+        return Ok(false);
+    }
+    let k2 = k.clone();
+    let (left, hw): (Vec<Option<i64>>, Vec<Option<i64>>) = common
+        .redis
+        .run(|mut conn| async move {
+            let lefts: Vec<&String> = k2.pools.iter().map(|x| &x.left).collect();
+            let hws: Vec<&String> = k2.pools.iter().map(|x| &x.hw).collect();
+            redis::pipe()
+                .cmd("MGET")
+                .arg(lefts)
+                .cmd("MGET")
+                .arg(hws)
+                .query_async(&mut conn)
+                .await
+        })
+        .await?;
+    let free: Vec<i64> = common
+        .redis
+        .run(|mut conn| async move {
+            let mut p = redis::pipe();
+            for x in &k.pools {
+                p.zcard(&x.free);
+            }
+            p.query_async(&mut conn).await
+        })
+        .await?;
+    let active = pg::active_per_pool(&common.db, c.id).await?;
+    Ok(c.pools.iter().enumerate().all(|(i, pool)| {
+        let a = active.get(&pool.id).copied().unwrap_or(0);
+        let (l, h, f) = (left[i].unwrap_or(0), hw[i].unwrap_or(0), free[i]);
+        l == pool.stock as i64 - a && h - f == a
+    }))
+}
+
 /// Redis' side of a campaign, read without blocking the rush (HSCAN).
 struct Snapshot {
     answers: HashMap<String, Stored>,
@@ -323,6 +385,11 @@ pub async fn run(common: RedisCommon, interval: Duration, mut shutdown: watch::R
             };
             let closed = c.closes_at.is_some_and(|t| t <= Utc::now());
             if closed && final_done.contains(&id) {
+                continue;
+            }
+            // While open, the full pass runs only when the cheap look finds
+            // drift (or cannot tell); the final pass after closing is full.
+            if !closed && matches!(counters_agree(&common, &c).await, Ok(true)) {
                 continue;
             }
             match reconcile(&common, &c, true).await {
