@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full comparison of docs/BENCHMARKS.md, in one command:
+# The full comparison of docs/BENCHMARKS.md, in one command (about 15 minutes):
 #   scripts/bench.sh [quick]
 # Brings up the stores, builds the release binary, starts `firstcome serve`
 # on 127.0.0.1:18080, runs `firstcome bench` for each scenario (limits of
@@ -28,11 +28,13 @@ for _ in $(seq 1 150); do curl -fsS "$URL/readyz" >/dev/null 2>&1 && break; slee
 if [ "${1:-}" = quick ]; then
   COUPON=(--users 20000 --concurrency 64) ; EXAM=(--users 2400 --concurrency 64)
   STORM=(--users 5000 --concurrency 64) ; DRAIN=(--users 20000 --concurrency 256)
+  PACED=(--users 20000 --concurrency 128 --rate 10000) ; DRAIN_PACED=(--users 20000 --concurrency 256 --rate 8000)
 else
   # Each rush is bounded by --max-secs: the db-* modes stop short of the
   # crowd (the table's request count says how far they got).
   COUPON=(--users 100000 --concurrency 16,64,256,1024 --max-secs 20) ; EXAM=(--users 3000 --concurrency 128)
   STORM=(--users 20000 --concurrency 128 --max-secs 20) ; DRAIN=(--users 100000 --concurrency 1024)
+  PACED=(--users 100000 --concurrency 128 --rate 10000) ; DRAIN_PACED=(--users 100000 --concurrency 256 --rate 8000)
 fi
 run() { # run NAME ARGS...
   local name=$1; shift
@@ -43,5 +45,13 @@ run coupon --scenario coupon --stock 100 "${COUPON[@]}"
 run exam --scenario exam "${EXAM[@]}"
 run retry-storm --scenario retry-storm --stock 100 --repeats 2 "${STORM[@]}"
 run drain --scenario drain --modes gate,redis-queue,redis-lua "${DRAIN[@]}"
+# Open loop at a paced rate: latency below saturation (the p99 target at
+# 128 connections), and claim-to-durable when the drainer keeps up.
+run paced --scenario coupon --stock 100 --modes gate,redis-lua,redis-queue --limit-secs 0 "${PACED[@]}"
+run drain-paced --scenario drain --modes redis-queue,gate --limit-secs 0 "${DRAIN_PACED[@]}"
+if [ "${1:-}" != quick ]; then
+  # Scale: a million users in one rush (memory per claimant, RSS).
+  run million --scenario coupon --stock 1000 --modes gate,redis-lua,redis-queue --limit-secs 0 --users 1000000 --concurrency 256
+fi
 
 echo "results in $OUT/"

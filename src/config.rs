@@ -111,8 +111,9 @@ pub struct ServeArgs {
     /// Longest a server-sent event stream stays open, in seconds.
     #[arg(long, env = "FIRSTCOME_SSE_MAX_SECS", default_value_t = 600)]
     pub sse_max_secs: u64,
-    /// How often the worker reconciles Redis with PostgreSQL, in seconds
-    /// (0 turns the periodic pass off).
+    /// How often the worker looks for drift between Redis and PostgreSQL,
+    /// in seconds: counters first, every answer only on drift (0 turns the
+    /// periodic pass off).
     #[arg(long, env = "FIRSTCOME_RECONCILE_INTERVAL_SECS", default_value_t = 30)]
     pub reconcile_interval_secs: u64,
     /// HS256 secret of user JWTs. With it (or a public key) every user call

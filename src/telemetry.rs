@@ -33,24 +33,27 @@ pub fn init_metrics() -> &'static PrometheusHandle {
     })
 }
 
+/// This process' resident and peak resident memory in bytes, from
+/// `/proc/self/status` (Linux); `None` elsewhere.
+pub fn memory() -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|v| v * 1024.0)
+    };
+    Some((kib("VmRSS:")?, kib("VmHWM:")?))
+}
+
 /// The metrics in Prometheus' text format, with the process' memory.
 pub fn render_metrics() -> String {
     let handle = init_metrics();
-    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
-        let kib = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<f64>().ok())
-                .map(|v| v * 1024.0)
-        };
-        if let Some(v) = kib("VmRSS:") {
-            metrics::gauge!("firstcome_process_resident_bytes").set(v);
-        }
-        if let Some(v) = kib("VmHWM:") {
-            metrics::gauge!("firstcome_process_peak_resident_bytes").set(v);
-        }
+    if let Some((rss, peak)) = memory() {
+        metrics::gauge!("firstcome_process_resident_bytes").set(rss);
+        metrics::gauge!("firstcome_process_peak_resident_bytes").set(peak);
     }
     handle.render()
 }

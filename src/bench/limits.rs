@@ -299,30 +299,38 @@ pub async fn redis_benchmark(
         "redis-benchmark failed: {:?}",
         out.status
     );
-    // `-q` prints `EVALSHA ...: 37860.11 requests per second, p50=1.2 msec`
-    // after carriage-return progress lines.
-    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (per_sec, p50_ms) = parse_redis_benchmark(&text)
+        .ok_or_else(|| anyhow::anyhow!("redis-benchmark printed no rate: {text}"))?;
+    Ok(Some(Limit {
+        name: REDIS_BENCHMARK.into(),
+        concurrency: conc,
+        per_sec,
+        p50_ms: p50_ms.unwrap_or(f64::NAN),
+        p99_ms: f64::NAN,
+    }))
+}
+
+/// The rate and p50 (ms) of `redis-benchmark -q` output: its last line
+/// reads `EVALSHA ...: 37860.11 requests per second, p50=1.215 msec`, after
+/// progress lines separated by carriage returns.
+fn parse_redis_benchmark(text: &str) -> Option<(f64, Option<f64>)> {
+    let text = text.replace('\r', "\n");
     let line = text
         .lines()
         .rev()
-        .find(|l| l.contains("requests per second"))
-        .ok_or_else(|| anyhow::anyhow!("redis-benchmark printed no rate: {text}"))?;
+        .find(|l| l.contains("requests per second"))?;
     let num_after = |tag: &str| -> Option<f64> {
-        let rest = &line[line.find(tag)? + tag.len()..];
+        let rest = &line[line.rfind(tag)? + tag.len()..];
         rest.trim_start()
             .split(|c: char| !(c.is_ascii_digit() || c == '.'))
             .next()?
             .parse()
             .ok()
     };
-    let per_sec = num_after(": ").ok_or_else(|| anyhow::anyhow!("unparsed: {line}"))?;
-    Ok(Some(Limit {
-        name: REDIS_BENCHMARK.into(),
-        concurrency: conc,
-        per_sec,
-        p50_ms: num_after("p50=").unwrap_or(f64::NAN),
-        p99_ms: f64::NAN,
-    }))
+    let rate = line.split("requests per second").next()?;
+    let rate = rate.rsplit(':').next()?.trim().parse().ok()?;
+    Some((rate, num_after("p50=")))
 }
 
 /// Inserts grant rows with the service's own statement
@@ -399,4 +407,21 @@ pub async fn pg_insert_grants(
         p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
         p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_redis_benchmark;
+
+    #[test]
+    fn redis_benchmark_output_is_parsed() {
+        let out = "EVALSHA abc 9 k1: rps=0.0 (overall: nan) avg_msec=nan\rEVALSHA abc 9 k1 u:__rand_int__ 0 C gate: 37860.11 requests per second, p50=1.215 msec\n";
+        assert_eq!(parse_redis_benchmark(out), Some((37860.11, Some(1.215))));
+        // Older versions print no percentile.
+        assert_eq!(
+            parse_redis_benchmark("EVALSHA x: 1200.50 requests per second\n"),
+            Some((1200.5, None))
+        );
+        assert_eq!(parse_redis_benchmark("Could not connect\n"), None);
+    }
 }

@@ -397,6 +397,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     println!("{}", report::table(&results, &limits));
+    if let Some((_, peak)) = crate::telemetry::memory() {
+        // The load generator keeps one answer per user: it must scale too.
+        println!(
+            "Load generator peak RSS: {:.1} MiB for up to {} users per run",
+            peak / 1048576.0,
+            args.users
+        );
+    }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     if let Some(p) = &args.json {
         write_file(
