@@ -77,6 +77,30 @@ async fn call(
     (s, ra, r.json().await.unwrap_or(Value::Null))
 }
 
+/// Claims for `user` with an optional bearer token.
+async fn claim(
+    app: &common::TestApp,
+    id: i64,
+    token: Option<&str>,
+    user: &str,
+) -> (u16, Option<String>, Value) {
+    let path = format!("/v1/campaigns/{id}/claims");
+    call(
+        app,
+        Method::POST,
+        &path,
+        token,
+        Some(json!({ "user_id": user })),
+    )
+    .await
+}
+
+/// The claim status of `user`, without a token.
+async fn status(app: &common::TestApp, id: i64, user: &str) -> (u16, Option<String>, Value) {
+    let path = format!("/v1/campaigns/{id}/claims/{user}");
+    call(app, Method::GET, &path, None, None).await
+}
+
 #[tokio::test]
 async fn user_calls_need_a_valid_token_for_the_same_user() {
     let app = spawn(|a| a.jwt_secret = Some(SECRET.into())).await;
@@ -235,14 +259,7 @@ async fn without_a_key_the_request_user_id_is_trusted() {
     let app = common::spawn_app().await;
     let id = app.campaign("gate", &[("main", 5)]).await;
     // A token, even a bogus one, is ignored.
-    let (s, _, v) = call(
-        &app,
-        Method::POST,
-        &format!("/v1/campaigns/{id}/claims"),
-        Some("whatever"),
-        Some(json!({"user_id": "dave"})),
-    )
-    .await;
+    let (s, _, v) = claim(&app, id, Some("whatever"), "dave").await;
     assert_eq!((s, v["status"].as_str()), (200, Some("granted")));
     app.stop().await;
 }
@@ -255,27 +272,13 @@ async fn a_user_over_the_limit_gets_429_and_a_stable_answer_otherwise() {
     })
     .await;
     let id = app.campaign("gate", &[("main", 5)]).await;
-    let (s, _, first) = call(
-        &app,
-        Method::POST,
-        &format!("/v1/campaigns/{id}/claims"),
-        None,
-        Some(json!({"user_id": "eve"})),
-    )
-    .await;
+    let (s, _, first) = claim(&app, id, None, "eve").await;
     assert_eq!(s, 200);
     // Poll until refused: the burst is 3, so a refusal comes within a few
     // requests unless each one takes a second.
     let mut limited = None;
     for _ in 0..200 {
-        let (s, ra, v) = call(
-            &app,
-            Method::GET,
-            &format!("/v1/campaigns/{id}/claims/eve"),
-            None,
-            None,
-        )
-        .await;
+        let (s, ra, v) = status(&app, id, "eve").await;
         match s {
             200 => assert_eq!(v, first, "polling within the limit is stable"),
             429 => {
@@ -290,27 +293,13 @@ async fn a_user_over_the_limit_gets_429_and_a_stable_answer_otherwise() {
     let secs: u64 = ra.expect("Retry-After").parse().expect("seconds");
     assert!(secs >= 1);
     // Another user is not affected.
-    let (s, _, _) = call(
-        &app,
-        Method::POST,
-        &format!("/v1/campaigns/{id}/claims"),
-        None,
-        Some(json!({"user_id": "frank"})),
-    )
-    .await;
+    let (s, _, _) = claim(&app, id, None, "frank").await;
     assert_eq!(s, 200);
     // After Retry-After, eve is served again with the same answer.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         tokio::time::sleep(Duration::from_secs(secs)).await;
-        let (s, _, v) = call(
-            &app,
-            Method::GET,
-            &format!("/v1/campaigns/{id}/claims/eve"),
-            None,
-            None,
-        )
-        .await;
+        let (s, _, v) = status(&app, id, "eve").await;
         if s == 200 {
             assert_eq!(v, first);
             break;

@@ -168,6 +168,11 @@ pub async fn redis_lua(
     })
 }
 
+/// Name of the lock limit over `rows` hot rows.
+pub fn pg_for_update_name(rows: i32) -> String {
+    format!("SELECT ... FOR UPDATE tx straight at PostgreSQL, {rows} row(s)")
+}
+
 /// Drives the db-lock transaction (`SELECT ... FOR UPDATE` on a pool row,
 /// `UPDATE`, `COMMIT`) straight at PostgreSQL over `rows` hot rows.
 pub async fn pg_for_update(
@@ -235,7 +240,7 @@ pub async fn pg_for_update(
         .execute(&db)
         .await?;
     Ok(Limit {
-        name: format!("SELECT ... FOR UPDATE tx straight at PostgreSQL, {rows} row(s)"),
+        name: pg_for_update_name(rows),
         concurrency: conc,
         per_sec: total.load(Ordering::Relaxed) as f64 / elapsed,
         p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,

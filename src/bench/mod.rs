@@ -372,8 +372,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 Ok(None) => eprintln!("redis-benchmark not installed: its limit is not measured"),
                 Err(e) => eprintln!("redis-benchmark limit not measured: {e}"),
             }
-            for rows in [1, 6] {
-                match limits::pg_for_update(&args.database_url, conc.min(64), rows, args.limit_secs)
+            // The lock limit is driven from at most 64 connections (more
+            // only queue on the row): measured once per such concurrency.
+            let pg_conc = conc.min(64);
+            let measured = |rows: i32| {
+                limits.iter().any(|l: &limits::Limit| {
+                    l.concurrency == pg_conc && l.name == limits::pg_for_update_name(rows)
+                })
+            };
+            for rows in [1, 6]
+                .into_iter()
+                .filter(|r| !measured(*r))
+                .collect::<Vec<_>>()
+            {
+                match limits::pg_for_update(&args.database_url, pg_conc, rows, args.limit_secs)
                     .await
                 {
                     Ok(l) => limits.push(l),
