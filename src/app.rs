@@ -101,7 +101,10 @@ impl Application {
             worker.push(tokio::spawn(worker::run(
                 common.clone(),
                 db.clone(),
-                StreamConfig::default(),
+                StreamConfig {
+                    batch: args.stream_batch.max(1),
+                    ..StreamConfig::default()
+                },
                 worker_wakeup.clone(),
                 stop_rx.clone(),
             )));

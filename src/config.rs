@@ -102,6 +102,10 @@ pub struct ServeArgs {
     /// Group commits in flight at once (gate).
     #[arg(long, env = "FIRSTCOME_COMMIT_INFLIGHT", default_value_t = 4)]
     pub commit_inflight: usize,
+    /// Most stream entries the flusher (redis-lua) or drainer (redis-queue)
+    /// takes per batch.
+    #[arg(long, env = "FIRSTCOME_STREAM_BATCH", default_value_t = 1000)]
+    pub stream_batch: usize,
     /// How long a group commit waits for company, in microseconds (gate).
     #[arg(long, env = "FIRSTCOME_COMMIT_LINGER_US", default_value_t = 500)]
     pub commit_linger_us: u64,
@@ -193,6 +197,7 @@ impl ServeArgs {
             },
             commit_max_batch: 512,
             commit_inflight: 4,
+            stream_batch: 1000,
             commit_linger_us: 500,
             pending_wait_ms: 3000,
             sse_max_secs: 60,

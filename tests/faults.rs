@@ -121,7 +121,8 @@ async fn a_flusher_killed_mid_batch_loses_and_doubles_nothing() {
         .unwrap();
     }
     // A new worker takes over: every acknowledged grant lands, once.
-    let worker = spawn_app_on(&app.db_url, &app.prefix, |_| {}).await;
+    // Batches smaller than what it takes over: it must come back for the rest.
+    let worker = spawn_app_on(&app.db_url, &app.prefix, |a| a.stream_batch = 7).await;
     app.wait_durable(id, 100).await;
     assert_eq!(app.assert_db_invariants(id).await, 100);
     let stored: HashSet<String> = app
@@ -151,7 +152,8 @@ async fn a_drainer_killed_mid_batch_grants_in_order_once() {
     );
     let (_, queue, lease) = keys_of(&app, id);
     assert_eq!(leave_dead_worker(&queue, &lease, 30).await.len(), 30);
-    let worker = spawn_app_on(&app.db_url, &app.prefix, |_| {}).await;
+    // Batches smaller than what it takes over: it must come back for the rest.
+    let worker = spawn_app_on(&app.db_url, &app.prefix, |a| a.stream_batch = 7).await;
     app.wait_durable(id, 100).await;
     assert_eq!(app.assert_db_invariants(id).await, 100);
     // Fairness: the 100 queued users are the ones granted.

@@ -191,8 +191,10 @@ async fn step<H: Handler>(
     let mut entries = Vec::new();
     if *dirty {
         entries = read(c, stream, me, "0", cfg.batch, None).await?;
-        *dirty = !entries.is_empty();
     }
+    // More than a batch may be pending (a takeover): come back until the
+    // pending read finds none.
+    let from_pending = !entries.is_empty();
     if entries.is_empty() {
         entries = read(c, stream, me, ">", cfg.batch, Some(cfg.block)).await?;
     }
@@ -215,7 +217,7 @@ async fn step<H: Handler>(
         .ignore()
         .query_async(c)
         .await?;
-    *dirty = false;
+    *dirty = from_pending;
     Ok(true)
 }
 
