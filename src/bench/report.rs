@@ -116,12 +116,20 @@ pub fn table(results: &[RunResult], limits: &[Limit]) -> String {
             let sv = r.service.as_ref().expect("filtered");
             let _ = writeln!(
                 s,
-                "- {} c={}: peak RSS {:.1} MiB; Redis memory {:+.1} MiB ({:.0} B per claimant); claim-to-durable p99 <= {}; group-commit mean batch {}",
+                "- {} c={}: peak RSS {:.1} MiB; Redis memory {}; claim-to-durable p99 <= {}; group-commit mean batch {}",
                 r.mode,
                 r.concurrency,
                 sv.peak_rss_bytes as f64 / 1048576.0,
-                sv.redis_memory_delta as f64 / 1048576.0,
-                sv.redis_bytes_per_claimant,
+                // The db-* modes keep nothing in Redis: no per-claimant figure.
+                if r.mode.starts_with("db-") {
+                    "not used".to_string()
+                } else {
+                    format!(
+                        "{:+.1} MiB ({:.0} B per claimant)",
+                        sv.redis_memory_delta as f64 / 1048576.0,
+                        sv.redis_bytes_per_claimant
+                    )
+                },
                 sv.durable_p99_ms.map(|v| format!("{v} ms")).unwrap_or_else(|| "-".into()),
                 sv.group_commit_mean_rows.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into()),
             );
