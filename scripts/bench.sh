@@ -54,4 +54,7 @@ if [ "${1:-}" != quick ]; then
   run million --scenario coupon --stock 1000 --modes gate,redis-lua,redis-queue --limit-secs 0 --users 1000000 --concurrency 256
 fi
 
+# The claim path with a cheap C client (wrk) beside the same limits.
+if [ "${1:-}" = quick ]; then WRK_SECS=5 scripts/wrk.sh 64; else WRK_SECS=10 scripts/wrk.sh 64 128; fi
+
 echo "results in $OUT/"

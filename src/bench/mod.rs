@@ -110,6 +110,10 @@ pub struct BenchArgs {
     /// Seconds each limit is measured (0 skips the limits).
     #[arg(long, default_value_t = 3.0)]
     pub limit_secs: f64,
+    /// Measure the limits only, no mode (for comparing another client, e.g.
+    /// `scripts/wrk.sh`, with them).
+    #[arg(long)]
+    pub limits_only: bool,
     /// Write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -393,7 +397,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        for mode in &args.modes {
+        let modes: &[String] = if args.limits_only { &[] } else { &args.modes };
+        for mode in modes {
             let r = run_one(&args, mode, conc).await?;
             eprintln!(
                 "{:<12} c={:<5} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  grants {:>7}  violations {}",
@@ -409,7 +414,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     println!("{}", report::table(&results, &limits));
-    if let Some((_, peak)) = crate::telemetry::memory() {
+    if let (false, Some((_, peak))) = (args.limits_only, crate::telemetry::memory()) {
         // The load generator keeps one answer per user: it must scale too.
         println!(
             "Load generator peak RSS: {:.1} MiB for up to {} users per run",

@@ -37,8 +37,28 @@ fn rb_limit(limits: &[Limit], conc: usize) -> Option<f64> {
         .map(|l| l.per_sec)
 }
 
+/// Markdown table of the limits (empty when none were measured).
+fn limits_table(limits: &[Limit]) -> String {
+    let mut s = String::new();
+    if !limits.is_empty() {
+        let _ = writeln!(s, "\n| limit | conc | per s | p50 ms | p99 ms |");
+        let _ = writeln!(s, "|---|---|---|---|---|");
+        for l in limits {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.0} | {:.3} | {:.3} |",
+                l.name, l.concurrency, l.per_sec, l.p50_ms, l.p99_ms
+            );
+        }
+    }
+    s
+}
+
 /// Markdown table of the runs, with ratios to db-lock and to the limits.
 pub fn table(results: &[RunResult], limits: &[Limit]) -> String {
+    if results.is_empty() {
+        return limits_table(limits);
+    }
     let mut s = String::new();
     let base: BTreeMap<usize, f64> = results
         .iter()
@@ -82,17 +102,7 @@ pub fn table(results: &[RunResult], limits: &[Limit]) -> String {
             r.violations.summary()
         );
     }
-    if !limits.is_empty() {
-        let _ = writeln!(s, "\n| limit | conc | per s | p50 ms | p99 ms |");
-        let _ = writeln!(s, "|---|---|---|---|---|");
-        for l in limits {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {:.0} | {:.3} | {:.3} |",
-                l.name, l.concurrency, l.per_sec, l.p50_ms, l.p99_ms
-            );
-        }
-    }
+    s.push_str(&limits_table(limits));
     let _ = writeln!(
         s,
         "\nLittle's law (seed 004): concurrency = throughput x latency. Mean latency x req/s per run:"
