@@ -1064,3 +1064,80 @@ fn verify(
     }
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn granted(pool: u8, slot: i32, seq: i64, code: &str) -> Seen {
+        seen_from(
+            200,
+            &json!({"status": "granted", "slot": slot, "seq": seq, "code": code}),
+            pool,
+        )
+    }
+
+    fn sold_out(pool: u8, seq: i64) -> Seen {
+        seen_from(
+            409,
+            &json!({"status": "rejected", "reason": "sold_out", "seq": seq}),
+            pool,
+        )
+    }
+
+    fn grant(user: &str, slot: i64, seq: i64, code: &str) -> Value {
+        json!({"pool": "main", "user_id": user, "slot": slot, "seq": seq, "code": code})
+    }
+
+    /// One pool of 2: a clean run, then each kind of damage on its own.
+    #[test]
+    fn the_verifier_counts_each_violation() {
+        let pools = vec![("main".to_string(), 2, 1.0)];
+        let names = vec!["main".to_string()];
+        let seen = [
+            granted(0, 1, 1, "CODEA"),
+            granted(0, 2, 2, "CODEB"),
+            sold_out(0, 3),
+        ];
+        let good = [grant("a", 1, 1, "CODEA"), grant("b", 2, 2, "CODEB")];
+        assert_eq!(verify(&pools, &names, &seen, &good, true).total(), 0);
+
+        let v = verify(
+            &pools,
+            &names,
+            &seen,
+            &[good[0].clone(), good[1].clone(), grant("c", 3, 3, "CODEC")],
+            true,
+        );
+        assert_eq!((v.oversold, v.double_booked), (1, 1), "{v:?}");
+
+        let v = verify(
+            &pools,
+            &names,
+            &seen,
+            &[good[0].clone(), grant("a", 2, 2, "CODEB")],
+            true,
+        );
+        assert_eq!(v.duplicates, 1, "{v:?}");
+
+        let v = verify(&pools, &names, &seen, &[good[0].clone()], true);
+        assert_eq!((v.undersold, v.lost), (1, 1), "{v:?}");
+
+        let v = verify(
+            &pools,
+            &names,
+            &seen,
+            &[good[0].clone(), grant("b", 1, 2, "CODEB")],
+            true,
+        );
+        assert_eq!(v.double_booked, 1, "{v:?}");
+
+        // A sold_out answer before the last grant's arrival: unfair in
+        // redis-queue (checked only where arrival order is promised).
+        let late = [good[0].clone(), grant("b", 2, 4, "CODEB")];
+        assert_eq!(verify(&pools, &names, &seen, &late, true).unfair, 1);
+        assert_eq!(verify(&pools, &names, &seen, &late, false).unfair, 0);
+    }
+}

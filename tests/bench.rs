@@ -1,0 +1,126 @@
+//! `firstcome bench` end to end against a spawned service: every scenario
+//! runs every mode without a violation, and its JSON report says so.
+
+mod common;
+
+use clap::Parser;
+use firstcome::bench::{self, BenchArgs};
+use serde_json::Value;
+
+/// `firstcome bench`'s options parsed as the CLI would.
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    bench: BenchArgs,
+}
+
+async fn run(app: &common::TestApp, extra: &[&str]) -> Value {
+    let json = std::env::temp_dir().join(format!("{}.json", common::unique("bench")));
+    let mut argv = vec![
+        "bench".to_string(),
+        "--url".into(),
+        app.base.clone(),
+        "--admin-token".into(),
+        common::TOKEN.into(),
+        "--redis-url".into(),
+        common::redis_url(),
+        "--database-url".into(),
+        app.db_url.clone(),
+        "--json".into(),
+        json.display().to_string(),
+    ];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    let args = Cli::try_parse_from(&argv).expect("bench arguments").bench;
+    bench::run(args)
+        .await
+        .expect("bench run without violations");
+    let v: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    std::fs::remove_file(&json).ok();
+    v
+}
+
+fn assert_clean(v: &Value, modes: usize, users: u64) {
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), modes, "{v}");
+    for r in results {
+        assert_eq!(r["requests"].as_u64(), Some(users), "{r}");
+        let bad: u64 = r["violations"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|x| x.as_u64().unwrap())
+            .sum();
+        assert_eq!(bad, 0, "{r}");
+        assert!(r["rps"].as_f64().unwrap() > 0.0, "{r}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn coupon_and_exam_run_every_mode_clean() {
+    let app = common::spawn_app().await;
+    let coupon = run(
+        &app,
+        &[
+            "--scenario",
+            "coupon",
+            "--stock",
+            "20",
+            "--users",
+            "300",
+            "--concurrency",
+            "16",
+            "--limit-secs",
+            "0",
+        ],
+    )
+    .await;
+    assert_clean(&coupon, 5, 300);
+    for r in coupon["results"].as_array().unwrap() {
+        assert_eq!(r["grants"].as_u64(), Some(20), "{r}");
+    }
+    let exam = run(
+        &app,
+        &[
+            "--scenario",
+            "exam",
+            "--users",
+            "2400",
+            "--concurrency",
+            "32",
+            "--limit-secs",
+            "0",
+        ],
+    )
+    .await;
+    assert_clean(&exam, 5, 2400);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drain_and_open_loop_run_clean() {
+    let app = common::spawn_app().await;
+    let drain = run(
+        &app,
+        &[
+            "--scenario",
+            "drain",
+            "--modes",
+            "gate,redis-queue,redis-lua",
+            "--users",
+            "500",
+            "--concurrency",
+            "16",
+            "--rate",
+            "2000",
+            "--limit-secs",
+            "0",
+        ],
+    )
+    .await;
+    assert_clean(&drain, 3, 500);
+    for r in drain["results"].as_array().unwrap() {
+        assert_eq!(r["grants"].as_u64(), Some(500), "stock = users: {r}");
+        assert_eq!(r["offered_rate"].as_u64(), Some(2000), "{r}");
+    }
+    app.stop().await;
+}
