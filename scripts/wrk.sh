@@ -74,6 +74,32 @@ RATES=$(mktemp)
   done
 } | tee "$OUT/wrk.md"
 
+# Drain with the cheap client: every claim wins (stock 2,000,000) for
+# WRK_SECS at 256 connections; durable grants/s = grants in PostgreSQL /
+# time until nothing is left queued (gate answers after its commit).
+{
+  echo
+  echo "| mode | conc | claims/s | durable grants | durable grants/s | drain after the rush (s) |"
+  echo "|---|---|---|---|---|---|"
+  for m in gate redis-queue; do
+    cid=$(admin -d "{\"name\":\"wrk-drain-$m\",\"mode\":\"$m\",\"pools\":[{\"name\":\"main\",\"stock\":2000000}]}" \
+      "$URL/v1/campaigns" | sed -E 's/.*"id":([0-9]+).*/\1/')
+    t0=$(date +%s.%N)
+    w=$(wrk -t1 -c256 -d"${SECS}s" -s "$LUA" "$URL/v1/campaigns/$cid/claims")
+    t1=$(date +%s.%N)
+    for _ in $(seq 1 600); do
+      body=$(admin "$URL/v1/campaigns/$cid")
+      [ "$(sed -E 's/.*"queued":([0-9]+).*/\1/' <<<"$body")" = 0 ] && break
+      sleep 0.2
+    done
+    t2=$(date +%s.%N)
+    granted=$(sed -E 's/.*"granted":([0-9]+).*/\1/' <<<"$body")
+    rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$w")
+    awk -v m="$m" -v r="$rps" -v g="$granted" -v t0="$t0" -v t1="$t1" -v t2="$t2" \
+      'BEGIN { printf "| %s | 256 | %.0f | %d | %.0f | %.2f |\n", m, r, g, g / (t2 - t0), t2 - t1 }'
+  done
+} | tee -a "$OUT/wrk.md"
+
 IFS=,; CLIST="${CONCS[*]}"; unset IFS
 "$BIN" bench --url "$URL" --limits-only --scenario coupon --stock 100 \
   --concurrency "$CLIST" --json "$OUT/wrk-limits.json" | tee "$OUT/wrk-limits.md"
