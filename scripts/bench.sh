@@ -10,20 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/services.sh)"
 command -v redis-benchmark >/dev/null || echo "redis-benchmark missing (apt-get install redis-tools): its column stays empty" >&2
-export FIRSTCOME_ADMIN_TOKEN="bench-$$-$RANDOM$RANDOM"
-export FIRSTCOME_ADDR=127.0.0.1:18080
-export FIRSTCOME_RATE_PER_USER=0
-export RUST_LOG=warn
-URL="http://$FIRSTCOME_ADDR"
-OUT=bench-out
-mkdir -p "$OUT"
-cargo build --release --locked -q
-BIN=target/release/firstcome
-
-"$BIN" serve >"$OUT/serve.log" 2>&1 &
-pid=$!
-trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true' EXIT INT TERM
-for _ in $(seq 1 150); do curl -fsS "$URL/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+source scripts/lib/serve.sh
+trap stop_serve EXIT INT TERM
+start_serve 127.0.0.1:18080 serve.log
 
 if [ "${1:-}" = quick ]; then
   COUPON=(--users 20000 --concurrency 64) ; EXAM=(--users 2400 --concurrency 64)

@@ -22,20 +22,11 @@ command -v wrk >/dev/null || {
 }
 CONCS=("$@"); [ ${#CONCS[@]} -gt 0 ] || CONCS=(64 128)
 SECS=${WRK_SECS:-10}
-export FIRSTCOME_ADMIN_TOKEN="wrk-$$-$RANDOM$RANDOM"
-export FIRSTCOME_ADDR=127.0.0.1:18081
-export FIRSTCOME_RATE_PER_USER=0
-export RUST_LOG=warn
-URL="http://$FIRSTCOME_ADDR"
-OUT=bench-out
-mkdir -p "$OUT"
-cargo build --release --locked -q
-BIN=target/release/firstcome
 LUA=$(mktemp)
-"$BIN" serve >"$OUT/wrk-serve.log" 2>&1 &
-pid=$!
-trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -f "$LUA" "${RATES:-}"' EXIT INT TERM
-for _ in $(seq 1 150); do curl -fsS "$URL/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+RATES=$(mktemp)
+source scripts/lib/serve.sh
+trap 'stop_serve; rm -f "$LUA" "$RATES"' EXIT INT TERM
+start_serve 127.0.0.1:18081 wrk-serve.log
 
 # A fresh user per request; 409 sold_out is the expected answer of most.
 cat >"$LUA" <<'EOF'
@@ -48,7 +39,6 @@ end
 EOF
 
 admin() { curl -fsS -H "Authorization: Bearer $FIRSTCOME_ADMIN_TOKEN" -H 'content-type: application/json' "$@"; }
-RATES=$(mktemp)
 {
   echo "| mode | conc | claims/s | p50 ms | p99 ms | grants (stock 100) |"
   echo "|---|---|---|---|---|---|"
