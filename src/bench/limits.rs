@@ -352,8 +352,10 @@ pub async fn pg_insert_grants(
         .max_connections(conns as u32)
         .connect(database_url)
         .await?;
+    // A db-* mode, so that no worker drains or reconciles it should the
+    // bench die before deleting it.
     let campaign: i64 = sqlx::query_scalar(
-        "INSERT INTO campaigns (name, mode) VALUES ('bench-limit-insert', 'redis-queue') RETURNING id",
+        "INSERT INTO campaigns (name, mode) VALUES ('bench-limit-insert', 'db-atomic') RETURNING id",
     )
     .fetch_one(&db)
     .await?;

@@ -127,18 +127,26 @@ pub fn spawn(db: PgPool, redis: RedisStore, cfg: CommitterConfig) -> CommitterHa
             }
             let (db, redis) = (db.clone(), redis.clone());
             tokio::spawn(async move {
-                run_batch(&db, &redis, batch).await;
-                drop(permit);
+                run_batch(&db, &redis, batch, permit).await;
             });
         }
     });
     CommitterHandle { tx }
 }
 
-async fn run_batch(db: &PgPool, redis: &RedisStore, batch: Vec<Job>) {
+/// Inserts the batch, gives its connection slot back, then promotes and
+/// answers: a slow Redis must not hold a PostgreSQL slot.
+async fn run_batch(
+    db: &PgPool,
+    redis: &RedisStore,
+    batch: Vec<Job>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
     let rows: Vec<NewGrant> = batch.iter().map(|j| j.grant.clone()).collect();
     metrics::histogram!("firstcome_group_commit_rows").record(rows.len() as f64);
-    match pg::insert_grants(db, &rows).await {
+    let result = pg::insert_grants(db, &rows).await;
+    drop(permit);
+    match result {
         Ok(inserted) => {
             let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
             promote(redis, &batch, &inserted).await;
