@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The full comparison of docs/BENCHMARKS.md, in one command (about 15 minutes):
-#   scripts/bench.sh [quick]
+#   scripts/bench.sh [quick|drain]      drain: only the full drain scenario
 # Brings up the stores, builds the release binary, starts `firstcome serve`
 # on 127.0.0.1:18080, runs `firstcome bench` for each scenario (limits of
 # the machine measured in the same run, redis-benchmark of the same
@@ -30,6 +30,10 @@ run() { # run NAME ARGS...
   echo "== firstcome bench $* ==" | tee "$OUT/$name.md"
   "$BIN" bench --url "$URL" --json "$OUT/$name.json" --html "$OUT/$name.html" "$@" | tee -a "$OUT/$name.md"
 }
+if [ "${1:-}" = drain ]; then
+  run drain --scenario drain --modes gate,redis-queue,redis-lua "${DRAIN[@]}"
+  exit 0
+fi
 run coupon --scenario coupon --stock 100 "${COUPON[@]}"
 run exam --scenario exam "${EXAM[@]}"
 run retry-storm --scenario retry-storm --stock 100 --repeats 2 "${STORM[@]}"

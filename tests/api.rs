@@ -450,3 +450,58 @@ async fn ops_endpoints_answer() {
     }
     app.stop().await;
 }
+
+/// Grants carry no foreign key (it cost a per-row lock on the shared pool
+/// row): the batched insert still refuses a pool of another campaign, and
+/// deleting a campaign still deletes its grants.
+#[tokio::test]
+async fn grants_name_only_their_campaigns_pools_and_go_with_them() {
+    use firstcome::storage::pg::{insert_grants, NewGrant};
+    let app = spawn_app().await;
+    let a = app.campaign("db-atomic", &[("main", 5)]).await;
+    let b = app.campaign("db-atomic", &[("main", 5)]).await;
+    let pool_of = |c: i64| {
+        let db = app.db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT id FROM pools WHERE campaign_id = $1")
+                .bind(c)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    let (pa, pb) = (pool_of(a).await, pool_of(b).await);
+    let row = |campaign_id: i64, pool_id: i64, user: &str, code: &str| NewGrant {
+        campaign_id,
+        pool_id,
+        user_id: user.into(),
+        slot: 1,
+        code: code.into(),
+        seq: 1,
+    };
+    let inserted = insert_grants(
+        &app.db,
+        &[
+            row(a, pa, "fits", "CODE-FITS"),
+            row(a, pb, "stray", "CODE-STRAY"),
+            row(a, 987_654_321, "ghost", "CODE-GHOST"),
+            row(b, pb, "other", "CODE-OTHER"),
+        ],
+    )
+    .await
+    .unwrap();
+    let mut inserted = inserted;
+    inserted.sort();
+    assert_eq!(inserted, vec!["CODE-FITS", "CODE-OTHER"]);
+    sqlx::query("DELETE FROM campaigns WHERE id = $1")
+        .bind(a)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let left: Vec<String> = sqlx::query_scalar("SELECT code FROM grants ORDER BY code")
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(left, vec!["CODE-OTHER"]);
+    app.stop().await;
+}

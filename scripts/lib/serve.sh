@@ -1,8 +1,10 @@
 # Sourced by scripts/bench.sh and scripts/wrk.sh: builds the release binary
 # and starts `firstcome serve` on ADDR in the background, logging to
-# bench-out/LOG. Sets URL, OUT, BIN and SERVE_PID; `stop_serve` stops it.
+# bench-out/LOG, on a fresh database (`fresh_bench_db`). Sets URL, OUT, BIN
+# and SERVE_PID; `stop_serve` stops it.
 #   start_serve ADDR LOG
 start_serve() {
+  fresh_bench_db firstcome_bench
   export FIRSTCOME_ADMIN_TOKEN="bench-$$-$RANDOM$RANDOM"
   export FIRSTCOME_ADDR=$1
   export FIRSTCOME_RATE_PER_USER=0
@@ -26,4 +28,16 @@ stop_serve() {
   [ -n "${SERVE_PID:-}" ] || return 0
   kill "$SERVE_PID" 2>/dev/null || true
   wait "$SERVE_PID" 2>/dev/null || true
+}
+
+# Points DATABASE_URL at a freshly created database NAME (dropped first if
+# an earlier run left it) and FIRSTCOME_REDIS_PREFIX at a prefix of its
+# own: a run's numbers must not depend on the rows of earlier runs (a
+# grants table grown to millions of rows makes every insert slower).
+#   fresh_bench_db NAME
+fresh_bench_db() {
+  local admin=$DATABASE_URL
+  psql "$admin" -qc "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1" >/dev/null
+  export DATABASE_URL="${admin%/*}/$1"
+  export FIRSTCOME_REDIS_PREFIX="$1-$$-$RANDOM"
 }

@@ -313,8 +313,10 @@ pub struct NewGrant {
 }
 
 /// Inserts many grants in one statement. Rows that collide with an existing
-/// grant (same code: a redelivery; or a unique index) are skipped; returns
-/// the codes that were inserted.
+/// grant (same code: a redelivery; or a unique index) are skipped, and so
+/// are rows naming a pool that is not their campaign's (grants carry no
+/// foreign key: see the migration `grants_without_fk`); returns the codes
+/// that were inserted.
 pub async fn insert_grants<'e, E>(exec: E, grants: &[NewGrant]) -> Result<Vec<String>, PgError>
 where
     E: sqlx::Executor<'e, Database = Postgres>,
@@ -341,6 +343,7 @@ where
          SELECT u.c, u.p, u.u, u.s, u.k, u.q, now() + make_interval(secs => cp.confirm_within_secs)
          FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::text[], $6::bigint[])
               AS u(c, p, u, s, k, q)
+         JOIN pools p ON p.id = u.p AND p.campaign_id = u.c
          JOIN campaigns cp ON cp.id = u.c
          ON CONFLICT DO NOTHING
          RETURNING code",
