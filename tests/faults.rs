@@ -325,7 +325,8 @@ async fn redis_down_answers_503_then_recovers_by_itself() {
         a.stores.redis_url = url.clone();
         a.stores.redis_timeout_ms = 300;
     })
-    .await;
+    .await
+    .owning_database();
     let id = app.campaign("gate", &[("main", 10)]).await;
     let (s, first) = app.claim(id, "before", None).await;
     assert_eq!(s, 200);

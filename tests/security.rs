@@ -43,7 +43,9 @@ fn hs256(sub: &str, exp: i64, secret: &str) -> String {
 async fn spawn(tweak: impl FnOnce(&mut ServeArgs)) -> common::TestApp {
     let name = common::unique("sec");
     let db_url = common::fresh_database(&name).await;
-    common::spawn_app_on(&db_url, &name, tweak).await
+    common::spawn_app_on(&db_url, &name, tweak)
+        .await
+        .owning_database()
 }
 
 /// A request with an optional bearer token: (status, Retry-After, body).

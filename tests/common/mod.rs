@@ -67,13 +67,16 @@ pub struct TestApp {
     shutdown: Option<oneshot::Sender<()>>,
     /// The app's task.
     task: Option<tokio::task::JoinHandle<()>>,
+    /// The database this app created and drops when it goes (unset for a
+    /// second process of the same deployment).
+    owned_db: Option<String>,
 }
 
 /// Starts an app with default settings on a fresh database.
 pub async fn spawn_app() -> TestApp {
     let name = unique("db");
     let db_url = fresh_database(&name).await;
-    spawn_app_on(&db_url, &name, |_| {}).await
+    spawn_app_on(&db_url, &name, |_| {}).await.owning_database()
 }
 
 /// Starts an app on an existing database and prefix (a second process of
@@ -109,6 +112,7 @@ pub async fn spawn_app_on(
         stop_worker,
         shutdown: Some(tx),
         task: Some(task),
+        owned_db: None,
     }
 }
 
@@ -124,7 +128,15 @@ impl TestApp {
             stop_worker: watch::channel(false).0,
             shutdown: None,
             task: None,
+            owned_db: None,
         }
+    }
+
+    /// Makes this app drop its database when it goes, so that test runs
+    /// do not pile databases up.
+    pub fn owning_database(mut self) -> Self {
+        self.owned_db = self.db_url.rsplit_once('/').map(|(_, n)| n.to_string());
+        self
     }
 
     /// Stops the app and waits for it.
@@ -363,5 +375,39 @@ pub fn init_state(
             })
             .collect(),
         answers: Vec::new(),
+    }
+}
+
+impl Drop for TestApp {
+    /// Stops the app and drops the database it owns (also when the test
+    /// failed: a failed run must not leave databases behind either).
+    fn drop(&mut self) {
+        let Some(name) = self.owned_db.take() else {
+            return;
+        };
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let Some((server, _)) = self.db_url.rsplit_once('/') else {
+            return;
+        };
+        let admin_url = format!("{server}/postgres");
+        // Drop cannot await, and runs inside the test's runtime: a thread
+        // with a runtime of its own. FORCE ends the app's connections.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut admin = PgConnection::connect(&admin_url).await.ok()?;
+                sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
+                    .execute(&mut admin)
+                    .await
+                    .map_err(|e| eprintln!("could not drop test database {name}: {e}"))
+                    .ok()
+            })
+        })
+        .join();
     }
 }
