@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Where the redis-queue drain's time goes (docs/BENCHMARKS.md, "Drain
-# profile"). Two measurements:
+# Where the redis-queue drain's time goes (docs/BENCHMARKS.md, "Drain:
+# after the foreign keys went"). Two measurements:
 #  1. The drainer alone: an API process takes a rush of USERS claims
 #     (stock = users) while the worker process is stopped (SIGSTOP); once
 #     every claim is queued the worker resumes, and the time until its
@@ -32,24 +32,15 @@ API_URL=http://127.0.0.1:18281
 WORKER_URL=http://127.0.0.1:18282
 export FIRSTCOME_ADMIN_TOKEN="profile-$$-$RANDOM$RANDOM" FIRSTCOME_RATE_PER_USER=0 RUST_LOG=warn
 PIDS=()
-TOP=$(mktemp)
+TOP=$OUT/drain-profile-top.txt
 cleanup() {
   for p in "${PIDS[@]}"; do kill -CONT "$p" 2>/dev/null || true; kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   psql "${SCRATCH_URL%/*}/postgres" -qc "DROP DATABASE IF EXISTS $SCRATCH WITH (FORCE)" >/dev/null 2>&1 || true
-  rm -f "$TOP"
 }
 trap cleanup EXIT INT TERM
 
 metric() { # URL NAME-REGEX -> value (0 when absent)
   curl -fsS "$1/metrics" 2>/dev/null | awk -v m="$2" '$1 ~ m {v=$2} END {print v+0}'
-}
-ready() { # URL PID
-  local deadline=$(( $(date +%s) + 30 ))
-  until curl -fsS "$1/readyz" >/dev/null 2>&1; do
-    kill -0 "$2" 2>/dev/null || { echo "firstcome serve exited (see $OUT)" >&2; exit 1; }
-    [ "$(date +%s)" -lt "$deadline" ] || { echo "$1 not ready in 30 s" >&2; exit 1; }
-    sleep 0.2
-  done
 }
 
 # 1. The drainer alone.
@@ -57,8 +48,8 @@ FIRSTCOME_ROLE=api FIRSTCOME_ADDR=${API_URL#http://} "$BIN" serve >"$OUT/profile
 API=$!; PIDS+=("$API")
 FIRSTCOME_ROLE=worker FIRSTCOME_ADDR=${WORKER_URL#http://} "$BIN" serve >"$OUT/profile-worker.log" 2>&1 &
 WORKER=$!; PIDS+=("$WORKER")
-ready "$API_URL" "$API"
-ready "$WORKER_URL" "$WORKER"
+wait_ready "$API_URL" "$API" "$OUT/profile-api.log" || exit 1
+wait_ready "$WORKER_URL" "$WORKER" "$OUT/profile-worker.log" || exit 1
 kill -STOP "$WORKER"
 "$BIN" bench --url "$API_URL" --scenario drain --modes redis-queue --users "$USERS" \
   --concurrency 1024 --limit-secs 0 --json "$OUT/drain-profile.json" --html "$OUT/drain-profile.html" \
@@ -102,7 +93,7 @@ psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $SCRATCH WITH (FORCE)" -c "CRE
 DATABASE_URL="$SCRATCH_URL" FIRSTCOME_ROLE=api FIRSTCOME_ADDR=127.0.0.1:18283 FIRSTCOME_REDIS_PREFIX=fcprofile \
   "$BIN" serve >"$OUT/profile-scratch.log" 2>&1 &
 SCRATCH_PID=$!; PIDS+=("$SCRATCH_PID")
-ready http://127.0.0.1:18283 "$SCRATCH_PID"
+wait_ready http://127.0.0.1:18283 "$SCRATCH_PID" "$OUT/profile-scratch.log" || exit 1
 kill "$SCRATCH_PID"; wait "$SCRATCH_PID" 2>/dev/null || true
 PIDS=()
 limit() {

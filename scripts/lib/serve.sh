@@ -1,4 +1,4 @@
-# Sourced by scripts/bench.sh and scripts/wrk.sh: builds the release binary
+# Sourced by scripts/bench.sh, scripts/wrk.sh and scripts/drain-profile.sh: builds the release binary
 # and starts `firstcome serve` on ADDR in the background, logging to
 # bench-out/LOG, on a fresh database (`fresh_bench_db`). Sets URL, OUT, BIN
 # and SERVE_PID; `stop_serve` stops it.
@@ -16,10 +16,17 @@ start_serve() {
   BIN=target/release/firstcome
   "$BIN" serve >"$OUT/$2" 2>&1 &
   SERVE_PID=$!
+  wait_ready "$URL" "$SERVE_PID" "$OUT/$2"
+}
+
+# Waits up to 30 s for `firstcome serve` (process PID, logging to LOG) to
+# answer /readyz at URL; fails at once if it exits.
+#   wait_ready URL PID LOG
+wait_ready() {
   local deadline=$(( $(date +%s) + 30 ))
-  until curl -fsS "$URL/readyz" >/dev/null 2>&1; do
-    kill -0 "$SERVE_PID" 2>/dev/null || { echo "firstcome serve exited (see $OUT/$2)" >&2; return 1; }
-    [ "$(date +%s)" -lt "$deadline" ] || { echo "firstcome serve not ready in 30 s" >&2; return 1; }
+  until curl -fsS "$1/readyz" >/dev/null 2>&1; do
+    kill -0 "$2" 2>/dev/null || { echo "firstcome serve exited (see $3)" >&2; return 1; }
+    [ "$(date +%s)" -lt "$deadline" ] || { echo "firstcome serve at $1 not ready in 30 s" >&2; return 1; }
     sleep 0.2
   done
 }
