@@ -124,3 +124,36 @@ async fn drain_and_open_loop_run_clean() {
     }
     app.stop().await;
 }
+
+/// `--limits-only`: every limit the machine is compared with is measured
+/// and does work (a limit that fails is only warned about by the bench).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_limit_is_measured() {
+    let app = common::spawn_app().await;
+    let short = ["--limits-only", "--limit-secs", "0.3"];
+    let coupon = run(
+        &app,
+        &[&["--scenario", "coupon", "--concurrency", "4"][..], &short].concat(),
+    )
+    .await;
+    let drain = run(&app, &[&["--scenario", "drain"][..], &short].concat()).await;
+    let limits: Vec<&Value> = [&coupon, &drain]
+        .iter()
+        .flat_map(|v| v["limits"].as_array().unwrap())
+        .collect();
+    for kind in [
+        "claim.lua straight at Redis, pipeline 1",
+        "SELECT ... FOR UPDATE",
+        "grant INSERT straight at PostgreSQL",
+    ] {
+        let found: Vec<&&Value> = limits
+            .iter()
+            .filter(|l| l["name"].as_str().unwrap().starts_with(kind))
+            .collect();
+        assert!(!found.is_empty(), "no {kind} limit in {limits:?}");
+        for l in found {
+            assert!(l["per_sec"].as_f64().unwrap() > 0.0, "{l}");
+        }
+    }
+    app.stop().await;
+}

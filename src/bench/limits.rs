@@ -48,6 +48,70 @@ fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 
+/// The loop of every limit this crate drives: `conc` workers call
+/// `op(worker, i)` back to back (i = 0, 1, ... per worker) until `secs`
+/// have passed. Each call is timed and counts the units it returns (calls
+/// of a pipeline, rows of a batch); a failed call ends its worker.
+async fn drive<F, Fut>(conc: usize, secs: f64, op: F) -> anyhow::Result<Driven>
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<u64>> + Send,
+{
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let workers: Vec<_> = (0..conc)
+        .map(|t| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                let (mut h, mut units) = (hist(), 0u64);
+                let mut i = 0;
+                while Instant::now() < deadline {
+                    let t0 = Instant::now();
+                    let Ok(n) = op(t, i).await else { break };
+                    h.saturating_record(t0.elapsed().as_micros() as u64);
+                    units += n;
+                    i += 1;
+                }
+                (h, units)
+            })
+        })
+        .collect();
+    let (mut h, mut units) = (hist(), 0);
+    for w in workers {
+        let (wh, n) = w.await?;
+        h.add(wh)?;
+        units += n;
+    }
+    Ok(Driven {
+        units,
+        secs: start.elapsed().as_secs_f64(),
+        latency: h,
+    })
+}
+
+/// What [`drive`] measured.
+struct Driven {
+    /// Units done by the calls that succeeded.
+    units: u64,
+    /// Wall time, first call to last worker's end.
+    secs: f64,
+    /// Latency of each successful call, microseconds.
+    latency: Histogram<u64>,
+}
+
+impl Driven {
+    /// The limit this measures.
+    fn limit(&self, name: String, concurrency: usize) -> Limit {
+        Limit {
+            name,
+            concurrency,
+            per_sec: self.units as f64 / self.secs,
+            p50_ms: self.latency.value_at_quantile(0.5) as f64 / 1000.0,
+            p99_ms: self.latency.value_at_quantile(0.99) as f64 / 1000.0,
+        }
+    }
+}
+
 /// Loads a one-pool campaign state of `stock` under a throwaway prefix.
 async fn scratch_state(
     redis_url: &str,
@@ -108,64 +172,46 @@ pub async fn redis_lua(
         .arg(store.scripts().claim.src)
         .query_async(&mut c0)
         .await?;
-    let total = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for t in 0..conc {
-        // One connection per task: one request (or pipeline) in flight on
-        // each, like redis-benchmark -c conc -P pipeline.
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        let (k, sha, total) = (k.clone(), sha.clone(), total.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut h = hist();
+    // One connection per worker: one request (or pipeline) in flight on
+    // each, like redis-benchmark -c conc -P pipeline.
+    let mut conns = Vec::with_capacity(conc);
+    for _ in 0..conc {
+        conns.push(client.get_multiplexed_async_connection().await?);
+    }
+    let conns = Arc::new(conns);
+    let d = drive(conc, secs, move |t, i| {
+        let (mut conn, k, sha) = (conns[t].clone(), k.clone(), sha.clone());
+        async move {
             let p = &k.pools[0];
-            let mut i = 0u64;
-            while Instant::now() < deadline {
-                let mut pipe = redis::pipe();
-                for _ in 0..pipeline {
-                    pipe.cmd("EVALSHA")
-                        .arg(&sha)
-                        .arg(9)
-                        .arg(&k.meta)
-                        .arg(&k.ans)
-                        .arg(&k.seq)
-                        .arg(&p.left)
-                        .arg(&p.hw)
-                        .arg(&p.free)
-                        .arg(&k.outbox)
-                        .arg(&k.queued)
-                        .arg(&k.pending)
-                        .arg(format!("lim-{t}-{i}"))
-                        .arg("0")
-                        .arg("LIMITCODE0000000")
-                        .arg("gate");
-                    i += 1;
-                }
-                let t0 = Instant::now();
-                let r: redis::RedisResult<Vec<redis::Value>> = pipe.query_async(&mut conn).await;
-                if r.is_err() {
-                    break;
-                }
-                h.saturating_record(t0.elapsed().as_micros() as u64);
-                total.fetch_add(pipeline as u64, Ordering::Relaxed);
+            let mut pipe = redis::pipe();
+            for j in 0..pipeline {
+                pipe.cmd("EVALSHA")
+                    .arg(&sha)
+                    .arg(9)
+                    .arg(&k.meta)
+                    .arg(&k.ans)
+                    .arg(&k.seq)
+                    .arg(&p.left)
+                    .arg(&p.hw)
+                    .arg(&p.free)
+                    .arg(&k.outbox)
+                    .arg(&k.queued)
+                    .arg(&k.pending)
+                    .arg(format!("lim-{t}-{i}-{j}"))
+                    .arg("0")
+                    .arg("LIMITCODE0000000")
+                    .arg("gate");
             }
-            h
-        }));
-    }
-    let mut h = hist();
-    for t in tasks {
-        h.add(t.await?)?;
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    drop_prefix(redis_url, &prefix).await?;
-    Ok(Limit {
-        name: format!("claim.lua straight at Redis, pipeline {pipeline}"),
-        concurrency: conc,
-        per_sec: total.load(Ordering::Relaxed) as f64 / elapsed,
-        p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
-        p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+            let _: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+            Ok(pipeline as u64)
+        }
     })
+    .await?;
+    drop_prefix(redis_url, &prefix).await?;
+    Ok(d.limit(
+        format!("claim.lua straight at Redis, pipeline {pipeline}"),
+        conc,
+    ))
 }
 
 /// Name of the lock limit over `rows` hot rows.
@@ -200,52 +246,27 @@ pub async fn pg_for_update(
     .bind(rows)
     .execute(&db)
     .await?;
-    let total = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for t in 0..conc {
-        let (db, table, total) = (db.clone(), table.clone(), total.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut h = hist();
-            let mut i = t as i32;
-            let select = format!("SELECT stock, issued FROM {table} WHERE id = $1 FOR UPDATE");
-            let update = format!("UPDATE {table} SET issued = issued + 1 WHERE id = $1");
-            while Instant::now() < deadline {
-                let row = i % rows + 1;
-                i += 1;
-                let t0 = Instant::now();
-                let ok: Result<(), sqlx::Error> = async {
-                    let mut tx = db.begin().await?;
-                    sqlx::query(&select).bind(row).fetch_one(&mut *tx).await?;
-                    sqlx::query(&update).bind(row).execute(&mut *tx).await?;
-                    tx.commit().await
-                }
-                .await;
-                if ok.is_err() {
-                    break;
-                }
-                h.saturating_record(t0.elapsed().as_micros() as u64);
-                total.fetch_add(1, Ordering::Relaxed);
-            }
-            h
-        }));
-    }
-    let mut h = hist();
-    for t in tasks {
-        h.add(t.await?)?;
-    }
-    let elapsed = start.elapsed().as_secs_f64();
+    let select: Arc<str> =
+        format!("SELECT stock, issued FROM {table} WHERE id = $1 FOR UPDATE").into();
+    let update: Arc<str> = format!("UPDATE {table} SET issued = issued + 1 WHERE id = $1").into();
+    let pool = db.clone();
+    let d = drive(conc, secs, move |t, i| {
+        let (db, select, update) = (pool.clone(), select.clone(), update.clone());
+        // Workers start on different rows and walk them in turn.
+        let row = ((t as u64 + i) % rows as u64) as i32 + 1;
+        async move {
+            let mut tx = db.begin().await?;
+            sqlx::query(&select).bind(row).fetch_one(&mut *tx).await?;
+            sqlx::query(&update).bind(row).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(1)
+        }
+    })
+    .await?;
     sqlx::query(&format!("DROP TABLE {table}"))
         .execute(&db)
         .await?;
-    Ok(Limit {
-        name: pg_for_update_name(rows),
-        concurrency: conc,
-        per_sec: total.load(Ordering::Relaxed) as f64 / elapsed,
-        p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
-        p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
-    })
+    Ok(d.limit(pg_for_update_name(rows), conc))
 }
 
 /// `redis-benchmark -c conc -P 1` running `EVALSHA claim.lua` with a fresh
@@ -366,59 +387,82 @@ pub async fn pg_insert_grants(
     .fetch_one(&db)
     .await?;
     let next = Arc::new(AtomicU64::new(1));
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..conns {
-        let (db, next) = (db.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut h = hist();
-            let mut rows = 0u64;
-            while Instant::now() < deadline {
-                let first = next.fetch_add(chunk as u64, Ordering::Relaxed);
-                let batch: Vec<NewGrant> = (first..first + chunk as u64)
-                    .map(|i| NewGrant {
-                        campaign_id: campaign,
-                        pool_id: pool,
-                        user_id: format!("limit-{i}"),
-                        slot: i as i32,
-                        code: crate::domain::generate_code(),
-                        seq: i as i64,
-                    })
-                    .collect();
-                let t0 = Instant::now();
-                if pg::insert_grants(&db, &batch).await.is_err() {
-                    break;
-                }
-                h.saturating_record(t0.elapsed().as_micros() as u64);
-                rows += chunk as u64;
-            }
-            (h, rows)
-        }));
-    }
-    let (mut h, mut rows) = (hist(), 0);
-    for t in tasks {
-        let (th, n) = t.await?;
-        h.add(th)?;
-        rows += n;
-    }
-    let elapsed = start.elapsed().as_secs_f64();
+    let pool_db = db.clone();
+    let d = drive(conns, secs, move |_, _| {
+        let db = pool_db.clone();
+        let first = next.fetch_add(chunk as u64, Ordering::Relaxed);
+        let batch: Vec<NewGrant> = (first..first + chunk as u64)
+            .map(|i| NewGrant {
+                campaign_id: campaign,
+                pool_id: pool,
+                user_id: format!("limit-{i}"),
+                slot: i as i32,
+                code: crate::domain::generate_code(),
+                seq: i as i64,
+            })
+            .collect();
+        async move {
+            pg::insert_grants(&db, &batch).await?;
+            Ok(chunk as u64)
+        }
+    })
+    .await?;
     sqlx::query("DELETE FROM campaigns WHERE id = $1")
         .bind(campaign)
         .execute(&db)
         .await?;
-    Ok(Limit {
-        name: format!("grant INSERT straight at PostgreSQL, {chunk} rows per tx (per s = rows)"),
-        concurrency: conns,
-        per_sec: rows as f64 / elapsed,
-        p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
-        p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
-    })
+    Ok(d.limit(
+        format!("grant INSERT straight at PostgreSQL, {chunk} rows per tx (per s = rows)"),
+        conns,
+    ))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_redis_benchmark;
+    use super::{drive, parse_redis_benchmark};
+
+    #[tokio::test]
+    async fn drive_counts_units_and_a_failure_ends_only_its_worker() {
+        use std::sync::{
+            atomic::{AtomicBool, Ordering},
+            Arc,
+        };
+        // Worker 0 fails on its third call; worker 1 waits for that, then
+        // makes three more calls and fails on its fifth. The deadline is
+        // far: the failures, not time, end the run.
+        let failed = Arc::new(AtomicBool::new(false));
+        let d = drive(2, 60.0, move |t, i| {
+            let failed = failed.clone();
+            async move {
+                match (t, i) {
+                    (0, 2) => {
+                        failed.store(true, Ordering::SeqCst);
+                        anyhow::bail!("worker 0 gone")
+                    }
+                    (1, 0) => {
+                        let deadline =
+                            std::time::Instant::now() + std::time::Duration::from_secs(10);
+                        while !failed.load(Ordering::SeqCst) {
+                            anyhow::ensure!(
+                                std::time::Instant::now() < deadline,
+                                "worker 0 never failed"
+                            );
+                            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                        }
+                    }
+                    (1, 4) => anyhow::bail!("worker 1 gone"),
+                    _ => {}
+                }
+                Ok(3)
+            }
+        })
+        .await
+        .unwrap();
+        // Worker 0: calls 0 and 1; worker 1: calls 0 to 3.
+        assert_eq!(d.latency.len(), 6);
+        assert_eq!(d.units, 18);
+        assert!(d.secs < 60.0);
+    }
 
     #[test]
     fn redis_benchmark_output_is_parsed() {

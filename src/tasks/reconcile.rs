@@ -214,52 +214,33 @@ pub async fn counters_agree(common: &RedisCommon, c: &Campaign) -> Result<bool, 
         Mode::RedisLua => k.outbox.clone(),
         _ => k.queue.clone(),
     };
-    let k2 = k.clone();
-    let (exists, stream_len, queued, pending): (bool, i64, Option<i64>, i64) = common
-        .redis
-        .run(|mut conn| async move {
-            redis::pipe()
-                .exists(&k2.meta)
-                .cmd("XLEN")
-                .arg(&stream)
-                .get(&k2.queued)
-                .zcard(&k2.pending)
-                .query_async(&mut conn)
-                .await
-        })
-        .await?;
-    if !exists || stream_len > 0 || queued.unwrap_or(0) > 0 || pending > 0 {
-        return Ok(false);
-    }
-    let k2 = k.clone();
-    let (left, hw): (Vec<Option<i64>>, Vec<Option<i64>>) = common
-        .redis
-        .run(|mut conn| async move {
-            let lefts: Vec<&String> = k2.pools.iter().map(|x| &x.left).collect();
-            let hws: Vec<&String> = k2.pools.iter().map(|x| &x.hw).collect();
-            redis::pipe()
-                .cmd("MGET")
-                .arg(lefts)
-                .cmd("MGET")
-                .arg(hws)
-                .query_async(&mut conn)
-                .await
-        })
-        .await?;
-    let free: Vec<i64> = common
+    // One round trip: whether the state exists and the campaign is quiet
+    // (stream, queued, pending), then per pool: left, hw, free.
+    let v: Vec<Option<i64>> = common
         .redis
         .run(|mut conn| async move {
             let mut p = redis::pipe();
+            p.exists(&k.meta)
+                .cmd("XLEN")
+                .arg(&stream)
+                .get(&k.queued)
+                .zcard(&k.pending);
             for x in &k.pools {
-                p.zcard(&x.free);
+                p.get(&x.left).get(&x.hw).zcard(&x.free);
             }
             p.query_async(&mut conn).await
         })
         .await?;
+    let n = |x: Option<&Option<i64>>| x.copied().flatten().unwrap_or(0);
+    let (head, counts) = v.split_at(4.min(v.len()));
+    let [exists, stream_len, queued, pending] = [0, 1, 2, 3].map(|i| n(head.get(i)));
+    if exists == 0 || stream_len > 0 || queued > 0 || pending > 0 {
+        return Ok(false);
+    }
     let active = pg::active_per_pool(&common.db, c.id).await?;
-    Ok(c.pools.iter().enumerate().all(|(i, pool)| {
+    Ok(c.pools.iter().zip(counts.chunks(3)).all(|(pool, lhf)| {
         let a = active.get(&pool.id).copied().unwrap_or(0);
-        let (l, h, f) = (left[i].unwrap_or(0), hw[i].unwrap_or(0), free[i]);
+        let [l, h, f] = [0, 1, 2].map(|j| n(lhf.get(j)));
         l == pool.stock as i64 - a && h - f == a
     }))
 }
