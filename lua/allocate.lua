@@ -1,14 +1,20 @@
 -- allocate.lua: the redis-queue drainer gives queued claims their slots, in
 -- the order given (arrival order). Idempotent: a claim that already has a
 -- slot keeps it, so a batch retried after a crash allocates nothing twice.
+-- A slot beyond the pool's stock is never handed out: a queued claim that
+-- finds every slot taken (drift let it in at the door) becomes a refusal
+-- in waiting, 'X|seq', which the drainer makes durable like any other.
 --
 -- KEYS[1] ans, KEYS[2] meta, then per pool i (0-based):
 --   KEYS[3 + 2i] hw, KEYS[4 + 2i] free
--- ARGV pairs: user, fresh code
--- Returns the users' answers after allocation, in order ('' if none).
-local exp = redis.call('HGET', KEYS[2], 'exp')
-local out = {}
-for i = 1, #ARGV, 2 do
+-- ARGV[1] number of pools n, ARGV[2..n+1] each pool's stock, then pairs:
+--   user, fresh code
+-- Returns the state's generation, then the users' answers after
+-- allocation, in order ('' if none).
+local m = redis.call('HMGET', KEYS[2], 'exp', 'gen')
+local np = tonumber(ARGV[1])
+local out = {m[2] or '0'}
+for i = np + 2, #ARGV, 2 do
   local user = ARGV[i]
   local a = redis.call('HGET', KEYS[1], user)
   if a and string.sub(a, 1, 1) == 'Q' then
@@ -18,10 +24,16 @@ for i = 1, #ARGV, 2 do
       local f = redis.call('ZPOPMIN', KEYS[k + 1])
       if f[1] then
         slot = f[1]
-      else
+      elseif tonumber(redis.call('GET', KEYS[k]) or '0') < tonumber(ARGV[2 + tonumber(pidx)]) then
         slot = tostring(redis.call('INCR', KEYS[k]))
+      else
+        slot = nil
       end
-      a = 'Q|' .. pidx .. '|' .. seq .. '|' .. slot .. '|' .. ARGV[i + 1]
+      if slot then
+        a = 'Q|' .. pidx .. '|' .. seq .. '|' .. slot .. '|' .. ARGV[i + 1]
+      else
+        a = 'X|' .. seq
+      end
       redis.call('HSET', KEYS[1], user, a)
     end
   end

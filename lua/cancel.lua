@@ -31,13 +31,16 @@ if (ARGV[3] ~= '' and code ~= ARGV[3]) or pidx ~= ARGV[4] then
 end
 local c = 'C' .. string.sub(a, 2)
 redis.call('HSET', KEYS[2], ARGV[1], c)
-redis.call('INCR', KEYS[3])
-redis.call('ZADD', KEYS[4], slot, slot)
-local exp = redis.call('HGET', KEYS[1], 'exp')
-if exp then
-  redis.call('PEXPIREAT', KEYS[4], exp)
+-- Stock comes back only with a slot that was not free already: a cancel
+-- never adds stock it did not take (a drifted state stays no worse).
+if redis.call('ZADD', KEYS[4], slot, slot) == 1 then
+  redis.call('INCR', KEYS[3])
+end
+local m = redis.call('HMGET', KEYS[1], 'exp', 'gen')
+if m[1] then
+  redis.call('PEXPIREAT', KEYS[4], m[1])
 end
 if ARGV[2] == 'lua' then
-  redis.call('XADD', KEYS[5], '*', 'op', 'c', 'u', ARGV[1], 'c', code)
+  redis.call('XADD', KEYS[5], '*', 'op', 'c', 'u', ARGV[1], 'c', code, 'g', m[2] or '0')
 end
 return {'cancelled', c}

@@ -1,7 +1,8 @@
 -- claim.lua: one atomic admission decision for the Redis modes.
 --
--- KEYS[1] meta    hash: opens, closes (ms since epoch, '' = none), exp
--- KEYS[2] ans     hash: user -> answer (see README of lua/ in ARCHITECTURE.md)
+-- KEYS[1] meta    hash: opens, closes (ms since epoch, '' = none), exp, gen
+-- KEYS[2] ans     hash: user -> answer (the answer forms are listed in
+--                 docs/ARCHITECTURE.md, "Answers in Redis")
 -- KEYS[3] seq     arrival counter
 -- KEYS[4] left    stock still available at the door for this pool
 -- KEYS[5] hw      highest slot ever handed out in this pool
@@ -11,47 +12,69 @@
 -- KEYS[9] pending zset user -> reservation time (gate), so a worker can
 --         settle reservations whose API process died
 -- ARGV[1] user, ARGV[2] pool index, ARGV[3] fresh coupon code,
--- ARGV[4] mode: 'gate' | 'lua' | 'queue'
+-- ARGV[4] mode: 'gate' | 'lua' | 'queue', ARGV[5] the pool's stock
 --
 -- Returns {'noinit'} when the campaign's state is not loaded (Redis lost it
--- or it was never built), {'dup', answer} for a repeated claim,
+-- or it was never built), {'dup', answer, gen} for a repeated claim,
 -- {'not_open'} / {'closed'} outside the window (not remembered), or
--- {'new', answer}.
+-- {'new', answer, gen}; gen is the state's generation (see the migration
+-- answers_that_never_change), which every durable write derived from this
+-- decision must carry.
+--
+-- A refusal is final, so it must survive the loss of this state: gate and
+-- redis-queue store it as 'X|seq' (refusing) until PostgreSQL holds it, then
+-- the caller promotes it to 'R|sold_out|seq'; redis-lua stores the final
+-- answer at once and appends it to the outbox, like its grants.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'noinit'}
 end
 local user = ARGV[1]
+local w = redis.call('HMGET', KEYS[1], 'opens', 'closes', 'exp', 'gen')
+local gen = w[4] or '0'
 local prev = redis.call('HGET', KEYS[2], user)
 if prev then
-  return {'dup', prev}
+  return {'dup', prev, gen}
 end
 -- Redis' clock, so that every API process agrees on the window.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local w = redis.call('HMGET', KEYS[1], 'opens', 'closes', 'exp')
 if w[1] and w[1] ~= '' and now < tonumber(w[1]) then
   return {'not_open'}
 end
 if w[2] and w[2] ~= '' and now >= tonumber(w[2]) then
   return {'closed'}
 end
+local mode = ARGV[4]
 local seq = redis.call('INCR', KEYS[3])
 local left = tonumber(redis.call('GET', KEYS[4]) or '0')
+-- A slot beyond the stock is never handed out: if the counter says stock
+-- is left but every slot 1..stock is taken, the counter is wrong (drift);
+-- it is set to what the slots say, and the claim is refused.
+if left > 0 and mode ~= 'queue' and redis.call('ZCARD', KEYS[6]) == 0
+  and tonumber(redis.call('GET', KEYS[5]) or '0') >= tonumber(ARGV[5]) then
+  redis.call('SET', KEYS[4], '0', 'KEEPTTL')
+  left = 0
+end
 if left <= 0 then
-  local a = 'R|sold_out|' .. seq
+  local a
+  if mode == 'lua' then
+    a = 'R|sold_out|' .. seq
+    redis.call('XADD', KEYS[7], '*', 'op', 'r', 'u', user, 's', seq, 'g', gen)
+  else
+    a = 'X|' .. seq
+  end
   redis.call('HSET', KEYS[2], user, a)
-  return {'new', a}
+  return {'new', a, gen}
 end
 redis.call('DECR', KEYS[4])
 local pidx = ARGV[2]
-local mode = ARGV[4]
 if mode == 'queue' then
   -- The drainer allocates the slot, in arrival order.
   local a = 'Q|' .. pidx .. '|' .. seq
   redis.call('HSET', KEYS[2], user, a)
   redis.call('XADD', KEYS[7], '*', 'u', user, 'p', pidx, 's', seq)
   redis.call('INCR', KEYS[8])
-  return {'new', a}
+  return {'new', a, gen}
 end
 local slot
 local f = redis.call('ZPOPMIN', KEYS[6])
@@ -72,7 +95,7 @@ if mode == 'gate' then
   end
 else
   a = 'G|' .. pidx .. '|' .. slot .. '|' .. code .. '|' .. seq
-  redis.call('XADD', KEYS[7], '*', 'op', 'g', 'u', user, 'p', pidx, 'sl', slot, 'c', code, 's', seq)
+  redis.call('XADD', KEYS[7], '*', 'op', 'g', 'u', user, 'p', pidx, 'sl', slot, 'c', code, 's', seq, 'g', gen)
 end
 redis.call('HSET', KEYS[2], user, a)
-return {'new', a}
+return {'new', a, gen}

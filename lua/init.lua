@@ -7,7 +7,7 @@
 -- pool i (0-based): KEYS[7 + 3i] left, [8 + 3i] hw, [9 + 3i] free, and last
 -- the pending zset (gate reservations died with the old state)
 -- ARGV[1] expire-at (ms), [2] opens (ms or ''), [3] closes (ms or ''),
--- [4] mode, [5] number of pools, [6] seq, [7] queued,
+-- [4] mode, [5] number of pools, [6] seq, [7] queued, [8] generation,
 -- then per pool: left, hw, number of free slots, the free slots...,
 -- then the number of answers, then user, answer pairs.
 -- Returns 1 when loaded, 0 when the state was already there.
@@ -19,7 +19,9 @@ redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 if #KEYS > 6 + 3 * tonumber(ARGV[5]) then
   redis.call('DEL', KEYS[#KEYS])
 end
-redis.call('HSET', KEYS[2], '_', '')
+-- Keeps the answers hash (and so its expiry) in existence while empty.
+-- '#' is outside the user-id alphabet, so no user can collide with it.
+redis.call('HSET', KEYS[2], '#', '')
 redis.call('SET', KEYS[3], ARGV[6])
 redis.call('SET', KEYS[4], ARGV[7])
 for _, s in ipairs({KEYS[5], KEYS[6]}) do
@@ -29,7 +31,7 @@ for _, s in ipairs({KEYS[5], KEYS[6]}) do
   redis.call('PEXPIREAT', s, exp)
 end
 local np = tonumber(ARGV[5])
-local a = 8
+local a = 9
 for i = 0, np - 1 do
   local k = 7 + 3 * i
   redis.call('DEL', KEYS[k], KEYS[k + 1], KEYS[k + 2])
@@ -54,6 +56,7 @@ for i = 2, 4 do
   redis.call('PEXPIREAT', KEYS[i], exp)
 end
 -- Written last: its presence tells the claim script that the state is whole.
-redis.call('HSET', KEYS[1], 'opens', ARGV[2], 'closes', ARGV[3], 'mode', ARGV[4], 'exp', exp)
+redis.call('HSET', KEYS[1], 'opens', ARGV[2], 'closes', ARGV[3], 'mode', ARGV[4], 'exp', exp,
+  'gen', ARGV[8])
 redis.call('PEXPIREAT', KEYS[1], exp)
 return 1

@@ -8,11 +8,17 @@
 -- KEYS[4] free    of the reservation's pool
 -- KEYS[5] queued  counter, changed by ARGV[5]
 -- KEYS[6] pending zset of gate reservations; a released user leaves it
+-- KEYS[7] hw      of the reservation's pool
 -- ARGV[1] user
 -- ARGV[2] expected answer
 -- ARGV[3] replacement answer; '' deletes it (the user may claim again)
--- ARGV[4] slot to free; '' when none was allocated
+-- ARGV[4] slot to free; '' when none was allocated, or when PostgreSQL
+--         says another grant holds it (a slot is never freed on a guess)
 -- ARGV[5] delta for KEYS[5]
+-- ARGV[6] '1' to give the reservation's stock back to the door, '0' when
+--         the unit it took was never there (its slot is held elsewhere)
+-- ARGV[7] a slot PostgreSQL says is held (by the replacement answer), to
+--         mark taken if Redis had it free or never handed out; '' for none
 -- Returns 1 when released, 0 when the answer had changed.
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then
   return 0
@@ -23,13 +29,28 @@ if ARGV[3] == '' then
 else
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 end
-redis.call('INCR', KEYS[3])
+local exp = redis.call('HGET', KEYS[1], 'exp')
+if ARGV[6] == '1' then
+  redis.call('INCR', KEYS[3])
+end
 if ARGV[4] ~= '' then
   redis.call('ZADD', KEYS[4], ARGV[4], ARGV[4])
-  local exp = redis.call('HGET', KEYS[1], 'exp')
-  if exp then
-    redis.call('PEXPIREAT', KEYS[4], exp)
+end
+if ARGV[7] ~= '' then
+  local s = tonumber(ARGV[7])
+  local hw = tonumber(redis.call('GET', KEYS[7]) or '0')
+  if redis.call('ZREM', KEYS[4], ARGV[7]) == 1 then
+    redis.call('DECR', KEYS[3])
+  elseif s > hw then
+    for x = hw + 1, s - 1 do
+      redis.call('ZADD', KEYS[4], x, x)
+    end
+    redis.call('SET', KEYS[7], ARGV[7], 'KEEPTTL')
+    redis.call('DECR', KEYS[3])
   end
+end
+if exp and redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('PEXPIREAT', KEYS[4], exp)
 end
 local d = tonumber(ARGV[5])
 if d ~= 0 then

@@ -73,7 +73,8 @@ impl Application {
             redis.clone(),
             committer,
             Duration::from_millis(args.pending_wait_ms),
-        );
+        )
+        .with_orphan_after(Duration::from_millis(args.orphan_after_ms));
         let admin_token: Arc<str> = match args.admin_token.as_deref() {
             Some(t) if !t.is_empty() => t.into(),
             _ => {
@@ -97,7 +98,8 @@ impl Application {
                 db.clone(),
                 redis.clone(),
                 Duration::from_millis(args.pending_wait_ms),
-            );
+            )
+            .with_orphan_after(Duration::from_millis(args.orphan_after_ms));
             worker.push(tokio::spawn(worker::run(
                 common.clone(),
                 db.clone(),

@@ -10,7 +10,7 @@ use crate::{
     app::{shutdown_signal, Application},
     client::Client,
     config::{Cli, Command, ReconcileArgs, StoreArgs},
-    domain::{Campaign, CampaignId, Mode},
+    domain::{Campaign, CampaignId, Mode, UserId},
     modes::redis_common::RedisCommon,
     storage::{pg, redis::RedisStore},
     tasks::reconcile,
@@ -129,14 +129,23 @@ async fn dlq(cmd: DlqCmd) -> anyhow::Result<()> {
             .pools
             .get(pidx)
             .ok_or_else(|| anyhow::anyhow!("bad pool index {p}"))?;
-        let r: String = common
+        let r: Vec<String> = common
             .redis
             .eval(
                 &common.redis.scripts().replay,
-                &[&k.ans, &pk.left, &k.queue, &k.queued, &k.dlq],
+                &[&k.ans, &pk.left, &k.queue, &k.queued, &k.dlq, &k.meta],
                 &[&u, &p, &sq, &e.id],
             )
             .await?;
+        let mut r = r.first().cloned().unwrap_or_default();
+        if r == "sold_out" {
+            // A refusal is final: durable before anyone can read it.
+            let gen: i64 = r_gen(&common, &c).await?;
+            let user = UserId::parse(u.clone())?;
+            if let Err(e) = common.resolve_refusal(&c, &user, sq.parse()?, gen).await {
+                r = format!("sold_out (not yet durable: {e}; the next read makes it so)");
+            }
+        }
         println!("{}", json!({"id": e.id, "user_id": u, "result": r}));
         *counts.entry(r).or_default() += 1;
     }
@@ -144,6 +153,22 @@ async fn dlq(cmd: DlqCmd) -> anyhow::Result<()> {
         eprintln!("replayed: {counts:?}");
     }
     Ok(())
+}
+
+/// The generation of the campaign's Redis state.
+async fn r_gen(common: &RedisCommon, c: &Campaign) -> anyhow::Result<i64> {
+    let meta = common.keys(c).meta.clone();
+    let g: Option<i64> = common
+        .redis
+        .run(|mut conn| async move {
+            redis::cmd("HGET")
+                .arg(&meta)
+                .arg("gen")
+                .query_async(&mut conn)
+                .await
+        })
+        .await?;
+    g.ok_or_else(|| anyhow::anyhow!("campaign {} has no redis state", c.id))
 }
 
 async fn reconcile_cmd(args: ReconcileArgs) -> anyhow::Result<()> {

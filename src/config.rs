@@ -112,6 +112,12 @@ pub struct ServeArgs {
     /// How long a repeated claim waits for a pending grant, in milliseconds.
     #[arg(long, env = "FIRSTCOME_PENDING_WAIT_MS", default_value_t = 3000)]
     pub pending_wait_ms: u64,
+    /// Age (by Redis' clock) after which a gate reservation whose request
+    /// never answered is settled from PostgreSQL, in milliseconds. Safety
+    /// does not depend on it (a late commit is fenced off); it bounds how
+    /// long a dead request's stock stays reserved.
+    #[arg(long, env = "FIRSTCOME_ORPHAN_AFTER_MS", default_value_t = 20_000)]
+    pub orphan_after_ms: u64,
     /// Longest a server-sent event stream stays open, in seconds.
     #[arg(long, env = "FIRSTCOME_SSE_MAX_SECS", default_value_t = 600)]
     pub sse_max_secs: u64,
@@ -200,6 +206,7 @@ impl ServeArgs {
             stream_batch: 1000,
             commit_linger_us: 500,
             pending_wait_ms: 3000,
+            orphan_after_ms: 20_000,
             sse_max_secs: 60,
             reconcile_interval_secs: 0,
             jwt_secret: None,

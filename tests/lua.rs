@@ -13,6 +13,7 @@ use firstcome::{
 struct Fixture {
     store: RedisStore,
     k: std::sync::Arc<CampaignKeys>,
+    stocks: Vec<i64>,
 }
 
 impl Fixture {
@@ -27,7 +28,11 @@ impl Fixture {
         assert!(store.init_state(&k, &st).await.unwrap());
         // A second init must not clobber the live state.
         assert!(!store.init_state(&k, &st).await.unwrap());
-        Self { store, k }
+        Self {
+            store,
+            k,
+            stocks: stocks.to_vec(),
+        }
     }
 
     async fn claim(&self, user: &str, pool: usize, mode: &str) -> Vec<String> {
@@ -36,13 +41,14 @@ impl Fixture {
         let stream = if mode == "queue" { &k.queue } else { &k.outbox };
         let pidx = pool.to_string();
         let code = format!("CODE{user}");
+        let stock = self.stocks[pool].to_string();
         self.store
             .eval(
                 &self.store.scripts().claim,
                 &[
                     &k.meta, &k.ans, &k.seq, &p.left, &p.hw, &p.free, stream, &k.queued, &k.pending,
                 ],
-                &[user, &pidx, &code, mode],
+                &[user, &pidx, &code, mode, &stock],
             )
             .await
             .unwrap()
@@ -70,12 +76,24 @@ impl Fixture {
 #[tokio::test]
 async fn sells_out_and_remembers_the_refusal() {
     let f = Fixture::new(&[2], "", "").await;
-    assert_eq!(f.claim("a", 0, "lua").await, vec!["new", "G|0|1|CODEa|1"]);
-    assert_eq!(f.claim("b", 0, "lua").await, vec!["new", "G|0|2|CODEb|2"]);
-    assert_eq!(f.claim("c", 0, "lua").await, vec!["new", "R|sold_out|3"]);
-    assert_eq!(f.claim("c", 0, "lua").await, vec!["dup", "R|sold_out|3"]);
+    assert_eq!(
+        f.claim("a", 0, "lua").await,
+        vec!["new", "G|0|1|CODEa|1", "0"]
+    );
+    assert_eq!(
+        f.claim("b", 0, "lua").await,
+        vec!["new", "G|0|2|CODEb|2", "0"]
+    );
+    assert_eq!(
+        f.claim("c", 0, "lua").await,
+        vec!["new", "R|sold_out|3", "0"]
+    );
+    assert_eq!(
+        f.claim("c", 0, "lua").await,
+        vec!["dup", "R|sold_out|3", "0"]
+    );
     assert_eq!(f.get(&f.k.pools[0].left).await.as_deref(), Some("0"));
-    // Both grants are in the outbox, in order.
+    // Both grants and the refusal are in the outbox, in order.
     let len: i64 = {
         let key = f.k.outbox.clone();
         f.store
@@ -83,7 +101,7 @@ async fn sells_out_and_remembers_the_refusal() {
             .await
             .unwrap()
     };
-    assert_eq!(len, 2);
+    assert_eq!(len, 3);
     // Every key carries the campaign's expiry.
     for key in [
         &f.k.meta,
@@ -104,7 +122,7 @@ async fn a_duplicate_gets_the_first_answer_and_takes_nothing() {
     assert_eq!(first[0], "new");
     assert!(first[1].starts_with("P|0|1|CODEa|1|"), "{first:?}");
     let again = f.claim("a", 0, "gate").await;
-    assert_eq!(again, vec!["dup".to_string(), first[1].clone()]);
+    assert_eq!(again, vec!["dup".to_string(), first[1].clone(), "0".into()]);
     assert_eq!(f.get(&f.k.pools[0].left).await.as_deref(), Some("4"));
     assert_eq!(f.get(&f.k.seq).await.as_deref(), Some("1"));
 }
@@ -170,7 +188,8 @@ async fn compensation_releases_once_and_only_the_expected_answer() {
     let pending = r[1].clone();
     let k = &f.k;
     let p = &k.pools[0];
-    assert_eq!(f.claim("b", 0, "gate").await[1], "R|sold_out|2");
+    // Gate's refusal waits for PostgreSQL before it is final.
+    assert_eq!(f.claim("b", 0, "gate").await[1], "X|2");
     let rel = |expected: String| {
         let store = f.store.clone();
         let keys = [
@@ -180,6 +199,7 @@ async fn compensation_releases_once_and_only_the_expected_answer() {
             p.free.clone(),
             k.queued.clone(),
             k.pending.clone(),
+            p.hw.clone(),
         ];
         async move {
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -187,7 +207,7 @@ async fn compensation_releases_once_and_only_the_expected_answer() {
                 .eval(
                     &store.scripts().release,
                     &keys,
-                    &["a", &expected, "", "1", "0"],
+                    &["a", &expected, "", "1", "0", "1", ""],
                 )
                 .await
                 .unwrap();
@@ -215,8 +235,8 @@ async fn queue_allocation_is_in_order_and_idempotent() {
     assert_eq!(f.claim("c", 0, "queue").await[1], "Q|0|3");
     assert_eq!(
         f.claim("d", 1, "queue").await[1],
-        "R|sold_out|4",
-        "refused at the door"
+        "X|4",
+        "refused at the door (durable before final)"
     );
     assert_eq!(f.get(&f.k.queued).await.as_deref(), Some("3"));
     let k = &f.k;
@@ -224,21 +244,21 @@ async fn queue_allocation_is_in_order_and_idempotent() {
     for p in &k.pools {
         keys.extend([p.hw.as_str(), p.free.as_str()]);
     }
-    let args = ["a", "K1", "b", "K2", "c", "K3", "zz", "K4"];
+    let args = ["2", "2", "1", "a", "K1", "b", "K2", "c", "K3", "zz", "K4"];
     let out: Vec<String> = f
         .store
         .eval(&f.store.scripts().allocate, &keys, &args)
         .await
         .unwrap();
-    assert_eq!(out, vec!["Q|0|1|1|K1", "Q|1|2|1|K2", "Q|0|3|2|K3", ""]);
+    assert_eq!(out, vec!["0", "Q|0|1|1|K1", "Q|1|2|1|K2", "Q|0|3|2|K3", ""]);
     // Run again (a retried batch): the same slots and codes.
-    let args2 = ["a", "N1", "b", "N2", "c", "N3"];
+    let args2 = ["2", "2", "1", "a", "N1", "b", "N2", "c", "N3"];
     let out2: Vec<String> = f
         .store
         .eval(&f.store.scripts().allocate, &keys, &args2)
         .await
         .unwrap();
-    assert_eq!(out2, vec!["Q|0|1|1|K1", "Q|1|2|1|K2", "Q|0|3|2|K3"]);
+    assert_eq!(out2, vec!["0", "Q|0|1|1|K1", "Q|1|2|1|K2", "Q|0|3|2|K3"]);
     // Promotion only replaces what is expected, and counts down the queue.
     let n: i64 = f
         .store
@@ -286,16 +306,17 @@ async fn a_lost_state_is_reported_not_guessed() {
 }
 
 #[tokio::test]
-async fn dead_letters_replay_into_the_queue_or_sell_out() {
+async fn dead_letters_replay_into_the_queue_or_sell_out_once_each() {
     let f = Fixture::new(&[2], "", "").await;
     assert_eq!(f.claim("a", 0, "queue").await[1], "Q|0|1");
     assert_eq!(f.claim("b", 0, "queue").await[1], "Q|0|2");
     let k = &f.k;
     let p = &k.pools[0];
     let mut c = common::redis_conn().await;
-    // Both were dead-lettered: their stock went back to the door, and a
-    // newcomer took one unit of it.
-    for (u, s) in [("a", "1"), ("b", "2")] {
+    // Both were dead-lettered (as the drainer does: answer D, out of the
+    // queued count, stock back at the door), a's twice (issue 11 item 11);
+    // a newcomer took one unit of the stock.
+    for (u, s) in [("a", "1"), ("b", "2"), ("a", "1")] {
         let _: String = redis::cmd("XADD")
             .arg(&k.dlq)
             .arg("*")
@@ -309,14 +330,29 @@ async fn dead_letters_replay_into_the_queue_or_sell_out() {
             .await
             .unwrap();
     }
+    for (u, s) in [("a", "1"), ("b", "2")] {
+        let _: () = redis::cmd("HSET")
+            .arg(&k.ans)
+            .arg(u)
+            .arg(format!("D|0|{s}"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
     let _: () = redis::cmd("INCRBY")
         .arg(&p.left)
         .arg(2)
         .query_async(&mut c)
         .await
         .unwrap();
+    let _: () = redis::cmd("DECRBY")
+        .arg(&k.queued)
+        .arg(2)
+        .query_async(&mut c)
+        .await
+        .unwrap();
     assert_eq!(f.claim("n", 0, "queue").await[1], "Q|0|3");
-    let ids: Vec<(String, Vec<(String, String)>)> = {
+    let ids: Vec<String> = {
         let r: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
             .arg(&k.dlq)
             .arg("-")
@@ -324,28 +360,217 @@ async fn dead_letters_replay_into_the_queue_or_sell_out() {
             .query_async(&mut c)
             .await
             .unwrap();
-        r.ids.into_iter().map(|e| (e.id.clone(), vec![])).collect()
+        r.ids.into_iter().map(|e| e.id).collect()
     };
     let mut results = Vec::new();
-    for ((id, _), (u, s)) in ids.iter().zip([("a", "1"), ("b", "2")]) {
-        let r: String = f
+    for (id, (u, s)) in ids.iter().zip([("a", "1"), ("b", "2"), ("a", "1")]) {
+        let r: Vec<String> = f
             .store
             .eval(
                 &f.store.scripts().replay,
-                &[&k.ans, &p.left, &k.queue, &k.queued, &k.dlq],
+                &[&k.ans, &p.left, &k.queue, &k.queued, &k.dlq, &k.meta],
                 &[u, "0", s, id],
             )
             .await
             .unwrap();
-        results.push(r);
+        results.push(r[0].clone());
     }
-    assert_eq!(results, vec!["requeued", "sold_out"]);
+    assert_eq!(results, vec!["requeued", "sold_out", "stale"]);
     assert_eq!(f.get(&p.left).await.as_deref(), Some("0"));
     assert_eq!(f.get(&k.queued).await.as_deref(), Some("2"));
+    let b: String = redis::cmd("HGET")
+        .arg(&k.ans)
+        .arg("b")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(b, "X|2", "a refusal in waiting, made durable by the caller");
     let dlq_len: i64 = redis::cmd("XLEN")
         .arg(&k.dlq)
         .query_async(&mut c)
         .await
         .unwrap();
     assert_eq!(dlq_len, 0);
+}
+
+/// Issue 11 item 3: a state whose counter says stock is left while every
+/// slot 1..stock is taken never hands out slot stock+1; a cancel of a slot
+/// already free adds no stock; allocation never goes past the stock.
+#[tokio::test]
+async fn a_poisoned_state_never_hands_out_a_slot_beyond_the_stock() {
+    let f = Fixture::new(&[2], "", "").await;
+    let k = &f.k;
+    let p = &k.pools[0];
+    assert_eq!(f.claim("a", 0, "lua").await[1], "G|0|1|CODEa|1");
+    assert_eq!(f.claim("b", 0, "lua").await[1], "G|0|2|CODEb|2");
+    let mut c = common::redis_conn().await;
+    // Drift: one unit of stock too many at the door.
+    let _: () = redis::cmd("SET")
+        .arg(&p.left)
+        .arg(1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(f.claim("c", 0, "lua").await[1], "R|sold_out|3");
+    assert_eq!(
+        f.get(&p.left).await.as_deref(),
+        Some("0"),
+        "counter set right"
+    );
+    assert_eq!(f.get(&p.hw).await.as_deref(), Some("2"));
+    // A cancel of a slot Redis already lists free adds no stock.
+    let _: () = redis::cmd("ZADD")
+        .arg(&p.free)
+        .arg(1)
+        .arg(1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let r: Vec<String> = f
+        .store
+        .eval(
+            &f.store.scripts().cancel,
+            &[&k.meta, &k.ans, &p.left, &p.free, &k.outbox],
+            &["a", "", "", "0"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r[0], "cancelled");
+    assert_eq!(
+        f.get(&p.left).await.as_deref(),
+        Some("0"),
+        "no stock it did not take"
+    );
+    // The queue's allocation stops at the stock too.
+    let q = Fixture::new(&[1], "", "").await;
+    assert_eq!(q.claim("a", 0, "queue").await[1], "Q|0|1");
+    let _: () = redis::cmd("SET")
+        .arg(&q.k.pools[0].hw)
+        .arg(1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let out: Vec<String> = q
+        .store
+        .eval(
+            &q.store.scripts().allocate,
+            &[&q.k.ans, &q.k.meta, &q.k.pools[0].hw, &q.k.pools[0].free],
+            &["1", "1", "a", "K1"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(out, vec!["0", "X|1"]);
+}
+
+/// A release for a slot PostgreSQL says is held elsewhere keeps it taken
+/// and gives no stock back; a replacement's slot is marked taken.
+#[tokio::test]
+async fn a_release_never_frees_a_slot_postgres_holds() {
+    let f = Fixture::new(&[3], "", "").await;
+    let k = &f.k;
+    let p = &k.pools[0];
+    let r = f.claim("a", 0, "gate").await;
+    let keys = [
+        &k.meta, &k.ans, &p.left, &p.free, &k.queued, &k.pending, &p.hw,
+    ];
+    // Slot conflict: no stock back, slot not freed, answer gone.
+    let n: i64 = f
+        .store
+        .eval(
+            &f.store.scripts().release,
+            &keys.map(String::as_str),
+            &["a", &r[1], "", "", "0", "0", ""],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(f.get(&p.left).await.as_deref(), Some("2"));
+    assert_eq!(f.get(&p.hw).await.as_deref(), Some("1"));
+    // The user's grant in PostgreSQL holds slot 3 (Redis never handed it
+    // out): the reservation's slot 2 goes back, slot 3 becomes taken.
+    let r = f.claim("a", 0, "gate").await;
+    assert!(r[1].starts_with("P|0|2|"), "{r:?}");
+    let n: i64 = f
+        .store
+        .eval(
+            &f.store.scripts().release,
+            &keys.map(String::as_str),
+            &["a", &r[1], "G|0|3|PGCODE|9", "2", "0", "1", "3"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(f.get(&p.hw).await.as_deref(), Some("3"));
+    assert_eq!(f.get(&p.left).await.as_deref(), Some("1"));
+    let free: Vec<String> = {
+        let key = p.free.clone();
+        f.store
+            .run(|mut c| async move {
+                redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await
+            .unwrap()
+    };
+    assert_eq!(free, vec!["2"]);
+}
+
+/// Issue 19 item 9: the user id `_` is an ordinary user (the answers hash's
+/// placeholder is outside the user-id alphabet).
+#[tokio::test]
+async fn the_user_named_underscore_is_an_ordinary_user() {
+    let f = Fixture::new(&[1], "", "").await;
+    assert_eq!(f.claim("_", 0, "lua").await[1], "G|0|1|CODE_|1");
+    assert_eq!(f.claim("_", 0, "lua").await[0], "dup");
+}
+
+/// A state of a generation PostgreSQL moved past is dropped, once; an
+/// open-ended campaign's expiry is pushed forward, never back.
+#[tokio::test]
+async fn stale_states_drop_and_open_ended_keys_refresh() {
+    let f = Fixture::new(&[1], "", "").await;
+    let k = &f.k;
+    let n: i64 = f
+        .store
+        .eval(&f.store.scripts().drop_stale, &[&k.meta], &["7"])
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "another generation stays");
+    let far = (chrono::Utc::now() + chrono::Duration::days(7)).timestamp_millis();
+    let keys = k.all();
+    let n: i64 = f
+        .store
+        .eval(&f.store.scripts().refresh, &keys, &[&far.to_string(), "0"])
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "not due: the expiry is after the threshold");
+    let n: i64 = f
+        .store
+        .eval(
+            &f.store.scripts().refresh,
+            &keys,
+            &[&far.to_string(), &(far - 1).to_string()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let ttl: i64 = {
+        let key = k.ans.clone();
+        f.store
+            .run(|mut c| async move { redis::cmd("PTTL").arg(&key).query_async(&mut c).await })
+            .await
+            .unwrap()
+    };
+    assert!(ttl > 6 * 24 * 3600 * 1000, "{ttl}");
+    let n: i64 = f
+        .store
+        .eval(&f.store.scripts().drop_stale, &[&k.meta], &["0"])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(f.claim("a", 0, "gate").await, vec!["noinit"]);
 }

@@ -176,13 +176,18 @@ async fn run_lua(stock: Vec<i64>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                             &k.meta, &k.ans, &k.seq, &p.left, &p.hw, &p.free, &k.outbox, &k.queued,
                             &k.pending,
                         ],
-                        &[&u, &pidx, &c, "lua"],
+                        &[&u, &pidx, &c, "lua", &stock[pool].to_string()],
                     )
                     .await
                     .expect("claim");
                 let (dup, want) = model.claim(user, pool);
                 let kind = if dup { "dup" } else { "new" };
-                prop_assert_eq!(got, vec![kind.to_string(), encode(user, &want)], "{:?}", op);
+                prop_assert_eq!(
+                    got,
+                    vec![kind.to_string(), encode(user, &want), "0".to_string()],
+                    "{:?}",
+                    op
+                );
             }
             Op::Cancel { user } => {
                 let pool = model.pool_of(user);
@@ -217,7 +222,7 @@ async fn check_state(
         .await
         .expect("hgetall");
     // init.lua leaves a placeholder field so the hash exists with its TTL.
-    let stored: HashMap<String, String> = stored.into_iter().filter(|(u, _)| u != "_").collect();
+    let stored: HashMap<String, String> = stored.into_iter().filter(|(u, _)| u != "#").collect();
     let expected: HashMap<String, String> = model
         .answers
         .iter()

@@ -173,7 +173,7 @@ async fn assert_redis_settled(app: &TestApp, id: i64, mode: &str) {
             .unwrap();
         let unsettled: Vec<_> = ans
             .iter()
-            .filter(|(u, a)| *u != "_" && !(a.starts_with("G|") || a.starts_with("R|")))
+            .filter(|(u, a)| *u != "#" && !(a.starts_with("G|") || a.starts_with("R|")))
             .collect();
         assert!(ans.len() > 1, "{mode}: no answers in Redis under {base}");
         if unsettled.is_empty() && pending == 0 {

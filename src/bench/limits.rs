@@ -127,6 +127,7 @@ async fn scratch_state(
         mode: "gate".into(),
         seq: 0,
         queued: 0,
+        gen: 0,
         pools: vec![PoolState {
             left: stock,
             ..Default::default()
@@ -200,7 +201,8 @@ pub async fn redis_lua(
                     .arg(format!("lim-{t}-{i}-{j}"))
                     .arg("0")
                     .arg("LIMITCODE0000000")
-                    .arg("gate");
+                    .arg("gate")
+                    .arg("10000000");
             }
             let _: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
             Ok(pipeline as u64)
@@ -311,7 +313,13 @@ pub async fn redis_benchmark(
         .args([
             &k.meta, &k.ans, &k.seq, &p.left, &p.hw, &p.free, &k.outbox, &k.queued, &k.pending,
         ])
-        .args(["u:__rand_int__", "0", "LIMITCODE0000000", "gate"])
+        .args([
+            "u:__rand_int__",
+            "0",
+            "LIMITCODE0000000",
+            "gate",
+            "10000000",
+        ])
         .output()
         .await;
     drop_prefix(redis_url, &prefix).await?;

@@ -336,9 +336,16 @@ pub struct Campaign {
     pub pools: Vec<Pool>,
 }
 
-/// When a campaign without `closes_at` stops needing its Redis keys, counted
-/// from creation. Keys are rebuilt from PostgreSQL if a claim comes later.
+/// Sliding lifetime of an open-ended campaign's Redis keys (no
+/// `closes_at`): the worker pushes it forward long before it is reached,
+/// and a rebuild starts it anew, so such a campaign works as long as it
+/// exists.
 pub const OPEN_ENDED_KEY_LIFETIME_SECS: i64 = 7 * 24 * 3600;
+
+/// How long a closed campaign's Redis keys outlive `closes_at + hold_secs`:
+/// whatever is still in an outbox or queue at the end is written to
+/// PostgreSQL before its keys go, even with `hold_secs` 0.
+pub const KEY_GRACE_SECS: i64 = 3600;
 
 impl Campaign {
     /// Finds a pool by name, or the only pool when `name` is `None` and
@@ -378,12 +385,11 @@ impl Campaign {
     }
 
     /// When the campaign's Redis keys may expire (before jitter):
-    /// `closes_at + hold`, or creation + 7 days + hold when open-ended.
-    pub fn keys_expire_at(&self) -> DateTime<Utc> {
-        let end = self
-            .closes_at
-            .unwrap_or(self.created_at + chrono::Duration::seconds(OPEN_ENDED_KEY_LIFETIME_SECS));
-        end + chrono::Duration::seconds(self.hold_secs)
+    /// `closes_at + hold + grace`; `None` when open-ended (their expiry
+    /// slides, see [`OPEN_ENDED_KEY_LIFETIME_SECS`]).
+    pub fn keys_expire_at(&self) -> Option<DateTime<Utc>> {
+        self.closes_at
+            .map(|c| c + chrono::Duration::seconds(self.hold_secs + KEY_GRACE_SECS))
     }
 }
 
@@ -435,6 +441,29 @@ mod tests {
         assert_eq!(far(Some(years(-30)), None), Err("invalid_schedule"));
         assert!(far(Some(years(50)), None).is_ok());
         assert!(far(None, Some(years(1))).is_ok());
+    }
+
+    #[test]
+    fn keys_outlive_the_hold_by_the_grace() {
+        let now = Utc::now();
+        let mut c = Campaign {
+            id: CampaignId(1),
+            name: "c".into(),
+            mode: Mode::RedisLua,
+            per_user_limit: 1,
+            opens_at: None,
+            closes_at: Some(now),
+            hold_secs: 0,
+            created_at: now,
+            confirm_within_secs: None,
+            pools: vec![],
+        };
+        assert_eq!(
+            c.keys_expire_at(),
+            Some(now + chrono::Duration::seconds(KEY_GRACE_SECS))
+        );
+        c.closes_at = None;
+        assert_eq!(c.keys_expire_at(), None, "open-ended keys slide");
     }
 
     #[test]

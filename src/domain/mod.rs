@@ -8,6 +8,9 @@ mod campaign;
 mod claim;
 mod ids;
 
-pub use campaign::{Campaign, Mode, NewCampaign, NewCampaignError, NewPool, Pool, RawCampaign};
+pub use campaign::{
+    Campaign, Mode, NewCampaign, NewCampaignError, NewPool, Pool, RawCampaign, KEY_GRACE_SECS,
+    OPEN_ENDED_KEY_LIFETIME_SECS,
+};
 pub use claim::{generate_code, ClaimOutcome, ClaimStatus, RejectReason};
 pub use ids::{CampaignId, IdError, PoolName, UserId};

@@ -32,6 +32,9 @@ impl DbAtomic {
         user: &UserId,
     ) -> Result<ClaimOutcome, PgError> {
         let mut tx = self.db.begin().await?;
+        if let Some(a) = db_common::lock_user(&mut tx, campaign, user).await? {
+            return Ok(a);
+        }
         let won = sqlx::query(
             "UPDATE pools SET granted = granted + 1 WHERE id = $1 AND granted < stock RETURNING id",
         )

@@ -33,6 +33,29 @@ pub async fn take_slot(tx: &mut Transaction<'_, Postgres>, pool_id: i64) -> Resu
     Ok(r.get(0))
 }
 
+/// Serialises the claims of one user in one campaign (advisory lock until
+/// the transaction ends), then returns the user's answer if a concurrent
+/// claim stored one meanwhile. Without it, two claims of the same user at
+/// the sold-out boundary could store a grant and a refusal, and answer both.
+pub async fn lock_user(
+    tx: &mut Transaction<'_, Postgres>,
+    campaign: &Campaign,
+    user: &UserId,
+) -> Result<Option<ClaimOutcome>, PgError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(USER_LOCK_CLASS)
+        .bind(format!("{}:{}", campaign.id, user.as_str()))
+        .execute(&mut **tx)
+        .await?;
+    if let Some(a) = pg::grant_answer(&mut **tx, campaign, user).await? {
+        return Ok(Some(a));
+    }
+    pg::rejection_answer(&mut **tx, campaign.id, user).await
+}
+
+/// Advisory lock class of a user's claims (db-* modes).
+const USER_LOCK_CLASS: i32 = 1718;
+
 /// Draws an arrival number.
 pub async fn next_seq(tx: &mut Transaction<'_, Postgres>) -> Result<i64, PgError> {
     Ok(sqlx::query("SELECT nextval('claim_seq')")

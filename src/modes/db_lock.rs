@@ -8,7 +8,7 @@ use sqlx::{PgPool, Row};
 use super::{db_common, Admission, AdmissionError, CancelOutcome};
 use crate::{
     domain::{Campaign, ClaimOutcome, Pool, UserId},
-    storage::pg::{self, PgError},
+    storage::pg::PgError,
 };
 
 /// The `SELECT ... FOR UPDATE` mode.
@@ -31,21 +31,15 @@ impl DbLock {
         user: &UserId,
     ) -> Result<ClaimOutcome, PgError> {
         let mut tx = self.db.begin().await?;
+        // The user's lock first, then the pool's: one order for everyone.
+        if let Some(a) = db_common::lock_user(&mut tx, campaign, user).await? {
+            return Ok(a);
+        }
         let row = sqlx::query("SELECT stock, granted FROM pools WHERE id = $1 FOR UPDATE")
             .bind(pool.id)
             .fetch_one(&mut *tx)
             .await?;
         let (stock, granted): (i32, i32) = (row.get(0), row.get(1));
-        // Re-check under the lock: a concurrent claim of the same user may
-        // have committed between the fast-path read and here.
-        // (On this transaction's connection: a second one could deadlock
-        // the pool while we hold the row.)
-        if let Some(a) = pg::grant_answer(&mut *tx, campaign, user).await? {
-            return Ok(a);
-        }
-        if let Some(a) = pg::rejection_answer(&mut *tx, campaign.id, user).await? {
-            return Ok(a);
-        }
         let seq = db_common::next_seq(&mut tx).await?;
         let answer = if granted >= stock {
             db_common::reject_sold_out(&mut tx, campaign, user, seq).await?

@@ -7,13 +7,13 @@
 use chrono::{DateTime, Utc};
 
 use super::{
-    redis_common::{window_rejection, RedisCommon, ScriptReply, Stored},
+    redis_common::{window_rejection, RedisCommon, Release, ScriptReply, Stored},
     Admission, AdmissionError, CancelOutcome,
 };
 use crate::{
     domain::{Campaign, ClaimOutcome, Pool, UserId},
     storage::pg::{self, NewGrant},
-    tasks::committer::{CommitError, CommitterHandle, Promotion},
+    tasks::committer::{CommitError, CommitterHandle, Promotion, Row, Verdict},
 };
 
 /// The reserve-then-group-commit mode.
@@ -26,6 +26,11 @@ pub struct Gate {
 }
 
 impl Gate {
+    /// The shared Redis side, to tune.
+    pub fn common_mut(&mut self) -> &mut RedisCommon {
+        &mut self.common
+    }
+
     /// The mode over shared connections.
     pub fn new(common: RedisCommon, committer: CommitterHandle) -> Self {
         Self { common, committer }
@@ -45,6 +50,7 @@ impl Gate {
         pool_id: i64,
         user: UserId,
         pending: Stored,
+        gen: i64,
     ) -> Result<ClaimOutcome, AdmissionError> {
         let Stored::Pending {
             pidx,
@@ -75,60 +81,80 @@ impl Gate {
             from: pending.encode(),
             to: g.encode(),
         };
-        match committer.commit(grant, Some(promotion)).await {
+        match committer
+            .commit(Row::Grant(grant), gen, Some(promotion))
+            .await
+        {
             // Durable now: answer granted even if Redis missed the promotion
             // (a later read settles it from PostgreSQL).
-            Ok(true) => Ok(g.outcome(&campaign, &user)?),
-            Ok(false) => {
-                // A unique index refused the row: PostgreSQL already holds a
-                // grant for this user (Redis was rebuilt behind a commit).
-                metrics::counter!("firstcome_gate_conflicts_total").increment(1);
-                let existing = pg::grant_answer(&common.db, &campaign, &user).await?;
-                let replacement = match &existing {
-                    Some(ClaimOutcome::Granted {
-                        pool,
-                        slot,
-                        code,
-                        seq,
-                        ..
-                    }) => Some(Stored::Granted {
-                        pidx: campaign
-                            .pools
-                            .iter()
-                            .position(|p| &p.name == pool)
-                            .unwrap_or(0) as i32,
-                        slot: *slot,
-                        code: code.clone(),
-                        seq: *seq,
-                    }),
-                    _ => None,
-                };
-                common
-                    .release(
-                        &campaign,
-                        &user,
-                        &pending,
-                        replacement.as_ref(),
-                        Some(slot),
-                        0,
-                    )
-                    .await?;
-                match existing {
-                    Some(a @ ClaimOutcome::Granted { .. }) => Ok(a),
-                    _ => Err(AdmissionError::Pending),
-                }
+            Ok(Verdict::Stored) => Ok(g.outcome(&campaign, &user)?),
+            Ok(Verdict::Refused) => Self::refused(&common, &campaign, &user, &pending).await,
+            Ok(Verdict::Stale) => {
+                // The state it was reserved in is gone or going; nothing of
+                // it may land. The user asks again in the rebuilt state.
+                common.drop_stale(&campaign, gen).await?;
+                Err(AdmissionError::Rebuilding)
             }
             Err(e) => {
+                // The batch may have committed (a connection lost after
+                // COMMIT): PostgreSQL decides, and the reservation is
+                // released only once its commit can no longer land.
                 metrics::counter!("firstcome_gate_compensations_total").increment(1);
-                common
-                    .release(&campaign, &user, &pending, None, Some(slot), 0)
-                    .await?;
+                common.resolve_orphan(&campaign, &user, &pending).await?;
+                if let Some(Stored::Granted { code: c, .. }) =
+                    common.stored(&campaign, &user).await?
+                {
+                    if &c == code {
+                        return Ok(g.outcome(&campaign, &user)?);
+                    }
+                }
                 match e {
                     CommitError::Database(e) => Err(AdmissionError::Database(e)),
                     CommitError::Closed => Err(AdmissionError::Pending),
                 }
             }
         }
+    }
+
+    /// PostgreSQL refused the row. If it holds the user's final answer (Redis
+    /// was rebuilt behind a commit, or lost the answer), that answer is the
+    /// user's and the reservation goes back. If it voided the code (the
+    /// sweeper gave up on it), the sweeper released it. Otherwise the slot is
+    /// held by a grant Redis did not know: the slot stays taken and the unit
+    /// of stock it stood for was never there; the user may ask again.
+    async fn refused(
+        common: &RedisCommon,
+        campaign: &Campaign,
+        user: &UserId,
+        pending: &Stored,
+    ) -> Result<ClaimOutcome, AdmissionError> {
+        metrics::counter!("firstcome_gate_conflicts_total").increment(1);
+        let Stored::Pending { slot, code, .. } = pending else {
+            return Err(AdmissionError::Pending);
+        };
+        if let Some(d) = pg::durable_answer(&common.db, campaign, user).await? {
+            let s = Stored::from_outcome(campaign, &d)?;
+            let held = match &s {
+                Stored::Granted { slot, .. } => Some(*slot),
+                _ => None,
+            };
+            let r = Release {
+                replacement: Some(&s),
+                mark_taken: held,
+                ..Release::back(Some(*slot))
+            };
+            common.release(campaign, user, pending, r).await?;
+            return Ok(d);
+        }
+        if pg::code_state(&common.db, code).await?.as_deref() == Some("void") {
+            // Voided: whoever voided it released the reservation.
+            return Err(AdmissionError::Pending);
+        }
+        tracing::warn!(campaign = %campaign.id, slot, "a reserved slot is held in postgres: kept taken");
+        common
+            .release(campaign, user, pending, Release::default())
+            .await?;
+        Err(AdmissionError::Pending)
     }
 }
 
@@ -145,7 +171,7 @@ impl Admission for Gate {
             .await?
         {
             ScriptReply::Window(reason) => Ok(window_rejection(user, reason)),
-            ScriptReply::New(s @ Stored::Pending { .. }) => {
+            ScriptReply::New(s @ Stored::Pending { .. }, gen) => {
                 let task = tokio::spawn(Self::commit(
                     self.common.clone(),
                     self.committer.clone(),
@@ -153,11 +179,17 @@ impl Admission for Gate {
                     pool.id,
                     user.clone(),
                     s,
+                    gen,
                 ));
                 task.await.map_err(|_| AdmissionError::Pending)?
             }
-            ScriptReply::New(s) | ScriptReply::Dup(s) => {
-                self.common.settle(campaign, user, s).await
+            ScriptReply::New(Stored::Refusing { seq }, gen) => {
+                self.common
+                    .commit_refusal(&self.committer, campaign, user, seq, gen)
+                    .await
+            }
+            ScriptReply::New(s, gen) | ScriptReply::Dup(s, gen) => {
+                self.common.settle(campaign, user, s, Some(gen)).await
             }
         }
     }
@@ -167,10 +199,7 @@ impl Admission for Gate {
         campaign: &Campaign,
         user: &UserId,
     ) -> Result<Option<ClaimOutcome>, AdmissionError> {
-        match self.common.stored(campaign, user).await? {
-            None => Ok(None),
-            Some(s) => self.common.settle(campaign, user, s).await.map(Some),
-        }
+        self.common.status_settled(campaign, user).await
     }
 
     async fn cancel(

@@ -105,9 +105,9 @@ impl Admissions {
         Self {
             db_lock: db_lock::DbLock::new(db.clone()),
             db_atomic: db_atomic::DbAtomic::new(db),
-            gate: gate::Gate::new(common.clone(), committer),
+            gate: gate::Gate::new(common.clone(), committer.clone()),
             redis_lua: redis_lua::RedisLua::new(common.clone()),
-            redis_queue: redis_queue::RedisQueue::new(common),
+            redis_queue: redis_queue::RedisQueue::new(common, committer),
         }
     }
 
@@ -159,6 +159,20 @@ impl Admissions {
             Mode::RedisLua => self.redis_lua.cancel(campaign, user, now).await,
             Mode::RedisQueue => self.redis_queue.cancel(campaign, user, now).await,
         }
+    }
+
+    /// Settles orphaned gate reservations after `d` (default
+    /// [`redis_common::ORPHAN_PENDING_MS`]).
+    pub fn with_orphan_after(mut self, d: std::time::Duration) -> Self {
+        let ms = d.as_millis() as i64;
+        for c in [
+            self.gate.common_mut(),
+            self.redis_lua.common_mut(),
+            self.redis_queue.common_mut(),
+        ] {
+            c.orphan_after_ms = ms;
+        }
+        self
     }
 
     /// The shared Redis side of the Redis modes (campaign init, counters).

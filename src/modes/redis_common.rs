@@ -11,9 +11,10 @@ use super::{AdmissionError, CancelOutcome};
 use crate::{
     domain::{generate_code, Campaign, ClaimOutcome, Pool, RejectReason, UserId},
     storage::{
-        pg::{self, PgError},
+        pg::{self, NewGrant, NewRejection, PgError},
         redis::{CampaignKeys, InitState, PoolState, RedisStore, RedisStoreError},
     },
+    tasks::committer::{CommitError, CommitterHandle, Promotion, Row as CommitRow, Verdict},
 };
 
 /// An answer as stored in the campaign's `ans` hash. The text form is
@@ -53,8 +54,23 @@ pub enum Stored {
         /// Allocated slot and code, if any.
         alloc: Option<(i32, String)>,
     },
-    /// `R|reason|seq`
+    /// `R|reason|seq`: final, and durable (gate, redis-queue) or in the
+    /// outbox (redis-lua).
     Rejected {
+        /// Arrival number.
+        seq: i64,
+    },
+    /// `D|pidx|seq`: a queued claim the drainer dead-lettered; shown as
+    /// queued until an operator replays it (`firstcome dlq replay`).
+    DeadLettered {
+        /// Pool index.
+        pidx: i32,
+        /// Arrival number.
+        seq: i64,
+    },
+    /// `X|seq`: refused, not yet durable (gate, redis-queue). Never shown
+    /// as final: the caller makes it durable, then promotes it to `R`.
+    Refusing {
         /// Arrival number.
         seq: i64,
     },
@@ -106,6 +122,11 @@ impl Stored {
                 },
             },
             Some("R") => Stored::Rejected { seq: int(2)? },
+            Some("X") => Stored::Refusing { seq: int(1)? },
+            Some("D") => Stored::DeadLettered {
+                pidx: int(1)? as i32,
+                seq: int(2)?,
+            },
             Some("C") => Stored::Cancelled {
                 pidx: int(1)? as i32,
                 slot: int(2)? as i32,
@@ -143,6 +164,8 @@ impl Stored {
                 alloc: Some((slot, code)),
             } => format!("Q|{pidx}|{seq}|{slot}|{code}"),
             Stored::Rejected { seq } => format!("R|sold_out|{seq}"),
+            Stored::Refusing { seq } => format!("X|{seq}"),
+            Stored::DeadLettered { pidx, seq } => format!("D|{pidx}|{seq}"),
             Stored::Cancelled {
                 pidx,
                 slot,
@@ -178,7 +201,10 @@ impl Stored {
                 code: code.clone(),
                 seq: *seq,
             },
-            Stored::Pending { seq, .. } | Stored::Queued { seq, .. } => ClaimOutcome::Queued {
+            Stored::Pending { seq, .. }
+            | Stored::Queued { seq, .. }
+            | Stored::Refusing { seq }
+            | Stored::DeadLettered { seq, .. } => ClaimOutcome::Queued {
                 user_id: user.clone(),
                 seq: *seq,
             },
@@ -203,6 +229,81 @@ impl Stored {
     }
 }
 
+impl Stored {
+    /// A durable answer (as PostgreSQL gives it) in its stored form.
+    pub fn from_outcome(c: &Campaign, o: &ClaimOutcome) -> Result<Self, RedisStoreError> {
+        Ok(match o {
+            ClaimOutcome::Granted {
+                pool,
+                slot,
+                code,
+                seq,
+                ..
+            } => Stored::Granted {
+                pidx: pool_index(c, pool)?,
+                slot: *slot,
+                code: code.clone(),
+                seq: *seq,
+            },
+            ClaimOutcome::Cancelled {
+                pool,
+                slot,
+                code,
+                seq,
+                ..
+            } => Stored::Cancelled {
+                pidx: pool_index(c, pool)?,
+                slot: *slot,
+                code: code.clone(),
+                seq: *seq,
+            },
+            ClaimOutcome::Rejected { seq, .. } => Stored::Rejected {
+                seq: seq.unwrap_or(0),
+            },
+            ClaimOutcome::Queued { .. } => {
+                return Err(RedisStoreError::Protocol("queued is never durable".into()))
+            }
+        })
+    }
+}
+
+/// The index of the campaign's pool named `name`; an error, never a guess,
+/// for a name the campaign does not have.
+pub fn pool_index(c: &Campaign, name: &crate::domain::PoolName) -> Result<i32, RedisStoreError> {
+    c.pools
+        .iter()
+        .position(|p| &p.name == name)
+        .map(|i| i as i32)
+        .ok_or_else(|| RedisStoreError::Protocol(format!("campaign {} has no pool {name}", c.id)))
+}
+
+/// How a compensating release leaves the pool (`release.lua`).
+#[derive(Debug, Clone, Default)]
+pub struct Release<'a> {
+    /// The user's answer afterwards; `None` deletes it (the user may claim
+    /// again).
+    pub replacement: Option<&'a Stored>,
+    /// The reservation's slot to free, when PostgreSQL holds it for no one.
+    pub free_slot: Option<i32>,
+    /// Whether the reservation's unit of stock goes back to the door.
+    pub give_back: bool,
+    /// A slot PostgreSQL says is held (by the replacement), to mark taken.
+    pub mark_taken: Option<i32>,
+    /// Change of the queued counter.
+    pub queued_delta: i64,
+}
+
+impl Release<'_> {
+    /// A reservation that never became durable: its stock and slot go back.
+    pub fn back(slot: Option<i32>) -> Self {
+        Release {
+            free_slot: slot,
+            give_back: true,
+            ..Default::default()
+        }
+    }
+}
+
 /// The answer to a claim outside the campaign's window (never remembered).
 pub fn window_rejection(user: &UserId, reason: RejectReason) -> ClaimOutcome {
     ClaimOutcome::Rejected {
@@ -212,13 +313,14 @@ pub fn window_rejection(user: &UserId, reason: RejectReason) -> ClaimOutcome {
     }
 }
 
-/// What the claim script decided.
+/// What the claim script decided; the number is the generation of the
+/// state that decided it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScriptReply {
     /// A fresh decision.
-    New(Stored),
+    New(Stored, i64),
     /// The user had already claimed: the first answer.
-    Dup(Stored),
+    Dup(Stored, i64),
     /// Outside the window.
     Window(RejectReason),
 }
@@ -232,17 +334,27 @@ pub struct RedisCommon {
     pub redis: RedisStore,
     /// How long a repeated claim waits for a pending reservation to settle.
     pub pending_wait: Duration,
+    /// Age (Redis clock, ms) after which a pending reservation whose request
+    /// never answered is settled from PostgreSQL.
+    pub orphan_after_ms: i64,
 }
 
 /// Spread of key expiry across campaigns, so that campaigns closing at the
 /// same time do not all expire at once (seed 004's stampede).
 pub const EXPIRY_JITTER_SECS: i64 = 600;
 
-/// A reservation older than this whose API process never answered is
-/// settled from PostgreSQL (granted if its row exists, else released). It
-/// must exceed the longest a commit can take: the pool's acquire timeout
-/// (3 s) plus the statement timeout ([`crate::storage::pg::STATEMENT_TIMEOUT_MS`]).
+/// A reservation older than this (by Redis' clock) whose request never
+/// answered is settled from PostgreSQL: granted if its row is there, else
+/// voided and released ([`pg::void_reservation`] makes sure its commit can
+/// no longer land, so this bound is about liveness, not safety). Above the
+/// usual longest commit: the pool's acquire timeout (3 s) plus the
+/// statement timeout ([`crate::storage::pg::STATEMENT_TIMEOUT_MS`]).
 pub const ORPHAN_PENDING_MS: i64 = 20_000;
+
+/// How long a rebuild may hold the campaign's rebuild lock: above the
+/// longest wait for the generation lock (the statement timeout) plus the
+/// reads and the load.
+const REBUILD_LOCK_MS: u64 = 60_000;
 
 impl RedisCommon {
     /// Shared state over the connections.
@@ -251,7 +363,14 @@ impl RedisCommon {
             db,
             redis,
             pending_wait,
+            orphan_after_ms: ORPHAN_PENDING_MS,
         }
+    }
+
+    /// Settles orphaned reservations after `d` instead.
+    pub fn with_orphan_after(mut self, d: Duration) -> Self {
+        self.orphan_after_ms = d.as_millis() as i64;
+        self
     }
 
     /// The campaign's key names.
@@ -260,16 +379,31 @@ impl RedisCommon {
     }
 
     /// When the campaign's keys expire, jitter included (ms since epoch).
-    /// Deterministic per campaign, so a rebuild sets the same instant.
-    pub fn expire_at_ms(c: &Campaign) -> i64 {
+    /// Deterministic per closed campaign, so a rebuild sets the same
+    /// instant; an open-ended campaign's slides from `now`.
+    pub fn expire_at_ms(c: &Campaign, now: DateTime<Utc>) -> i64 {
         let jitter = (c.id.0.wrapping_mul(7919)).rem_euclid(EXPIRY_JITTER_SECS);
-        (c.keys_expire_at() + chrono::Duration::seconds(jitter)).timestamp_millis()
+        let end = c.keys_expire_at().unwrap_or_else(|| {
+            now + chrono::Duration::seconds(crate::domain::OPEN_ENDED_KEY_LIFETIME_SECS)
+        });
+        (end + chrono::Duration::seconds(jitter)).timestamp_millis()
     }
 
     /// Whether the campaign's keys are past their life: Redis no longer
-    /// serves it and answers come from PostgreSQL.
+    /// serves it and answers come from PostgreSQL. Never for an open-ended
+    /// campaign.
     pub fn keys_expired(c: &Campaign, now: DateTime<Utc>) -> bool {
-        Self::expire_at_ms(c) <= now.timestamp_millis()
+        c.closes_at.is_some() && Self::expire_at_ms(c, now) <= now.timestamp_millis()
+    }
+
+    /// Redis' clock (ms since epoch): reservations carry it, so their age
+    /// is measured on it too (an app host's clock may be skewed).
+    pub async fn redis_now_ms(&self) -> Result<i64, AdmissionError> {
+        let (s, us): (i64, i64) = self
+            .redis
+            .run(|mut c| async move { redis::cmd("TIME").query_async(&mut c).await })
+            .await?;
+        Ok(s * 1000 + us / 1000)
     }
 
     /// Runs the claim script for `user` on `pool`, rebuilding the state from
@@ -291,6 +425,7 @@ impl RedisCommon {
             generate_code()
         };
         let pidx = pool.idx.to_string();
+        let stock = pool.stock.to_string();
         for _ in 0..2 {
             let r: Vec<String> = self
                 .redis
@@ -300,16 +435,21 @@ impl RedisCommon {
                         &k.meta, &k.ans, &k.seq, &pk.left, &pk.hw, &pk.free, stream, &k.queued,
                         &k.pending,
                     ],
-                    &[user.as_str(), &pidx, &code, mode],
+                    &[user.as_str(), &pidx, &code, mode, &stock],
                 )
                 .await?;
+            let gen = || -> Result<i64, RedisStoreError> {
+                r.get(2)
+                    .and_then(|g| g.parse().ok())
+                    .ok_or_else(|| RedisStoreError::Protocol(format!("claim: {r:?}")))
+            };
             match r.first().map(String::as_str) {
                 Some("noinit") => {
                     self.rebuild(c).await?;
                     continue;
                 }
-                Some("dup") => return Ok(ScriptReply::Dup(Stored::parse(second(&r)?)?)),
-                Some("new") => return Ok(ScriptReply::New(Stored::parse(second(&r)?)?)),
+                Some("dup") => return Ok(ScriptReply::Dup(Stored::parse(second(&r)?)?, gen()?)),
+                Some("new") => return Ok(ScriptReply::New(Stored::parse(second(&r)?)?, gen()?)),
                 Some("not_open") => return Ok(ScriptReply::Window(RejectReason::NotOpen)),
                 Some("closed") => return Ok(ScriptReply::Window(RejectReason::Closed)),
                 _ => return Err(RedisStoreError::Protocol(format!("claim: {r:?}")).into()),
@@ -319,7 +459,7 @@ impl RedisCommon {
     }
 
     /// A claim whose stored answer is final as the script gives it
-    /// (redis-lua, redis-queue): nothing waits on PostgreSQL.
+    /// (redis-lua): nothing waits on PostgreSQL.
     pub async fn claim_as_stored(
         &self,
         c: &Campaign,
@@ -329,21 +469,66 @@ impl RedisCommon {
     ) -> Result<ClaimOutcome, AdmissionError> {
         match self.claim_script(c, pool, user, mode).await? {
             ScriptReply::Window(reason) => Ok(window_rejection(user, reason)),
-            ScriptReply::New(s) | ScriptReply::Dup(s) => Ok(s.outcome(c, user)?),
+            ScriptReply::New(s, _) | ScriptReply::Dup(s, _) => Ok(s.outcome(c, user)?),
         }
     }
 
-    /// The stored answer as the client sees it (redis-lua, redis-queue).
-    pub async fn status_as_stored(
+    /// Makes a fresh refusal (`X`) durable through the group committer,
+    /// then answers it (gate, redis-queue).
+    pub async fn commit_refusal(
+        &self,
+        committer: &CommitterHandle,
+        c: &Campaign,
+        user: &UserId,
+        seq: i64,
+        gen: i64,
+    ) -> Result<ClaimOutcome, AdmissionError> {
+        let x = Stored::Refusing { seq };
+        let r = Stored::Rejected { seq };
+        let row = CommitRow::Refusal(NewRejection {
+            campaign_id: c.id.0,
+            user_id: user.as_str().to_string(),
+            seq,
+        });
+        let promotion = Promotion {
+            keys: self.keys(c),
+            from: x.encode(),
+            to: r.encode(),
+        };
+        match committer.commit(row, gen, Some(promotion)).await {
+            Ok(Verdict::Stored) => Ok(r.outcome(c, user)?),
+            Ok(Verdict::Refused) => self.adopt_durable(c, user, &x).await,
+            Ok(Verdict::Stale) => {
+                self.drop_stale(c, gen).await?;
+                Err(AdmissionError::Rebuilding)
+            }
+            // Nothing to give back: the refusal stays `X` and the next read
+            // makes it durable.
+            Err(CommitError::Database(e)) => Err(AdmissionError::Database(e)),
+            Err(CommitError::Closed) => Err(AdmissionError::Pending),
+        }
+    }
+
+    /// A refusal PostgreSQL did not take because it already holds the user's
+    /// final answer (a refusal made earlier, or a grant): that answer
+    /// replaces the pending one, and is the answer.
+    async fn adopt_durable(
         &self,
         c: &Campaign,
         user: &UserId,
-    ) -> Result<Option<ClaimOutcome>, AdmissionError> {
-        Ok(self
-            .stored(c, user)
-            .await?
-            .map(|s| s.outcome(c, user))
-            .transpose()?)
+        pending: &Stored,
+    ) -> Result<ClaimOutcome, AdmissionError> {
+        let Some(d) = pg::durable_answer(&self.db, c, user).await? else {
+            return Err(AdmissionError::Pending);
+        };
+        let s = Stored::from_outcome(c, &d)?;
+        self.promote(
+            c,
+            &[(user.as_str().to_string(), pending.encode(), s.encode())],
+            false,
+        )
+        .await?;
+        Ok(d)
     }
 
     /// The user's stored answer, `Ok(None)` when the user never claimed.
@@ -353,86 +538,142 @@ impl RedisCommon {
         c: &Campaign,
         user: &UserId,
     ) -> Result<Option<Stored>, AdmissionError> {
+        Ok(self.stored_gen(c, user).await?.map(|(s, _)| s))
+    }
+
+    /// The user's stored answer and the generation of the state holding it
+    /// (`None` when PostgreSQL answered because Redis has no state).
+    pub async fn stored_gen(
+        &self,
+        c: &Campaign,
+        user: &UserId,
+    ) -> Result<Option<(Stored, Option<i64>)>, AdmissionError> {
         let k = self.keys(c);
         let u = user.as_str().to_string();
-        let (exists, ans): (bool, Option<String>) = self
+        // The generation first: an answer read after it belongs to that
+        // state or a newer one, never an older one.
+        let (gen, ans): (Option<i64>, Option<String>) = self
             .redis
             .run(|mut conn| async move {
                 redis::pipe()
-                    .exists(&k.meta)
+                    .hget(&k.meta, "gen")
                     .hget(&k.ans, &u)
                     .query_async(&mut conn)
                     .await
             })
             .await?;
-        if exists {
+        if let Some(g) = gen {
             return ans
-                .map(|a| Stored::parse(&a))
+                .map(|a| Stored::parse(&a).map(|s| (s, Some(g))))
                 .transpose()
                 .map_err(Into::into);
         }
-        Ok(pg::grant_answer(&self.db, c, user).await?.map(|o| match o {
-            ClaimOutcome::Granted {
-                slot,
-                code,
-                seq,
-                pool,
-                ..
-            } => Stored::Granted {
-                pidx: c.pools.iter().position(|p| p.name == pool).unwrap_or(0) as i32,
-                slot,
-                code,
-                seq,
-            },
-            ClaimOutcome::Cancelled {
-                slot,
-                code,
-                seq,
-                pool,
-                ..
-            } => Stored::Cancelled {
-                pidx: c.pools.iter().position(|p| p.name == pool).unwrap_or(0) as i32,
-                slot,
-                code,
-                seq,
-            },
-            // grant_answer only returns the two above.
-            _ => Stored::Rejected { seq: 0 },
-        }))
+        let durable = match pg::grant_answer(&self.db, c, user).await? {
+            Some(a) => Some(a),
+            None => pg::rejection_answer(&self.db, c.id, user).await?,
+        };
+        Ok(durable
+            .map(|o| Stored::from_outcome(c, &o))
+            .transpose()?
+            .map(|s| (s, None)))
+    }
+
+    /// The stored answer as the client sees it, once durable: a pending
+    /// reservation or refusal is settled first (gate, redis-queue).
+    pub async fn status_settled(
+        &self,
+        c: &Campaign,
+        user: &UserId,
+    ) -> Result<Option<ClaimOutcome>, AdmissionError> {
+        match self.stored_gen(c, user).await? {
+            None => Ok(None),
+            Some((s, gen)) => self.settle(c, user, s, gen).await.map(Some),
+        }
     }
 
     /// Waits (bounded by `pending_wait`) for a gate reservation to settle,
-    /// then answers. A reservation orphaned by a dead API process is settled
+    /// then answers; a refusal not yet durable is made durable now (it is
+    /// idempotent). A reservation orphaned by a dead request is settled
     /// from PostgreSQL.
     pub async fn settle(
         &self,
         c: &Campaign,
         user: &UserId,
         mut s: Stored,
+        mut gen: Option<i64>,
     ) -> Result<ClaimOutcome, AdmissionError> {
         let deadline = tokio::time::Instant::now() + self.pending_wait;
         let mut pause = Duration::from_millis(1);
+        // Ages are measured on Redis' clock, read once.
+        let mut clock: Option<(i64, tokio::time::Instant)> = None;
         loop {
-            let Stored::Pending { at_ms, .. } = &s else {
-                return Ok(s.outcome(c, user)?);
-            };
-            if Utc::now().timestamp_millis() - at_ms > ORPHAN_PENDING_MS {
-                self.resolve_orphan(c, user, &s).await?;
-            } else if tokio::time::Instant::now() >= deadline {
-                return Err(AdmissionError::Pending);
-            } else {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(50));
+            match &s {
+                Stored::Refusing { seq } => {
+                    let g = gen.ok_or(AdmissionError::Rebuilding)?;
+                    return self.resolve_refusal(c, user, *seq, g).await;
+                }
+                Stored::Pending { at_ms, .. } => {
+                    let (r0, t0) = match clock {
+                        Some(x) => x,
+                        None => {
+                            *clock.insert((self.redis_now_ms().await?, tokio::time::Instant::now()))
+                        }
+                    };
+                    let now_ms = r0 + t0.elapsed().as_millis() as i64;
+                    if now_ms - at_ms > self.orphan_after_ms {
+                        self.resolve_orphan(c, user, &s).await?;
+                    } else if tokio::time::Instant::now() >= deadline {
+                        return Err(AdmissionError::Pending);
+                    } else {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(50));
+                    }
+                }
+                _ => return Ok(s.outcome(c, user)?),
             }
-            s = match self.stored(c, user).await? {
-                Some(s) => s,
+            (s, gen) = match self.stored_gen(c, user).await? {
+                Some(x) => x,
                 // Released meanwhile (the write failed): the user may retry.
                 None => return Err(AdmissionError::Pending),
             };
         }
     }
 
-    /// Settles a pending reservation whose request died: PostgreSQL decides.
+    /// Makes a pending refusal durable (idempotent) and promotes it.
+    pub async fn resolve_refusal(
+        &self,
+        c: &Campaign,
+        user: &UserId,
+        seq: i64,
+        gen: i64,
+    ) -> Result<ClaimOutcome, AdmissionError> {
+        let row = NewRejection {
+            campaign_id: c.id.0,
+            user_id: user.as_str().to_string(),
+            seq,
+        };
+        let x = Stored::Refusing { seq };
+        let f = pg::insert_fenced(&self.db, &[], &[], std::slice::from_ref(&row), &[gen]).await?;
+        if f.refusals.is_empty() {
+            if pg::generation(&self.db, c.id).await? != gen {
+                self.drop_stale(c, gen).await?;
+                return Err(AdmissionError::Rebuilding);
+            }
+            return self.adopt_durable(c, user, &x).await;
+        }
+        let r = Stored::Rejected { seq };
+        self.promote(
+            c,
+            &[(user.as_str().to_string(), x.encode(), r.encode())],
+            false,
+        )
+        .await?;
+        Ok(r.outcome(c, user)?)
+    }
+
+    /// Settles a pending reservation whose request died or whose commit
+    /// failed: PostgreSQL decides, through [`pg::void_reservation`], so a
+    /// reservation is released only when its commit can no longer land.
     pub async fn resolve_orphan(
         &self,
         c: &Campaign,
@@ -449,24 +690,41 @@ impl RedisCommon {
         else {
             return Ok(());
         };
-        let exists = !pg::existing_codes(&self.db, std::slice::from_ref(code))
-            .await?
-            .is_empty();
-        if exists {
-            let g = Stored::Granted {
-                pidx: *pidx,
-                slot: *slot,
-                code: code.clone(),
-                seq: *seq,
-            };
-            self.promote(
-                c,
-                &[(user.as_str().to_string(), s.encode(), g.encode())],
-                false,
-            )
-            .await?;
-        } else {
-            self.release(c, user, s, None, Some(*slot), 0).await?;
+        let pool = c
+            .pool_at(*pidx)
+            .ok_or_else(|| RedisStoreError::Protocol(format!("unknown pool index {pidx}")))?;
+        let row = NewGrant {
+            campaign_id: c.id.0,
+            pool_id: pool.id,
+            user_id: user.as_str().to_string(),
+            slot: *slot,
+            code: code.clone(),
+            seq: *seq,
+        };
+        let g = Stored::Granted {
+            pidx: *pidx,
+            slot: *slot,
+            code: code.clone(),
+            seq: *seq,
+        };
+        match pg::void_reservation(&self.db, &row).await? {
+            pg::CodeFate::Voided | pg::CodeFate::Void => {
+                self.release(c, user, s, Release::back(Some(*slot))).await?;
+            }
+            pg::CodeFate::Active => {
+                let u = user.as_str().to_string();
+                self.promote(c, &[(u, s.encode(), g.encode())], false)
+                    .await?;
+            }
+            pg::CodeFate::Released => {
+                // Committed, then cancelled or expired while Redis still said
+                // pending: granted, then the release mirrored.
+                let u = user.as_str().to_string();
+                self.promote(c, &[(u, s.encode(), g.encode())], false)
+                    .await?;
+                self.cancel_script(c, user, *pidx, Some(code), false)
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -484,16 +742,14 @@ impl RedisCommon {
             .await?)
     }
 
-    /// The compensating action: gives back the stock (and slot) of a
-    /// reservation whose answer is still `expected`.
+    /// The compensating action on a reservation whose answer is still
+    /// `expected` (see [`Release`]).
     pub async fn release(
         &self,
         c: &Campaign,
         user: &UserId,
         expected: &Stored,
-        replacement: Option<&Stored>,
-        slot: Option<i32>,
-        queued_delta: i64,
+        r: Release<'_>,
     ) -> Result<bool, AdmissionError> {
         let pidx = match expected {
             Stored::Pending { pidx, .. }
@@ -502,19 +758,51 @@ impl RedisCommon {
             _ => return Ok(false),
         };
         let k = self.keys(c);
-        let pk = &k.pools[pidx as usize];
-        let rep = replacement.map(Stored::encode).unwrap_or_default();
-        let slot = slot.map(|s| s.to_string()).unwrap_or_default();
-        let delta = queued_delta.to_string();
+        let pk = k
+            .pools
+            .get(pidx as usize)
+            .ok_or_else(|| RedisStoreError::Protocol(format!("unknown pool index {pidx}")))?;
+        let rep = r.replacement.map(Stored::encode).unwrap_or_default();
+        let slot = r.free_slot.map(|s| s.to_string()).unwrap_or_default();
+        let delta = r.queued_delta.to_string();
+        let taken = r.mark_taken.map(|s| s.to_string()).unwrap_or_default();
         let n: i64 = self
             .redis
             .eval(
                 &self.redis.scripts().release,
-                &[&k.meta, &k.ans, &pk.left, &pk.free, &k.queued, &k.pending],
-                &[user.as_str(), &expected.encode(), &rep, &slot, &delta],
+                &[
+                    &k.meta, &k.ans, &pk.left, &pk.free, &k.queued, &k.pending, &pk.hw,
+                ],
+                &[
+                    user.as_str(),
+                    &expected.encode(),
+                    &rep,
+                    &slot,
+                    &delta,
+                    if r.give_back { "1" } else { "0" },
+                    &taken,
+                ],
             )
             .await?;
         Ok(n == 1)
+    }
+
+    /// Forgets the campaign's Redis state if it is still of generation
+    /// `gen`, which PostgreSQL has moved past: the next claim rebuilds.
+    pub async fn drop_stale(&self, c: &Campaign, gen: i64) -> Result<(), AdmissionError> {
+        let k = self.keys(c);
+        let n: i64 = self
+            .redis
+            .eval(
+                &self.redis.scripts().drop_stale,
+                &[&k.meta],
+                &[&gen.to_string()],
+            )
+            .await?;
+        if n == 1 {
+            tracing::warn!(campaign = %c.id, gen, "dropped a redis state older than postgres' generation");
+        }
+        Ok(())
     }
 
     /// Runs the cancel script for the user's grant in pool `pidx`.
@@ -527,7 +815,10 @@ impl RedisCommon {
         outbox: bool,
     ) -> Result<Vec<String>, AdmissionError> {
         let k = self.keys(c);
-        let pk = &k.pools[pidx as usize];
+        let pk = k
+            .pools
+            .get(pidx as usize)
+            .ok_or_else(|| RedisStoreError::Protocol(format!("unknown pool index {pidx}")))?;
         let p = pidx.to_string();
         Ok(self
             .redis
@@ -542,6 +833,55 @@ impl RedisCommon {
                 ],
             )
             .await?)
+    }
+
+    /// Mirrors in Redis a release PostgreSQL already made (a cancellation,
+    /// a hold's expiry) of the grant `code`. A reservation still pending in
+    /// Redis (its promotion was lost) is promoted first, so it can never be
+    /// promoted back to granted later.
+    pub async fn mirror_release(
+        &self,
+        c: &Campaign,
+        user: &UserId,
+        pidx: i32,
+        code: &str,
+    ) -> Result<(), AdmissionError> {
+        let r = self.cancel_script(c, user, pidx, Some(code), false).await?;
+        match (r.first().map(String::as_str), r.get(1)) {
+            (Some("noinit"), _) => {
+                // Redis lost the state; the rebuild reads PostgreSQL, where
+                // the release already is.
+                self.rebuild(c).await?;
+            }
+            (Some("not_granted"), Some(a)) => {
+                if let Ok(p @ Stored::Pending { .. }) = Stored::parse(a) {
+                    if let Stored::Pending {
+                        pidx,
+                        slot,
+                        code: pc,
+                        seq,
+                        ..
+                    } = &p
+                    {
+                        if pc == code {
+                            let g = Stored::Granted {
+                                pidx: *pidx,
+                                slot: *slot,
+                                code: pc.clone(),
+                                seq: *seq,
+                            };
+                            let u = user.as_str().to_string();
+                            self.promote(c, &[(u, p.encode(), g.encode())], false)
+                                .await?;
+                            self.cancel_script(c, user, *pidx, Some(code), false)
+                                .await?;
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Cancellation where PostgreSQL holds the grant (gate, redis-queue):
@@ -561,14 +901,9 @@ impl RedisCommon {
             Some(ClaimOutcome::Cancelled {
                 ref pool, ref code, ..
             }) => {
-                let pidx = c.pools.iter().position(|p| &p.name == pool).unwrap_or(0) as i32;
+                let pidx = pool_index(c, pool)?;
                 if !Self::keys_expired(c, now) {
-                    let r = self.cancel_script(c, user, pidx, Some(code), false).await?;
-                    if r.first().map(String::as_str) == Some("noinit") {
-                        // Redis lost the state; the rebuild reads PostgreSQL,
-                        // where the cancellation already is.
-                        self.rebuild(c).await?;
-                    }
+                    self.mirror_release(c, user, pidx, code).await?;
                 }
                 Ok(CancelOutcome::Cancelled(answer.expect("matched Some")))
             }
@@ -588,8 +923,13 @@ impl RedisCommon {
     /// Rebuilds the campaign's Redis state from PostgreSQL, the source of
     /// truth (seed 004's scheduler, done on demand). Exclusive: a lock keeps
     /// concurrent rebuilders apart, and `init.lua` refuses to overwrite a
-    /// state that is present.
+    /// state that is present. A new generation starts before the truth is
+    /// read (see [`pg::bump_generation`]). A campaign past its keys' life
+    /// is not loaded (PostgreSQL answers for it).
     pub async fn rebuild(&self, c: &Campaign) -> Result<(), AdmissionError> {
+        if Self::keys_expired(c, Utc::now()) {
+            return Ok(());
+        }
         let k = self.keys(c);
         let lock = k.rebuild_lock.clone();
         let got: Option<String> = self
@@ -600,7 +940,7 @@ impl RedisCommon {
                     .arg("1")
                     .arg("NX")
                     .arg("PX")
-                    .arg(10_000)
+                    .arg(REBUILD_LOCK_MS)
                     .query_async(&mut conn)
                     .await
             })
@@ -626,22 +966,30 @@ impl RedisCommon {
     }
 
     /// What PostgreSQL says Redis should hold: every user's latest grant
-    /// as an answer, the active slots per pool (sorted), the highest seq.
+    /// or refusal as an answer, the active slots per pool (sorted), the
+    /// highest seq.
     pub async fn truth(&self, c: &Campaign) -> Result<Truth, AdmissionError> {
         let rows = sqlx::query(
             "SELECT DISTINCT ON (user_id) user_id, pool_id, slot, code, seq, state
-             FROM grants WHERE campaign_id = $1
+             FROM grants WHERE campaign_id = $1 AND state <> 'void'
              ORDER BY user_id, (state = 'active') DESC, id DESC",
         )
         .bind(c.id.0)
         .fetch_all(&self.db)
         .await
         .map_err(PgError::from)?;
+        let refusals: Vec<(String, i64)> =
+            sqlx::query_as("SELECT user_id, seq FROM rejections WHERE campaign_id = $1")
+                .bind(c.id.0)
+                .fetch_all(&self.db)
+                .await
+                .map_err(PgError::from)?;
         let mut t = Truth {
-            answers: Vec::with_capacity(rows.len()),
+            answers: Vec::with_capacity(rows.len() + refusals.len()),
             active: vec![Vec::new(); c.pools.len()],
             max_seq: 0,
         };
+        let mut granted = std::collections::HashSet::with_capacity(rows.len());
         for r in rows {
             let pool_id: i64 = r.get("pool_id");
             let Some(pidx) = c.pools.iter().position(|p| p.id == pool_id) else {
@@ -667,7 +1015,15 @@ impl RedisCommon {
                     seq,
                 }
             };
-            t.answers.push((r.get("user_id"), s));
+            let user: String = r.get("user_id");
+            granted.insert(user.clone());
+            t.answers.push((user, s));
+        }
+        for (user, seq) in refusals {
+            t.max_seq = t.max_seq.max(seq);
+            if !granted.contains(&user) {
+                t.answers.push((user, Stored::Rejected { seq }));
+            }
         }
         for a in &mut t.active {
             a.sort_unstable();
@@ -676,18 +1032,33 @@ impl RedisCommon {
     }
 
     async fn rebuild_locked(&self, c: &Campaign, k: &CampaignKeys) -> Result<(), AdmissionError> {
+        // Only rebuilders (holding the lock) load a state: if one is there,
+        // a racing rebuilder loaded it, and a new generation would only
+        // fence off its live writes.
+        let meta = k.meta.clone();
+        let present: bool =
+            self.redis
+                .run(|mut conn| async move {
+                    redis::cmd("EXISTS").arg(&meta).query_async(&mut conn).await
+                })
+                .await?;
+        if present {
+            return Ok(());
+        }
+        let gen = pg::bump_generation(&self.db, c.id).await?;
         let Truth {
             answers,
             mut active,
             max_seq,
         } = self.truth(c).await?;
         let st = InitState {
-            expire_at_ms: Self::expire_at_ms(c),
+            expire_at_ms: Self::expire_at_ms(c, Utc::now()),
             opens_ms: c.opens_at.map(|t| t.timestamp_millis()),
             closes_ms: c.closes_at.map(|t| t.timestamp_millis()),
             mode: c.mode.as_str().to_string(),
             seq: max_seq,
             queued: 0,
+            gen,
             pools: c
                 .pools
                 .iter()
@@ -707,6 +1078,29 @@ impl RedisCommon {
         };
         self.redis.init_state(k, &st).await?;
         Ok(())
+    }
+
+    /// Pushes an open-ended campaign's key expiry forward when less than
+    /// half its lifetime is left; `true` when it did.
+    pub async fn refresh_lifetime(&self, c: &Campaign) -> Result<bool, AdmissionError> {
+        if c.closes_at.is_some() {
+            return Ok(false);
+        }
+        let now = Utc::now();
+        let k = self.keys(c);
+        let half = chrono::Duration::seconds(crate::domain::OPEN_ENDED_KEY_LIFETIME_SECS / 2);
+        let n: i64 = self
+            .redis
+            .eval(
+                &self.redis.scripts().refresh,
+                &k.all(),
+                &[
+                    &Self::expire_at_ms(c, now).to_string(),
+                    &(now + half).timestamp_millis().to_string(),
+                ],
+            )
+            .await?;
+        Ok(n == 1)
     }
 
     /// Stock left at the door per pool, and the queued count.
@@ -765,10 +1159,12 @@ mod tests {
             "Q|0|5|4|KODE",
             "R|sold_out|11",
             "C|2|1|K|3",
+            "X|12",
+            "D|1|13",
         ] {
             assert_eq!(Stored::parse(s).unwrap().encode(), s);
         }
-        assert!(Stored::parse("X|1").is_err());
+        assert!(Stored::parse("Z|1").is_err());
         assert!(Stored::parse("G|a|1|c|1").is_err());
     }
 }

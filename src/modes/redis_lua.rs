@@ -20,6 +20,11 @@ pub struct RedisLua {
 }
 
 impl RedisLua {
+    /// The shared Redis side, to tune.
+    pub fn common_mut(&mut self) -> &mut RedisCommon {
+        &mut self.common
+    }
+
     /// The mode over shared connections.
     pub fn new(common: RedisCommon) -> Self {
         Self { common }
@@ -43,7 +48,7 @@ impl Admission for RedisLua {
         campaign: &Campaign,
         user: &UserId,
     ) -> Result<Option<ClaimOutcome>, AdmissionError> {
-        self.common.status_as_stored(campaign, user).await
+        self.common.status_settled(campaign, user).await
     }
 
     /// Cancels in Redis and appends the cancellation to the outbox, behind

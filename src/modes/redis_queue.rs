@@ -1,25 +1,38 @@
 //! `redis-queue`: seed 000's method 2. Redis validates and queues: one Lua
 //! call dedupes, draws the arrival number, refuses at the door what the
-//! stock cannot serve, and appends the rest to a queue stream (202
+//! stock cannot serve (durably, through the group committer, before telling), and appends the rest to a queue stream (202
 //! `queued`). One drainer per campaign (a background task holding a lease)
 //! grants in arrival order, durably, and writes final answers back.
 
 use chrono::{DateTime, Utc};
 
-use super::{redis_common::RedisCommon, Admission, AdmissionError, CancelOutcome};
-use crate::domain::{Campaign, ClaimOutcome, Pool, UserId};
+use super::{
+    redis_common::{window_rejection, RedisCommon, ScriptReply, Stored},
+    Admission, AdmissionError, CancelOutcome,
+};
+use crate::{
+    domain::{Campaign, ClaimOutcome, Pool, UserId},
+    tasks::committer::CommitterHandle,
+};
 
 /// The queue-and-drain mode.
 #[derive(Clone)]
 pub struct RedisQueue {
     /// Redis and PostgreSQL.
     common: RedisCommon,
+    /// Makes the refusals at the door durable before they are answered.
+    committer: CommitterHandle,
 }
 
 impl RedisQueue {
+    /// The shared Redis side, to tune.
+    pub fn common_mut(&mut self) -> &mut RedisCommon {
+        &mut self.common
+    }
+
     /// The mode over shared connections.
-    pub fn new(common: RedisCommon) -> Self {
-        Self { common }
+    pub fn new(common: RedisCommon, committer: CommitterHandle) -> Self {
+        Self { common, committer }
     }
 }
 
@@ -30,9 +43,22 @@ impl Admission for RedisQueue {
         pool: &Pool,
         user: &UserId,
     ) -> Result<ClaimOutcome, AdmissionError> {
-        self.common
-            .claim_as_stored(campaign, pool, user, "queue")
-            .await
+        match self
+            .common
+            .claim_script(campaign, pool, user, "queue")
+            .await?
+        {
+            ScriptReply::Window(reason) => Ok(window_rejection(user, reason)),
+            // A refusal is final: durable before it is told.
+            ScriptReply::New(Stored::Refusing { seq }, gen) => {
+                self.common
+                    .commit_refusal(&self.committer, campaign, user, seq, gen)
+                    .await
+            }
+            ScriptReply::New(s, gen) | ScriptReply::Dup(s, gen) => {
+                self.common.settle(campaign, user, s, Some(gen)).await
+            }
+        }
     }
 
     async fn status(
@@ -40,7 +66,7 @@ impl Admission for RedisQueue {
         campaign: &Campaign,
         user: &UserId,
     ) -> Result<Option<ClaimOutcome>, AdmissionError> {
-        self.common.status_as_stored(campaign, user).await
+        self.common.status_settled(campaign, user).await
     }
 
     async fn cancel(

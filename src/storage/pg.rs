@@ -136,11 +136,13 @@ pub async fn live_campaigns(db: &PgPool, modes: &[Mode]) -> Result<Vec<CampaignI
     let rows = sqlx::query(
         "SELECT id FROM campaigns
          WHERE mode = ANY($1)
-           AND COALESCE(closes_at, created_at + interval '7 days')
-               + make_interval(secs => hold_secs) > now()
+           AND (closes_at IS NULL
+                OR closes_at + make_interval(secs => hold_secs)
+                   + make_interval(secs => $2) > now())
          ORDER BY id",
     )
     .bind(&modes)
+    .bind(crate::domain::KEY_GRACE_SECS as f64)
     .fetch_all(db)
     .await?;
     Ok(rows.into_iter().map(|r| CampaignId(r.get(0))).collect())
@@ -218,7 +220,7 @@ where
 {
     let row = sqlx::query(
         "SELECT pool_id, slot, code, seq, state FROM grants
-         WHERE campaign_id = $1 AND user_id = $2
+         WHERE campaign_id = $1 AND user_id = $2 AND state <> 'void'
          ORDER BY (state = 'active') DESC, id DESC LIMIT 1",
     )
     .bind(campaign.id.0)
@@ -312,12 +314,37 @@ pub struct NewGrant {
     pub seq: i64,
 }
 
-/// Inserts many grants in one statement. Rows that collide with an existing
-/// grant (same code: a redelivery; or a unique index) are skipped, and so
-/// are rows naming a pool that is not their campaign's (grants carry no
-/// foreign key: see the migration `grants_without_fk`); returns the codes
-/// that were inserted.
+/// Inserts many grants in one statement, unfenced (tests and the bench's
+/// insert limit; the Redis modes use [`insert_fenced`]). See
+/// [`insert_fenced`] for which rows are skipped; returns the codes that
+/// were inserted.
 pub async fn insert_grants<'e, E>(exec: E, grants: &[NewGrant]) -> Result<Vec<String>, PgError>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    insert_grants_gen(exec, grants, &vec![ANY_GEN; grants.len()]).await
+}
+
+/// A generation that matches any (unfenced inserts).
+const ANY_GEN: i64 = -1;
+
+/// Advisory lock class of a campaign's Redis generation: shared by every
+/// insert derived from a Redis decision, exclusive while a rebuild bumps
+/// the generation (migration `answers_that_never_change`).
+const GEN_LOCK_CLASS: i32 = 1717;
+
+/// Inserts grants decided under the given generations (one per row,
+/// [`ANY_GEN`] for none). Skipped: rows that collide with an existing grant
+/// (same code: a redelivery or a voided reservation; or a unique index),
+/// rows naming a pool that is not their campaign's, a slot outside
+/// 1..=stock (PostgreSQL never stores an oversold pool, whatever Redis
+/// says), a user PostgreSQL already refused, and rows whose generation is
+/// no longer the campaign's.
+async fn insert_grants_gen<'e, E>(
+    exec: E,
+    grants: &[NewGrant],
+    gens: &[i64],
+) -> Result<Vec<String>, PgError>
 where
     E: sqlx::Executor<'e, Database = Postgres>,
 {
@@ -341,10 +368,13 @@ where
     let rows = sqlx::query(
         "INSERT INTO grants (campaign_id, pool_id, user_id, slot, code, seq, confirm_by)
          SELECT u.c, u.p, u.u, u.s, u.k, u.q, now() + make_interval(secs => cp.confirm_within_secs)
-         FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::text[], $6::bigint[])
-              AS u(c, p, u, s, k, q)
-         JOIN pools p ON p.id = u.p AND p.campaign_id = u.c
-         JOIN campaigns cp ON cp.id = u.c
+         FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::text[], $6::bigint[],
+                     $7::bigint[])
+              AS u(c, p, u, s, k, q, g)
+         JOIN pools p ON p.id = u.p AND p.campaign_id = u.c AND u.s BETWEEN 1 AND p.stock
+         JOIN campaigns cp ON cp.id = u.c AND (u.g < 0 OR cp.redis_gen = u.g)
+         WHERE NOT EXISTS (SELECT 1 FROM rejections r
+                           WHERE r.campaign_id = u.c AND r.user_id = u.u)
          ON CONFLICT DO NOTHING
          RETURNING code",
     )
@@ -354,9 +384,236 @@ where
     .bind(&s)
     .bind(&k)
     .bind(&q)
+    .bind(gens)
     .fetch_all(exec)
     .await?;
     Ok(rows.into_iter().map(|r| r.get(0)).collect())
+}
+
+/// A refusal to remember: the Redis modes' `sold_out` answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRejection {
+    /// Campaign id.
+    pub campaign_id: i64,
+    /// User.
+    pub user_id: String,
+    /// Arrival sequence number.
+    pub seq: i64,
+}
+
+/// Inserts refusals decided under the given generations; skipped: a user
+/// already refused (the first refusal stays), a user holding an active
+/// grant, and rows whose generation is no longer the campaign's. Returns
+/// (campaign, user) of the rows inserted.
+async fn insert_rejections_gen<'e, E>(
+    exec: E,
+    rows: &[NewRejection],
+    gens: &[i64],
+) -> Result<Vec<(i64, String)>, PgError>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let c: Vec<i64> = rows.iter().map(|r| r.campaign_id).collect();
+    let u: Vec<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
+    let q: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+    let out = sqlx::query(
+        "INSERT INTO rejections (campaign_id, user_id, reason, seq)
+         SELECT u.c, u.u, 'sold_out', u.q
+         FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[]) AS u(c, u, q, g)
+         JOIN campaigns cp ON cp.id = u.c AND (u.g < 0 OR cp.redis_gen = u.g)
+         WHERE NOT EXISTS (SELECT 1 FROM grants g WHERE g.campaign_id = u.c
+                           AND g.user_id = u.u AND g.state = 'active')
+         ON CONFLICT DO NOTHING
+         RETURNING campaign_id, user_id",
+    )
+    .bind(&c)
+    .bind(&u)
+    .bind(&q)
+    .bind(gens)
+    .fetch_all(exec)
+    .await?;
+    Ok(out.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// [`insert_grants_gen`] inside a transaction that holds the generation
+/// lock ([`lock_generations`]).
+pub async fn insert_grants_in(
+    tx: &mut Transaction<'_, Postgres>,
+    grants: &[NewGrant],
+    gens: &[i64],
+) -> Result<Vec<String>, PgError> {
+    insert_grants_gen(&mut **tx, grants, gens).await
+}
+
+/// [`insert_rejections_gen`] inside a transaction that holds the generation
+/// lock ([`lock_generations`]).
+pub async fn insert_rejections_in(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[NewRejection],
+    gens: &[i64],
+) -> Result<Vec<(i64, String)>, PgError> {
+    insert_rejections_gen(&mut **tx, rows, gens).await
+}
+
+/// What a fenced insert stored.
+#[derive(Debug, Default)]
+pub struct Fenced {
+    /// Codes of the grants inserted.
+    pub codes: std::collections::HashSet<String>,
+    /// (campaign, user) of the refusals inserted.
+    pub refusals: std::collections::HashSet<(i64, String)>,
+}
+
+/// Inserts grants and refusals decided in Redis, each under the generation
+/// of the state that decided it (`grant_gens[i]` for `grants[i]`), in one
+/// transaction that holds the shared generation lock of every campaign
+/// involved: a rebuild (which bumps the generation under the exclusive
+/// lock, then reads) sees all of them or none can land after it.
+pub async fn insert_fenced(
+    db: &PgPool,
+    grants: &[NewGrant],
+    grant_gens: &[i64],
+    refusals: &[NewRejection],
+    refusal_gens: &[i64],
+) -> Result<Fenced, PgError> {
+    let mut tx = db.begin().await?;
+    let mut ids: Vec<i64> = grants
+        .iter()
+        .map(|g| g.campaign_id)
+        .chain(refusals.iter().map(|r| r.campaign_id))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    lock_generations(&mut tx, &ids).await?;
+    let codes = insert_grants_gen(&mut *tx, grants, grant_gens).await?;
+    let refused = insert_rejections_gen(&mut *tx, refusals, refusal_gens).await?;
+    tx.commit().await?;
+    Ok(Fenced {
+        codes: codes.into_iter().collect(),
+        refusals: refused.into_iter().collect(),
+    })
+}
+
+/// Takes the shared generation lock of each campaign (sorted), in its own
+/// statement: the statements after it then see any bump committed before.
+pub async fn lock_generations(
+    tx: &mut Transaction<'_, Postgres>,
+    campaign_ids: &[i64],
+) -> Result<(), PgError> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock_shared($1, (c % 2147483647)::int)
+         FROM unnest($2::bigint[]) AS c ORDER BY c",
+    )
+    .bind(GEN_LOCK_CLASS)
+    .bind(campaign_ids)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Starts a new generation of the campaign's Redis state: waits for every
+/// fenced insert in flight (exclusive lock), bumps, commits. Whatever the
+/// rebuild reads after this includes every write of older generations, and
+/// none of them can land any more.
+pub async fn bump_generation(db: &PgPool, campaign: CampaignId) -> Result<i64, PgError> {
+    let mut tx = db.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1, ($2 % 2147483647)::int)")
+        .bind(GEN_LOCK_CLASS)
+        .bind(campaign.0)
+        .execute(&mut *tx)
+        .await?;
+    let gen: i64 = sqlx::query_scalar(
+        "UPDATE campaigns SET redis_gen = redis_gen + 1 WHERE id = $1 RETURNING redis_gen",
+    )
+    .bind(campaign.0)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(gen)
+}
+
+/// The campaign's current Redis generation.
+pub async fn generation<'e, E>(exec: E, campaign: CampaignId) -> Result<i64, PgError>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    Ok(
+        sqlx::query_scalar("SELECT redis_gen FROM campaigns WHERE id = $1")
+            .bind(campaign.0)
+            .fetch_one(exec)
+            .await?,
+    )
+}
+
+/// Where a reservation's code stands in PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeFate {
+    /// This call voided it: its commit can never land.
+    Voided,
+    /// Voided earlier.
+    Void,
+    /// Committed, still active.
+    Active,
+    /// Committed, then cancelled or expired.
+    Released,
+}
+
+/// Decides a gate reservation whose commit may still be in flight: inserts
+/// a `void` row under its code unless the grant is there. The unique index
+/// on code lets exactly one of the two land, so a reservation is released
+/// only when its commit can no longer happen.
+pub async fn void_reservation(db: &PgPool, g: &NewGrant) -> Result<CodeFate, PgError> {
+    let voided = sqlx::query(
+        "INSERT INTO grants (campaign_id, pool_id, user_id, slot, code, seq, state, released_at)
+         VALUES ($1, $2, $3, $4, $5, $6, 'void', now())
+         ON CONFLICT (code) DO NOTHING RETURNING id",
+    )
+    .bind(g.campaign_id)
+    .bind(g.pool_id)
+    .bind(&g.user_id)
+    .bind(g.slot.max(1))
+    .bind(&g.code)
+    .bind(g.seq)
+    .fetch_optional(db)
+    .await?;
+    if voided.is_some() {
+        return Ok(CodeFate::Voided);
+    }
+    let state: String = sqlx::query_scalar("SELECT state FROM grants WHERE code = $1")
+        .bind(&g.code)
+        .fetch_one(db)
+        .await?;
+    Ok(match state.as_str() {
+        "void" => CodeFate::Void,
+        "active" => CodeFate::Active,
+        _ => CodeFate::Released,
+    })
+}
+
+/// The state of the row holding `code` (`active`, `cancelled`, `expired`,
+/// `void`), if any.
+pub async fn code_state(db: &PgPool, code: &str) -> Result<Option<String>, PgError> {
+    Ok(
+        sqlx::query_scalar("SELECT state FROM grants WHERE code = $1")
+            .bind(code)
+            .fetch_optional(db)
+            .await?,
+    )
+}
+
+/// The user's durable final answer: an active grant, else a refusal.
+pub async fn durable_answer(
+    db: &PgPool,
+    campaign: &Campaign,
+    user: &UserId,
+) -> Result<Option<ClaimOutcome>, PgError> {
+    if let Some(a @ ClaimOutcome::Granted { .. }) = grant_answer(db, campaign, user).await? {
+        return Ok(Some(a));
+    }
+    rejection_answer(db, campaign.id, user).await
 }
 
 /// Active grants per pool id of a campaign.
@@ -374,9 +631,9 @@ pub async fn active_per_pool(
     Ok(rows.into_iter().collect())
 }
 
-/// Codes among `codes` that exist in PostgreSQL (any state).
+/// Codes among `codes` that PostgreSQL holds as grants (any state but void).
 pub async fn existing_codes(db: &PgPool, codes: &[String]) -> Result<Vec<String>, PgError> {
-    let rows = sqlx::query("SELECT code FROM grants WHERE code = ANY($1)")
+    let rows = sqlx::query("SELECT code FROM grants WHERE code = ANY($1) AND state <> 'void'")
         .bind(codes)
         .fetch_all(db)
         .await?;
@@ -408,7 +665,7 @@ pub async fn hold_state(
 ) -> Result<Option<Hold>, PgError> {
     let row = sqlx::query(
         "SELECT state, confirm_by, confirmed_at FROM grants
-         WHERE campaign_id = $1 AND user_id = $2
+         WHERE campaign_id = $1 AND user_id = $2 AND state <> 'void'
          ORDER BY (state = 'active') DESC, id DESC LIMIT 1",
     )
     .bind(campaign.0)

@@ -67,6 +67,10 @@ pub struct Scripts {
     pub repair: Lua,
     /// Put a dead-lettered claim back in the queue.
     pub replay: Lua,
+    /// Forget a state whose generation PostgreSQL has moved past.
+    pub drop_stale: Lua,
+    /// Push an open-ended campaign's key expiry forward.
+    pub refresh: Lua,
 }
 
 impl Scripts {
@@ -80,6 +84,8 @@ impl Scripts {
             init: Lua::new(include_str!("../../lua/init.lua")),
             repair: Lua::new(include_str!("../../lua/repair.lua")),
             replay: Lua::new(include_str!("../../lua/replay.lua")),
+            drop_stale: Lua::new(include_str!("../../lua/drop_stale.lua")),
+            refresh: Lua::new(include_str!("../../lua/refresh.lua")),
         }
     }
 }
@@ -146,6 +152,24 @@ impl CampaignKeys {
                 .collect(),
         }
     }
+
+    /// Every key name of the campaign that carries its expiry, meta first.
+    pub fn all(&self) -> Vec<&str> {
+        let mut v = vec![
+            self.meta.as_str(),
+            &self.ans,
+            &self.seq,
+            &self.queued,
+            &self.outbox,
+            &self.queue,
+            &self.dlq,
+            &self.pending,
+        ];
+        for p in &self.pools {
+            v.extend([p.left.as_str(), &p.hw, &p.free]);
+        }
+        v
+    }
 }
 
 /// One pool's counters as `init.lua` loads them.
@@ -175,6 +199,8 @@ pub struct InitState {
     pub seq: i64,
     /// Claims waiting in the queue.
     pub queued: i64,
+    /// The state's generation (`campaigns.redis_gen` when it was read).
+    pub gen: i64,
     /// Per pool, by index.
     pub pools: Vec<PoolState>,
     /// Stored answers: (user, encoded answer).
@@ -362,6 +388,7 @@ impl RedisStore {
             st.pools.len().to_string(),
             st.seq.to_string(),
             st.queued.to_string(),
+            st.gen.to_string(),
         ];
         for p in &st.pools {
             args.extend([

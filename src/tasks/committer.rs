@@ -1,25 +1,31 @@
-//! Group commit for `gate`: winners from concurrent requests are inserted in
-//! one transaction (one fsync for many grants). No fixed tick: while every
-//! committing connection is busy, new winners queue up and go together in
+//! Group commit for `gate` (and the door refusals of `redis-queue`): the
+//! decisions of concurrent requests, winners and refusals, are inserted in
+//! one transaction (one fsync for many). No fixed tick: while every
+//! committing connection is busy, new decisions queue up and go together in
 //! the next batch; an optional linger trades a little latency for larger
-//! batches. After the transaction, the batch's Redis answers go from
-//! pending to granted in one `promote.lua` call per campaign rather than one
-//! call per winner.
+//! batches. The transaction is fenced by the Redis state's generation
+//! (`pg::insert_fenced`). After it, the batch's Redis answers go from
+//! pending to final in one `promote.lua` call per campaign rather than one
+//! call per decision.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::storage::{
-    pg::{self, NewGrant, PgError},
-    redis::{AnswerSwap, CampaignKeys, RedisStore},
+use crate::{
+    domain::CampaignId,
+    storage::{
+        pg::{self, NewGrant, NewRejection, PgError},
+        redis::{AnswerSwap, CampaignKeys, RedisStore},
+    },
 };
 
 /// Why a commit gave no verdict on a row.
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
-    /// The batch's transaction failed; nothing of it was written.
+    /// The batch's transaction failed; it may or may not have committed
+    /// (a connection lost after COMMIT): PostgreSQL must be asked.
     #[error(transparent)]
     Database(#[from] PgError),
     /// The committer has stopped (shutdown).
@@ -27,25 +33,66 @@ pub enum CommitError {
     Closed,
 }
 
+/// What a commit did with a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Stored (and its promotion applied in Redis, best effort).
+    Stored,
+    /// Refused by PostgreSQL: a unique index (the user already has a grant,
+    /// or a refusal; the slot is held; the code was voided), or a slot
+    /// outside the stock.
+    Refused,
+    /// The campaign's Redis state was rebuilt since the decision: nothing
+    /// decided in the old state may land.
+    Stale,
+}
+
+/// A row to make durable.
+#[derive(Debug, Clone)]
+pub enum Row {
+    /// A winner.
+    Grant(NewGrant),
+    /// A `sold_out` refusal.
+    Refusal(NewRejection),
+}
+
+impl Row {
+    fn campaign_id(&self) -> i64 {
+        match self {
+            Row::Grant(g) => g.campaign_id,
+            Row::Refusal(r) => r.campaign_id,
+        }
+    }
+
+    fn user_id(&self) -> &str {
+        match self {
+            Row::Grant(g) => &g.user_id,
+            Row::Refusal(r) => &r.user_id,
+        }
+    }
+}
+
 /// The Redis answer to replace once a row is durable.
 #[derive(Debug, Clone)]
 pub struct Promotion {
     /// The campaign's keys.
     pub keys: Arc<CampaignKeys>,
-    /// The answer expected in Redis (the pending reservation).
+    /// The answer expected in Redis (the pending reservation or refusal).
     pub from: String,
-    /// The answer to store (granted).
+    /// The answer to store (granted or rejected).
     pub to: String,
 }
 
-/// One winner waiting for its commit.
+/// One decision waiting for its commit.
 struct Job {
     /// The row.
-    grant: NewGrant,
-    /// Applied in Redis if the row was inserted.
+    row: Row,
+    /// Generation of the Redis state that decided it.
+    gen: i64,
+    /// Applied in Redis if the row was stored.
     promote: Option<Promotion>,
-    /// `Ok(true)` inserted; `Ok(false)` refused by a unique index.
-    reply: oneshot::Sender<Result<bool, CommitError>>,
+    /// The verdict.
+    reply: oneshot::Sender<Result<Verdict, CommitError>>,
 }
 
 /// Tuning of the group committer.
@@ -69,27 +116,30 @@ impl Default for CommitterConfig {
     }
 }
 
-/// Hands winners to the committer.
+/// Hands decisions to the committer.
 #[derive(Clone)]
 pub struct CommitterHandle {
-    /// Queue of waiting winners.
+    /// Queue of waiting decisions.
     tx: mpsc::Sender<Job>,
 }
 
 impl CommitterHandle {
-    /// Waits until `grant` is committed (or refused, or its batch failed).
-    /// When inserted, `promote` is applied in Redis (best effort: the row is
+    /// Waits until `row`, decided in a state of generation `gen`, is
+    /// committed (or refused, or found stale, or its batch failed). When
+    /// stored, `promote` is applied in Redis (best effort: the row is
     /// durable either way, and a later read settles a missed promotion)
     /// before the answer.
     pub async fn commit(
         &self,
-        grant: NewGrant,
+        row: Row,
+        gen: i64,
         promote: Option<Promotion>,
-    ) -> Result<bool, CommitError> {
+    ) -> Result<Verdict, CommitError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job {
-                grant,
+                row,
+                gen,
                 promote,
                 reply,
             })
@@ -134,29 +184,63 @@ pub fn spawn(db: PgPool, redis: RedisStore, cfg: CommitterConfig) -> CommitterHa
     CommitterHandle { tx }
 }
 
-/// Inserts the batch, gives its connection slot back, then promotes and
-/// answers: a slow Redis must not hold a PostgreSQL slot.
+/// Inserts the batch (fenced by generation), gives its connection slot
+/// back, then promotes and answers: a slow Redis must not hold a
+/// PostgreSQL slot.
 async fn run_batch(
     db: &PgPool,
     redis: &RedisStore,
     batch: Vec<Job>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let rows: Vec<NewGrant> = batch.iter().map(|j| j.grant.clone()).collect();
-    metrics::histogram!("firstcome_group_commit_rows").record(rows.len() as f64);
-    let result = pg::insert_grants(db, &rows).await;
+    let mut grants = Vec::new();
+    let mut grant_gens = Vec::new();
+    let mut refusals = Vec::new();
+    let mut refusal_gens = Vec::new();
+    for j in &batch {
+        match &j.row {
+            Row::Grant(g) => {
+                grants.push(g.clone());
+                grant_gens.push(j.gen);
+            }
+            Row::Refusal(r) => {
+                refusals.push(r.clone());
+                refusal_gens.push(j.gen);
+            }
+        }
+    }
+    metrics::histogram!("firstcome_group_commit_rows").record(batch.len() as f64);
+    let result = pg::insert_fenced(db, &grants, &grant_gens, &refusals, &refusal_gens).await;
+    let result = match result {
+        Ok(f) => stale_generations(db, &batch, &f).await.map(|g| (f, g)),
+        Err(e) => Err(e),
+    };
     drop(permit);
     match result {
-        Ok(inserted) => {
-            let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
-            promote(redis, &batch, &inserted).await;
-            for j in batch {
-                let ok = inserted.contains(&j.grant.code);
-                let _ = j.reply.send(Ok(ok));
+        Ok((fenced, current)) => {
+            let stored: Vec<bool> = batch
+                .iter()
+                .map(|j| match &j.row {
+                    Row::Grant(g) => fenced.codes.contains(&g.code),
+                    Row::Refusal(r) => fenced
+                        .refusals
+                        .contains(&(r.campaign_id, r.user_id.clone())),
+                })
+                .collect();
+            promote(redis, &batch, &stored).await;
+            for (j, stored) in batch.into_iter().zip(stored) {
+                let v = if stored {
+                    Verdict::Stored
+                } else if current.get(&j.row.campaign_id()) != Some(&j.gen) {
+                    Verdict::Stale
+                } else {
+                    Verdict::Refused
+                };
+                let _ = j.reply.send(Ok(v));
             }
         }
         Err(e) => {
-            tracing::warn!(error = %e, rows = rows.len(), "group commit failed");
+            tracing::warn!(error = %e, rows = batch.len(), "group commit failed");
             for j in batch {
                 let _ = j
                     .reply
@@ -166,19 +250,40 @@ async fn run_batch(
     }
 }
 
-/// One `promote.lua` call per campaign for the batch's inserted rows.
-async fn promote(redis: &RedisStore, batch: &[Job], inserted: &std::collections::HashSet<String>) {
-    let mut by_campaign: HashMap<i64, (Arc<CampaignKeys>, Vec<AnswerSwap>)> = HashMap::new();
+/// The current generation of each campaign that has a row the batch did not
+/// store (generations only grow: equal now means equal at the insert).
+async fn stale_generations(
+    db: &PgPool,
+    batch: &[Job],
+    f: &pg::Fenced,
+) -> Result<HashMap<i64, i64>, PgError> {
+    let mut out = HashMap::new();
     for j in batch {
+        let cid = j.row.campaign_id();
+        let stored = match &j.row {
+            Row::Grant(g) => f.codes.contains(&g.code),
+            Row::Refusal(r) => f.refusals.contains(&(cid, r.user_id.clone())),
+        };
+        if !stored && !out.contains_key(&cid) {
+            out.insert(cid, pg::generation(db, CampaignId(cid)).await?);
+        }
+    }
+    Ok(out)
+}
+
+/// One `promote.lua` call per campaign for the batch's stored rows.
+async fn promote(redis: &RedisStore, batch: &[Job], stored: &[bool]) {
+    let mut by_campaign: HashMap<i64, (Arc<CampaignKeys>, Vec<AnswerSwap>)> = HashMap::new();
+    for (j, &stored) in batch.iter().zip(stored) {
         let Some(p) = &j.promote else { continue };
-        if !inserted.contains(&j.grant.code) {
+        if !stored {
             continue;
         }
         by_campaign
-            .entry(j.grant.campaign_id)
+            .entry(j.row.campaign_id())
             .or_insert_with(|| (p.keys.clone(), Vec::new()))
             .1
-            .push((j.grant.user_id.clone(), p.from.clone(), p.to.clone()));
+            .push((j.row.user_id().to_string(), p.from.clone(), p.to.clone()));
     }
     for (keys, triples) in by_campaign.into_values() {
         if let Err(e) = redis.promote(&keys, &triples, false).await {

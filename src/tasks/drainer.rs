@@ -10,9 +10,9 @@ use sqlx::PgPool;
 
 use super::stream::{Entry, Handler};
 use crate::{
-    domain::{generate_code, Campaign, ClaimOutcome, UserId},
-    modes::redis_common::{RedisCommon, Stored},
-    storage::pg::{self, NewGrant},
+    domain::{generate_code, Campaign, UserId},
+    modes::redis_common::{RedisCommon, Release, Stored},
+    storage::pg::{self, NewGrant, NewRejection},
 };
 
 /// Attempts before a row is dead-lettered.
@@ -46,56 +46,96 @@ impl Handler for Drainer {
         for p in &k.pools {
             keys.extend([p.hw.as_str(), p.free.as_str()]);
         }
-        let mut args: Vec<&str> = Vec::with_capacity(entries.len() * 2);
+        let stocks: Vec<String> = c.pools.iter().map(|p| p.stock.to_string()).collect();
+        let np = c.pools.len().to_string();
+        let mut args: Vec<&str> = Vec::with_capacity(1 + stocks.len() + entries.len() * 2);
+        args.push(&np);
+        args.extend(stocks.iter().map(String::as_str));
         for (e, code) in entries.iter().zip(&codes) {
             args.extend([e.get("u"), code.as_str()]);
         }
-        let answers: Vec<String> = self
+        let reply: Vec<String> = self
             .common
             .redis
             .eval(&self.common.redis.scripts().allocate, &keys, &args)
             .await?;
-        // 2. Durable, in one transaction.
+        let (gen, answers) = reply
+            .split_first()
+            .ok_or_else(|| anyhow::anyhow!("allocate: empty reply"))?;
+        let gen: i64 = gen.parse()?;
+        // 2. Durable, fenced by the state's generation.
         let mut rows = Vec::new();
         let mut pending: Vec<(usize, Stored)> = Vec::new();
+        let mut refusals = Vec::new();
+        let mut refusing: Vec<(usize, Stored)> = Vec::new();
         for (i, a) in answers.iter().enumerate() {
             if a.is_empty() {
                 continue;
             }
             let s = Stored::parse(a)?;
-            if let Stored::Queued {
-                pidx,
-                seq,
-                alloc: Some((slot, ref code)),
-            } = s
-            {
-                let Some(pool) = c.pool_at(pidx) else {
-                    continue;
-                };
-                rows.push(NewGrant {
-                    campaign_id: c.id.0,
-                    pool_id: pool.id,
-                    user_id: entries[i].get("u").to_string(),
-                    slot,
-                    code: code.clone(),
+            match s {
+                Stored::Queued {
+                    pidx,
                     seq,
-                });
-                pending.push((i, s));
+                    alloc: Some((slot, ref code)),
+                } => {
+                    let Some(pool) = c.pool_at(pidx) else {
+                        continue;
+                    };
+                    rows.push(NewGrant {
+                        campaign_id: c.id.0,
+                        pool_id: pool.id,
+                        user_id: entries[i].get("u").to_string(),
+                        slot,
+                        code: code.clone(),
+                        seq,
+                    });
+                    pending.push((i, s));
+                }
+                Stored::Refusing { seq } => {
+                    refusals.push(NewRejection {
+                        campaign_id: c.id.0,
+                        user_id: entries[i].get("u").to_string(),
+                        seq,
+                    });
+                    refusing.push((i, s));
+                }
+                _ => {}
             }
         }
-        let inserted: std::collections::HashSet<String> = futures::future::try_join_all(
-            rows.chunks(INSERT_CHUNK)
-                .map(|chunk| pg::insert_grants(&self.db, chunk)),
-        )
-        .await?
-        .into_iter()
-        .flatten()
-        .collect();
+        let gens = vec![gen; INSERT_CHUNK.max(refusals.len())];
+        let mut inserts: Vec<_> = rows
+            .chunks(INSERT_CHUNK)
+            .map(|chunk| pg::insert_fenced(&self.db, chunk, &gens[..chunk.len()], &[], &[]))
+            .collect();
+        if !refusals.is_empty() {
+            inserts.push(pg::insert_fenced(
+                &self.db,
+                &[],
+                &[],
+                &refusals,
+                &gens[..refusals.len()],
+            ));
+        }
+        let mut inserted = std::collections::HashSet::new();
+        let mut refused_ok = std::collections::HashSet::new();
+        for f in futures::future::try_join_all(inserts).await? {
+            inserted.extend(f.codes);
+            refused_ok.extend(f.refusals.into_iter().map(|(_, u)| u));
+        }
         let missing: Vec<String> = rows
             .iter()
             .filter(|r| !inserted.contains(&r.code))
             .map(|r| r.code.clone())
             .collect();
+        if (!missing.is_empty() || refused_ok.len() < refusals.len())
+            && pg::generation(&self.db, c.id).await? != gen
+        {
+            // Decided in a state that a rebuild replaced: nothing of it may
+            // land. The rebuilt state no longer holds these answers.
+            self.common.drop_stale(c, gen).await?;
+            anyhow::bail!("queue batch decided in a stale redis state (gen {gen})");
+        }
         let present: std::collections::HashSet<String> = if missing.is_empty() {
             Default::default()
         } else {
@@ -106,6 +146,22 @@ impl Handler for Drainer {
         };
         // 3. Answers.
         let mut triples = Vec::new();
+        for (i, s) in &refusing {
+            let user = UserId::parse(entries[*i].get("u"))?;
+            let Stored::Refusing { seq } = s else {
+                continue;
+            };
+            let to = if refused_ok.contains(user.as_str()) {
+                Stored::Rejected { seq: *seq }
+            } else {
+                match pg::durable_answer(&self.db, c, &user).await? {
+                    Some(d) => Stored::from_outcome(c, &d)?,
+                    None => anyhow::bail!("refusal of {user} neither stored nor found"),
+                }
+            };
+            triples.push((user.as_str().to_string(), s.encode(), to.encode()));
+        }
+        let mut retry = false;
         for ((i, s), row) in pending.iter().zip(&rows) {
             let Stored::Queued {
                 pidx,
@@ -126,32 +182,42 @@ impl Handler for Drainer {
                 triples.push((row.user_id.clone(), s.encode(), g.encode()));
                 continue;
             }
-            // Refused by a unique index.
-            if let Some(ClaimOutcome::Granted {
-                pool,
-                slot: gs,
-                code: gc,
-                seq: gq,
-                ..
-            }) = pg::grant_answer(&self.db, c, &user).await?
-            {
-                // The user already holds a grant: that is the answer, and
-                // this allocation goes back to stock.
-                let g = Stored::Granted {
-                    pidx: c.pools.iter().position(|p| p.name == pool).unwrap_or(0) as i32,
-                    slot: gs,
-                    code: gc,
-                    seq: gq,
+            // Refused. PostgreSQL may hold the user's final answer already:
+            // that is the answer, and this allocation goes back to stock.
+            if let Some(d) = pg::durable_answer(&self.db, c, &user).await? {
+                let to = Stored::from_outcome(c, &d)?;
+                let held = match &to {
+                    Stored::Granted { slot, .. } => Some(*slot),
+                    _ => None,
                 };
-                self.common
-                    .release(c, &user, s, Some(&g), Some(*slot), -1)
-                    .await?;
+                let r = Release {
+                    replacement: Some(&to),
+                    mark_taken: held,
+                    queued_delta: -1,
+                    ..Release::back(Some(*slot))
+                };
+                self.common.release(c, &user, s, r).await?;
                 continue;
             }
+            // Otherwise the slot is held by a grant Redis did not know: it
+            // stays taken, and the claim is allocated again (a new slot, or a
+            // refusal when none is left) in the next attempt.
+            let back = Stored::Queued {
+                pidx: *pidx,
+                seq: *seq,
+                alloc: None,
+            };
             let n = self.attempts.entry(entries[*i].id.clone()).or_insert(0);
             *n += 1;
             if *n < MAX_ATTEMPTS {
-                anyhow::bail!("grant for {user} refused by a unique index (attempt {n})");
+                tracing::warn!(%user, slot, "queued grant refused: slot held in postgres; allocating again");
+                let r = Release {
+                    replacement: Some(&back),
+                    ..Release::default()
+                };
+                self.common.release(c, &user, s, r).await?;
+                retry = true;
+                continue;
             }
             // Dead letter: keep the claim for an operator, free its stock.
             tracing::error!(%user, entry = %entries[*i].id, "dead-lettering a queued claim");
@@ -178,17 +244,24 @@ impl Handler for Drainer {
                         .await
                 })
                 .await?;
-            let back = Stored::Queued {
+            // Out of the queued count while it waits for an operator.
+            let dead = Stored::DeadLettered {
                 pidx: *pidx,
                 seq: *seq,
-                alloc: None,
             };
-            self.common
-                .release(c, &user, s, Some(&back), Some(*slot), 0)
-                .await?;
+            let r = Release {
+                replacement: Some(&dead),
+                give_back: true,
+                queued_delta: -1,
+                ..Release::default()
+            };
+            self.common.release(c, &user, s, r).await?;
         }
         if !triples.is_empty() {
             self.common.promote(c, &triples, true).await?;
+        }
+        if retry {
+            anyhow::bail!("some queued grants were refused; allocating them again");
         }
         let now = chrono::Utc::now().timestamp_millis();
         for e in entries {

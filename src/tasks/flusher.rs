@@ -1,5 +1,5 @@
-//! The redis-lua flusher: writes the outbox to PostgreSQL in batches, in
-//! stream order, idempotently (the coupon code is the idempotency key), and
+//! The redis-lua flusher: writes the outbox (grants, refusals, cancellations)
+//! to PostgreSQL in batches, in stream order, fenced by the state's generation, idempotently (the coupon code is the idempotency key), and
 //! lets the stream loop acknowledge only after the commit.
 
 use sqlx::PgPool;
@@ -8,7 +8,7 @@ use super::stream::{Entry, Handler};
 use crate::{
     domain::Campaign,
     modes::redis_common::RedisCommon,
-    storage::pg::{self, NewGrant, PgError},
+    storage::pg::{self, NewGrant, NewRejection, PgError},
 };
 
 /// Flushes one campaign's outbox.
@@ -24,11 +24,24 @@ pub struct Flusher {
 impl Handler for Flusher {
     async fn handle(&mut self, entries: &[Entry]) -> anyhow::Result<()> {
         let mut tx = self.db.begin().await.map_err(PgError::from)?;
+        pg::lock_generations(&mut tx, &[self.campaign.id.0]).await?;
+        // Under the lock the generation cannot move: entries of an older one
+        // were decided in a state a rebuild replaced and must not land (the
+        // rebuilt state may have handed their slots out again). They are the
+        // mode's exposure, counted.
+        let gen_now = pg::generation(&mut *tx, self.campaign.id).await?;
         let mut grants: Vec<NewGrant> = Vec::new();
+        let mut refusals: Vec<NewRejection> = Vec::new();
         let mut expected = 0usize;
         let mut inserted = 0usize;
+        let mut stale = 0usize;
         let mut all_codes = Vec::new();
+        let any = |n: usize| vec![gen_now; n];
         for e in entries {
+            if e.get("g").parse::<i64>().unwrap_or(0) != gen_now {
+                stale += 1;
+                continue;
+            }
             match e.get("op") {
                 "g" => {
                     let Some(pool) = e
@@ -49,13 +62,20 @@ impl Handler for Flusher {
                         seq: e.get("s").parse()?,
                     });
                 }
+                "r" => refusals.push(NewRejection {
+                    campaign_id: self.campaign.id.0,
+                    user_id: e.get("u").to_string(),
+                    seq: e.get("s").parse()?,
+                }),
                 "c" => {
                     // The grant it cancels comes earlier in the stream: write
                     // what is buffered first, so a reused slot never meets
                     // the still-active grant that held it.
                     expected += grants.len();
                     all_codes.extend(grants.iter().map(|g| g.code.clone()));
-                    inserted += pg::insert_grants(&mut *tx, &grants).await?.len();
+                    inserted += pg::insert_grants_in(&mut tx, &grants, &any(grants.len()))
+                        .await?
+                        .len();
                     grants.clear();
                     sqlx::query(
                         "UPDATE grants SET state = 'cancelled', released_at = now()
@@ -71,8 +91,15 @@ impl Handler for Flusher {
         }
         expected += grants.len();
         all_codes.extend(grants.iter().map(|g| g.code.clone()));
-        inserted += pg::insert_grants(&mut *tx, &grants).await?.len();
+        inserted += pg::insert_grants_in(&mut tx, &grants, &any(grants.len()))
+            .await?
+            .len();
+        pg::insert_rejections_in(&mut tx, &refusals, &any(refusals.len())).await?;
         tx.commit().await.map_err(PgError::from)?;
+        if stale > 0 {
+            tracing::error!(stale, campaign = %self.campaign.id, "flush: outbox entries of a replaced redis state dropped");
+            metrics::counter!("firstcome_flush_stale_total").increment(stale as u64);
+        }
         if inserted < expected {
             // Either a redelivery (the codes are there) or a real conflict:
             // an acknowledged grant PostgreSQL refused. Count the latter.

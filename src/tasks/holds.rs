@@ -47,10 +47,7 @@ pub async fn sweep_once(common: &RedisCommon) -> anyhow::Result<usize> {
         let user = UserId::parse(e.user_id.clone())?;
         // PostgreSQL already says expired; Redis follows. If Redis is
         // unreachable now, the reconciler repairs the answer and the stock.
-        if let Err(err) = common
-            .cancel_script(&c, &user, pidx as i32, Some(&e.code), false)
-            .await
-        {
+        if let Err(err) = common.mirror_release(&c, &user, pidx as i32, &e.code).await {
             tracing::warn!(error = %err, campaign = e.campaign_id, "could not mirror an expired hold in redis");
         }
     }

@@ -1,7 +1,7 @@
 //! Settles gate reservations whose API process died between the Redis
 //! reservation and the answer: PostgreSQL decides (granted if the row was
-//! committed, released otherwise), so no stock stays stranded until the same
-//! user happens to ask again.
+//! committed, released once a void row makes sure it never will be), so no
+//! stock stays stranded until the same user happens to ask again.
 
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use crate::{
     domain::{Campaign, UserId},
-    modes::redis_common::{RedisCommon, Stored, ORPHAN_PENDING_MS},
+    modes::redis_common::{RedisCommon, Stored},
 };
 
 /// How often the pending set is looked at.
@@ -35,11 +35,14 @@ pub async fn run(common: RedisCommon, c: Campaign, mut shutdown: watch::Receiver
     }
 }
 
-/// Settles the reservations older than [`ORPHAN_PENDING_MS`]; returns how
+/// Settles the reservations older than `orphan_after_ms`; returns how
 /// many were settled.
 pub async fn sweep_once(common: &RedisCommon, c: &Campaign) -> anyhow::Result<usize> {
     let k = common.keys(c);
-    let cutoff = Utc::now().timestamp_millis() - ORPHAN_PENDING_MS;
+    // Reservations carry Redis' clock: their age is measured on it, so a
+    // skewed app host settles neither too early nor never. (Settling early
+    // would cost liveness only: the void row fences a late commit.)
+    let cutoff = common.redis_now_ms().await? - common.orphan_after_ms;
     let key = k.pending.clone();
     let users: Vec<String> = common
         .redis

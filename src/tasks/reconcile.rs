@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use crate::{
     domain::{Campaign, CampaignId, Mode},
     modes::{
-        redis_common::{RedisCommon, Stored, ORPHAN_PENDING_MS},
+        redis_common::{RedisCommon, Stored},
         AdmissionError,
     },
     storage::pg,
@@ -87,10 +87,10 @@ pub async fn reconcile(
     };
     // Work in flight means Redis is legitimately ahead of PostgreSQL.
     let mut busy = snap.stream_len > 0 || snap.queued > 0;
-    let now_ms = Utc::now().timestamp_millis();
+    let now_ms = common.redis_now_ms().await?;
     for (user, s) in &snap.answers {
         match s {
-            Stored::Pending { at_ms, .. } if now_ms - at_ms > ORPHAN_PENDING_MS => {
+            Stored::Pending { at_ms, .. } if now_ms - at_ms > common.orphan_after_ms => {
                 if repair {
                     let u = crate::domain::UserId::parse(user.clone()).map_err(|e| {
                         crate::storage::redis::RedisStoreError::Protocol(e.to_string())
@@ -100,7 +100,7 @@ pub async fn reconcile(
                 }
                 busy = true;
             }
-            Stored::Pending { .. } | Stored::Queued { .. } => busy = true,
+            Stored::Pending { .. } | Stored::Queued { .. } | Stored::Refusing { .. } => busy = true,
             _ => {}
         }
     }
@@ -109,6 +109,13 @@ pub async fn reconcile(
         return Ok(r);
     }
     let truth = common.truth(c).await?;
+    // Quiet again after reading both sides: a cancellation (or a claim)
+    // between the first look and the answers' scan would otherwise be read
+    // from Redis but not yet from PostgreSQL, and "repaired" back.
+    if !quiet(common, c).await? {
+        r.skipped = Some("busy".into());
+        return Ok(r);
+    }
     r.users = snap.answers.len();
     // Answers: PostgreSQL's grants win.
     let pg_codes: HashSet<&str> = truth
@@ -245,6 +252,29 @@ pub async fn counters_agree(common: &RedisCommon, c: &Campaign) -> Result<bool, 
     }))
 }
 
+/// Whether nothing is in flight: the outbox or queue empty, nothing queued,
+/// no gate reservation pending.
+async fn quiet(common: &RedisCommon, c: &Campaign) -> Result<bool, AdmissionError> {
+    let k = common.keys(c);
+    let stream = match c.mode {
+        Mode::RedisLua => k.outbox.clone(),
+        _ => k.queue.clone(),
+    };
+    let (len, queued, pending): (i64, Option<i64>, i64) = common
+        .redis
+        .run(|mut conn| async move {
+            redis::pipe()
+                .cmd("XLEN")
+                .arg(&stream)
+                .get(&k.queued)
+                .zcard(&k.pending)
+                .query_async(&mut conn)
+                .await
+        })
+        .await?;
+    Ok(len == 0 && queued.unwrap_or(0) == 0 && pending == 0)
+}
+
 /// Redis' side of a campaign, read without blocking the rush (HSCAN).
 struct Snapshot {
     answers: HashMap<String, Stored>,
@@ -319,7 +349,7 @@ async fn read_redis(
             })
             .await?;
         for (u, a) in items {
-            if u == "_" {
+            if u == "#" {
                 continue;
             }
             answers.insert(u, Stored::parse(&a)?);

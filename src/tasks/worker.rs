@@ -20,6 +20,10 @@ use crate::{
 /// How often the worker looks for new campaigns.
 pub const DISCOVERY_INTERVAL: Duration = Duration::from_millis(250);
 
+/// How often the worker pushes open-ended campaigns' key expiry forward
+/// (each push happens only once less than half the lifetime is left).
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Runs until `shutdown` turns true, then waits for its tasks to stop.
 pub async fn run(
     common: RedisCommon,
@@ -34,10 +38,15 @@ pub async fn run(
         crate::domain::generate_code()
     );
     let mut tasks: HashMap<CampaignId, JoinHandle<()>> = HashMap::new();
+    let mut next_refresh = tokio::time::Instant::now();
     while !*shutdown.borrow() {
         tasks.retain(|_, h| !h.is_finished());
         match pg::live_campaigns(&db, &[Mode::RedisLua, Mode::RedisQueue, Mode::Gate]).await {
             Ok(ids) => {
+                if tokio::time::Instant::now() >= next_refresh {
+                    next_refresh = tokio::time::Instant::now() + REFRESH_INTERVAL;
+                    refresh_lifetimes(&common, &ids).await;
+                }
                 for id in ids {
                     if tasks.contains_key(&id) {
                         continue;
@@ -94,5 +103,25 @@ pub async fn run(
     }
     for (_, h) in tasks {
         let _ = h.await;
+    }
+}
+
+/// Keeps open-ended campaigns' keys alive: they live as long as the
+/// campaign exists.
+async fn refresh_lifetimes(common: &RedisCommon, ids: &[CampaignId]) {
+    for id in ids {
+        let Ok(Some(c)) = pg::load_campaign(&common.db, *id).await else {
+            continue;
+        };
+        if c.closes_at.is_some() {
+            continue;
+        }
+        match common.refresh_lifetime(&c).await {
+            Ok(true) => {
+                tracing::info!(campaign = %c.id, "pushed an open-ended campaign's key expiry forward")
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, campaign = %c.id, "could not refresh key expiry"),
+        }
     }
 }

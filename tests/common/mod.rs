@@ -367,6 +367,7 @@ pub fn init_state(
         mode: mode.into(),
         seq: 0,
         queued: 0,
+        gen: 0,
         pools: stocks
             .iter()
             .map(|&left| PoolState {

@@ -1,0 +1,25 @@
+-- Answers that never change (docs/GUARANTEES.md).
+--
+-- redis_gen: the generation of a campaign's Redis state. A rebuild from
+-- PostgreSQL bumps it (under an exclusive advisory lock on the campaign)
+-- before it reads the truth; every insert derived from a Redis decision
+-- (gate group commit, redis-queue drainer, redis-lua flusher) names the
+-- generation it was decided in and runs under the shared lock, so it either
+-- lands before the rebuild reads, or is refused. Nothing decided in a lost
+-- state can land behind a rebuild's back.
+ALTER TABLE campaigns ADD COLUMN redis_gen BIGINT NOT NULL DEFAULT 0;
+
+-- 'void': a gate reservation the orphan sweeper (or a failed commit's
+-- compensation) gave up on. The row takes the reservation's code, so the
+-- unique index on code arbitrates between a late commit and the release:
+-- whichever inserts the code first wins, the other learns it. Void rows are
+-- not grants: every reader filters on state.
+ALTER TABLE grants DROP CONSTRAINT grants_state_check;
+ALTER TABLE grants ADD CONSTRAINT grants_state_check
+    CHECK (state IN ('active', 'cancelled', 'expired', 'void'));
+
+-- Refusals (sold_out) of the Redis modes are remembered here too, before
+-- they are answered (gate, redis-queue) or with the outbox (redis-lua), so a
+-- rebuild after Redis loses its state gives every user the answer they had.
+-- The table exists since the first migration (db-* modes); the rebuild reads
+-- it per campaign.

@@ -1,0 +1,507 @@
+//! Issue 11: answers that never change, slots that never poison. Each test
+//! reproduces a fault found outside the chaos harness (R) or read in the
+//! code (S) and checks the invariant it broke (docs/GUARANTEES.md lists
+//! them by item).
+
+mod common;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use common::{redis_conn, spawn_app, spawn_app_on, TestApp};
+use firstcome::{
+    domain::{CampaignId, UserId},
+    modes::redis_common::{RedisCommon, Stored},
+    storage::{
+        pg::{self, NewGrant, NewRejection},
+        redis::RedisStore,
+    },
+};
+use serde_json::Value;
+use sqlx::Row;
+
+/// Deletes every key of a campaign, as FLUSHDB or an expiry would.
+async fn lose_redis_state(app: &TestApp, id: i64) {
+    let mut c = redis_conn().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:{{c{id}}}:*", app.prefix))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty());
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+}
+
+/// Waits with a deadline until `f` is true.
+async fn until<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !f().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn count(app: &TestApp, sql: &str, id: i64) -> i64 {
+    sqlx::query(sql)
+        .bind(id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn common_for(app: &TestApp) -> RedisCommon {
+    let db = sqlx::PgPool::connect(&app.db_url).await.unwrap();
+    let redis = RedisStore::connect(&common::redis_url(), &app.prefix, Duration::from_secs(2))
+        .await
+        .unwrap();
+    RedisCommon::new(db, redis, Duration::from_secs(3))
+}
+
+/// R1: after Redis loses a campaign's state, every user keeps the final
+/// answer they were given (granted or sold_out), on GET and on a repeated
+/// claim; nobody told sold_out is later told 404 or granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn final_answers_survive_the_loss_of_redis_state() {
+    let app = Arc::new(spawn_app().await);
+    for mode in ["gate", "redis-lua", "redis-queue"] {
+        let id = app.campaign(mode, &[("main", 10)]).await;
+        let mut given: HashMap<String, (u16, Value)> = HashMap::new();
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let app = app.clone();
+            tasks.push(tokio::spawn(async move {
+                let u = format!("u{i}");
+                let a = app.claim(id, &u, None).await;
+                (u, a)
+            }));
+        }
+        for t in tasks {
+            let (u, a) = t.await.unwrap();
+            given.insert(u, a);
+        }
+        app.wait_durable(id, 10).await;
+        // Queued answers are not final: wait for their final state.
+        for (u, a) in given.iter_mut() {
+            if a.0 == 202 {
+                let (app, u2) = (app.clone(), u.clone());
+                until("queued claim settles", || {
+                    let (app, u2) = (app.clone(), u2.clone());
+                    async move { app.status(id, &u2).await.1["status"] != "queued" }
+                })
+                .await;
+                *a = app.claim(id, u, None).await;
+            }
+        }
+        let refused = given.values().filter(|a| a.0 == 409).count() as i64;
+        assert_eq!(refused, 30, "{mode}");
+        // redis-lua writes refusals behind, like its grants: wait for them.
+        until("refusals durable", || {
+            let app = app.clone();
+            async move {
+                count(
+                    &app,
+                    "SELECT count(*) FROM rejections WHERE campaign_id = $1",
+                    id,
+                )
+                .await
+                    == refused
+            }
+        })
+        .await;
+        lose_redis_state(&app, id).await;
+        for (u, (s, body)) in &given {
+            let (gs, gv) = app.status(id, u).await;
+            assert_eq!(gs, 200, "{mode}: {u} was {s} {body}, now GET {gs} {gv}");
+            assert_eq!(&gv["status"], &body["status"], "{mode}: {u}");
+            assert_eq!(&gv["seq"], &body["seq"], "{mode}: {u}");
+            assert_eq!(&gv["code"], &body["code"], "{mode}: {u}");
+            let again = app.claim(id, u, None).await;
+            assert_eq!((again.0, &again.1), (*s, body), "{mode}: {u} claims again");
+        }
+        assert_eq!(app.assert_db_invariants(id).await, 10);
+    }
+}
+
+/// R2: a campaign without closes_at keeps working past the default key
+/// lifetime: a rebuild never sets an expiry in the past, and the worker
+/// keeps it in its list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn open_ended_campaigns_outlive_the_key_lifetime() {
+    let app = spawn_app().await;
+    let id = app.campaign("gate", &[("main", 5)]).await;
+    sqlx::query("UPDATE campaigns SET created_at = now() - interval '30 days' WHERE id = $1")
+        .bind(id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    lose_redis_state(&app, id).await;
+    let (s, v) = app.claim(id, "late", None).await;
+    assert_eq!(s, 200, "{v}");
+    let mut c = redis_conn().await;
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{}:{{c{id}}}:meta", app.prefix))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(ttl > 6 * 24 * 3600 * 1000, "keys live on: {ttl} ms");
+    let live = pg::live_campaigns(&app.db, &[firstcome::domain::Mode::Gate])
+        .await
+        .unwrap();
+    assert!(live.contains(&CampaignId(id)), "the worker still serves it");
+}
+
+/// R3: a slot PostgreSQL holds while Redis lists it free, or holds for a
+/// user Redis does not know, never oversells: PostgreSQL refuses a slot
+/// beyond the stock, a conflict keeps the slot taken, a cancel adds only
+/// the stock it took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poisoned_slot_never_oversells() {
+    let app = spawn_app().await;
+    let id = app.campaign("gate", &[("main", 3)]).await;
+    let k = format!("{}:{{c{id}}}", app.prefix);
+    let mut c = redis_conn().await;
+    let (s, a) = app.claim(id, "A", None).await;
+    assert_eq!((s, a["slot"].as_i64()), (200, Some(1)));
+    // Poison 1: Redis forgets A, lists slot 1 free, counts it in stock.
+    let _: () = redis::pipe()
+        .hdel(format!("{k}:ans"), "A")
+        .zadd(format!("{k}:p0:free"), 1, 1)
+        .incr(format!("{k}:p0:left"), 1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let (s, again) = app.claim(id, "A", None).await;
+    assert_eq!((s, &again["code"]), (200, &a["code"]), "A keeps its grant");
+    let (s, _) = app.cancel(id, "A").await;
+    assert_eq!(s, 200);
+    // Poison 2: PostgreSQL holds slot 2 for Z, whom Redis never saw.
+    let pool_id: i64 = count(&app, "SELECT id FROM pools WHERE campaign_id = $1", id).await;
+    pg::insert_grants(
+        &app.db,
+        &[NewGrant {
+            campaign_id: id,
+            pool_id,
+            user_id: "Z".into(),
+            slot: 2,
+            code: "ZCODE".into(),
+            seq: 99,
+        }],
+    )
+    .await
+    .unwrap();
+    // And PostgreSQL itself refuses a slot beyond the stock.
+    let beyond = pg::insert_grants(
+        &app.db,
+        &[NewGrant {
+            campaign_id: id,
+            pool_id,
+            user_id: "Y".into(),
+            slot: 4,
+            code: "YCODE".into(),
+            seq: 98,
+        }],
+    )
+    .await
+    .unwrap();
+    assert!(beyond.is_empty(), "slot 4 of a stock of 3 is never stored");
+    // Everyone asks until answered (a slot conflict answers 503: retry).
+    let mut granted = 0;
+    for u in ["B", "C", "D", "E", "F"] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (s, v) = app.claim(id, u, None).await;
+            if s == 503 {
+                assert!(tokio::time::Instant::now() < deadline, "{u} never answered");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            assert!(matches!(s, 200 | 409), "{u}: {s} {v}");
+            granted += (s == 200) as i64;
+            break;
+        }
+    }
+    assert_eq!(granted, 2, "slots 1 and 3 were left; Z holds 2");
+    assert_eq!(app.assert_db_invariants(id).await, 3);
+}
+
+/// R4 (and S13): commits slower than the orphan threshold. The sweeper
+/// settles reservations still in the committer's queue, but a void row
+/// fences their commits off: no answer `granted` is ever taken back, and
+/// no slot is booked twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_commits_never_turn_a_grant_into_a_404() {
+    let name = common::unique("slow");
+    let db_url = common::fresh_database(&name).await;
+    let app = Arc::new(
+        spawn_app_on(&db_url, &name, |a| {
+            a.commit_max_batch = 4;
+            a.commit_inflight = 1;
+            a.orphan_after_ms = 300;
+        })
+        .await
+        .owning_database(),
+    );
+    let id = app.campaign("gate", &[("main", 100)]).await;
+    sqlx::query(
+        "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS
+         $$ BEGIN PERFORM pg_sleep(0.25); RETURN NEW; END $$",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER slow_insert BEFORE INSERT ON grants
+         FOR EACH ROW WHEN (NEW.state = 'active') EXECUTE FUNCTION slow_insert()",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let u = format!("s{i}");
+            let a = app.claim(id, &u, None).await;
+            (u, a)
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    sqlx::query("DROP TRIGGER slow_insert ON grants")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let voided = count(
+        &app,
+        "SELECT count(*) FROM grants WHERE campaign_id = $1 AND state = 'void'",
+        id,
+    )
+    .await;
+    assert!(
+        voided > 0,
+        "the sweeper settled reservations still in flight"
+    );
+    for (u, (s, v)) in &answers {
+        assert!(matches!(s, 200 | 503), "{u}: {s} {v}");
+        if *s == 200 {
+            let (gs, gv) = app.status(id, u).await;
+            assert_eq!((gs, &gv["code"]), (200, &v["code"]), "{u} keeps its grant");
+        }
+    }
+    app.assert_db_invariants(id).await;
+}
+
+/// S5 and S9: a reservation whose commit reported an error is settled by
+/// PostgreSQL: granted if the row is there (a connection lost after
+/// COMMIT), granted-then-released if the row was cancelled meanwhile,
+/// released (and its code voided for good) if not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_uncertain_commit_is_settled_by_postgres() {
+    let app = spawn_app().await;
+    app.stop_worker.send(true).unwrap();
+    let id = app.campaign("gate", &[("main", 5)]).await;
+    let common = common_for(&app).await;
+    let c = pg::load_campaign(&app.db, CampaignId(id))
+        .await
+        .unwrap()
+        .unwrap();
+    let pool = &c.pools[0];
+    let reserve = |user: &'static str| {
+        let (common, c, pool) = (common.clone(), c.clone(), pool.clone());
+        async move {
+            let u = UserId::parse(user).unwrap();
+            match common.claim_script(&c, &pool, &u, "gate").await.unwrap() {
+                firstcome::modes::redis_common::ScriptReply::New(s, _) => (u, s),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let row = |u: &UserId, s: &Stored| match s {
+        Stored::Pending {
+            slot, code, seq, ..
+        } => NewGrant {
+            campaign_id: id,
+            pool_id: pool.id,
+            user_id: u.as_str().into(),
+            slot: *slot,
+            code: code.clone(),
+            seq: *seq,
+        },
+        _ => panic!("{s:?}"),
+    };
+    // Committed despite the error: granted.
+    let (a, sa) = reserve("a").await;
+    pg::insert_grants(&app.db, &[row(&a, &sa)]).await.unwrap();
+    common.resolve_orphan(&c, &a, &sa).await.unwrap();
+    assert!(matches!(
+        common.stored(&c, &a).await.unwrap(),
+        Some(Stored::Granted { .. })
+    ));
+    // Committed, then cancelled while Redis still said pending: cancelled.
+    let (b, sb) = reserve("b").await;
+    pg::insert_grants(&app.db, &[row(&b, &sb)]).await.unwrap();
+    sqlx::query("UPDATE grants SET state = 'cancelled' WHERE user_id = 'b'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    common.resolve_orphan(&c, &b, &sb).await.unwrap();
+    assert!(matches!(
+        common.stored(&c, &b).await.unwrap(),
+        Some(Stored::Cancelled { .. })
+    ));
+    // Never committed: released, and the commit can no longer land.
+    let (d, sd) = reserve("d").await;
+    common.resolve_orphan(&c, &d, &sd).await.unwrap();
+    assert_eq!(common.stored(&c, &d).await.unwrap(), None);
+    let late = pg::insert_grants(&app.db, &[row(&d, &sd)]).await.unwrap();
+    assert!(late.is_empty(), "a voided code never becomes a grant");
+    let (left, _) = common.counters(&c).await.unwrap().unwrap();
+    assert_eq!(left, vec![4], "only a's grant holds stock");
+}
+
+/// S6: a rebuild bumps the generation under the exclusive lock before it
+/// reads; a write decided in the older state is refused, never lands
+/// behind the rebuild's back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_of_a_replaced_state_are_fenced_off() {
+    let app = spawn_app().await;
+    let id = app.campaign("gate", &[("main", 5)]).await;
+    let pool_id: i64 = count(&app, "SELECT id FROM pools WHERE campaign_id = $1", id).await;
+    let gen = pg::generation(&app.db, CampaignId(id)).await.unwrap();
+    assert!(gen >= 1, "creation loaded generation {gen}");
+    let next = pg::bump_generation(&app.db, CampaignId(id)).await.unwrap();
+    assert_eq!(next, gen + 1);
+    let g = NewGrant {
+        campaign_id: id,
+        pool_id,
+        user_id: "old".into(),
+        slot: 1,
+        code: "OLDGEN".into(),
+        seq: 1,
+    };
+    let r = NewRejection {
+        campaign_id: id,
+        user_id: "old2".into(),
+        seq: 2,
+    };
+    let f = pg::insert_fenced(
+        &app.db,
+        std::slice::from_ref(&g),
+        &[gen],
+        std::slice::from_ref(&r),
+        &[gen],
+    )
+    .await
+    .unwrap();
+    assert!(
+        f.codes.is_empty() && f.refusals.is_empty(),
+        "stale writes refused"
+    );
+    let f = pg::insert_fenced(&app.db, &[g], &[next], &[r], &[next])
+        .await
+        .unwrap();
+    assert_eq!((f.codes.len(), f.refusals.len()), (1, 1));
+    // The state in Redis is of the old generation: a claim decided in it
+    // is refused at commit, the state dropped and rebuilt, the user
+    // answered in the new one.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, v) = app.claim(id, "fresh", None).await;
+        if s == 200 {
+            break;
+        }
+        assert_eq!(s, 503, "{v}");
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(pg::generation(&app.db, CampaignId(id)).await.unwrap() > next);
+    assert_eq!(app.assert_db_invariants(id).await, 2);
+}
+
+/// S7: in redis-queue, a slot PostgreSQL holds for a grant Redis never saw
+/// does not loop batches through dead letters: it stays taken, the claim is
+/// allocated again, every claim reaches a final answer, nothing stays queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poisoned_slot_does_not_stall_the_queue() {
+    let app = spawn_app().await;
+    let id = app.campaign("redis-queue", &[("main", 2)]).await;
+    let pool_id: i64 = count(&app, "SELECT id FROM pools WHERE campaign_id = $1", id).await;
+    pg::insert_grants(
+        &app.db,
+        &[NewGrant {
+            campaign_id: id,
+            pool_id,
+            user_id: "Z".into(),
+            slot: 1,
+            code: "ZCODE".into(),
+            seq: 99,
+        }],
+    )
+    .await
+    .unwrap();
+    for u in ["a", "b"] {
+        assert_eq!(app.claim(id, u, None).await.0, 202);
+    }
+    let mut finals = HashMap::new();
+    for u in ["a", "b"] {
+        until("a final answer", || async {
+            app.status(id, u).await.1["status"] != "queued"
+        })
+        .await;
+        finals.insert(u, app.status(id, u).await.1["status"].clone());
+    }
+    let granted = finals.values().filter(|s| *s == "granted").count();
+    let rejected = finals.values().filter(|s| *s == "rejected").count();
+    assert_eq!((granted, rejected), (1, 1), "{finals:?}");
+    app.wait_campaign(id, "nothing queued", |v| v["queued"].as_i64() == Some(0))
+        .await;
+    assert_eq!(app.assert_db_invariants(id).await, 2);
+}
+
+/// S12: concurrent claims of one user at the sold-out boundary in the db-*
+/// modes store one answer and tell it to every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_user_racing_at_the_boundary_gets_one_answer() {
+    let app = Arc::new(spawn_app().await);
+    for mode in ["db-atomic", "db-lock"] {
+        for round in 0..10 {
+            let id = app.campaign(mode, &[("main", 1)]).await;
+            let mut tasks = Vec::new();
+            for i in 0..12 {
+                let app = app.clone();
+                tasks.push(tokio::spawn(async move {
+                    let u = if i % 2 == 0 { "same" } else { "other" };
+                    (u, app.claim(id, u, None).await)
+                }));
+            }
+            let mut seen: HashMap<&str, Vec<(u16, Value)>> = HashMap::new();
+            for t in tasks {
+                let (u, a) = t.await.unwrap();
+                seen.entry(u).or_default().push(a);
+            }
+            for (u, answers) in &seen {
+                assert!(
+                    answers.windows(2).all(|w| w[0] == w[1]),
+                    "{mode} round {round}: {u} got {answers:?}"
+                );
+            }
+            let refusals = count(
+                &app,
+                "SELECT count(*) FROM rejections WHERE campaign_id = $1",
+                id,
+            )
+            .await;
+            assert_eq!(refusals + app.assert_db_invariants(id).await, 2, "{mode}");
+        }
+    }
+}
