@@ -85,12 +85,10 @@ if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/pg_ctl
   log "installing redis-server / postgresql through scripts/services.sh"
   "$ROOT/scripts/services.sh" >/dev/null
 fi
-PGBIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
-if [ "$(id -u)" = 0 ]; then
-  as_pg() { runuser -u postgres -- "$@"; }
-else
-  as_pg() { "$@"; }
-fi
+# shellcheck source=scripts/lib/stores.sh
+. "$ROOT/scripts/lib/stores.sh"
+PGBIN="$(stores_pgbin)"
+as_pg() { stores_as_pg "$@"; }
 
 # ------------------------------------------------------ process tracking
 TMP="$(mktemp -d /tmp/firstcome-chaos.XXXXXX)"
@@ -142,24 +140,17 @@ export RUST_LOG="${RUST_LOG:-warn}"
 # ---------------------------------------------------------------- Redis
 redis_ok() { [ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; }
 start_redis() {
-  mkdir -p "$TMP/redis"
-  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
-    --daemonize no --dir "$TMP/redis" >>"$LOGS/redis.log" 2>&1 &
-  REDIS_PID=$!
-  wait_for 10 redis_ok || { log "redis did not come up"; return 1; }
+  stores_redis_start "$TMP/redis" "$REDIS_PORT" "$LOGS/redis.log" || { REDIS_PID=$STORES_REDIS_PID; return 1; }
+  REDIS_PID=$STORES_REDIS_PID
 }
 
 # ----------------------------------------------------------- PostgreSQL
 PG_OPTS="-p $PG_PORT -k $TMP/pg -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-pg_ok() { psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1; }
+pg_ok() { stores_pg_ok "$PG_PORT"; }
 start_pg() {
-  mkdir -p "$TMP/pg"
-  [ "$(id -u)" = 0 ] && chown postgres:postgres "$TMP/pg"
-  as_pg "$PGBIN/initdb" -D "$TMP/pg" -A trust -U postgres --no-sync >"$LOGS/initdb.log" 2>&1
-  touch "$LOGS/postgres.log"; [ "$(id -u)" = 0 ] && chown postgres "$LOGS/postgres.log"
-  as_pg "$PGBIN/pg_ctl" -D "$TMP/pg" -o "$PG_OPTS" -l "$LOGS/postgres.log" -w -t 30 start >/dev/null
+  stores_pg_init "$TMP/pg" >"$LOGS/initdb.log" 2>&1
   PG_STARTED=1
-  wait_for 20 pg_ok
+  stores_pg_start "$TMP/pg" "$LOGS/postgres.log" "$PG_OPTS"
   psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -qc 'CREATE DATABASE firstcome' >/dev/null
 }
 

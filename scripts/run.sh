@@ -4,16 +4,21 @@
 # admission mode with `firstcome bench` (printing the outcome and the
 # invariant checks), then keeps serving on http://127.0.0.1:8080 until
 # Ctrl-C. Set FIRSTCOME_DEMO_EXIT=1 to stop after the demo.
+# The stores come from scripts/services.sh: the machine's own Redis and
+# PostgreSQL if they answer on the default ports, else private instances it
+# starts under .firstcome/ and leaves running (`scripts/services.sh stop`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-eval "$(scripts/services.sh)"
+stores_env="$(scripts/services.sh)" # a failure stops here (`eval "$(...)"` would hide it)
+eval "$stores_env"
 export FIRSTCOME_ADMIN_TOKEN="${FIRSTCOME_ADMIN_TOKEN:-demo-admin-token}"
 export FIRSTCOME_ADDR="${FIRSTCOME_ADDR:-127.0.0.1:8080}"
 
-command -v curl >/dev/null || { sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd=sudo;
-  $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq curl; }
+# shellcheck source=scripts/lib/stores.sh
+. scripts/lib/stores.sh
+command -v curl >/dev/null || stores_apt_install curl || exit 3
 cargo build --release --locked
-bin=target/release/firstcome
+bin="${CARGO_TARGET_DIR:-target}/release/firstcome"
 
 "$bin" serve &
 pid=$!

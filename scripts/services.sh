@@ -1,91 +1,293 @@
 #!/usr/bin/env bash
-# Makes sure Redis and PostgreSQL answer, and prints the environment to use
-# them:   eval "$(scripts/services.sh)"
+# Finds or brings up Redis and PostgreSQL for firstcome.
 #
+#   eval "$(scripts/services.sh)"   # prints export REDIS_URL=...; export DATABASE_URL=...
+#   scripts/services.sh status      # what runs where
+#   scripts/services.sh stop        # stops the private instances it started, nothing else
+#   scripts/services.sh remove      # stop, then delete their data
+#   scripts/services.sh install     # only install missing binaries (apt-get)
+#
+# For each store, in this order:
 # - REDIS_URL / DATABASE_URL set: used as they are (must answer).
-# - Otherwise the local defaults are tried (127.0.0.1:6379, :5432).
-# - If nothing answers, Redis and PostgreSQL are installed with apt-get
-#   (when missing) and local instances are started.
-# Idempotent: a second run finds everything up and changes nothing.
+# - The project's own private instance, if it runs (found by its pid file)
+#   and answers here: reused.
+# - The defaults, if they answer: redis://127.0.0.1:6379 and
+#   postgres://postgres:postgres@127.0.0.1:5432 (a running server that refuses
+#   these credentials, e.g. Debian's with scram on 127.0.0.1, does not count).
+# - Otherwise a private instance is started (scripts/lib/stores.sh): a
+#   redis-server and an initdb -A trust PostgreSQL cluster on 127.0.0.1, on
+#   6379 / 5432 if free, else on a free port, with data under
+#   $FIRSTCOME_DATA_DIR (default: .firstcome/ in the checkout). Missing
+#   binaries are installed with apt-get first (as root or through sudo).
+# The machine's own Redis and PostgreSQL are never started, stopped or
+# reconfigured.
+#
+# A private instance that runs but does not answer from here (it was started
+# inside another network namespace, e.g. `unshare -n`) is not reused and not
+# replaced: if no default answers either, this fails and says so;
+# `scripts/services.sh stop` stops it from any namespace.
+#
+# Exit status: 0 ok; 1 a store is unusable; 2 usage; 3 binaries missing and
+# not installable (no root/sudo, or no apt-get).
 set -euo pipefail
 
-log() { echo "[services] $*" >&2; }
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=scripts/lib/stores.sh
+. "$ROOT/scripts/lib/stores.sh"
+STORES_TAG=services
+log() { stores_log "$@"; }
+die() { stores_log "$@"; exit 1; }
 
-apt_install() {
-  log "installing $* with apt-get"
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
-}
-
-wait_for() { # wait_for SECONDS CMD...: retries CMD until it succeeds or time runs out
-  local deadline=$(( $(date +%s) + $1 )); shift
-  until "$@" >/dev/null 2>&1; do
-    if [ "$(date +%s)" -ge "$deadline" ]; then return 1; fi
-    sleep 0.2
-  done
-}
-
-# ---------------------------------------------------------------- Redis
+DATA="${FIRSTCOME_DATA_DIR:-$ROOT/.firstcome}"
+REDIS_DIR="$DATA/redis"
+REDIS_PIDFILE="$REDIS_DIR/redis.pid"
 DEFAULT_REDIS_URL="redis://127.0.0.1:6379"
-REDIS_URL="${REDIS_URL:-$DEFAULT_REDIS_URL}"
-redis_ok() { command -v redis-cli >/dev/null && [ "$(redis-cli -u "$REDIS_URL" ping 2>/dev/null)" = "PONG" ]; }
+DEFAULT_DATABASE_URL="postgres://postgres:postgres@127.0.0.1:5432/firstcome"
 
-if ! redis_ok; then
-  if [ "$REDIS_URL" != "$DEFAULT_REDIS_URL" ]; then
-    log "REDIS_URL=$REDIS_URL does not answer"; exit 1
+# ---------------------------------------------------------- inspection
+need_clients() {
+  local pkgs=()
+  command -v redis-cli >/dev/null || pkgs+=(redis-tools)
+  command -v psql >/dev/null || pkgs+=(postgresql-client)
+  [ "${#pkgs[@]}" = 0 ] || stores_apt_install "${pkgs[@]}" || exit 3
+}
+redis_url_ok() { [ "$(timeout 5 redis-cli -u "$1" ping 2>/dev/null)" = PONG ]; }
+# The maintenance database on the server of a database URL.
+admin_url() { local u="${1%%\?*}"; echo "${u%/*}/postgres"; }
+pg_url_ok() { PGCONNECT_TIMEOUT=5 psql -w "$(admin_url "$1")" -Atqc 'select 1' >/dev/null 2>&1; }
+
+# The private redis-server's pid if it runs ("" otherwise).
+redis_pid() {
+  local pid
+  pid="$(cat "$REDIS_PIDFILE" 2>/dev/null || true)"
+  if [ -n "$pid" ] && [ "$(stores_comm "$pid")" = redis-server ]; then echo "$pid"; fi
+}
+redis_port() { cat "$REDIS_DIR/port" 2>/dev/null || true; }
+
+# Where the private cluster lives: recorded at creation in $DATA/pg.dir.
+# $DATA/pg, unless the caller is root and the postgres user cannot enter
+# $DATA (a checkout under /root): then /var/lib/firstcome/pg-<hash of $DATA>.
+pg_dir() { cat "$DATA/pg.dir" 2>/dev/null || echo "$DATA/pg"; }
+choose_pg_dir() {
+  if [ -s "$DATA/pg.dir" ]; then cat "$DATA/pg.dir"; return; fi
+  local d="$DATA/pg"
+  if ! stores_pg_reachable "$DATA"; then
+    d="/var/lib/firstcome/pg-$(printf '%s' "$DATA" | sha256sum | cut -c1-12)"
+    mkdir -p /var/lib/firstcome
   fi
-  command -v redis-server >/dev/null || apt_install redis-server redis-tools
-  log "starting a local redis-server on 127.0.0.1:6379"
-  mkdir -p /tmp/firstcome-redis
-  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
-    --dir /tmp/firstcome-redis --logfile /tmp/firstcome-redis/redis.log >&2
-  wait_for 20 redis_ok || { log "redis did not come up"; exit 1; }
-fi
-log "redis ok at $REDIS_URL"
+  echo "$d" >"$DATA/pg.dir"
+  echo "$d"
+}
+pg_port() { # of the running private cluster, else the one it used last
+  sed -n 4p "$(pg_dir)/postmaster.pid" 2>/dev/null || cat "$DATA/pg.port" 2>/dev/null || true
+}
+
+# --------------------------------------------------------------- Redis
+private_redis_up() { # sets REDIS_URL
+  local pid port
+  pid="$(redis_pid)"; port="$(redis_port)"
+  if [ -n "$pid" ]; then
+    stores_same_netns "$pid" ||
+      die "the private redis-server (pid $pid, 127.0.0.1:$port) runs in another network namespace and cannot be reached from here; stop it with: scripts/services.sh stop"
+    stores_wait 10 stores_redis_ok "$port" ||
+      die "the private redis-server (pid $pid) does not answer on 127.0.0.1:$port (log: $REDIS_DIR/redis.log); restart it with: scripts/services.sh stop"
+    log "reusing the private redis-server (pid $pid) on 127.0.0.1:$port"
+  else
+    command -v redis-server >/dev/null || stores_apt_install redis-server || exit 3
+    local try
+    for try in 1 2 3; do
+      port="$(stores_free_port "${port:-6379}")"
+      mkdir -p "$REDIS_DIR"; echo "$port" >"$REDIS_DIR/port"
+      log "starting a private redis-server on 127.0.0.1:$port (in $REDIS_DIR)"
+      stores_redis_start "$REDIS_DIR" "$port" "$REDIS_DIR/redis.log" --daemon && break
+      [ "$try" = 3 ] && die "could not start a private redis-server (see $REDIS_DIR/redis.log)"
+      port=""
+    done
+  fi
+  REDIS_URL="redis://127.0.0.1:$port"
+}
+
+redis_up() {
+  if [ -n "${REDIS_URL:-}" ]; then
+    redis_url_ok "$REDIS_URL" || die "REDIS_URL=$REDIS_URL does not answer"
+    log "redis ok at $REDIS_URL (REDIS_URL)"; return
+  fi
+  local pid; pid="$(redis_pid)"
+  if [ -n "$pid" ] && stores_same_netns "$pid" && stores_redis_ok "$(redis_port)"; then
+    private_redis_up; return
+  fi
+  if redis_url_ok "$DEFAULT_REDIS_URL"; then
+    [ -z "$pid" ] || log "note: the private redis-server (pid $pid) does not answer here; using $DEFAULT_REDIS_URL"
+    REDIS_URL="$DEFAULT_REDIS_URL"; log "redis ok at $REDIS_URL (default)"; return
+  fi
+  private_redis_up
+}
 
 # ----------------------------------------------------------- PostgreSQL
-DEFAULT_DATABASE_URL="postgres://postgres:postgres@127.0.0.1:5432/firstcome"
-DATABASE_URL="${DATABASE_URL:-$DEFAULT_DATABASE_URL}"
-# The maintenance database on the same server, to create databases from.
-ADMIN_URL="${DATABASE_URL%/*}/postgres"
-pg_ok() { command -v psql >/dev/null && psql "$ADMIN_URL" -Atqc 'select 1' >/dev/null 2>&1; }
+private_pg_up() { # sets DATABASE_URL
+  local dir pid port
+  mkdir -p "$DATA"
+  dir="$(choose_pg_dir)"
+  pid="$(stores_pg_pid "$dir")"
+  if [ -n "$pid" ]; then
+    port="$(pg_port)"
+    stores_same_netns "$pid" ||
+      die "the private PostgreSQL (pid $pid, 127.0.0.1:$port, $dir) runs in another network namespace and cannot be reached from here; stop it with: scripts/services.sh stop"
+    stores_wait 10 stores_pg_ok "$port" ||
+      die "the private PostgreSQL (pid $pid) does not accept connections on 127.0.0.1:$port (log: $dir/postgres.log); restart it with: scripts/services.sh stop"
+    log "reusing the private PostgreSQL (pid $pid) on 127.0.0.1:$port"
+  else
+    stores_pgbin >/dev/null || stores_apt_install postgresql || exit 3
+    if [ ! -s "$dir/PG_VERSION" ]; then
+      if [ -d "$dir" ] && [ -n "$(ls -A "$dir" 2>/dev/null)" ]; then
+        die "$dir exists but is no PostgreSQL cluster; remove it (scripts/services.sh remove)"
+      fi
+      log "creating a private PostgreSQL cluster in $dir (initdb -A trust, role postgres)"
+      stores_pg_init "$dir" >"$DATA/initdb.log" 2>&1 ||
+        die "initdb failed (see $DATA/initdb.log)"
+    fi
+    local ver; ver="$(cat "$dir/PG_VERSION")"
+    port="$(cat "$DATA/pg.port" 2>/dev/null || true)"
+    local try
+    for try in 1 2 3; do
+      port="$(stores_free_port "${port:-5432}")"
+      echo "$port" >"$DATA/pg.port"
+      log "starting the private PostgreSQL $ver on 127.0.0.1:$port (data $dir)"
+      stores_pg_start "$dir" "$dir/postgres.log" "$(stores_pg_opts "$dir" "$port") -c max_connections=200" && break
+      [ -z "$(stores_pg_pid "$dir")" ] || stores_pg_stop "$dir" || true
+      [ "$try" = 3 ] && die "could not start the private PostgreSQL (see $dir/postgres.log)"
+      port=""
+    done
+  fi
+  DATABASE_URL="postgres://postgres@127.0.0.1:$port/firstcome"
+}
 
-if ! pg_ok; then
-  if [ "$DATABASE_URL" != "$DEFAULT_DATABASE_URL" ]; then
-    log "DATABASE_URL=$DATABASE_URL does not answer"; exit 1
-  fi
-  if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
-    apt_install postgresql postgresql-client
-  fi
-  ver="$(ls /usr/lib/postgresql | sort -V | tail -n 1)"
-  created=0
-  if ! pg_lsclusters -h 2>/dev/null | awk '{print $1" "$2}' | grep -qx "$ver main"; then
-    log "creating PostgreSQL $ver cluster 'main'"
-    $SUDO pg_createcluster "$ver" main >&2
-    created=1
-  fi
-  if ! pg_lsclusters -h | awk -v v="$ver" '$1==v && $2=="main" {print $4}' | grep -q online; then
-    log "starting PostgreSQL $ver"
-    $SUDO pg_ctlcluster --skip-systemctl-redirect "$ver" main start >&2 || $SUDO pg_ctlcluster "$ver" main start >&2
-  fi
-  wait_for 30 $SUDO -u postgres psql -Atqc 'select 1' || { log "postgres did not come up"; exit 1; }
-  if ! pg_ok; then
-    if [ "$created" = 1 ] || [ "${FIRSTCOME_SET_PG_PASSWORD:-0}" = 1 ]; then
-      # Our own fresh cluster: give the postgres role the password in the URL.
-      log "setting the postgres role's password for TCP logins"
-      $SUDO -u postgres psql -qc "ALTER USER postgres PASSWORD 'postgres'" >&2
+pg_up() {
+  if [ -n "${DATABASE_URL:-}" ]; then
+    pg_url_ok "$DATABASE_URL" || die "DATABASE_URL=$DATABASE_URL does not answer (or refuses its credentials)"
+    log "postgres ok at $DATABASE_URL (DATABASE_URL)"
+  else
+    local dir pid
+    dir="$(pg_dir)"; pid="$(stores_pg_pid "$dir")"
+    if [ -n "$pid" ] && stores_same_netns "$pid" && stores_pg_ok "$(pg_port)"; then
+      private_pg_up
+    elif pg_url_ok "$DEFAULT_DATABASE_URL"; then
+      [ -z "$pid" ] || log "note: the private PostgreSQL (pid $pid) does not answer here; using the default"
+      DATABASE_URL="$DEFAULT_DATABASE_URL"; log "postgres ok at $DATABASE_URL (default)"
+    else
+      if stores_port_busy 5432; then
+        log "127.0.0.1:5432 answers but refuses ${DEFAULT_DATABASE_URL%/*}: it is left alone"
+      fi
+      private_pg_up
     fi
   fi
-  pg_ok || { log "PostgreSQL runs but refuses $ADMIN_URL; set DATABASE_URL"; exit 1; }
-fi
-dbname="${DATABASE_URL##*/}"; dbname="${dbname%%\?*}"
-if [ "$(psql "$ADMIN_URL" -Atqc "select 1 from pg_database where datname = '$dbname'")" != "1" ]; then
-  log "creating database $dbname"
-  psql "$ADMIN_URL" -qc "CREATE DATABASE \"$dbname\"" >&2
-fi
-log "postgres ok at $DATABASE_URL"
+  local admin dbname
+  admin="$(admin_url "$DATABASE_URL")"
+  dbname="${DATABASE_URL##*/}"; dbname="${dbname%%\?*}"
+  if [ "$(psql -w "$admin" -Atqc "select 1 from pg_database where datname = '$dbname'")" != "1" ]; then
+    log "creating database $dbname"
+    psql -w "$admin" -qc "CREATE DATABASE \"$dbname\"" >&2
+  fi
+}
 
-echo "export REDIS_URL='$REDIS_URL'"
-echo "export DATABASE_URL='$DATABASE_URL'"
+# ------------------------------------------------------------- commands
+cmd_install() { # the binaries of private instances, nothing started
+  local pkgs=()
+  command -v redis-cli >/dev/null || pkgs+=(redis-tools)
+  command -v redis-server >/dev/null || pkgs+=(redis-server)
+  command -v psql >/dev/null || pkgs+=(postgresql-client)
+  stores_pgbin >/dev/null || pkgs+=(postgresql)
+  [ "${#pkgs[@]}" = 0 ] || stores_apt_install "${pkgs[@]}" || exit 3
+}
+
+cmd_up() {
+  need_clients
+  redis_up
+  pg_up
+  echo "export REDIS_URL='$REDIS_URL'"
+  echo "export DATABASE_URL='$DATABASE_URL'"
+}
+
+where() { # where PID: "" or " (another network namespace)"
+  stores_same_netns "$1" || echo " -- runs in another network namespace, unreachable from here"
+}
+
+cmd_status() {
+  local pid port dir
+  echo "data dir: $DATA$([ -d "$DATA" ] || echo ' (none yet)')"
+  pid="$(redis_pid)"; port="$(redis_port)"
+  if [ -n "$pid" ]; then
+    echo "redis:    private redis-server pid $pid on 127.0.0.1:$port$(where "$pid")"
+  else
+    echo "redis:    no private redis-server running"
+  fi
+  if redis_url_ok "$DEFAULT_REDIS_URL" 2>/dev/null; then
+    echo "          $DEFAULT_REDIS_URL answers$([ "$port" = 6379 ] && [ -n "$pid" ] && stores_same_netns "$pid" && echo ' (the private one)')"
+  else
+    echo "          $DEFAULT_REDIS_URL does not answer"
+  fi
+  dir="$(pg_dir)"; pid="$(stores_pg_pid "$dir")"; port="$(pg_port)"
+  if [ -n "$pid" ]; then
+    echo "postgres: private PostgreSQL $(cat "$dir/PG_VERSION" 2>/dev/null) pid $pid on 127.0.0.1:$port, data $dir$(where "$pid")"
+  elif [ -s "$dir/PG_VERSION" ]; then
+    echo "postgres: private PostgreSQL not running (data kept in $dir)"
+  else
+    echo "postgres: no private PostgreSQL"
+  fi
+  if pg_url_ok "$DEFAULT_DATABASE_URL"; then
+    echo "          ${DEFAULT_DATABASE_URL%/*} accepts$([ "$port" = 5432 ] && [ -n "$pid" ] && stores_same_netns "$pid" && echo ' (the private one)')"
+  elif stores_port_busy 5432; then
+    echo "          127.0.0.1:5432 answers but refuses ${DEFAULT_DATABASE_URL%/*}"
+  else
+    echo "          nothing answers on 127.0.0.1:5432"
+  fi
+  [ -z "${REDIS_URL:-}" ] || echo "REDIS_URL=$REDIS_URL is set: used instead"
+  [ -z "${DATABASE_URL:-}" ] || echo "DATABASE_URL=$DATABASE_URL is set: used instead"
+}
+
+cmd_stop() {
+  local pid port dir rc=0
+  pid="$(redis_pid)"; port="$(redis_port)"
+  if [ -n "$pid" ]; then
+    kill -TERM "$pid" 2>/dev/null || true
+    if ! stores_wait 10 stores_gone "$pid"; then
+      kill -KILL "$pid" 2>/dev/null || true
+      stores_wait 5 stores_gone "$pid" || { log "redis-server pid $pid did not stop"; rc=1; }
+    fi
+    rm -f "$REDIS_PIDFILE"
+    log "stopped the private redis-server (pid $pid, 127.0.0.1:$port)"
+  else
+    log "no private redis-server running"
+  fi
+  dir="$(pg_dir)"; pid="$(stores_pg_pid "$dir")"
+  if [ -n "$pid" ]; then
+    port="$(pg_port)"
+    if stores_pg_stop "$dir"; then
+      log "stopped the private PostgreSQL (pid $pid, 127.0.0.1:$port)"
+    else
+      log "the private PostgreSQL (pid $pid) did not stop"; rc=1
+    fi
+  else
+    log "no private PostgreSQL running"
+  fi
+  return "$rc"
+}
+
+cmd_remove() {
+  local dir
+  dir="$(pg_dir)"
+  cmd_stop
+  case "$dir" in "$DATA"/*) ;; *) rm -rf "$dir"; rmdir /var/lib/firstcome 2>/dev/null || true ;; esac
+  rm -rf "$DATA"
+  log "removed $DATA$([ "$dir" = "$DATA/pg" ] || echo " and $dir")"
+}
+
+case "${1:-up}" in
+  up|env) cmd_up ;;
+  status) cmd_status ;;
+  stop) cmd_stop ;;
+  remove) cmd_remove ;;
+  install) cmd_install ;;
+  -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" ;;
+  *) echo "usage: scripts/services.sh [up|status|stop|remove|install]" >&2; exit 2 ;;
+esac

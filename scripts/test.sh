@@ -2,14 +2,27 @@
 # Runs the whole test suite: brings up Redis and PostgreSQL (installing them
 # if needed), checks formatting and lints, then runs every test against the
 # real stores. Each test makes its own database and Redis key prefix.
+# Ends with scripts/fresh-machine-test.sh: the quick start where nothing
+# answers on the default ports (as root; skipped otherwise outside CI).
+# FIRSTCOME_TEST_SERVICES_ONLY=1: only bring up the stores and check that
+# tests could use them (what the fresh-machine test runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-eval "$(scripts/services.sh)"
+stores_env="$(scripts/services.sh)" # a failure stops here (`eval "$(...)"` would hide it)
+eval "$stores_env"
 
 # Databases left by earlier runs (tests never share one).
 psql "${DATABASE_URL%/*}/postgres" -Atqc \
   "select datname from pg_database where datname like 'fc\_test\_%'" 2>/dev/null |
   while read -r db; do psql "${DATABASE_URL%/*}/postgres" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true; done
+
+if [ "${FIRSTCOME_TEST_SERVICES_ONLY:-0}" = 1 ]; then
+  # Tests create their databases (fc_test_*) on the server of DATABASE_URL.
+  psql -w "${DATABASE_URL%/*}/postgres" -qc 'CREATE DATABASE fc_test_probe' -c 'DROP DATABASE fc_test_probe'
+  redis-cli -u "$REDIS_URL" ping >/dev/null
+  echo "test stores ok: REDIS_URL=$REDIS_URL DATABASE_URL=$DATABASE_URL"
+  exit 0
+fi
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
@@ -23,3 +36,7 @@ scripts/schemathesis.sh
 # private Redis and PostgreSQL instances, with the debug binary just built.
 cargo build --locked --bin firstcome
 FIRSTCOME_BIN=target/debug/firstcome scripts/chaos.sh --quick
+
+# The quick start on a machine where nothing answers on the default ports:
+# private stores in a network namespace (issue 18).
+scripts/fresh-machine-test.sh
