@@ -5,8 +5,11 @@
 -- finds every slot taken (drift let it in at the door) becomes a refusal
 -- in waiting, 'X|seq', which the drainer makes durable like any other.
 --
--- KEYS[1] ans, KEYS[2] meta, then per pool i (0-based):
---   KEYS[3 + 2i] hw, KEYS[4 + 2i] free
+-- KEYS[1] ans, KEYS[2] meta, KEYS[3] queued, then per pool i (0-based):
+--   KEYS[4 + 2i] hw, KEYS[5 + 2i] free
+-- A claim turned into a refusal leaves the queued count at once (like a
+-- refusal at the door), so whoever makes it durable promotes it without
+-- counting it down.
 -- ARGV[1] number of pools n, ARGV[2..n+1] each pool's stock, then pairs:
 --   user, fresh code
 -- Returns the state's generation, then the users' answers after
@@ -20,7 +23,7 @@ for i = np + 2, #ARGV, 2 do
   if a and string.sub(a, 1, 1) == 'Q' then
     local pidx, seq, slot = string.match(a, '^Q|(%d+)|(%d+)|?(%d*)')
     if slot == '' then
-      local k = 3 + 2 * tonumber(pidx)
+      local k = 4 + 2 * tonumber(pidx)
       local f = redis.call('ZPOPMIN', KEYS[k + 1])
       if f[1] then
         slot = f[1]
@@ -33,6 +36,7 @@ for i = np + 2, #ARGV, 2 do
         a = 'Q|' .. pidx .. '|' .. seq .. '|' .. slot .. '|' .. ARGV[i + 1]
       else
         a = 'X|' .. seq
+        redis.call('DECR', KEYS[3])
       end
       redis.call('HSET', KEYS[1], user, a)
     end

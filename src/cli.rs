@@ -137,10 +137,11 @@ async fn dlq(cmd: DlqCmd) -> anyhow::Result<()> {
                 &[&u, &p, &sq, &e.id],
             )
             .await?;
+        let gen: Option<i64> = r.get(1).and_then(|g| g.parse().ok());
         let mut r = r.first().cloned().unwrap_or_default();
-        if r == "sold_out" {
-            // A refusal is final: durable before anyone can read it.
-            let gen: i64 = r_gen(&common, &c).await?;
+        if let (true, Some(gen)) = (r == "sold_out", gen) {
+            // A refusal is final: durable before anyone can read it (in the
+            // generation of the state that decided it).
             let user = UserId::parse(u.clone())?;
             if let Err(e) = common.resolve_refusal(&c, &user, sq.parse()?, gen).await {
                 r = format!("sold_out (not yet durable: {e}; the next read makes it so)");
@@ -153,22 +154,6 @@ async fn dlq(cmd: DlqCmd) -> anyhow::Result<()> {
         eprintln!("replayed: {counts:?}");
     }
     Ok(())
-}
-
-/// The generation of the campaign's Redis state.
-async fn r_gen(common: &RedisCommon, c: &Campaign) -> anyhow::Result<i64> {
-    let meta = common.keys(c).meta.clone();
-    let g: Option<i64> = common
-        .redis
-        .run(|mut conn| async move {
-            redis::cmd("HGET")
-                .arg(&meta)
-                .arg("gen")
-                .query_async(&mut conn)
-                .await
-        })
-        .await?;
-    g.ok_or_else(|| anyhow::anyhow!("campaign {} has no redis state", c.id))
 }
 
 async fn reconcile_cmd(args: ReconcileArgs) -> anyhow::Result<()> {

@@ -240,7 +240,7 @@ async fn queue_allocation_is_in_order_and_idempotent() {
     );
     assert_eq!(f.get(&f.k.queued).await.as_deref(), Some("3"));
     let k = &f.k;
-    let mut keys: Vec<&str> = vec![&k.ans, &k.meta];
+    let mut keys: Vec<&str> = vec![&k.ans, &k.meta, &k.queued];
     for p in &k.pools {
         keys.extend([p.hw.as_str(), p.free.as_str()]);
     }
@@ -454,12 +454,23 @@ async fn a_poisoned_state_never_hands_out_a_slot_beyond_the_stock() {
         .store
         .eval(
             &q.store.scripts().allocate,
-            &[&q.k.ans, &q.k.meta, &q.k.pools[0].hw, &q.k.pools[0].free],
+            &[
+                &q.k.ans,
+                &q.k.meta,
+                &q.k.queued,
+                &q.k.pools[0].hw,
+                &q.k.pools[0].free,
+            ],
             &["1", "1", "a", "K1"],
         )
         .await
         .unwrap();
     assert_eq!(out, vec!["0", "X|1"]);
+    assert_eq!(
+        q.get(&q.k.queued).await.as_deref(),
+        Some("0"),
+        "a refusal leaves the queue"
+    );
 }
 
 /// A release for a slot PostgreSQL says is held elsewhere keeps it taken

@@ -836,9 +836,12 @@ impl RedisCommon {
     }
 
     /// Mirrors in Redis a release PostgreSQL already made (a cancellation,
-    /// a hold's expiry) of the grant `code`. A reservation still pending in
-    /// Redis (its promotion was lost) is promoted first, so it can never be
-    /// promoted back to granted later.
+    /// a hold's expiry) of the grant `code`. An answer still pending or
+    /// queued in Redis with that code (its promotion was lost, or the
+    /// drainer has not promoted it yet) is promoted first, so it can never
+    /// be promoted back to granted later. While the state is being rebuilt
+    /// the mirror waits for it (bounded): the rebuild may have read
+    /// PostgreSQL before this release.
     pub async fn mirror_release(
         &self,
         c: &Campaign,
@@ -846,42 +849,66 @@ impl RedisCommon {
         pidx: i32,
         code: &str,
     ) -> Result<(), AdmissionError> {
-        let r = self.cancel_script(c, user, pidx, Some(code), false).await?;
-        match (r.first().map(String::as_str), r.get(1)) {
-            (Some("noinit"), _) => {
-                // Redis lost the state; the rebuild reads PostgreSQL, where
-                // the release already is.
-                self.rebuild(c).await?;
-            }
-            (Some("not_granted"), Some(a)) => {
-                if let Ok(p @ Stored::Pending { .. }) = Stored::parse(a) {
-                    if let Stored::Pending {
-                        pidx,
-                        slot,
-                        code: pc,
-                        seq,
-                        ..
-                    } = &p
-                    {
-                        if pc == code {
-                            let g = Stored::Granted {
+        let deadline = tokio::time::Instant::now() + self.pending_wait;
+        loop {
+            let r = self.cancel_script(c, user, pidx, Some(code), false).await?;
+            match (r.first().map(String::as_str), r.get(1)) {
+                (Some("noinit"), _) => {
+                    // Redis lost the state: rebuild it (it reads the release
+                    // from PostgreSQL), or wait for whoever rebuilds, then
+                    // mirror again in case that read came before it.
+                    match self.rebuild(c).await {
+                        Ok(()) | Err(AdmissionError::Rebuilding) => {}
+                        Err(e) => return Err(e),
+                    }
+                    if Self::keys_expired(c, Utc::now()) {
+                        return Ok(());
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(AdmissionError::Rebuilding);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                (Some("not_granted"), Some(a)) => {
+                    let s = Stored::parse(a)?;
+                    let (g, queued) = match &s {
+                        Stored::Pending {
+                            pidx,
+                            slot,
+                            code: pc,
+                            seq,
+                            ..
+                        } if pc == code => (
+                            Stored::Granted {
                                 pidx: *pidx,
                                 slot: *slot,
                                 code: pc.clone(),
                                 seq: *seq,
-                            };
-                            let u = user.as_str().to_string();
-                            self.promote(c, &[(u, p.encode(), g.encode())], false)
-                                .await?;
-                            self.cancel_script(c, user, *pidx, Some(code), false)
-                                .await?;
-                        }
-                    }
+                            },
+                            false,
+                        ),
+                        Stored::Queued {
+                            pidx,
+                            seq,
+                            alloc: Some((slot, qc)),
+                        } if qc == code => (
+                            Stored::Granted {
+                                pidx: *pidx,
+                                slot: *slot,
+                                code: qc.clone(),
+                                seq: *seq,
+                            },
+                            true,
+                        ),
+                        _ => return Ok(()),
+                    };
+                    let u = user.as_str().to_string();
+                    self.promote(c, &[(u, s.encode(), g.encode())], queued)
+                        .await?;
                 }
+                _ => return Ok(()),
             }
-            _ => {}
         }
-        Ok(())
     }
 
     /// Cancellation where PostgreSQL holds the grant (gate, redis-queue):
@@ -932,12 +959,16 @@ impl RedisCommon {
         }
         let k = self.keys(c);
         let lock = k.rebuild_lock.clone();
+        // A token of our own: a rebuilder whose lock expired must not
+        // release a successor's.
+        let token = generate_code();
+        let t = token.clone();
         let got: Option<String> = self
             .redis
             .run(|mut conn| async move {
                 redis::cmd("SET")
                     .arg(&lock)
-                    .arg("1")
+                    .arg(&t)
                     .arg("NX")
                     .arg("PX")
                     .arg(REBUILD_LOCK_MS)
@@ -953,10 +984,13 @@ impl RedisCommon {
         let _ = self
             .redis
             .run(|mut conn| async move {
-                redis::cmd("DEL")
-                    .arg(&lock)
-                    .query_async::<i64>(&mut conn)
-                    .await
+                redis::Script::new(
+                    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+                )
+                .key(&lock)
+                .arg(&token)
+                .invoke_async::<i64>(&mut conn)
+                .await
             })
             .await;
         if result.is_ok() {
@@ -1045,6 +1079,21 @@ impl RedisCommon {
         if present {
             return Ok(());
         }
+        // redis-lua: an outbox that outlived its state (only meta lost)
+        // holds answers already told; the flusher needs no meta, so it
+        // writes them first, and the rebuild then reads them.
+        if c.mode == crate::domain::Mode::RedisLua {
+            let outbox = k.outbox.clone();
+            let len: i64 = self
+                .redis
+                .run(|mut conn| async move {
+                    redis::cmd("XLEN").arg(&outbox).query_async(&mut conn).await
+                })
+                .await?;
+            if len > 0 {
+                return Err(AdmissionError::Rebuilding);
+            }
+        }
         let gen = pg::bump_generation(&self.db, c.id).await?;
         let Truth {
             answers,
@@ -1077,6 +1126,12 @@ impl RedisCommon {
             answers: answers.into_iter().map(|(u, a)| (u, a.encode())).collect(),
         };
         self.redis.init_state(k, &st).await?;
+        // A rebuilder paused past its lock may have loaded an older
+        // generation than PostgreSQL's: drop it, the next claim rebuilds.
+        if pg::generation(&self.db, c.id).await? != gen {
+            self.drop_stale(c, gen).await?;
+            return Err(AdmissionError::Rebuilding);
+        }
         Ok(())
     }
 

@@ -42,7 +42,7 @@ impl Handler for Drainer {
         let k = self.common.keys(c);
         // 1. Slots, in arrival order.
         let codes: Vec<String> = entries.iter().map(|_| generate_code()).collect();
-        let mut keys: Vec<&str> = vec![&k.ans, &k.meta];
+        let mut keys: Vec<&str> = vec![&k.ans, &k.meta, &k.queued];
         for p in &k.pools {
             keys.extend([p.hw.as_str(), p.free.as_str()]);
         }
@@ -146,6 +146,7 @@ impl Handler for Drainer {
         };
         // 3. Answers.
         let mut triples = Vec::new();
+        let mut refusal_triples = Vec::new();
         for (i, s) in &refusing {
             let user = UserId::parse(entries[*i].get("u"))?;
             let Stored::Refusing { seq } = s else {
@@ -159,7 +160,11 @@ impl Handler for Drainer {
                     None => anyhow::bail!("refusal of {user} neither stored nor found"),
                 }
             };
-            triples.push((user.as_str().to_string(), s.encode(), to.encode()));
+            refusal_triples.push((user.as_str().to_string(), s.encode(), to.encode()));
+        }
+        if !refusal_triples.is_empty() {
+            // allocate.lua counted these out of the queue already.
+            self.common.promote(c, &refusal_triples, false).await?;
         }
         let mut retry = false;
         for ((i, s), row) in pending.iter().zip(&rows) {

@@ -99,6 +99,19 @@ impl Handler for Flusher {
         if stale > 0 {
             tracing::error!(stale, campaign = %self.campaign.id, "flush: outbox entries of a replaced redis state dropped");
             metrics::counter!("firstcome_flush_stale_total").increment(stale as u64);
+            // If that older state is still the one loaded (a rebuilder that
+            // lost its lock loaded it), it must go: it tells answers that
+            // can no longer become durable.
+            let mut gens: Vec<i64> = entries
+                .iter()
+                .filter_map(|e| e.get("g").parse::<i64>().ok())
+                .filter(|g| *g != gen_now)
+                .collect();
+            gens.sort_unstable();
+            gens.dedup();
+            for g in gens {
+                self.common.drop_stale(&self.campaign, g).await?;
+            }
         }
         if inserted < expected {
             // Either a redelivery (the codes are there) or a real conflict:

@@ -100,7 +100,20 @@ pub async fn reconcile(
                 }
                 busy = true;
             }
-            Stored::Pending { .. } | Stored::Queued { .. } | Stored::Refusing { .. } => busy = true,
+            Stored::Refusing { seq } => {
+                // A refusal whose request died before it was made durable:
+                // make it so now (fenced and idempotent).
+                if repair {
+                    let u = crate::domain::UserId::parse(user.clone()).map_err(|e| {
+                        crate::storage::redis::RedisStoreError::Protocol(e.to_string())
+                    })?;
+                    if common.resolve_refusal(c, &u, *seq, snap.gen).await.is_ok() {
+                        r.answers_repaired += 1;
+                    }
+                }
+                busy = true;
+            }
+            Stored::Pending { .. } | Stored::Queued { .. } => busy = true,
             _ => {}
         }
     }
@@ -277,6 +290,7 @@ async fn quiet(common: &RedisCommon, c: &Campaign) -> Result<bool, AdmissionErro
 
 /// Redis' side of a campaign, read without blocking the rush (HSCAN).
 struct Snapshot {
+    gen: i64,
     answers: HashMap<String, Stored>,
     seq: i64,
     queued: i64,
@@ -296,11 +310,11 @@ async fn read_redis(
         _ => k.queue.clone(),
     };
     let k2 = k.clone();
-    let (exists, seq, queued, stream_len): (bool, Option<i64>, Option<i64>, i64) = common
+    let (gen, seq, queued, stream_len): (Option<i64>, Option<i64>, Option<i64>, i64) = common
         .redis
         .run(|mut conn| async move {
             redis::pipe()
-                .exists(&k2.meta)
+                .hget(&k2.meta, "gen")
                 .get(&k2.seq)
                 .get(&k2.queued)
                 .cmd("XLEN")
@@ -309,9 +323,9 @@ async fn read_redis(
                 .await
         })
         .await?;
-    if !exists {
+    let Some(gen) = gen else {
         return Ok(None);
-    }
+    };
     let mut left = Vec::new();
     let mut hw = Vec::new();
     let mut free = Vec::new();
@@ -349,7 +363,9 @@ async fn read_redis(
             })
             .await?;
         for (u, a) in items {
-            if u == "#" {
+            // The answers hash's placeholder ('_' in states loaded before
+            // it moved out of the user-id alphabet).
+            if u == "#" || (u == "_" && a.is_empty()) {
                 continue;
             }
             answers.insert(u, Stored::parse(&a)?);
@@ -360,6 +376,7 @@ async fn read_redis(
         cursor = next;
     }
     Ok(Some(Snapshot {
+        gen,
         answers,
         seq: seq.unwrap_or(0),
         queued: queued.unwrap_or(0),
