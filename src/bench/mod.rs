@@ -75,10 +75,16 @@ pub struct BenchArgs {
     /// answer is exposed.
     #[arg(long)]
     pub loss_at_file: Option<PathBuf>,
-    /// The write-behind window of redis-lua (an upper bound of the flush lag
-    /// during a rush), in milliseconds; see `--loss-at-file`.
+    /// The write-behind window of redis-lua, in milliseconds (see
+    /// `--loss-at-file`): at least this, and at least twice the largest
+    /// flush lag (`firstcome_flush_lag_seconds`, bucket bound) seen during
+    /// the run at the `--metrics-url` processes.
     #[arg(long, default_value_t = 1000)]
     pub loss_window_ms: u64,
+    /// More processes whose /metrics the bench reads (comma-separated),
+    /// e.g. a `--role worker` process: where the flush lag is measured.
+    #[arg(long, value_delimiter = ',')]
+    pub metrics_url: Vec<String>,
     /// Give up on a request after this many seconds (counted as a transport
     /// error, retried on the next URL with `--retry-secs`); 0 = wait forever.
     /// A process stopped with SIGSTOP answers nothing: without a timeout the
@@ -305,6 +311,8 @@ pub struct Exposure {
     /// redis-lua: final answers (granted or sold_out) received within the
     /// write-behind window of the loss whose state changed since.
     pub lua_changed: usize,
+    /// redis-lua: the write-behind window used, ms (0 when not applied).
+    pub loss_window_ms: u64,
 }
 
 /// Error answers seen during a run (every attempt counted).
@@ -455,6 +463,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ensure_loopback("--url", &u)?;
     }
     anyhow::ensure!(!urls(&args.url).is_empty(), "--url is empty");
+    for u in &args.metrics_url {
+        ensure_loopback("--metrics-url", u)?;
+    }
     ensure_loopback("--redis-url", &args.redis_url)?;
     ensure_loopback("--database-url", &args.database_url)?;
     for m in &args.modes {
@@ -643,6 +654,19 @@ impl Api {
             k += 1;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// /metrics of every process that answers, one after the other.
+    async fn scrape_all(&self) -> String {
+        let mut all = String::new();
+        for c in self.clients.iter() {
+            let t = self.timeout.unwrap_or(Duration::from_secs(2));
+            if let Ok(Ok(text)) = tokio::time::timeout(t, c.text("/metrics")).await {
+                all.push_str(&text);
+                all.push('\n');
+            }
+        }
+        all
     }
 
     /// /metrics of the first process that answers (within 2 s each).
@@ -1050,6 +1074,16 @@ async fn run_one(args: &BenchArgs, mode: &str, conc: usize) -> anyhow::Result<Ru
         "pools": pools.iter().map(|(n, s, _)| json!({"name": n, "stock": s})).collect::<Vec<_>>(),
     });
     let metrics_before = api.scrape().await;
+    let extra = Api {
+        clients: Arc::new(
+            args.metrics_url
+                .iter()
+                .map(|u| Client::new(u, None, 1))
+                .collect(),
+        ),
+        timeout: api.timeout,
+    };
+    let extra_before = extra.scrape_all().await;
     let redis_before = redis_used_memory(&args.redis_url).await;
     let (s, campaign) = api
         .call_any(
@@ -1300,12 +1334,20 @@ async fn run_one(args: &BenchArgs, mode: &str, conc: usize) -> anyhow::Result<Ru
     let grants = api.all_grants(id, admin_secs).await?;
     // Redis lost its state: which redis-lua answers the write-behind may
     // have lost (received from the window before the loss to just after).
+    let lag_ms = quantile_between(
+        &buckets(&extra_before, "firstcome_flush_lag_seconds"),
+        &buckets(&extra.scrape_all().await, "firstcome_flush_lag_seconds"),
+        1.0,
+    )
+    // Beyond the last bucket (10 s): take 20 s.
+    .map(|s| if s.is_finite() { s } else { 20.0 })
+    .map(|s| (s * 2000.0) as u64)
+    .unwrap_or(0);
+    let window_ms = args.loss_window_ms.max(lag_ms);
     let lua_loss = (args.allow_redis_loss && mode == "redis-lua").then(|| {
+        exposure.loss_window_ms = window_ms;
         match args.loss_at_file.as_deref().and_then(read_loss_at) {
-            Some((from, to)) => (
-                from - args.loss_window_ms as i64 - t0_unix_ms,
-                to + 250 - t0_unix_ms,
-            ),
+            Some((from, to)) => (from - window_ms as i64 - t0_unix_ms, to + 250 - t0_unix_ms),
             None => (i64::MIN, i64::MAX),
         }
     });
