@@ -256,11 +256,15 @@ round_campaign() { # the campaign the running bench created (newer than $PREV_ID
     sleep 0.05
   done
 }
-wait_sold_out() { # until the round's campaign has no stock left (bounded)
-  local id deadline
-  id="$(round_campaign)" || return 1
-  deadline=$(( $(date +%s) + USERS / RATE + 3 ))
-  until curl -sf -m 1 "http://127.0.0.1:$API1_PORT/v1/campaigns/$id" | grep -q '"remaining":0[,}]'; do
+sold_out_answers() { # sold_out answers given so far, both API processes
+  local port
+  for port in "$API1_PORT" "$API2_PORT"; do
+    curl -sf -m 1 "http://127.0.0.1:$port/metrics" || true
+  done | awk '/^firstcome_claims_total\{/ && /outcome="sold_out"/ { s += $NF } END { printf "%d\n", s }'
+}
+wait_sold_out() { # until 20 more sold_out answers were given than at $SOLD_BASE (bounded)
+  local deadline=$(( $(date +%s) + USERS / RATE + 5 ))
+  until [ "$(sold_out_answers)" -ge $((SOLD_BASE + 20)) ]; do
     [ "$(date +%s)" -ge "$deadline" ] && return 1
     sleep 0.02
   done
@@ -381,6 +385,7 @@ for fault in "${fault_list[@]}"; do
       esac
       round_timeout=$((max_secs + RETRY_SECS + DRAIN_SECS + 60))
       PREV_ID="$(latest_campaign)"
+      SOLD_BASE="$(sold_out_answers)"
       delay="0.$(( 2 + RANDOM % 7 ))"
       t1=$(date +%s.%N)
       timeout -k 5 "$round_timeout" "$BIN" bench --url "$URLS" --modes "$mode" \
@@ -389,9 +394,10 @@ for fault in "${fault_list[@]}"; do
         --retry-secs "$RETRY_SECS" --request-timeout-secs "$REQUEST_TIMEOUT" \
         "${extra[@]}" --json "$json" >"$blog" 2>&1 &
       BENCH_PID=$!
-      # A Redis state loss in odd rounds lands just after the sell-out (so
-      # sold_out answers were given before it, and the last grants may not
-      # be flushed yet), in even rounds mid-stock like the other faults.
+      # A Redis state loss in odd rounds lands just after the sell-out (once
+      # 20 sold_out answers were given, so they were given before it, and
+      # the last grants may not be flushed yet), in even rounds mid-stock
+      # like the other faults.
       late=0
       case "$fault" in redis|flush|expire) [ $((round % 2)) = 1 ] && late=1 ;; esac
       if [ "$late" = 1 ]; then
