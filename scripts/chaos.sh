@@ -419,7 +419,7 @@ for fault in "${fault_list[@]}"; do
       secs=$(python3 -c "import time; print(round(time.time()-$t1,1))")
       printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$fault" "$mode" "$round" "$rc" "$secs" "$delay" "$unexpected" "$json" "$what" >>"$ROUNDS_TSV"
       log "$fault $mode round $round: rc=$rc ${secs}s (fault at ${delay}s: $what)"
-      [ "$rc" != 0 ] && grep -E "violations|^Error" "$blog" | tail -3 | sed "s/^/    /" >&2 || true
+      [ "$rc" != 0 ] && grep -E "violations [a-z]|^Error" "$blog" | tail -3 | sed "s/^/    /" >&2 || true
     done
   done
   if [ "$fault" = slowpg ]; then restart_apis; fi
