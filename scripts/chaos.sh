@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
-# Chaos harness (issue 5): during a rush, inject one fault per round and
-# check every invariant of DESIGN.md with `firstcome bench`.
+# Chaos harness (issues 5 and 11): during a rush, inject one fault per round
+# and check every invariant of DESIGN.md with `firstcome bench`, including
+# that every final answer a user was given still holds after the drain.
 #
 # Faults (each injected mid-rush, while the bench runs in the background):
-#   redis     kill -9 redis-server, restart it empty on the same port
-#   worker    kill -9 the worker role, start a new one
-#   postgres  restart PostgreSQL (alternately `-m fast` and `-m immediate`)
-#   api       kill -9 one of the two API processes, start it again
-# For every fault x mode, --rounds rounds (default 10).
+#   redis      kill -9 redis-server, restart it empty on the same port
+#   worker     kill -9 the worker role, start a new one
+#   postgres   restart PostgreSQL (alternately `-m fast` and `-m immediate`)
+#   api        kill -9 one of the two API processes, start it again
+#   flush      redis-cli FLUSHDB (the server keeps running)
+#   expire     PEXPIRE 1 every Redis key of the round's campaign
+#   slowpg     a pg_sleep(6) BEFORE INSERT trigger on grants for 30 s, with
+#              the API processes at FIRSTCOME_COMMIT_INFLIGHT=1
+#              FIRSTCOME_COMMIT_MAX_BATCH=8 (64 connections)
+#   stop       kill -STOP one API process for 28 s, then kill -CONT
+#   reconcile  `firstcome reconcile` in a loop during a cancel storm (20% of
+#              the granted users cancel: bench --cancel-frac 0.2)
+# For every fault x mode, --rounds rounds (default 10). --quick: 1 round,
+# and `stop`/`slowpg` only in the modes of CHAOS_STOP_MODES (gate,redis-queue)
+# and CHAOS_SLOWPG_MODES (gate).
 #
 # Everything runs on loopback against PRIVATE stores: a redis-server and a
 # PostgreSQL cluster (initdb) on free ports under a temp dir; the machine's
@@ -17,20 +28,23 @@
 # Usage: scripts/chaos.sh [--quick] [--rounds N] [--modes a,b] [--faults a,b]
 #        [--bin PATH]
 # Environment: CHAOS_USERS, CHAOS_STOCK, CHAOS_RATE, CHAOS_CONCURRENCY,
-# CHAOS_RETRY_SECS (sizes of a round), CHAOS_OUT (output dir), FIRSTCOME_BIN or CARGO_TARGET_DIR
-# (where the release binary is).
+# CHAOS_RETRY_SECS (sizes of a round), CHAOS_STOP_SECS, CHAOS_SLOWPG_SECS,
+# CHAOS_CANCEL_FRAC, CHAOS_LOSS_WINDOW_MS, CHAOS_STOP_MODES,
+# CHAOS_SLOWPG_MODES, CHAOS_OUT (output dir), FIRSTCOME_BIN or
+# CARGO_TARGET_DIR (where the release binary is).
 # Output: a table per fault x mode on stdout, target/chaos/summary.md and
 # target/chaos/summary.json; per-round bench JSON and logs in target/chaos/.
 # Exit status: non-zero if any invariant broke outside the documented
-# exposures (redis-lua unflushed grants and redis-queue queued claims lost
-# with Redis' state), or a round failed to complete in time.
+# exposures (redis-lua answers given within the write-behind window before a
+# Redis state loss, redis-queue queued claims lost with Redis' state), or a
+# round failed to complete in time.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 ROUNDS=10
 QUICK=0
 MODES="db-lock,db-atomic,redis-lua,gate,redis-queue"
-FAULTS="redis,worker,postgres,api"
+FAULTS="redis,worker,postgres,api,flush,expire,slowpg,stop,reconcile"
 BIN="${FIRSTCOME_BIN:-}"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -39,7 +53,7 @@ while [ $# -gt 0 ]; do
     --modes) MODES="$2"; shift ;;
     --faults) FAULTS="$2"; shift ;;
     --bin) BIN="$2"; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -63,7 +77,29 @@ MAX_SECS=20      # longest rush
 # retries off (then a dead process strands what it held: see docs/CHAOS.md).
 RETRY_SECS="${CHAOS_RETRY_SECS:-45}"
 DRAIN_SECS=15    # longest wait for write-behind / queue drain
-ROUND_TIMEOUT=$((MAX_SECS + RETRY_SECS + DRAIN_SECS + 60))
+# A request unanswered this long (a SIGSTOPped process) is retried elsewhere.
+REQUEST_TIMEOUT=5
+STOP_SECS="${CHAOS_STOP_SECS:-28}"       # > the 20 s orphan threshold of gate
+SLOWPG_SECS="${CHAOS_SLOWPG_SECS:-30}"   # how long the slow trigger stays
+SLOWPG_SLEEP=6                           # seconds per INSERT INTO grants
+SLOWPG_CONC=64                           # connections in slowpg rounds
+SLOWPG_MAX_SECS=60                       # the rush outlasts the slow trigger
+CANCEL_FRAC="${CHAOS_CANCEL_FRAC:-0.2}"  # reconcile rounds
+RECONCILE_SECS=10                        # reconcile loop, at most
+# redis-lua's write-behind window: answers received less than this (or twice
+# the largest flush lag the worker measured in the round, if more) before a
+# Redis state loss may be lost (exposure); older ones must hold.
+LOSS_WINDOW_MS="${CHAOS_LOSS_WINDOW_MS:-250}"
+if [ "$QUICK" = 1 ]; then
+  STOP_MODES="${CHAOS_STOP_MODES:-gate,redis-queue}"
+  SLOWPG_MODES="${CHAOS_SLOWPG_MODES:-gate}"
+else
+  STOP_MODES="${CHAOS_STOP_MODES:-$MODES}"
+  SLOWPG_MODES="${CHAOS_SLOWPG_MODES:-$MODES}"
+fi
+if [ "$RETRY_SECS" != 0 ] && [ "$RETRY_SECS" -le "$STOP_SECS" ]; then
+  echo "CHAOS_RETRY_SECS ($RETRY_SECS) must exceed CHAOS_STOP_SECS ($STOP_SECS)" >&2; exit 2
+fi
 
 OUT="${CHAOS_OUT:-$ROOT/target/chaos}"
 mkdir -p "$OUT"
@@ -94,13 +130,15 @@ as_pg() { stores_as_pg "$@"; }
 TMP="$(mktemp -d /tmp/firstcome-chaos.XXXXXX)"
 chmod 755 "$TMP"
 REDIS_PID=""; API1_PID=""; API2_PID=""; WORKER_PID=""; BENCH_PID=""; PG_STARTED=0
+RECONCILE_PID=""
+API_ENV=()  # extra environment of the API processes (slowpg rounds)
 
 pg_postmaster_pid() { head -1 "$TMP/pg/postmaster.pid" 2>/dev/null || true; }
 
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  for p in "$BENCH_PID" "$API1_PID" "$API2_PID" "$WORKER_PID" "$REDIS_PID"; do
+  for p in "$BENCH_PID" "$API1_PID" "$API2_PID" "$WORKER_PID" "$REDIS_PID" "${RECONCILE_PID:-}"; do
     [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true
   done
   if [ "$PG_STARTED" = 1 ]; then
@@ -157,8 +195,9 @@ start_pg() {
 # -------------------------------------------------------------- service
 healthy() { curl -sf -m 1 "http://127.0.0.1:$1/healthz" >/dev/null; }
 start_service() { # start_service NAME ROLE PORT -> sets <NAME>_PID
-  local name="$1" role="$2" port="$3" pid
-  "$BIN" serve --role "$role" --addr "127.0.0.1:$port" >>"$LOGS/$name.log" 2>&1 &
+  local name="$1" role="$2" port="$3" pid envs=()
+  [ "$role" = api ] && envs=("${API_ENV[@]}")
+  env "${envs[@]}" "$BIN" serve --role "$role" --addr "127.0.0.1:$port" >>"$LOGS/$name.log" 2>&1 &
   pid=$!
   printf -v "${name^^}_PID" '%s' "$pid"
   wait_for 30 healthy "$port" || { log "$name did not come up (see $LOGS/$name.log)"; return 1; }
@@ -175,15 +214,101 @@ ensure_up() { # restarts whatever died outside a fault; returns 1 if something h
   return "$bad"
 }
 
+restart_apis() { # restart_apis ENV...: both API processes, with this environment
+  API_ENV=("$@")
+  local p
+  for p in "$API1_PID" "$API2_PID"; do
+    [ -n "$p" ] || continue
+    kill -CONT "$p" 2>/dev/null || true
+    kill -TERM "$p" 2>/dev/null || true
+  done
+  for p in "$API1_PID" "$API2_PID"; do
+    [ -n "$p" ] || continue
+    local deadline=$(( $(date +%s) + 15 ))
+    while kill -0 "$p" 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  API1_PID=""; API2_PID=""
+  start_service api1 api "$API1_PORT"
+  start_service api2 api "$API2_PORT"
+  log "api processes restarted${API_ENV[*]:+ with ${API_ENV[*]}}"
+}
+
 # --------------------------------------------------------------- faults
+psql_fc() { psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d firstcome -Atq "$@"; }
+latest_campaign() { psql_fc -c 'SELECT coalesce(max(id), 0) FROM campaigns' 2>/dev/null || echo 0; }
+round_campaign() { # the campaign the running bench created (newer than $PREV_ID)
+  local id deadline=$(( $(date +%s) + 10 ))
+  while :; do
+    id="$(latest_campaign)"
+    [ "${id:-0}" -gt "$PREV_ID" ] && { echo "$id"; return 0; }
+    [ "$(date +%s)" -ge "$deadline" ] && return 1
+    sleep 0.05
+  done
+}
+sold_out_answers() { # sold_out answers given so far, both API processes
+  local port
+  for port in "$API1_PORT" "$API2_PORT"; do
+    curl -sf -m 1 "http://127.0.0.1:$port/metrics" || true
+  done | awk '/^firstcome_claims_total\{/ && /outcome="sold_out"/ { s += $NF } END { printf "%d\n", s }'
+}
+wait_sold_out() { # until 20 more sold_out answers were given than at $SOLD_BASE (bounded)
+  local deadline=$(( $(date +%s) + USERS / RATE + 5 ))
+  until [ "$(sold_out_answers)" -ge $((SOLD_BASE + 20)) ]; do
+    [ "$(date +%s)" -ge "$deadline" ] && return 1
+    sleep 0.02
+  done
+}
+now_ms() { date +%s%3N; }
+rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
 kill9() { kill -9 "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
-inject() { # inject FAULT ROUND: prints what it did
-  local fault="$1" round="$2"
+inject() { # inject FAULT ROUND LOSSFILE: prints what it did
+  local fault="$1" round="$2" lossfile="$3" t0 id n
   case "$fault" in
     redis)
+      t0="$(now_ms)"
       kill9 "$REDIS_PID"; REDIS_PID=""
       start_redis
+      echo "$t0 $(now_ms)" >"$lossfile"
       echo "redis kill -9, restarted empty" ;;
+    flush)
+      t0="$(now_ms)"
+      [ "$(rcli FLUSHDB)" = OK ] || return 1
+      echo "$t0 $(now_ms)" >"$lossfile"
+      echo "redis FLUSHDB" ;;
+    expire)
+      id="$(round_campaign)" || return 1
+      t0="$(now_ms)"
+      n="$(rcli --scan --pattern "$FIRSTCOME_REDIS_PREFIX:{c$id}:*" | tee "$TMP/keys" | wc -l)"
+      awk '{ printf "PEXPIRE \"%s\" 1\n", $0 }' "$TMP/keys" | rcli >/dev/null
+      echo "$t0 $(now_ms)" >"$lossfile"
+      echo "PEXPIRE 1 on $n keys of campaign $id" ;;
+    slowpg)
+      psql_fc -c "CREATE OR REPLACE FUNCTION chaos_slow() RETURNS trigger LANGUAGE plpgsql AS \$\$ BEGIN PERFORM pg_sleep($SLOWPG_SLEEP); RETURN NULL; END \$\$" \
+        -c "CREATE TRIGGER chaos_slow BEFORE INSERT ON grants FOR EACH STATEMENT EXECUTE FUNCTION chaos_slow()" || return 1
+      sleep "$SLOWPG_SECS"
+      psql_fc -c "DROP TRIGGER IF EXISTS chaos_slow ON grants" || return 1
+      echo "grants INSERT + pg_sleep($SLOWPG_SLEEP) for ${SLOWPG_SECS}s" ;;
+    stop)
+      local pid name
+      if [ $((round % 2)) = 1 ]; then pid="$API1_PID"; name=api1; else pid="$API2_PID"; name=api2; fi
+      kill -STOP "$pid" || return 1
+      sleep "$STOP_SECS"
+      kill -CONT "$pid" || return 1
+      echo "$name kill -STOP for ${STOP_SECS}s, then -CONT" ;;
+    reconcile)
+      id="$(round_campaign)" || return 1
+      local deadline=$(( $(date +%s) + RECONCILE_SECS )) runs=0 failed=0
+      while alive "$BENCH_PID" && [ "$(date +%s)" -lt "$deadline" ]; do
+        "$BIN" reconcile --campaign "$id" >>"$LOGS/reconcile.log" 2>&1 &
+        RECONCILE_PID=$!
+        wait "$RECONCILE_PID" || failed=$((failed + 1))
+        RECONCILE_PID=""
+        runs=$((runs + 1))
+      done
+      [ "$runs" -gt 0 ] && [ "$failed" = "$runs" ] && return 1
+      echo "firstcome reconcile x$runs on campaign $id ($failed failed), cancel storm ${CANCEL_FRAC}" ;;
     worker)
       kill9 "$WORKER_PID"; WORKER_PID=""
       start_service worker worker "$WORKER_PORT"
@@ -214,25 +339,68 @@ URLS="http://127.0.0.1:$API1_PORT,http://127.0.0.1:$API2_PORT"
 T0=$(date +%s)
 IFS=',' read -r -a fault_list <<<"$FAULTS"
 IFS=',' read -r -a mode_list <<<"$MODES"
+in_list() { [[ ",$2," == *",$1,"* ]]; }
 for fault in "${fault_list[@]}"; do
+  case "$fault" in
+    redis|worker|postgres|api|flush|expire|slowpg|stop|reconcile) ;;
+    *) log "unknown fault $fault"; exit 2 ;;
+  esac
+  fault_modes=()
   for mode in "${mode_list[@]}"; do
+    case "$fault" in
+      stop) in_list "$mode" "$STOP_MODES" || continue ;;
+      slowpg) in_list "$mode" "$SLOWPG_MODES" || continue ;;
+    esac
+    fault_modes+=("$mode")
+  done
+  [ "${#fault_modes[@]}" = 0 ] && continue
+  # Reservations must wait in the committer queue longer than the orphan
+  # threshold: one group commit in flight, 8 rows each.
+  if [ "$fault" = slowpg ]; then
+    restart_apis FIRSTCOME_COMMIT_INFLIGHT=1 FIRSTCOME_COMMIT_MAX_BATCH=8
+  fi
+  for mode in "${fault_modes[@]}"; do
     for round in $(seq 1 "$ROUNDS"); do
       unexpected=0
       ensure_up || unexpected=1
       json="$OUT/runs/$fault-$mode-$round.json"
       blog="$OUT/runs/$fault-$mode-$round.log"
-      allow=()
-      [ "$fault" = redis ] && allow=(--allow-redis-loss)
+      lossfile="$OUT/runs/$fault-$mode-$round.loss"
+      extra=(); conc="$CONC"; max_secs="$MAX_SECS"
+      case "$fault" in
+        redis|flush|expire)
+          extra=(--allow-redis-loss --loss-at-file "$lossfile" --loss-window-ms "$LOSS_WINDOW_MS"
+                 --metrics-url "http://127.0.0.1:$WORKER_PORT") ;;
+        reconcile) extra=(--cancel-frac "$CANCEL_FRAC") ;;
+        slowpg) conc="$SLOWPG_CONC"; max_secs="$SLOWPG_MAX_SECS" ;;
+      esac
+      round_timeout=$((max_secs + RETRY_SECS + DRAIN_SECS + 60))
+      PREV_ID="$(latest_campaign)"
+      SOLD_BASE="$(sold_out_answers)"
       delay="0.$(( 2 + RANDOM % 7 ))"
       t1=$(date +%s.%N)
-      timeout -k 5 "$ROUND_TIMEOUT" "$BIN" bench --url "$URLS" --modes "$mode" \
-        --users "$USERS" --stock "$STOCK" --concurrency "$CONC" --rate "$RATE" \
-        --limit-secs 0 --max-secs "$MAX_SECS" --drain-secs "$DRAIN_SECS" \
-        --retry-secs "$RETRY_SECS" "${allow[@]}" --json "$json" >"$blog" 2>&1 &
+      timeout -k 5 "$round_timeout" "$BIN" bench --url "$URLS" --modes "$mode" \
+        --users "$USERS" --stock "$STOCK" --concurrency "$conc" --rate "$RATE" \
+        --limit-secs 0 --max-secs "$max_secs" --drain-secs "$DRAIN_SECS" \
+        --retry-secs "$RETRY_SECS" --request-timeout-secs "$REQUEST_TIMEOUT" \
+        "${extra[@]}" --json "$json" >"$blog" 2>&1 &
       BENCH_PID=$!
-      sleep "$delay"
+      # A Redis state loss in odd rounds lands just after the sell-out (once
+      # 20 sold_out answers were given, so they were given before it, and
+      # the last grants may not be flushed yet), in even rounds mid-stock
+      # like the other faults.
+      late=0
+      case "$fault" in redis|flush|expire) [ $((round % 2)) = 1 ] && late=1 ;; esac
+      if [ "$late" = 1 ]; then
+        jitter="0.$(( RANDOM % 10 ))"
+        wait_sold_out || log "no sell-out seen: injecting anyway"
+        sleep "0.0${jitter#0.}"
+        delay="sold-out+0.0${jitter#0.}"
+      else
+        sleep "$delay"
+      fi
       # Not in $(...): the restarted PIDs must land in this shell.
-      if inject "$fault" "$round" >"$TMP/what" 2>>"$LOGS/inject.log"; then
+      if inject "$fault" "$round" "$lossfile" >"$TMP/what" 2>>"$LOGS/inject.log"; then
         what="$(tail -1 "$TMP/what")"
       else
         what="inject failed"; unexpected=1
@@ -242,9 +410,10 @@ for fault in "${fault_list[@]}"; do
       secs=$(python3 -c "import time; print(round(time.time()-$t1,1))")
       printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$fault" "$mode" "$round" "$rc" "$secs" "$delay" "$unexpected" "$json" "$what" >>"$ROUNDS_TSV"
       log "$fault $mode round $round: rc=$rc ${secs}s (fault at ${delay}s: $what)"
-      [ "$rc" != 0 ] && tail -3 "$blog" | sed 's/^/    /' >&2 || true
+      [ "$rc" != 0 ] && grep -E "violations [a-z]|^Error" "$blog" | tail -3 | sed "s/^/    /" >&2 || true
     done
   done
+  if [ "$fault" = slowpg ]; then restart_apis; fi
 done
 ensure_up || log "a process had died after the last round"
 ELAPSED=$(( $(date +%s) - T0 ))

@@ -11,7 +11,8 @@ import os
 import sys
 
 VIOLATIONS = ["oversold", "duplicates", "double_booked", "undersold", "lost",
-              "unfair", "unstable", "unanswered"]
+              "unfair", "unstable", "changed", "unanswered"]
+EXPOSURES = ["lua_unflushed_lost", "lua_changed", "queue_lost"]
 
 
 def main():
@@ -27,9 +28,9 @@ def main():
         r = rows.setdefault(key, {
             "fault": fault, "mode": mode, "rounds": 0, "passed": 0,
             "claims": 0, "grants": 0, "unanswered_users": 0, "http_5xx": 0,
-            "transport": 0, "retries": 0,
+            "transport": 0, "retries": 0, "cancelled": 0, "final_checked": 0,
             "violations": {v: 0 for v in VIOLATIONS},
-            "exposure": {"lua_unflushed_lost": 0, "queue_lost": 0},
+            "exposure": {k: 0 for k in EXPOSURES},
             "max_round_secs": 0.0, "failed_rounds": [],
         })
         r["rounds"] += 1
@@ -51,6 +52,8 @@ def main():
             r["claims"] += res.get("requests", 0)
             r["grants"] += res.get("grants", 0)
             r["unanswered_users"] += res.get("errors", 0)
+            r["cancelled"] += res.get("cancelled", 0)
+            r["final_checked"] += res.get("final_checked", 0)
             ec = res.get("error_counts", {})
             for k in ("http_5xx", "transport", "retries"):
                 r[k] += ec.get(k, 0)
@@ -68,26 +71,31 @@ def main():
         else:
             r["passed"] += 1
 
-    head = ["fault", "mode", "rounds", "passed", "claims", "grants", "5xx", "transport",
-            "retries", "unanswered"] + [v for v in VIOLATIONS if v != "unanswered"] + \
-           ["lua lost (exposure)", "queue lost (exposure)", "max round s"]
+    head = ["fault", "mode", "rounds", "passed", "claims", "grants", "cancelled",
+            "checked", "5xx", "transport", "retries", "unanswered"] + \
+           [v for v in VIOLATIONS if v != "unanswered"] + \
+           ["lua lost (exposure)", "lua changed (exposure)", "queue lost (exposure)",
+            "max round s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows.values():
         v = r["violations"]
         cells = [r["fault"], r["mode"], r["rounds"], r["passed"], r["claims"], r["grants"],
-                 r["http_5xx"], r["transport"], r["retries"], v["unanswered"]] + \
+                 r["cancelled"], r["final_checked"], r["http_5xx"], r["transport"],
+                 r["retries"], v["unanswered"]] + \
                 [v[k] for k in VIOLATIONS if k != "unanswered"] + \
-                [r["exposure"]["lua_unflushed_lost"], r["exposure"]["queue_lost"],
-                 r["max_round_secs"]]
+                [r["exposure"][k] for k in EXPOSURES] + [r["max_round_secs"]]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     total = sum(r["rounds"] for r in rows.values())
     passed = sum(r["passed"] for r in rows.values())
     md = ["# Chaos run", "",
           "%s: %d rounds (%s per fault x mode), %d passed, %s s." % (
               "quick" if quick == "1" else "full", total, rounds_per, passed, elapsed), "",
-          "Claims: users answered; 5xx/transport/retries: error answers during faults "
-          "(expected, counted); violation columns must be 0; exposure columns are the "
-          "documented losses when Redis loses its state (docs/ARCHITECTURE.md, Exposure).",
+          "Claims: requests answered; cancelled: users who cancelled their grant "
+          "(reconcile rounds); checked: final answers read back after the drain; "
+          "5xx/transport/retries: error answers during faults (expected, counted); "
+          "violation columns must be 0 (changed: a final answer contradicted by the "
+          "user's state after the drain); exposure columns are the documented losses "
+          "when Redis loses its state (docs/ARCHITECTURE.md, Exposure).",
           ""] + lines
     if failures:
         md += ["", "## Failed rounds", ""] + ["- " + f for f in failures]

@@ -18,6 +18,7 @@ use std::{
 };
 
 use clap::{Args, ValueEnum};
+use futures::StreamExt;
 use hdrhistogram::Histogram;
 use hyper::Method;
 use serde::Serialize;
@@ -66,6 +67,37 @@ pub struct BenchArgs {
     /// violations.
     #[arg(long)]
     pub allow_redis_loss: bool,
+    /// With `--allow-redis-loss`: a file where the fault injector wrote when
+    /// Redis lost its state, as `FROM_MS [TO_MS]` (Unix milliseconds). Only
+    /// redis-lua answers received from `--loss-window-ms` before FROM to
+    /// 250 ms after TO may then be lost (write-behind exposure); any other
+    /// answer that changed is a violation. Without the file every redis-lua
+    /// answer is exposed.
+    #[arg(long)]
+    pub loss_at_file: Option<PathBuf>,
+    /// The write-behind window of redis-lua, in milliseconds (see
+    /// `--loss-at-file`): at least this, and at least twice the largest
+    /// flush lag (`firstcome_flush_lag_seconds`, bucket bound) seen during
+    /// the run at the `--metrics-url` processes.
+    #[arg(long, default_value_t = 1000)]
+    pub loss_window_ms: u64,
+    /// More processes whose /metrics the bench reads (comma-separated),
+    /// e.g. a `--role worker` process: where the flush lag is measured.
+    #[arg(long, value_delimiter = ',')]
+    pub metrics_url: Vec<String>,
+    /// Give up on a request after this many seconds (counted as a transport
+    /// error, retried on the next URL with `--retry-secs`); 0 = wait forever.
+    /// A process stopped with SIGSTOP answers nothing: without a timeout the
+    /// bench would wait for it.
+    #[arg(long, default_value_t = 0.0)]
+    pub request_timeout_secs: f64,
+    /// Fraction (0..=1) of users who, once granted, cancel their claim
+    /// (DELETE) during the rush (redis-queue: after polling until granted,
+    /// at most 3 s). Their final state must then be `cancelled`. After the
+    /// rush new users claim until `sold_out`, so a cancelled slot that did
+    /// not return to stock shows as undersold.
+    #[arg(long, default_value_t = 0.0)]
+    pub cancel_frac: f64,
     /// Admin token of the service.
     #[arg(long, env = "FIRSTCOME_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: String,
@@ -126,20 +158,64 @@ pub struct BenchArgs {
     pub html: Option<PathBuf>,
 }
 
+/// What a user was told (or what a status GET showed), in kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+enum SeenKind {
+    /// Not asked (the rush ended first), or not checked.
+    #[default]
+    None,
+    /// 200 `granted`.
+    Granted,
+    /// 202 `queued` (redis-queue).
+    Queued,
+    /// `rejected`, reason `sold_out`.
+    SoldOut,
+    /// `rejected`, reason `not_open` or `closed`.
+    Refused,
+    /// `cancelled`: the user's own DELETE answered 200, or a status GET.
+    Cancelled,
+    /// 5xx or no answer.
+    Error,
+    /// redis-queue: queued, then the entry vanished with Redis' state
+    /// (documented exposure).
+    QueueLost,
+    /// The user's DELETE got no answer: granted or cancelled are both right.
+    CancelInDoubt,
+    /// A status GET answered 404: the service forgot the user.
+    Missing,
+}
+
+impl SeenKind {
+    /// A user answered this asked and got an answer (not an error).
+    fn asked(self) -> bool {
+        matches!(
+            self,
+            Self::Granted | Self::Queued | Self::SoldOut | Self::Cancelled | Self::CancelInDoubt
+        )
+    }
+
+    /// The bench cancelled (or tried to cancel) this user's grant.
+    fn cancelled(self) -> bool {
+        matches!(self, Self::Cancelled | Self::CancelInDoubt)
+    }
+}
+
 /// What one user was told, compactly (a million of these must fit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Seen {
-    /// 0 none, 1 granted, 2 queued, 3 sold_out, 4 not_open/closed,
-    /// 5 cancelled, 6 error (5xx or transport).
-    kind: u8,
+    /// What the answer was.
+    kind: SeenKind,
     /// Pool index asked for.
     pool: u8,
-    /// Slot, when granted.
+    /// Slot, when granted (or cancelled).
     slot: i32,
-    /// Arrival number.
+    /// Arrival number (-1 when the answer had none).
     seq: i64,
-    /// Code, when granted.
+    /// Code, when granted (or cancelled).
     code: [u8; 16],
+    /// When the answer was received, in ms since the run started.
+    at: u32,
 }
 
 fn seen_from(status: u16, v: &Value, pool: u8) -> Seen {
@@ -149,14 +225,14 @@ fn seen_from(status: u16, v: &Value, pool: u8) -> Seen {
         ..Default::default()
     };
     s.kind = match (status, v["status"].as_str(), v["reason"].as_str()) {
-        (200, Some("granted"), _) => 1,
-        (202, Some("queued"), _) | (200, Some("queued"), _) => 2,
-        (_, Some("rejected"), Some("sold_out")) => 3,
-        (_, Some("rejected"), _) => 4,
-        (_, Some("cancelled"), _) => 5,
-        _ => 6,
+        (200, Some("granted"), _) => SeenKind::Granted,
+        (202 | 200, Some("queued"), _) => SeenKind::Queued,
+        (_, Some("rejected"), Some("sold_out")) => SeenKind::SoldOut,
+        (_, Some("rejected"), _) => SeenKind::Refused,
+        (_, Some("cancelled"), _) => SeenKind::Cancelled,
+        _ => SeenKind::Error,
     };
-    if s.kind == 1 {
+    if matches!(s.kind, SeenKind::Granted | SeenKind::Cancelled) {
         s.slot = v["slot"].as_i64().unwrap_or(0) as i32;
         if let Some(c) = v["code"].as_str() {
             let b = c.as_bytes();
@@ -165,6 +241,38 @@ fn seen_from(status: u16, v: &Value, pool: u8) -> Seen {
         }
     }
     s
+}
+
+/// The same grant: pool, slot, code and arrival number.
+fn same_grant(a: &Seen, b: &Seen) -> bool {
+    a.pool == b.pool && a.slot == b.slot && a.code == b.code && (a.seq < 0 || a.seq == b.seq)
+}
+
+/// Whether `now`, a user's state after the drain, contradicts the final
+/// answer the user was `told` (DESIGN.md, "A final answer once given is
+/// never later replaced"). Only final answers (granted, sold_out) and the
+/// user's own cancellation are compared; anything else is `false`.
+fn changed(told: &Seen, now: &Seen) -> bool {
+    match told.kind {
+        SeenKind::Granted => !(now.kind == SeenKind::Granted && same_grant(told, now)),
+        SeenKind::SoldOut => {
+            !(now.kind == SeenKind::SoldOut && (told.seq < 0 || told.seq == now.seq))
+        }
+        SeenKind::Cancelled => now.kind != SeenKind::Cancelled,
+        SeenKind::CancelInDoubt => {
+            !(now.kind == SeenKind::Cancelled
+                || (now.kind == SeenKind::Granted && same_grant(told, now)))
+        }
+        _ => false,
+    }
+}
+
+/// Whether a user's state is compared after the drain.
+fn checked(kind: SeenKind) -> bool {
+    matches!(
+        kind,
+        SeenKind::Granted | SeenKind::SoldOut | SeenKind::Cancelled | SeenKind::CancelInDoubt
+    )
 }
 
 /// Counts that must all be zero.
@@ -184,6 +292,10 @@ pub struct Violations {
     pub unfair: usize,
     /// Repeated claims or polls that contradicted the first answer.
     pub unstable: usize,
+    /// Final answers (granted, sold_out) or own cancellations that the
+    /// user's status GET contradicts once the rush drained: 404, another
+    /// status, another slot, code or seq.
+    pub changed: usize,
     /// With `--retry-secs`: users who never got an answer (liveness).
     pub unanswered: usize,
 }
@@ -196,6 +308,11 @@ pub struct Exposure {
     /// redis-queue: users answered `queued` whose entry vanished (404 or
     /// still queued after the drain).
     pub queue_lost: usize,
+    /// redis-lua: final answers (granted or sold_out) received within the
+    /// write-behind window of the loss whose state changed since.
+    pub lua_changed: usize,
+    /// redis-lua: the write-behind window used, ms (0 when not applied).
+    pub loss_window_ms: u64,
 }
 
 /// Error answers seen during a run (every attempt counted).
@@ -218,6 +335,7 @@ impl Violations {
             + self.lost
             + self.unfair
             + self.unstable
+            + self.changed
             + self.unanswered
     }
 
@@ -234,6 +352,7 @@ impl Violations {
             ("lost", self.lost),
             ("unfair", self.unfair),
             ("unstable", self.unstable),
+            ("changed", self.changed),
             ("unanswered", self.unanswered),
         ];
         parts
@@ -300,6 +419,12 @@ pub struct RunResult {
     pub drain_secs: f64,
     /// Users whose final answer was an error (5xx, transport).
     pub errors: usize,
+    /// Users who cancelled their grant (`--cancel-frac`), in doubt included.
+    pub cancelled: usize,
+    /// Users added after the rush to claim the cancelled stock back.
+    pub topup_users: usize,
+    /// Users whose state was read back after the drain and compared.
+    pub final_checked: usize,
     /// Every error answer, retries included.
     pub error_counts: ErrorCounts,
     /// Documented exposures (with `--allow-redis-loss`).
@@ -338,6 +463,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ensure_loopback("--url", &u)?;
     }
     anyhow::ensure!(!urls(&args.url).is_empty(), "--url is empty");
+    for u in &args.metrics_url {
+        ensure_loopback("--metrics-url", u)?;
+    }
     ensure_loopback("--redis-url", &args.redis_url)?;
     ensure_loopback("--database-url", &args.database_url)?;
     for m in &args.modes {
@@ -452,44 +580,104 @@ fn urls(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// Calls `path` on the clients in turn (from `from`), until one answers
-/// without a 5xx or `secs` have passed; the last answer or error otherwise.
-async fn call_any(
-    clients: &[Client],
-    from: usize,
-    method: Method,
-    path: &str,
-    body: Option<&Value>,
-    admin: bool,
-    secs: f64,
-) -> anyhow::Result<(u16, Value)> {
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    let mut k = from;
-    loop {
-        let r = clients[k % clients.len()]
-            .call(method.clone(), path, body, admin)
-            .await;
-        let ok = matches!(&r, Ok((s, _)) if *s < 500);
-        if ok || Instant::now() > deadline {
-            return r;
-        }
-        k += 1;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// The service's API processes, with the bench's request timeout.
+#[derive(Clone)]
+struct Api {
+    clients: Arc<Vec<Client>>,
+    /// `--request-timeout-secs`, if any.
+    timeout: Option<Duration>,
 }
 
-/// Every grant of a campaign, from whichever client answers.
-async fn all_grants_any(clients: &[Client], id: i64, secs: f64) -> anyhow::Result<Vec<Value>> {
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    let mut k = 0;
-    loop {
-        match clients[k % clients.len()].all_grants(id).await {
-            Ok(g) => return Ok(g),
-            Err(e) if Instant::now() > deadline => return Err(e),
-            Err(_) => {}
+impl Api {
+    /// One call on client `k` (modulo their number); no answer within the
+    /// timeout is an error, like a refused connection.
+    async fn call(
+        &self,
+        k: usize,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        admin: bool,
+    ) -> anyhow::Result<(u16, Value)> {
+        let c = &self.clients[k % self.clients.len()];
+        match self.timeout {
+            Some(t) => tokio::time::timeout(t, c.call(method, path, body, admin))
+                .await
+                .map_err(|_| anyhow::anyhow!("no answer within {t:?}"))?,
+            None => c.call(method, path, body, admin).await,
         }
-        k += 1;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    /// Calls `path` on the clients in turn (from `from`), until one answers
+    /// without a 5xx or `secs` have passed; the last answer or error
+    /// otherwise.
+    async fn call_any(
+        &self,
+        from: usize,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        admin: bool,
+        secs: f64,
+    ) -> anyhow::Result<(u16, Value)> {
+        let deadline = Instant::now() + Duration::from_secs_f64(secs);
+        let mut k = from;
+        loop {
+            let r = self.call(k, method.clone(), path, body, admin).await;
+            let ok = matches!(&r, Ok((s, _)) if *s < 500);
+            if ok || Instant::now() > deadline {
+                return r;
+            }
+            k += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every grant of a campaign, from whichever client answers.
+    async fn all_grants(&self, id: i64, secs: f64) -> anyhow::Result<Vec<Value>> {
+        let deadline = Instant::now() + Duration::from_secs_f64(secs);
+        let mut k = 0;
+        loop {
+            let c = &self.clients[k % self.clients.len()];
+            // The whole export (paged) within a few timeouts.
+            let r = match self.timeout {
+                Some(t) => tokio::time::timeout(t * 4, c.all_grants(id))
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("export: no answer"))),
+                None => c.all_grants(id).await,
+            };
+            match r {
+                Ok(g) => return Ok(g),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => {}
+            }
+            k += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// /metrics of every process that answers, one after the other.
+    async fn scrape_all(&self) -> String {
+        let mut all = String::new();
+        for c in self.clients.iter() {
+            let t = self.timeout.unwrap_or(Duration::from_secs(2));
+            if let Ok(Ok(text)) = tokio::time::timeout(t, c.text("/metrics")).await {
+                all.push_str(&text);
+                all.push('\n');
+            }
+        }
+        all
+    }
+
+    /// /metrics of the first process that answers (within 2 s each).
+    async fn scrape(&self) -> String {
+        for c in self.clients.iter() {
+            let t = self.timeout.unwrap_or(Duration::from_secs(2));
+            if let Ok(Ok(t)) = tokio::time::timeout(t, c.text("/metrics")).await {
+                return t;
+            }
+        }
+        String::new()
     }
 }
 
@@ -582,15 +770,6 @@ fn quantile_between(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Opti
         .map(|(le, _)| *le)
 }
 
-async fn scrape(clients: &[Client]) -> String {
-    for c in clients {
-        if let Ok(t) = c.text("/metrics").await {
-            return t;
-        }
-    }
-    String::new()
-}
-
 async fn redis_used_memory(url: &str) -> Option<i64> {
     let mut c = redis::Client::open(url)
         .ok()?
@@ -616,105 +795,266 @@ struct WorkerOut {
     errors: ErrorCounts,
 }
 
-/// Sends user `i`'s claim (and, in retry-storm, repeats and polls);
-/// returns the first answer and how many later answers contradicted it.
-#[allow(clippy::too_many_arguments)]
-async fn one_user(
-    clients: &[Client],
-    k: usize,
+impl WorkerOut {
+    fn new() -> Self {
+        Self {
+            hist: new_hist(),
+            seen: Vec::new(),
+            unstable: 0,
+            behind: 0,
+            errors: ErrorCounts::default(),
+        }
+    }
+}
+
+/// What every user of a rush shares.
+struct Rush {
+    api: Api,
+    /// Campaign id.
     id: i64,
+    /// Repeats per user (retry-storm).
+    repeats: usize,
+    /// `--retry-secs`.
+    retry: Duration,
+    /// `--cancel-frac`.
+    cancel_frac: f64,
+    /// Start of the run: `Seen::at` counts from here.
+    t0: Instant,
+}
+
+impl Rush {
+    fn now_ms(&self) -> u32 {
+        self.t0.elapsed().as_millis().min(u32::MAX as u128) as u32
+    }
+
+    fn status_path(&self, i: usize) -> String {
+        format!("/v1/campaigns/{}/claims/u{i}", self.id)
+    }
+}
+
+/// Whether user `i` cancels once granted: a fixed pseudo-random draw, so a
+/// rerun picks the same users.
+fn cancels(i: usize, frac: f64) -> bool {
+    let h = (i as u64 ^ 0x5DEE_CE66_D1CE_4E5B).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    ((h >> 11) as f64 / (1u64 << 53) as f64) < frac
+}
+
+/// The same answer, whenever it was received.
+fn same_answer(a: &Seen, b: &Seen) -> bool {
+    Seen { at: 0, ..*a } == Seen { at: 0, ..*b }
+}
+
+/// User `i`'s claim on pool `p`, retried on the next URL (with backoff)
+/// while it errs (5xx, or no answer: the process died or stopped) until
+/// `--retry-secs` have passed: the user must still get an answer.
+async fn claim_with_retry(
+    rush: &Rush,
+    k: usize,
     i: usize,
     pool: (usize, &str),
-    repeats: usize,
-    retry: Duration,
-    out: &mut WorkerOut,
-    t_start: Instant,
-) -> (Seen, usize) {
+    errors: &mut ErrorCounts,
+) -> Seen {
     let (p, pool_name) = pool;
     let body = json!({"user_id": format!("u{i}"), "pool": pool_name});
-    let path = format!("/v1/campaigns/{id}/claims");
-    let client = &clients[k % clients.len()];
-    // A claim that errs (5xx, or no answer: the process died) is retried on
-    // the next URL with backoff until `retry` has passed: the user must
-    // still get an answer. The latency is the time to the final answer.
-    let retry_deadline = Instant::now() + retry;
+    let path = format!("/v1/campaigns/{}/claims", rush.id);
+    let retry_deadline = Instant::now() + rush.retry;
     let mut attempt = 0usize;
-    let first = loop {
-        let c = &clients[(k + attempt) % clients.len()];
-        let r = c.call(Method::POST, &path, Some(&body), false).await;
-        let seen = match &r {
+    loop {
+        let r = rush
+            .api
+            .call(k + attempt, Method::POST, &path, Some(&body), false)
+            .await;
+        let mut seen = match &r {
             Ok((s, v)) => {
                 if *s >= 500 {
-                    out.errors.http_5xx += 1;
+                    errors.http_5xx += 1;
                 }
                 seen_from(*s, v, p as u8)
             }
             Err(_) => {
-                out.errors.transport += 1;
+                errors.transport += 1;
                 Seen {
-                    kind: 6,
+                    kind: SeenKind::Error,
                     pool: p as u8,
                     ..Default::default()
                 }
             }
         };
+        seen.at = rush.now_ms();
         let retryable = r.is_err() || matches!(&r, Ok((s, _)) if *s >= 500);
         let backoff = Duration::from_millis((20u64 << attempt.min(5)).min(500));
         if !retryable || Instant::now() + backoff > retry_deadline {
-            break seen;
+            return seen;
         }
-        out.errors.retries += 1;
+        errors.retries += 1;
         attempt += 1;
         tokio::time::sleep(backoff).await;
-    };
-    let hist = &mut out.hist;
-    hist.saturating_record(t_start.elapsed().as_micros() as u64);
-    let mut unstable = 0;
-    for _ in 0..repeats {
-        let t0 = Instant::now();
-        let again = client.call(Method::POST, &path, Some(&body), false).await;
-        hist.saturating_record(t0.elapsed().as_micros() as u64);
-        if let Ok((s, v)) = again {
-            let a = seen_from(s, &v, p as u8);
-            // Queued may legitimately have become granted.
-            if a != first && !(first.kind == 2 && matches!(a.kind, 1 | 2)) && a.kind != 6 {
-                unstable += 1;
-            }
-        }
-        let t0 = Instant::now();
-        let poll = client
-            .call(
-                Method::GET,
-                &format!("/v1/campaigns/{id}/claims/u{i}"),
-                None,
-                false,
-            )
-            .await;
-        hist.saturating_record(t0.elapsed().as_micros() as u64);
-        if let Ok((200, v)) = poll {
-            let mut a = seen_from(200, &v, p as u8);
-            if v["status"] == "queued" {
-                a.kind = 2;
-            }
-            if a.kind != first.kind && !(first.kind == 2 && a.kind == 1) {
-                unstable += 1;
+    }
+}
+
+/// `--cancel-frac`: user `i`, told `told`, cancels its grant (redis-queue:
+/// polls until granted first, at most 3 s). Returns what the user now
+/// holds: `Cancelled` (DELETE answered 200), `CancelInDoubt` (no answer
+/// after the retries), or `told` unchanged (not granted, or the service
+/// refused the DELETE: the check after the drain judges that).
+async fn cancel_own(rush: &Rush, k: usize, i: usize, told: Seen, errors: &mut ErrorCounts) -> Seen {
+    let mut told = told;
+    let path = rush.status_path(i);
+    if told.kind == SeenKind::Queued {
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Ok((200, v)) = rush.api.call(k, Method::GET, &path, None, false).await {
+                let mut a = seen_from(200, &v, told.pool);
+                a.at = rush.now_ms();
+                match a.kind {
+                    SeenKind::Queued => {}
+                    // A final answer received by polling is one the user
+                    // was given.
+                    SeenKind::Granted | SeenKind::SoldOut => {
+                        told = a;
+                        break;
+                    }
+                    _ => break,
+                }
             }
         }
     }
-    (first, unstable)
+    if told.kind != SeenKind::Granted {
+        return told;
+    }
+    let deadline = Instant::now() + rush.retry.max(Duration::from_secs(1));
+    let mut attempt = 0usize;
+    loop {
+        let r = rush
+            .api
+            .call(k + attempt, Method::DELETE, &path, None, false)
+            .await;
+        match &r {
+            Ok((200, v)) if v["status"] == "cancelled" => {
+                return Seen {
+                    kind: SeenKind::Cancelled,
+                    at: rush.now_ms(),
+                    ..told
+                };
+            }
+            Ok((s, _)) if *s < 500 => return told,
+            Ok(_) => errors.http_5xx += 1,
+            Err(_) => errors.transport += 1,
+        }
+        let backoff = Duration::from_millis((20u64 << attempt.min(5)).min(500));
+        if Instant::now() + backoff > deadline {
+            return Seen {
+                kind: SeenKind::CancelInDoubt,
+                at: rush.now_ms(),
+                ..told
+            };
+        }
+        errors.retries += 1;
+        attempt += 1;
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+/// Sends user `i`'s claim (and, in retry-storm, repeats and polls; with
+/// `--cancel-frac`, maybe a cancellation); returns the last final answer
+/// the user was given (or the first answer) and how many later answers
+/// contradicted the first.
+async fn one_user(
+    rush: &Rush,
+    k: usize,
+    i: usize,
+    pool: (usize, &str),
+    out: &mut WorkerOut,
+    t_start: Instant,
+) -> (Seen, usize) {
+    let (p, pool_name) = pool;
+    let first = claim_with_retry(rush, k, i, pool, &mut out.errors).await;
+    // The latency is the time to the final answer, retries included.
+    out.hist
+        .saturating_record(t_start.elapsed().as_micros() as u64);
+    let mut told = first;
+    let body = json!({"user_id": format!("u{i}"), "pool": pool_name});
+    let path = format!("/v1/campaigns/{}/claims", rush.id);
+    let mut unstable = 0;
+    for _ in 0..rush.repeats {
+        let t0 = Instant::now();
+        let again = rush
+            .api
+            .call(k, Method::POST, &path, Some(&body), false)
+            .await;
+        out.hist.saturating_record(t0.elapsed().as_micros() as u64);
+        if let Ok((s, v)) = again {
+            let mut a = seen_from(s, &v, p as u8);
+            a.at = rush.now_ms();
+            // Queued may legitimately have become granted.
+            let moved_on = first.kind == SeenKind::Queued
+                && matches!(a.kind, SeenKind::Granted | SeenKind::Queued);
+            if !same_answer(&a, &first) && !moved_on && a.kind != SeenKind::Error {
+                unstable += 1;
+            }
+            if told.kind == SeenKind::Queued && a.kind == SeenKind::Granted {
+                told = a;
+            }
+        }
+        let t0 = Instant::now();
+        let poll = rush
+            .api
+            .call(k, Method::GET, &rush.status_path(i), None, false)
+            .await;
+        out.hist.saturating_record(t0.elapsed().as_micros() as u64);
+        if let Ok((200, v)) = poll {
+            let mut a = seen_from(200, &v, p as u8);
+            a.at = rush.now_ms();
+            if a.kind != first.kind
+                && !(first.kind == SeenKind::Queued && a.kind == SeenKind::Granted)
+            {
+                unstable += 1;
+            }
+            if told.kind == SeenKind::Queued
+                && matches!(a.kind, SeenKind::Granted | SeenKind::SoldOut)
+            {
+                told = a;
+            }
+        }
+    }
+    if rush.cancel_frac > 0.0 && cancels(i, rush.cancel_frac) {
+        told = cancel_own(rush, k, i, told, &mut out.errors).await;
+    }
+    (told, unstable)
 }
 
 fn new_hist() -> Histogram<u64> {
     Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 
+/// Reads `--loss-at-file`: `FROM_MS [TO_MS]`, Unix milliseconds.
+fn read_loss_at(path: &std::path::Path) -> Option<(i64, i64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut it = text.split_whitespace().map(|x| x.parse::<i64>());
+    let from = it.next()?.ok()?;
+    let to = it.next().and_then(|x| x.ok()).unwrap_or(from);
+    Some((from, to.max(from)))
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 async fn run_one(args: &BenchArgs, mode: &str, conc: usize) -> anyhow::Result<RunResult> {
-    let clients: Arc<Vec<Client>> = Arc::new(
-        urls(&args.url)
-            .iter()
-            .map(|u| Client::new(u, Some(args.admin_token.clone()), conc))
-            .collect(),
-    );
+    let api = Api {
+        clients: Arc::new(
+            urls(&args.url)
+                .iter()
+                .map(|u| Client::new(u, Some(args.admin_token.clone()), conc))
+                .collect(),
+        ),
+        timeout: (args.request_timeout_secs > 0.0)
+            .then(|| Duration::from_secs_f64(args.request_timeout_secs)),
+    };
     // Calls outside the rush (create, drain, export) ride out a fault too.
     let admin_secs = args.retry_secs.max(1.0) + 10.0;
     let pools = pools(args);
@@ -733,18 +1073,28 @@ async fn run_one(args: &BenchArgs, mode: &str, conc: usize) -> anyhow::Result<Ru
         "mode": mode,
         "pools": pools.iter().map(|(n, s, _)| json!({"name": n, "stock": s})).collect::<Vec<_>>(),
     });
-    let metrics_before = scrape(&clients).await;
+    let metrics_before = api.scrape().await;
+    let extra = Api {
+        clients: Arc::new(
+            args.metrics_url
+                .iter()
+                .map(|u| Client::new(u, None, 1))
+                .collect(),
+        ),
+        timeout: api.timeout,
+    };
+    let extra_before = extra.scrape_all().await;
     let redis_before = redis_used_memory(&args.redis_url).await;
-    let (s, campaign) = call_any(
-        &clients,
-        0,
-        Method::POST,
-        "/v1/campaigns",
-        Some(&spec),
-        true,
-        admin_secs,
-    )
-    .await?;
+    let (s, campaign) = api
+        .call_any(
+            0,
+            Method::POST,
+            "/v1/campaigns",
+            Some(&spec),
+            true,
+            admin_secs,
+        )
+        .await?;
     anyhow::ensure!(s == 201, "create campaign answered {s}: {campaign}");
     let id = campaign["id"]
         .as_i64()
@@ -752,11 +1102,19 @@ async fn run_one(args: &BenchArgs, mode: &str, conc: usize) -> anyhow::Result<Ru
     let names: Arc<Vec<String>> = Arc::new(pools.iter().map(|p| p.0.clone()).collect());
     let next = Arc::new(AtomicUsize::new(0));
     let users = args.users;
-    let repeats = if args.scenario == Scenario::RetryStorm {
-        args.repeats
-    } else {
-        0
-    };
+    let rush = Arc::new(Rush {
+        api: api.clone(),
+        id,
+        repeats: if args.scenario == Scenario::RetryStorm {
+            args.repeats
+        } else {
+            0
+        },
+        retry: Duration::from_secs_f64(args.retry_secs.max(0.0)),
+        cancel_frac: args.cancel_frac.clamp(0.0, 1.0),
+        t0: Instant::now(),
+    });
+    let t0_unix_ms = unix_ms();
     let deadline = Instant::now() + Duration::from_secs(args.max_secs);
     let progress = indicatif::ProgressBar::new(users as u64);
     progress.set_style(
@@ -770,23 +1128,16 @@ async fn run_one(args: &BenchArgs, mode: &str, conc: usize) -> anyhow::Result<Ru
     let start = Instant::now();
     let mut handles = Vec::with_capacity(conc);
     let rate = args.rate;
-    let retry = Duration::from_secs_f64(args.retry_secs.max(0.0));
     for k in 0..conc {
-        let (clients, next, names, cum, progress) = (
-            clients.clone(),
+        let (rush, next, names, cum, progress) = (
+            rush.clone(),
             next.clone(),
             names.clone(),
             cum.clone(),
             progress.clone(),
         );
         handles.push(tokio::spawn(async move {
-            let mut out = WorkerOut {
-                hist: new_hist(),
-                seen: Vec::new(),
-                unstable: 0,
-                behind: 0,
-                errors: ErrorCounts::default(),
-            };
+            let mut out = WorkerOut::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= users || Instant::now() > deadline {
@@ -808,20 +1159,9 @@ async fn run_one(args: &BenchArgs, mode: &str, conc: usize) -> anyhow::Result<Ru
                     Instant::now()
                 };
                 let p = pool_of(i, &cum);
-                let (first, u) = one_user(
-                    &clients,
-                    k,
-                    id,
-                    i,
-                    (p, &names[p]),
-                    repeats,
-                    retry,
-                    &mut out,
-                    t_start,
-                )
-                .await;
+                let (told, u) = one_user(&rush, k, i, (p, &names[p]), &mut out, t_start).await;
                 out.unstable += u;
-                out.seen.push((i as u32, first));
+                out.seen.push((i as u32, told));
                 progress.inc(1);
             }
             out
@@ -846,28 +1186,52 @@ async fn run_one(args: &BenchArgs, mode: &str, conc: usize) -> anyhow::Result<Ru
     }
     progress.finish_and_clear();
     let elapsed = start.elapsed().as_secs_f64();
+    // Cancelled stock must return to stock: new users claim each pool that
+    // had cancellations until one is told sold_out (at most stock + 1
+    // claims), so stranded stock shows as undersold.
+    let cancelled = seen.iter().filter(|s| s.kind.cancelled()).count();
+    let mut topup_users = 0;
+    if cancelled > 0 {
+        for (p, (name, stock, _)) in pools.iter().enumerate() {
+            if !seen
+                .iter()
+                .any(|s| s.pool as usize == p && s.kind.cancelled())
+            {
+                continue;
+            }
+            for _ in 0..=*stock {
+                let i = seen.len();
+                let s = claim_with_retry(&rush, i, i, (p, name), &mut errors).await;
+                seen.push(s);
+                topup_users += 1;
+                if !matches!(s.kind, SeenKind::Granted | SeenKind::Queued) {
+                    break;
+                }
+            }
+        }
+    }
     // Drain: wait until no claim is queued and every granted answer is in
     // PostgreSQL (redis-lua flushes behind).
     let drain_start = Instant::now();
-    let want_granted = seen.iter().filter(|s| s.kind == 1).count() as i64;
+    let want_granted = seen.iter().filter(|s| s.kind == SeenKind::Granted).count() as i64;
     let drain_deadline = Instant::now() + Duration::from_secs(args.drain_secs);
     let demand_total: i64 = pools
         .iter()
         .map(|p| p.1)
         .sum::<i64>()
-        .min(seen.iter().filter(|s| s.kind != 0).count() as i64);
+        .min(seen.iter().filter(|s| s.kind.asked()).count() as i64);
     loop {
         let asked = Instant::now();
-        let v = match call_any(
-            &clients,
-            0,
-            Method::GET,
-            &format!("/v1/campaigns/{id}"),
-            None,
-            false,
-            0.0,
-        )
-        .await
+        let v = match api
+            .call_any(
+                0,
+                Method::GET,
+                &format!("/v1/campaigns/{id}"),
+                None,
+                false,
+                0.0,
+            )
+            .await
         {
             Ok((200, v)) => v,
             _ if Instant::now() > drain_deadline => break,
@@ -897,27 +1261,25 @@ async fn run_one(args: &BenchArgs, mode: &str, conc: usize) -> anyhow::Result<Ru
     // Final answers of queued users.
     let mut exposure = Exposure::default();
     for (i, s) in seen.iter_mut().enumerate() {
-        if s.kind == 2 {
-            let (st, v) = call_any(
-                &clients,
-                i,
-                Method::GET,
-                &format!("/v1/campaigns/{id}/claims/u{i}"),
-                None,
-                false,
-                admin_secs,
-            )
-            .await?;
+        if s.kind == SeenKind::Queued {
+            let (st, v) = api
+                .call_any(
+                    i,
+                    Method::GET,
+                    &rush.status_path(i),
+                    None,
+                    false,
+                    admin_secs,
+                )
+                .await?;
             let (pool, seq) = (s.pool, s.seq);
             *s = seen_from(st, &v, pool);
-            if v["status"] == "queued" {
-                s.kind = 2;
-            }
-            if args.allow_redis_loss && (st == 404 || s.kind == 2) {
+            s.at = rush.now_ms();
+            if args.allow_redis_loss && (st == 404 || s.kind == SeenKind::Queued) {
                 // The queue entry went with Redis' state: the user lost its
                 // place (documented exposure), neither granted nor refused.
                 exposure.queue_lost += 1;
-                s.kind = 7;
+                s.kind = SeenKind::QueueLost;
                 continue;
             }
             if s.seq != seq {
@@ -925,18 +1287,90 @@ async fn run_one(args: &BenchArgs, mode: &str, conc: usize) -> anyhow::Result<Ru
             }
         }
     }
-    let grants = all_grants_any(&clients, id, admin_secs).await?;
-    let mut v = verify(&pools, &names, &seen, &grants, mode == "redis-queue");
+    // Every final answer a user was given (and every own cancellation)
+    // against the user's state now: a final answer is never replaced.
+    let idx: HashMap<&str, u8> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i as u8))
+        .collect();
+    let to_check: Vec<usize> = (0..seen.len()).filter(|&i| checked(seen[i].kind)).collect();
+    let lookups = futures::stream::iter(to_check.iter().copied().map(|i| {
+        let (api, path, pool) = (&api, rush.status_path(i), seen[i].pool);
+        let idx = &idx;
+        async move {
+            let now = match api
+                .call_any(i, Method::GET, &path, None, false, admin_secs)
+                .await
+            {
+                Ok((404, _)) => Seen {
+                    kind: SeenKind::Missing,
+                    pool,
+                    ..Default::default()
+                },
+                Ok((s, v)) => {
+                    let p = v["pool"]
+                        .as_str()
+                        .and_then(|n| idx.get(n).copied())
+                        .unwrap_or(pool);
+                    seen_from(s, &v, p)
+                }
+                Err(_) => Seen {
+                    kind: SeenKind::Error,
+                    pool,
+                    ..Default::default()
+                },
+            };
+            (i, now)
+        }
+    }))
+    .buffer_unordered(conc.clamp(1, 32))
+    .collect::<Vec<_>>()
+    .await;
+    let mut finals = vec![Seen::default(); seen.len()];
+    for (i, now) in lookups {
+        finals[i] = now;
+    }
+    let grants = api.all_grants(id, admin_secs).await?;
+    // Redis lost its state: which redis-lua answers the write-behind may
+    // have lost (received from the window before the loss to just after).
+    let lag_ms = quantile_between(
+        &buckets(&extra_before, "firstcome_flush_lag_seconds"),
+        &buckets(&extra.scrape_all().await, "firstcome_flush_lag_seconds"),
+        1.0,
+    )
+    // Beyond the last bucket (10 s): take 20 s.
+    .map(|s| if s.is_finite() { s } else { 20.0 })
+    .map(|s| (s * 2000.0) as u64)
+    .unwrap_or(0);
+    let window_ms = args.loss_window_ms.max(lag_ms);
+    let lua_loss = (args.allow_redis_loss && mode == "redis-lua").then(|| {
+        exposure.loss_window_ms = window_ms;
+        match args.loss_at_file.as_deref().and_then(read_loss_at) {
+            Some((from, to)) => (from - window_ms as i64 - t0_unix_ms, to + 250 - t0_unix_ms),
+            None => (i64::MIN, i64::MAX),
+        }
+    });
+    let check = Check {
+        // Cancelled stock goes to later arrivals: arrival order no longer
+        // decides alone.
+        fairness: mode == "redis-queue" && cancelled == 0,
+        lua_loss,
+    };
+    let (mut v, lua) = verify(&pools, &names, &seen, &finals, &grants, &check);
+    exposure.lua_unflushed_lost = lua.lua_unflushed_lost;
+    exposure.lua_changed = lua.lua_changed;
     v.unstable += unstable;
     if args.retry_secs > 0.0 {
-        v.unanswered = seen.iter().filter(|s| s.kind == 6).count();
+        v.unanswered = seen.iter().filter(|s| s.kind == SeenKind::Error).count();
     }
-    if args.allow_redis_loss && mode == "redis-lua" {
-        exposure.lua_unflushed_lost = std::mem::take(&mut v.lost);
-    }
-    let metrics_after = scrape(&clients).await;
+    let metrics_after = api.scrape().await;
     let redis_after = redis_used_memory(&args.redis_url).await;
-    let asked = seen.iter().filter(|s| s.kind != 0).count().max(1);
+    let asked = seen
+        .iter()
+        .filter(|s| s.kind != SeenKind::None)
+        .count()
+        .max(1);
     let service = (!metrics_after.is_empty()).then(|| {
         let durable_metric = match mode {
             "redis-queue" => Some("firstcome_queue_to_durable_seconds"),
@@ -998,7 +1432,10 @@ async fn run_one(args: &BenchArgs, mode: &str, conc: usize) -> anyhow::Result<Ru
         grants: grants.len(),
         durable_per_sec: grants.len() as f64 / (elapsed + drain_secs),
         drain_secs,
-        errors: seen.iter().filter(|s| s.kind == 6).count(),
+        errors: seen.iter().filter(|s| s.kind == SeenKind::Error).count(),
+        cancelled,
+        topup_users,
+        final_checked: to_check.len(),
         error_counts: errors,
         exposure,
         violations: v,
@@ -1006,14 +1443,34 @@ async fn run_one(args: &BenchArgs, mode: &str, conc: usize) -> anyhow::Result<Ru
     })
 }
 
+/// What the verifier is told about the run.
+struct Check {
+    /// redis-queue: every granted seq must be below every sold_out one.
+    fairness: bool,
+    /// redis-lua with Redis' state lost: answers received in this range
+    /// (ms since the run started, inclusive) may have been lost with the
+    /// write-behind, and are counted as exposure, not violations.
+    lua_loss: Option<(i64, i64)>,
+}
+
+/// Checks every invariant from the grants export, the answers users were
+/// given (`seen`) and their state after the drain (`finals`, `None` kinds
+/// not checked); returns the violations and the redis-lua exposure.
 fn verify(
     pools: &[(String, i64, f64)],
     names: &[String],
     seen: &[Seen],
+    finals: &[Seen],
     grants: &[Value],
-    fairness: bool,
-) -> Violations {
+    check: &Check,
+) -> (Violations, Exposure) {
     let mut v = Violations::default();
+    let mut e = Exposure::default();
+    let exposed = |s: &Seen| {
+        check
+            .lua_loss
+            .is_some_and(|(from, to)| (from..=to).contains(&(s.at as i64)))
+    };
     let idx: HashMap<&str, usize> = names
         .iter()
         .enumerate()
@@ -1040,38 +1497,49 @@ fn verify(
         codes.insert(g["code"].as_str().unwrap_or("").to_string());
         max_granted_seq[p] = max_granted_seq[p].max(g["seq"].as_i64().unwrap_or(0));
     }
-    let mut demand = vec![0i64; pools.len()];
-    for s in seen.iter().filter(|s| s.kind != 0) {
-        demand[s.pool as usize] += 1;
-    }
     for (p, (_, stock, _)) in pools.iter().enumerate() {
         v.oversold += (per_pool[p] - stock).max(0) as usize;
         // Only users that got an answer count as asking; errors may have
-        // been refused before any reservation.
+        // been refused before any reservation. A user who cancelled asked
+        // too: the bench then claims the pool again until sold_out, so the
+        // returned stock is asked for.
         let asked = seen
             .iter()
-            .filter(|s| s.pool as usize == p && (1..=3).contains(&s.kind))
+            .filter(|s| s.pool as usize == p && s.kind.asked())
             .count() as i64;
         if asked >= *stock && per_pool[p] < *stock {
             v.undersold += (stock - per_pool[p]) as usize;
         }
     }
-    for s in seen.iter().filter(|s| s.kind == 1) {
+    for s in seen.iter().filter(|s| s.kind == SeenKind::Granted) {
         let code = String::from_utf8_lossy(&s.code)
             .trim_end_matches('\0')
             .to_string();
         if !codes.contains(&code) {
-            v.lost += 1;
+            if exposed(s) {
+                e.lua_unflushed_lost += 1;
+            } else {
+                v.lost += 1;
+            }
         }
     }
-    if fairness {
-        for s in seen.iter().filter(|s| s.kind == 3) {
+    for (s, now) in seen.iter().zip(finals) {
+        if now.kind != SeenKind::None && changed(s, now) {
+            if exposed(s) && matches!(s.kind, SeenKind::Granted | SeenKind::SoldOut) {
+                e.lua_changed += 1;
+            } else {
+                v.changed += 1;
+            }
+        }
+    }
+    if check.fairness {
+        for s in seen.iter().filter(|s| s.kind == SeenKind::SoldOut) {
             if s.seq >= 0 && s.seq < max_granted_seq[s.pool as usize] {
                 v.unfair += 1;
             }
         }
     }
-    v
+    (v, e)
 }
 
 #[cfg(test)]
@@ -1100,53 +1568,188 @@ mod tests {
         json!({"pool": "main", "user_id": user, "slot": slot, "seq": seq, "code": code})
     }
 
+    fn at(s: Seen, ms: u32) -> Seen {
+        Seen { at: ms, ..s }
+    }
+
+    const PLAIN: Check = Check {
+        fairness: true,
+        lua_loss: None,
+    };
+
+    fn check(
+        seen: &[Seen],
+        finals: &[Seen],
+        grants: &[Value],
+        c: &Check,
+    ) -> (Violations, Exposure) {
+        let pools = vec![("main".to_string(), 2, 1.0)];
+        let names = vec!["main".to_string()];
+        verify(&pools, &names, seen, finals, grants, c)
+    }
+
     /// One pool of 2: a clean run, then each kind of damage on its own.
     #[test]
     fn the_verifier_counts_each_violation() {
-        let pools = vec![("main".to_string(), 2, 1.0)];
-        let names = vec!["main".to_string()];
         let seen = [
             granted(0, 1, 1, "CODEA"),
             granted(0, 2, 2, "CODEB"),
             sold_out(0, 3),
         ];
         let good = [grant("a", 1, 1, "CODEA"), grant("b", 2, 2, "CODEB")];
-        assert_eq!(verify(&pools, &names, &seen, &good, true).total(), 0);
+        let v = |grants: &[Value], fairness: bool| {
+            check(
+                &seen,
+                &seen,
+                grants,
+                &Check {
+                    fairness,
+                    lua_loss: None,
+                },
+            )
+            .0
+        };
+        assert_eq!(v(&good, true).total(), 0);
 
-        let v = verify(
-            &pools,
-            &names,
-            &seen,
+        let r = v(
             &[good[0].clone(), good[1].clone(), grant("c", 3, 3, "CODEC")],
             true,
         );
-        assert_eq!((v.oversold, v.double_booked), (1, 1), "{v:?}");
+        assert_eq!((r.oversold, r.double_booked), (1, 1), "{r:?}");
 
-        let v = verify(
-            &pools,
-            &names,
-            &seen,
-            &[good[0].clone(), grant("a", 2, 2, "CODEB")],
-            true,
-        );
-        assert_eq!(v.duplicates, 1, "{v:?}");
+        let r = v(&[good[0].clone(), grant("a", 2, 2, "CODEB")], true);
+        assert_eq!(r.duplicates, 1, "{r:?}");
 
-        let v = verify(&pools, &names, &seen, &[good[0].clone()], true);
-        assert_eq!((v.undersold, v.lost), (1, 1), "{v:?}");
+        let r = v(&[good[0].clone()], true);
+        assert_eq!((r.undersold, r.lost), (1, 1), "{r:?}");
 
-        let v = verify(
-            &pools,
-            &names,
-            &seen,
-            &[good[0].clone(), grant("b", 1, 2, "CODEB")],
-            true,
-        );
-        assert_eq!(v.double_booked, 1, "{v:?}");
+        let r = v(&[good[0].clone(), grant("b", 1, 2, "CODEB")], true);
+        assert_eq!(r.double_booked, 1, "{r:?}");
 
         // A sold_out answer before the last grant's arrival: unfair in
         // redis-queue (checked only where arrival order is promised).
         let late = [good[0].clone(), grant("b", 2, 4, "CODEB")];
-        assert_eq!(verify(&pools, &names, &seen, &late, true).unfair, 1);
-        assert_eq!(verify(&pools, &names, &seen, &late, false).unfair, 0);
+        assert_eq!(v(&late, true).unfair, 1);
+        assert_eq!(v(&late, false).unfair, 0);
+    }
+
+    /// A final answer (granted, sold_out) later contradicted by the user's
+    /// status: 404, another status, slot, code or seq; an own cancellation
+    /// must stay cancelled and is not a change.
+    #[test]
+    fn the_verifier_counts_changed_answers() {
+        let seen = [
+            granted(0, 1, 1, "CODEA"),
+            granted(0, 2, 2, "CODEB"),
+            sold_out(0, 3),
+        ];
+        let good = [grant("a", 1, 1, "CODEA"), grant("b", 2, 2, "CODEB")];
+        let missing = Seen {
+            kind: SeenKind::Missing,
+            ..Default::default()
+        };
+        let changed = |finals: &[Seen]| check(&seen, finals, &good, &PLAIN).0.changed;
+        assert_eq!(changed(&seen), 0);
+        // Not checked (kind None): nothing to compare.
+        assert_eq!(changed(&[]), 0);
+        // sold_out forgotten (the FLUSHDB bug), or granted after all.
+        assert_eq!(changed(&[seen[0], seen[1], missing]), 1);
+        assert_eq!(changed(&[seen[0], seen[1], granted(0, 2, 3, "CODEC")]), 1);
+        // sold_out with another seq.
+        assert_eq!(changed(&[seen[0], seen[1], sold_out(0, 9)]), 1);
+        // Granted: now 404, another slot, another code, another seq,
+        // refused, or cancelled without asking.
+        for now in [
+            missing,
+            granted(0, 2, 1, "CODEA"),
+            granted(0, 1, 1, "CODEZ"),
+            granted(0, 1, 7, "CODEA"),
+            sold_out(0, 1),
+            Seen {
+                kind: SeenKind::Cancelled,
+                ..seen[0]
+            },
+        ] {
+            assert_eq!(changed(&[now, seen[1], seen[2]]), 1, "{now:?}");
+        }
+        // The time an answer was received is not part of it.
+        assert_eq!(changed(&[at(seen[0], 99), seen[1], seen[2]]), 0);
+
+        // Own cancellations: user b cancelled (slot 2 back in stock, the
+        // bench's later user c took it); user a's DELETE got no answer.
+        let cancelled = Seen {
+            kind: SeenKind::Cancelled,
+            ..seen[1]
+        };
+        let in_doubt = Seen {
+            kind: SeenKind::CancelInDoubt,
+            ..seen[0]
+        };
+        let told = [in_doubt, cancelled, granted(0, 2, 3, "CODEC")];
+        let grants = [grant("a", 1, 1, "CODEA"), grant("c", 2, 3, "CODEC")];
+        let r = check(&told, &[seen[0], cancelled, told[2]], &grants, &PLAIN).0;
+        assert_eq!(r.total(), 0, "{r:?}");
+        // In doubt, then found cancelled: fine too (and no grant is lost).
+        let r = check(
+            &told,
+            &[cancelled, cancelled, told[2]],
+            &grants[1..],
+            &PLAIN,
+        )
+        .0;
+        assert_eq!((r.changed, r.lost), (0, 0), "{r:?}");
+        // A cancellation answered 200 but the user is granted again.
+        let r = check(&told, &[seen[0], seen[1], told[2]], &grants, &PLAIN).0;
+        assert_eq!(r.changed, 1, "{r:?}");
+        // A cancelled user asked: 1 grant for a stock of 2 is undersold.
+        let r = check(&told, &[], &grants[..1], &PLAIN).0;
+        assert_eq!(r.undersold, 1, "{r:?}");
+    }
+
+    /// redis-lua after a Redis loss: answers received inside the
+    /// write-behind window are exposure, older ones still violations.
+    #[test]
+    fn the_verifier_splits_lua_exposure_by_time() {
+        let seen = [
+            at(granted(0, 1, 1, "CODEA"), 100),
+            at(granted(0, 2, 2, "CODEB"), 1_000),
+            at(sold_out(0, 3), 120),
+            at(sold_out(0, 4), 10),
+        ];
+        let missing = Seen {
+            kind: SeenKind::Missing,
+            ..Default::default()
+        };
+        // Both grants and both sold_out answers gone; a later user holds
+        // slot 1 (the state was rebuilt).
+        let finals = [missing; 4];
+        let grants = [grant("e", 1, 9, "CODEE"), grant("f", 2, 10, "CODEF")];
+        let window = Check {
+            fairness: false,
+            lua_loss: Some((50, 200)),
+        };
+        let (v, e) = check(&seen, &finals, &grants, &window);
+        assert_eq!((e.lua_unflushed_lost, e.lua_changed), (1, 2), "{e:?}");
+        assert_eq!((v.lost, v.changed), (1, 2), "{v:?}");
+        // Loss time unknown: everything is exposure.
+        let all = Check {
+            fairness: false,
+            lua_loss: Some((i64::MIN, i64::MAX)),
+        };
+        let (v, e) = check(&seen, &finals, &grants, &all);
+        assert_eq!((e.lua_unflushed_lost, e.lua_changed), (2, 4), "{e:?}");
+        assert_eq!(v.total(), 0, "{v:?}");
+        // Not redis-lua: all violations.
+        let (v, e) = check(&seen, &finals, &grants, &PLAIN);
+        assert_eq!((v.lost, v.changed), (2, 4), "{v:?}");
+        assert_eq!((e.lua_unflushed_lost, e.lua_changed), (0, 0));
+    }
+
+    #[test]
+    fn cancels_draws_about_the_fraction() {
+        let n = (0..10_000).filter(|&i| cancels(i, 0.2)).count();
+        assert!((1_800..2_200).contains(&n), "{n}");
+        assert_eq!((0..1000).filter(|&i| cancels(i, 0.0)).count(), 0);
+        assert_eq!((0..1000).filter(|&i| cancels(i, 1.0)).count(), 1000);
     }
 }
