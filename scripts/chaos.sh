@@ -119,7 +119,7 @@ fi
 # ------------------------------------------------------------ binaries
 if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
   log "installing redis-server / postgresql through scripts/services.sh"
-  "$ROOT/scripts/services.sh" >/dev/null
+  "$ROOT/scripts/services.sh" install >/dev/null
 fi
 # shellcheck source=scripts/lib/stores.sh
 . "$ROOT/scripts/lib/stores.sh"

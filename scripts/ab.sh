@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# A/B: the same `firstcome bench` against an older revision's binary and
+# this checkout's, alternately, in one sitting (the machine's speed drifts
+# ±30% between sittings, so only ratios within one run mean anything).
+#   scripts/ab.sh OLD_REV ROUNDS -- BENCH_ARGS...
+# e.g. scripts/ab.sh 570e7d5 3 -- --scenario coupon --stock 100 --users 20000 \
+#        --modes gate,redis-queue,redis-lua --concurrency 64 --limit-secs 0
+# Builds OLD_REV in a temporary worktree (target/ab/), each binary serves on
+# a fresh database (scripts/lib/serve.sh), and every round prints each
+# mode's claims/s and p99 for A (old) then B (this checkout); JSON per run
+# in bench-out/ab/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ $# -ge 3 ] && [ "$3" = "--" ] || { sed -n '2,11p' "$0"; exit 2; }
+OLD_REV=$1 ROUNDS=$2; shift 3
+eval "$(scripts/services.sh)"
+source scripts/lib/serve.sh
+
+WT=target/ab/old
+if [ ! -d "$WT" ] || [ "$(git -C "$WT" rev-parse HEAD 2>/dev/null)" != "$(git rev-parse "$OLD_REV")" ]; then
+  git worktree remove --force "$WT" 2>/dev/null || rm -rf "$WT"
+  git worktree prune
+  git worktree add --detach "$WT" "$OLD_REV" >/dev/null
+fi
+(cd "$WT" && CARGO_TARGET_DIR="$PWD/../target-old" cargo build --release --locked -q)
+cargo build --release --locked -q
+A="$PWD/target/ab/target-old/release/firstcome"
+B="$PWD/target/release/firstcome"
+mkdir -p bench-out/ab
+
+serve_bin() { # serve_bin BIN ADDR LOG: like start_serve, with a given binary
+  fresh_bench_db firstcome_ab
+  export FIRSTCOME_ADMIN_TOKEN="ab-$$-$RANDOM$RANDOM" FIRSTCOME_ADDR=$2 FIRSTCOME_RATE_PER_USER=0 RUST_LOG=warn
+  URL="http://$2"
+  "$1" serve >"bench-out/ab/$3" 2>&1 &
+  SERVE_PID=$!
+  wait_ready "$URL" "$SERVE_PID" "bench-out/ab/$3"
+}
+trap stop_serve EXIT INT TERM
+base_db=$DATABASE_URL
+for round in $(seq 1 "$ROUNDS"); do
+  for side in A B; do
+    bin=$A; [ "$side" = B ] && bin=$B
+    export DATABASE_URL=$base_db
+    serve_bin "$bin" 127.0.0.1:18090 "serve-$side.log"
+    json="bench-out/ab/$side-$round.json"
+    "$B" bench --url "$URL" --json "$json" "$@" >/dev/null
+    python3 - "$json" "$side" "$round" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+for r in d["results"]:
+    v = r["violations"]
+    bad = sum(x for x in v.values() if isinstance(x, int)) if isinstance(v, dict) else v
+    print(f"round {sys.argv[3]} {sys.argv[2]} {r['mode']:<12} c={r['concurrency']:<4} "
+          f"{r['rps']:>8.0f} req/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:7.2f} ms  violations {bad}")
+EOF
+    stop_serve; SERVE_PID=""
+  done
+done
