@@ -108,7 +108,8 @@ async fn final_answers_survive_the_loss_of_redis_state() {
             async move {
                 count(
                     &app,
-                    "SELECT count(*) FROM rejections WHERE campaign_id = $1",
+                    "SELECT count(DISTINCT x.u) FROM refusal_batches b, unnest(b.users) AS x(u)
+                     WHERE b.campaign_id = $1",
                     id,
                 )
                 .await

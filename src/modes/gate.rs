@@ -1,8 +1,10 @@
 //! `gate` (the default): Redis decides in one Lua call, PostgreSQL makes
-//! the winner durable before anyone is told. Losers and repeats never touch
-//! PostgreSQL; winners are group-committed (many per transaction, one
-//! fsync). If the write fails, a compensating script gives the stock and
-//! slot back and the client gets 503.
+//! the decision durable before anyone is told — the winner's grant, and the
+//! loser's refusal too, since a final answer must outlive Redis' state.
+//! Repeats never touch PostgreSQL; decisions are group-committed (many per
+//! transaction, one fsync), fenced by the state's generation. If the write
+//! fails, PostgreSQL settles the reservation (granted if the row landed,
+//! else voided and its stock and slot given back) and the client gets 503.
 
 use chrono::{DateTime, Utc};
 

@@ -1012,12 +1012,16 @@ impl RedisCommon {
         .fetch_all(&self.db)
         .await
         .map_err(PgError::from)?;
-        let refusals: Vec<(String, i64)> =
-            sqlx::query_as("SELECT user_id, seq FROM rejections WHERE campaign_id = $1")
-                .bind(c.id.0)
-                .fetch_all(&self.db)
-                .await
-                .map_err(PgError::from)?;
+        let refusals: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT user_id, seq FROM rejections WHERE campaign_id = $1
+                 UNION ALL
+                 SELECT x.u, x.s FROM refusal_batches b, unnest(b.users, b.seqs) AS x(u, s)
+                 WHERE b.campaign_id = $1",
+        )
+        .bind(c.id.0)
+        .fetch_all(&self.db)
+        .await
+        .map_err(PgError::from)?;
         let mut t = Truth {
             answers: Vec::with_capacity(rows.len() + refusals.len()),
             active: vec![Vec::new(); c.pools.len()],

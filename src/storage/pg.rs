@@ -264,11 +264,17 @@ pub async fn rejection_answer<'e, E>(
 where
     E: sqlx::Executor<'e, Database = Postgres>,
 {
-    let row = sqlx::query("SELECT seq FROM rejections WHERE campaign_id = $1 AND user_id = $2")
-        .bind(campaign.0)
-        .bind(user.as_str())
-        .fetch_optional(exec)
-        .await?;
+    let row = sqlx::query(
+        "SELECT seq FROM rejections WHERE campaign_id = $1 AND user_id = $2
+         UNION ALL
+         SELECT x.s FROM refusal_batches b, unnest(b.users, b.seqs) AS x(u, s)
+         WHERE b.campaign_id = $1 AND x.u = $2
+         LIMIT 1",
+    )
+    .bind(campaign.0)
+    .bind(user.as_str())
+    .fetch_optional(exec)
+    .await?;
     Ok(row.map(|r| ClaimOutcome::Rejected {
         user_id: user.clone(),
         reason: RejectReason::SoldOut,
@@ -338,8 +344,8 @@ const GEN_LOCK_CLASS: i32 = 1717;
 /// (same code: a redelivery or a voided reservation; or a unique index),
 /// rows naming a pool that is not their campaign's, a slot outside
 /// 1..=stock (PostgreSQL never stores an oversold pool, whatever Redis
-/// says), a user PostgreSQL already refused, and rows whose generation is
-/// no longer the campaign's.
+/// says), a user the db-* modes already refused, and rows whose generation
+/// is no longer the campaign's.
 async fn insert_grants_gen<'e, E>(
     exec: E,
     grants: &[NewGrant],
@@ -401,10 +407,11 @@ pub struct NewRejection {
     pub seq: i64,
 }
 
-/// Inserts refusals decided under the given generations; skipped: a user
-/// already refused (the first refusal stays), a user holding an active
-/// grant, and rows whose generation is no longer the campaign's. Returns
-/// (campaign, user) of the rows inserted.
+/// Inserts refusals decided under the given generations, one
+/// `refusal_batches` row per campaign; rows whose generation is no longer
+/// the campaign's are skipped. A refusal stored twice (a read made it
+/// durable while its commit was in flight) is the same refusal. Returns
+/// (campaign, user) of the rows stored.
 async fn insert_rejections_gen<'e, E>(
     exec: E,
     rows: &[NewRejection],
@@ -419,15 +426,13 @@ where
     let c: Vec<i64> = rows.iter().map(|r| r.campaign_id).collect();
     let u: Vec<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
     let q: Vec<i64> = rows.iter().map(|r| r.seq).collect();
-    let out = sqlx::query(
-        "INSERT INTO rejections (campaign_id, user_id, reason, seq)
-         SELECT u.c, u.u, 'sold_out', u.q
+    let out: Vec<(i64, Vec<String>)> = sqlx::query_as(
+        "INSERT INTO refusal_batches (campaign_id, users, seqs)
+         SELECT u.c, array_agg(u.u ORDER BY u.q, u.u), array_agg(u.q ORDER BY u.q, u.u)
          FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[]) AS u(c, u, q, g)
          JOIN campaigns cp ON cp.id = u.c AND (u.g < 0 OR cp.redis_gen = u.g)
-         WHERE NOT EXISTS (SELECT 1 FROM grants g WHERE g.campaign_id = u.c
-                           AND g.user_id = u.u AND g.state = 'active')
-         ON CONFLICT DO NOTHING
-         RETURNING campaign_id, user_id",
+         GROUP BY u.c
+         RETURNING campaign_id, users",
     )
     .bind(&c)
     .bind(&u)
@@ -435,7 +440,10 @@ where
     .bind(gens)
     .fetch_all(exec)
     .await?;
-    Ok(out.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(out
+        .into_iter()
+        .flat_map(|(c, users)| users.into_iter().map(move |u| (c, u)))
+        .collect())
 }
 
 /// [`insert_grants_gen`] inside a transaction that holds the generation
