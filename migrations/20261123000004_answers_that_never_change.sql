@@ -1,12 +1,12 @@
 -- Answers that never change (docs/GUARANTEES.md).
 --
 -- redis_gen: the generation of a campaign's Redis state. A rebuild from
--- PostgreSQL bumps it (under an exclusive advisory lock on the campaign)
--- before it reads the truth; every insert derived from a Redis decision
--- (gate group commit, redis-queue drainer, redis-lua flusher) names the
--- generation it was decided in and runs under the shared lock, so it either
--- lands before the rebuild reads, or is refused. Nothing decided in a lost
--- state can land behind a rebuild's back.
+-- PostgreSQL bumps it (an UPDATE of the campaign row) before it reads the
+-- truth; every insert derived from a Redis decision (gate group commit,
+-- redis-queue drainer, redis-lua flusher) names the generation it was
+-- decided in and takes the campaign row FOR SHARE, joining on the
+-- generation, so it either lands before the rebuild reads, or is refused.
+-- Nothing decided in a lost state can land behind a rebuild's back.
 ALTER TABLE campaigns ADD COLUMN redis_gen BIGINT NOT NULL DEFAULT 0;
 
 -- 'void': a gate reservation the orphan sweeper (or a failed commit's

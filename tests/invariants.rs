@@ -408,10 +408,62 @@ async fn writes_of_a_replaced_state_are_fenced_off() {
         f.codes.is_empty() && f.refusals.is_empty(),
         "stale writes refused"
     );
-    let f = pg::insert_fenced(&app.db, &[g], &[next], &[r], &[next])
+    let f = pg::insert_fenced(&app.db, std::slice::from_ref(&g), &[next], &[r], &[next])
         .await
         .unwrap();
     assert_eq!((f.codes.len(), f.refusals.len()), (1, 1));
+    // A writer in flight holds the campaign row: the next bump waits for
+    // it, so what the writer stores under the current generation is in
+    // whatever the rebuild reads afterwards.
+    let mut tx = app.db.begin().await.unwrap();
+    let locked = pg::lock_generations(&mut tx, &[id]).await.unwrap();
+    assert_eq!(locked, vec![(id, next)]);
+    let db = app.db.clone();
+    let bump = tokio::spawn(async move { pg::bump_generation(&db, CampaignId(id)).await });
+    until("the bump waits for the writer in flight", || async {
+        count(
+            &app,
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE campaigns SET redis_gen%'
+               AND datname = (SELECT current_database()) AND $1 > 0",
+            id,
+        )
+        .await
+            > 0
+    })
+    .await;
+    assert!(!bump.is_finished());
+    let late = NewGrant {
+        user_id: "inflight".into(),
+        slot: 2,
+        code: "INFLIGHT".into(),
+        ..g.clone()
+    };
+    let stored = pg::insert_grants_in(&mut tx, std::slice::from_ref(&late), &[next])
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    tx.commit().await.unwrap();
+    let after = bump.await.unwrap().unwrap();
+    assert_eq!(after, next + 1);
+    let refused = pg::insert_fenced(
+        &app.db,
+        &[NewGrant {
+            code: "LATE".into(),
+            user_id: "late".into(),
+            slot: 3,
+            ..g
+        }],
+        &[next],
+        &[],
+        &[],
+    )
+    .await
+    .unwrap();
+    assert!(
+        refused.codes.is_empty(),
+        "a write of the bumped generation is refused"
+    );
     // The state in Redis is of the old generation: a claim decided in it
     // is refused at commit, the state dropped and rebuilt, the user
     // answered in the new one.
@@ -425,8 +477,8 @@ async fn writes_of_a_replaced_state_are_fenced_off() {
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(pg::generation(&app.db, CampaignId(id)).await.unwrap() > next);
-    assert_eq!(app.assert_db_invariants(id).await, 2);
+    assert!(pg::generation(&app.db, CampaignId(id)).await.unwrap() > next + 1);
+    assert_eq!(app.assert_db_invariants(id).await, 3);
 }
 
 /// S7: in redis-queue, a slot PostgreSQL holds for a grant Redis never saw

@@ -334,11 +334,6 @@ where
 /// A generation that matches any (unfenced inserts).
 const ANY_GEN: i64 = -1;
 
-/// Advisory lock class of a campaign's Redis generation: shared by every
-/// insert derived from a Redis decision, exclusive while a rebuild bumps
-/// the generation (migration `answers_that_never_change`).
-const GEN_LOCK_CLASS: i32 = 1717;
-
 /// Inserts grants decided under the given generations (one per row,
 /// [`ANY_GEN`] for none). Skipped: rows that collide with an existing grant
 /// (same code: a redelivery or a voided reservation; or a unique index),
@@ -381,6 +376,7 @@ where
          JOIN campaigns cp ON cp.id = u.c AND (u.g < 0 OR cp.redis_gen = u.g)
          WHERE NOT EXISTS (SELECT 1 FROM rejections r
                            WHERE r.campaign_id = u.c AND r.user_id = u.u)
+         FOR SHARE OF cp
          ON CONFLICT DO NOTHING
          RETURNING code",
     )
@@ -428,10 +424,12 @@ where
     let q: Vec<i64> = rows.iter().map(|r| r.seq).collect();
     let out: Vec<(i64, Vec<String>)> = sqlx::query_as(
         "INSERT INTO refusal_batches (campaign_id, users, seqs)
-         SELECT u.c, array_agg(u.u ORDER BY u.q, u.u), array_agg(u.q ORDER BY u.q, u.u)
-         FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[]) AS u(c, u, q, g)
-         JOIN campaigns cp ON cp.id = u.c AND (u.g < 0 OR cp.redis_gen = u.g)
-         GROUP BY u.c
+         SELECT x.c, array_agg(x.u ORDER BY x.q, x.u), array_agg(x.q ORDER BY x.q, x.u)
+         FROM (SELECT u.c, u.u, u.q
+               FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[]) AS u(c, u, q, g)
+               JOIN campaigns cp ON cp.id = u.c AND (u.g < 0 OR cp.redis_gen = u.g)
+               FOR SHARE OF cp) AS x
+         GROUP BY x.c
          RETURNING campaign_id, users",
     )
     .bind(&c)
@@ -446,8 +444,7 @@ where
         .collect())
 }
 
-/// [`insert_grants_gen`] inside a transaction that holds the generation
-/// lock ([`lock_generations`]).
+/// [`insert_grants_gen`] inside a transaction (the flusher's).
 pub async fn insert_grants_in(
     tx: &mut Transaction<'_, Postgres>,
     grants: &[NewGrant],
@@ -456,8 +453,7 @@ pub async fn insert_grants_in(
     insert_grants_gen(&mut **tx, grants, gens).await
 }
 
-/// [`insert_rejections_gen`] inside a transaction that holds the generation
-/// lock ([`lock_generations`]).
+/// [`insert_rejections_gen`] inside a transaction (the flusher's).
 pub async fn insert_rejections_in(
     tx: &mut Transaction<'_, Postgres>,
     rows: &[NewRejection],
@@ -476,10 +472,13 @@ pub struct Fenced {
 }
 
 /// Inserts grants and refusals decided in Redis, each under the generation
-/// of the state that decided it (`grant_gens[i]` for `grants[i]`), in one
-/// transaction that holds the shared generation lock of every campaign
-/// involved: a rebuild (which bumps the generation under the exclusive
-/// lock, then reads) sees all of them or none can land after it.
+/// of the state that decided it (`grant_gens[i]` for `grants[i]`). The
+/// fence is the campaign row: each insert takes it `FOR SHARE` and joins on
+/// its generation, so a rebuild's bump (an `UPDATE` of that row) waits for
+/// the inserts in flight, and an insert that meets a bump re-reads the row
+/// (READ COMMITTED re-checks a locked row's condition against its newest
+/// version) and drops rows of the older generation. One statement (both
+/// inserts as CTEs): one round trip and one fsync per group commit.
 pub async fn insert_fenced(
     db: &PgPool,
     grants: &[NewGrant],
@@ -487,15 +486,22 @@ pub async fn insert_fenced(
     refusals: &[NewRejection],
     refusal_gens: &[i64],
 ) -> Result<Fenced, PgError> {
+    if refusals.is_empty() {
+        let codes = insert_grants_gen(db, grants, grant_gens).await?;
+        return Ok(Fenced {
+            codes: codes.into_iter().collect(),
+            refusals: Default::default(),
+        });
+    }
+    if grants.is_empty() {
+        let refused = insert_rejections_gen(db, refusals, refusal_gens).await?;
+        return Ok(Fenced {
+            codes: Default::default(),
+            refusals: refused.into_iter().collect(),
+        });
+    }
+    // Both: one transaction, so one fsync.
     let mut tx = db.begin().await?;
-    let mut ids: Vec<i64> = grants
-        .iter()
-        .map(|g| g.campaign_id)
-        .chain(refusals.iter().map(|r| r.campaign_id))
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    lock_generations(&mut tx, &ids).await?;
     let codes = insert_grants_gen(&mut *tx, grants, grant_gens).await?;
     let refused = insert_rejections_gen(&mut *tx, refusals, refusal_gens).await?;
     tx.commit().await?;
@@ -505,42 +511,32 @@ pub async fn insert_fenced(
     })
 }
 
-/// Takes the shared generation lock of each campaign (sorted), in its own
-/// statement: the statements after it then see any bump committed before.
+/// Takes the campaign rows `FOR SHARE` for the rest of the transaction and
+/// returns their generations: a rebuild's bump waits until it ends, so the
+/// inserts of the transaction are all seen by the rebuild, or refused.
 pub async fn lock_generations(
     tx: &mut Transaction<'_, Postgres>,
     campaign_ids: &[i64],
-) -> Result<(), PgError> {
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock_shared($1, (c % 2147483647)::int)
-         FROM unnest($2::bigint[]) AS c ORDER BY c",
+) -> Result<Vec<(i64, i64)>, PgError> {
+    Ok(sqlx::query_as(
+        "SELECT id, redis_gen FROM campaigns WHERE id = ANY($1) ORDER BY id FOR SHARE",
     )
-    .bind(GEN_LOCK_CLASS)
     .bind(campaign_ids)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    .fetch_all(&mut **tx)
+    .await?)
 }
 
-/// Starts a new generation of the campaign's Redis state: waits for every
-/// fenced insert in flight (exclusive lock), bumps, commits. Whatever the
-/// rebuild reads after this includes every write of older generations, and
-/// none of them can land any more.
+/// Starts a new generation of the campaign's Redis state. The `UPDATE`
+/// waits for every fenced insert holding the row; whatever the rebuild
+/// reads after this includes every write of older generations, and none of
+/// them can land any more.
 pub async fn bump_generation(db: &PgPool, campaign: CampaignId) -> Result<i64, PgError> {
-    let mut tx = db.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1, ($2 % 2147483647)::int)")
-        .bind(GEN_LOCK_CLASS)
-        .bind(campaign.0)
-        .execute(&mut *tx)
-        .await?;
-    let gen: i64 = sqlx::query_scalar(
+    Ok(sqlx::query_scalar(
         "UPDATE campaigns SET redis_gen = redis_gen + 1 WHERE id = $1 RETURNING redis_gen",
     )
     .bind(campaign.0)
-    .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(gen)
+    .fetch_one(db)
+    .await?)
 }
 
 /// The campaign's current Redis generation.

@@ -24,12 +24,15 @@ pub struct Flusher {
 impl Handler for Flusher {
     async fn handle(&mut self, entries: &[Entry]) -> anyhow::Result<()> {
         let mut tx = self.db.begin().await.map_err(PgError::from)?;
-        pg::lock_generations(&mut tx, &[self.campaign.id.0]).await?;
+        let locked = pg::lock_generations(&mut tx, &[self.campaign.id.0]).await?;
         // Under the lock the generation cannot move: entries of an older one
         // were decided in a state a rebuild replaced and must not land (the
         // rebuilt state may have handed their slots out again). They are the
         // mode's exposure, counted.
-        let gen_now = pg::generation(&mut *tx, self.campaign.id).await?;
+        let gen_now = locked
+            .first()
+            .map(|(_, g)| *g)
+            .ok_or_else(|| anyhow::anyhow!("campaign {} is gone", self.campaign.id))?;
         let mut grants: Vec<NewGrant> = Vec::new();
         let mut refusals: Vec<NewRejection> = Vec::new();
         let mut expected = 0usize;
