@@ -35,6 +35,16 @@ local prev = redis.call('HGET', KEYS[2], user)
 if prev then
   return {'dup', prev, gen}
 end
+-- A whole state has its answers hash (with its placeholder '#'), its
+-- arrival counter and its stock counter. One of them gone alone (expired or
+-- evicted before meta) is a state that would decide wrongly (a missing
+-- counter reads as sold out, a restarted arrival counter reuses numbers):
+-- forget it, so the caller rebuilds from PostgreSQL.
+if redis.call('HEXISTS', KEYS[2], '#') == 0 or not redis.call('GET', KEYS[3])
+  or not redis.call('GET', KEYS[4]) then
+  redis.call('DEL', KEYS[1])
+  return {'noinit'}
+end
 -- Redis' clock, so that every API process agrees on the window.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

@@ -25,9 +25,10 @@ redis.call('HSET', KEYS[2], '#', '')
 redis.call('SET', KEYS[3], ARGV[6])
 redis.call('SET', KEYS[4], ARGV[7])
 for _, s in ipairs({KEYS[5], KEYS[6]}) do
-  if redis.call('EXISTS', s) == 0 then
-    redis.call('XGROUP', 'CREATE', s, 'g', '0', 'MKSTREAM')
-  end
+  -- A stream may have outlived the state, or been created again without
+  -- its group by a write racing a partial expiry: the group must exist
+  -- (an existing one answers BUSYGROUP, which is fine).
+  redis.pcall('XGROUP', 'CREATE', s, 'g', '0', 'MKSTREAM')
   redis.call('PEXPIREAT', s, exp)
 end
 local np = tonumber(ARGV[5])

@@ -585,3 +585,30 @@ async fn stale_states_drop_and_open_ended_keys_refresh() {
     assert_eq!(n, 1);
     assert_eq!(f.claim("a", 0, "gate").await, vec!["noinit"]);
 }
+
+/// A state missing one of its parts (a key expired or evicted before meta)
+/// never decides: it is forgotten, so the caller rebuilds it.
+#[tokio::test]
+async fn a_partial_state_is_forgotten_not_used() {
+    for gone in ["seq", "left", "ans"] {
+        let f = Fixture::new(&[3], "", "").await;
+        let key = match gone {
+            "seq" => f.k.seq.clone(),
+            "left" => f.k.pools[0].left.clone(),
+            _ => f.k.ans.clone(),
+        };
+        let mut c = common::redis_conn().await;
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(f.claim("a", 0, "gate").await, vec!["noinit"], "{gone}");
+        let meta: bool = redis::cmd("EXISTS")
+            .arg(&f.k.meta)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(!meta, "{gone}: the partial state is dropped");
+    }
+}

@@ -351,6 +351,38 @@ pub const EXPIRY_JITTER_SECS: i64 = 600;
 /// statement timeout ([`crate::storage::pg::STATEMENT_TIMEOUT_MS`]).
 pub const ORPHAN_PENDING_MS: i64 = 20_000;
 
+/// Entries a redis-lua rebuild should let the flusher write first: those of
+/// an outbox that has its consumer group (a flusher can read it) and whose
+/// oldest entry is younger than ARGV[1] ms (the flusher is making
+/// progress). Otherwise 0: an outbox nobody can or does flush must not
+/// hold the campaign's claims hostage; its entries, of the replaced state's
+/// generation, are then dropped by the flusher and counted as exposure.
+const OUTBOX_TO_FLUSH: &str = "
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if not ok then return 0 end
+local has = false
+for _, g in ipairs(groups) do
+  for i = 1, #g, 2 do
+    if g[i] == 'name' and g[i + 1] == 'g' then has = true end
+  end
+end
+if not has then return 0 end
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+if not first then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ms = tonumber(string.match(first[1], '^(%d+)'))
+if now - ms > tonumber(ARGV[1]) then return 0 end
+return redis.call('XLEN', KEYS[1])
+";
+
+/// How long a redis-lua rebuild waits for a surviving outbox to flush.
+const OUTBOX_WAIT_MS: i64 = 10_000;
+
+/// How long a claim that finds the state missing waits for a rebuild.
+const REBUILD_WAIT: Duration = Duration::from_secs(1);
+
 /// How long a rebuild may hold the campaign's rebuild lock: above the
 /// longest wait for the generation lock (the statement timeout) plus the
 /// reads and the load.
@@ -426,7 +458,10 @@ impl RedisCommon {
         };
         let pidx = pool.idx.to_string();
         let stock = pool.stock.to_string();
-        for _ in 0..2 {
+        // A claim that finds the state missing rebuilds it, or waits a
+        // little for whoever is rebuilding it, before answering 503.
+        let deadline = tokio::time::Instant::now() + REBUILD_WAIT;
+        loop {
             let r: Vec<String> = self
                 .redis
                 .eval(
@@ -445,7 +480,18 @@ impl RedisCommon {
             };
             match r.first().map(String::as_str) {
                 Some("noinit") => {
-                    self.rebuild(c).await?;
+                    match self.rebuild(c).await {
+                        Ok(()) => {}
+                        Err(AdmissionError::Rebuilding)
+                            if tokio::time::Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(AdmissionError::Rebuilding);
+                    }
                     continue;
                 }
                 Some("dup") => return Ok(ScriptReply::Dup(Stored::parse(second(&r)?)?, gen()?)),
@@ -455,7 +501,6 @@ impl RedisCommon {
                 _ => return Err(RedisStoreError::Protocol(format!("claim: {r:?}")).into()),
             }
         }
-        Err(AdmissionError::Rebuilding)
     }
 
     /// A claim whose stored answer is final as the script gives it
@@ -1088,13 +1133,17 @@ impl RedisCommon {
         // writes them first, and the rebuild then reads them.
         if c.mode == crate::domain::Mode::RedisLua {
             let outbox = k.outbox.clone();
-            let len: i64 = self
+            let waiting: i64 = self
                 .redis
                 .run(|mut conn| async move {
-                    redis::cmd("XLEN").arg(&outbox).query_async(&mut conn).await
+                    redis::Script::new(OUTBOX_TO_FLUSH)
+                        .key(&outbox)
+                        .arg(OUTBOX_WAIT_MS)
+                        .invoke_async(&mut conn)
+                        .await
                 })
                 .await?;
-            if len > 0 {
+            if waiting > 0 {
                 return Err(AdmissionError::Rebuilding);
             }
         }
@@ -1137,6 +1186,29 @@ impl RedisCommon {
             return Err(AdmissionError::Rebuilding);
         }
         Ok(())
+    }
+
+    /// Creates the consumer group of `stream` if it has none (the stream is
+    /// created too, empty, if missing).
+    pub async fn ensure_group(&self, stream: &str) -> Result<(), AdmissionError> {
+        let s = stream.to_string();
+        let r: Result<(), RedisStoreError> = self
+            .redis
+            .run(|mut conn| async move {
+                redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(&s)
+                    .arg(crate::storage::redis::GROUP)
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await;
+        match r {
+            Err(e) if e.to_string().contains("BUSYGROUP") => Ok(()),
+            other => Ok(other?),
+        }
     }
 
     /// Pushes an open-ended campaign's key expiry forward when less than

@@ -283,6 +283,10 @@ impl Handler for Drainer {
     }
 
     async fn recover(&mut self) -> anyhow::Result<()> {
+        // The stream may have been created again without its group (a write
+        // racing a partial expiry) while the state lives: give it one.
+        let stream = self.common.keys(&self.campaign).queue.clone();
+        self.common.ensure_group(&stream).await?;
         Ok(self.common.rebuild(&self.campaign).await?)
     }
 }
