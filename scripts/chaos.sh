@@ -366,22 +366,24 @@ for fault in "${fault_list[@]}"; do
       json="$OUT/runs/$fault-$mode-$round.json"
       blog="$OUT/runs/$fault-$mode-$round.log"
       lossfile="$OUT/runs/$fault-$mode-$round.loss"
-      extra=(); conc="$CONC"; max_secs="$MAX_SECS"
+      extra=(); conc="$CONC"; max_secs="$MAX_SECS"; drain="$DRAIN_SECS"
       case "$fault" in
         redis|flush|expire)
           extra=(--allow-redis-loss --loss-at-file "$lossfile" --loss-window-ms "$LOSS_WINDOW_MS"
                  --metrics-url "http://127.0.0.1:$WORKER_PORT") ;;
         reconcile) extra=(--cancel-frac "$CANCEL_FRAC") ;;
-        slowpg) conc="$SLOWPG_CONC"; max_secs="$SLOWPG_MAX_SECS" ;;
+        # The drain must be allowed to outlast the slowness: redis-queue
+        # grants after the rush, each insert 6 s while the trigger is on.
+        slowpg) conc="$SLOWPG_CONC"; max_secs="$SLOWPG_MAX_SECS"; drain=$((DRAIN_SECS + SLOWPG_SECS)) ;;
       esac
-      round_timeout=$((max_secs + RETRY_SECS + DRAIN_SECS + 60))
+      round_timeout=$((max_secs + RETRY_SECS + drain + 60))
       PREV_ID="$(latest_campaign)"
       SOLD_BASE="$(sold_out_answers)"
       delay="0.$(( 2 + RANDOM % 7 ))"
       t1=$(date +%s.%N)
       timeout -k 5 "$round_timeout" "$BIN" bench --url "$URLS" --modes "$mode" \
         --users "$USERS" --stock "$STOCK" --concurrency "$conc" --rate "$RATE" \
-        --limit-secs 0 --max-secs "$max_secs" --drain-secs "$DRAIN_SECS" \
+        --limit-secs 0 --max-secs "$max_secs" --drain-secs "$drain" \
         --retry-secs "$RETRY_SECS" --request-timeout-secs "$REQUEST_TIMEOUT" \
         "${extra[@]}" --json "$json" >"$blog" 2>&1 &
       BENCH_PID=$!
