@@ -40,11 +40,13 @@ end
 -- evicted before meta) is a state that would decide wrongly (a missing
 -- counter reads as sold out, a restarted arrival counter reuses numbers):
 -- forget it, so the caller rebuilds from PostgreSQL.
+local left = redis.call('GET', KEYS[4])
 if redis.call('HEXISTS', KEYS[2], '#') == 0 or not redis.call('GET', KEYS[3])
-  or not redis.call('GET', KEYS[4]) then
+  or not left then
   redis.call('DEL', KEYS[1])
   return {'noinit'}
 end
+left = tonumber(left)
 -- Redis' clock, so that every API process agrees on the window.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -56,7 +58,6 @@ if w[2] and w[2] ~= '' and now >= tonumber(w[2]) then
 end
 local mode = ARGV[4]
 local seq = redis.call('INCR', KEYS[3])
-local left = tonumber(redis.call('GET', KEYS[4]) or '0')
 -- A slot beyond the stock is never handed out: if the counter says stock
 -- is left but every slot 1..stock is taken, the counter is wrong (drift);
 -- it is set to what the slots say, and the claim is refused.

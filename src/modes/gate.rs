@@ -186,14 +186,9 @@ impl Admission for Gate {
                 task.await.map_err(|_| AdmissionError::Pending)?
             }
             ScriptReply::New(Stored::Refusing { seq }, gen) => {
-                // Its own task, like a grant's commit: a client hanging up
-                // must not leave the refusal waiting for a read.
-                let (common, committer) = (self.common.clone(), self.committer.clone());
-                let (c, u) = (campaign.clone(), user.clone());
-                let task = tokio::spawn(async move {
-                    common.commit_refusal(&committer, &c, &u, seq, gen).await
-                });
-                task.await.map_err(|_| AdmissionError::Pending)?
+                self.common
+                    .commit_refusal_detached(&self.committer, campaign, user, seq, gen)
+                    .await
             }
             ScriptReply::New(s, gen) | ScriptReply::Dup(s, gen) => {
                 self.common.settle(campaign, user, s, Some(gen)).await

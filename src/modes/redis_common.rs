@@ -554,6 +554,23 @@ impl RedisCommon {
         }
     }
 
+    /// [`Self::commit_refusal`] in its own task, like a grant's commit: a
+    /// client hanging up must not leave the refusal waiting for a read.
+    pub async fn commit_refusal_detached(
+        &self,
+        committer: &CommitterHandle,
+        c: &Campaign,
+        user: &UserId,
+        seq: i64,
+        gen: i64,
+    ) -> Result<ClaimOutcome, AdmissionError> {
+        let (common, committer) = (self.clone(), committer.clone());
+        let (c, u) = (c.clone(), user.clone());
+        tokio::spawn(async move { common.commit_refusal(&committer, &c, &u, seq, gen).await })
+            .await
+            .map_err(|_| AdmissionError::Pending)?
+    }
+
     /// A refusal PostgreSQL did not take because it already holds the user's
     /// final answer (a refusal made earlier, or a grant): that answer
     /// replaces the pending one, and is the answer.
