@@ -10,7 +10,8 @@
 -- [4] mode, [5] number of pools, [6] seq, [7] queued, [8] generation,
 -- then per pool: left, hw, number of free slots, the free slots...,
 -- then the number of answers, then user, answer pairs.
--- Returns 1 when loaded, 0 when the state was already there.
+-- Returns 1 when loaded, 0 when the state was already there. meta records
+-- this server's run_id (see same_server.lua).
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
@@ -58,6 +59,6 @@ for i = 2, 4 do
 end
 -- Written last: its presence tells the claim script that the state is whole.
 redis.call('HSET', KEYS[1], 'opens', ARGV[2], 'closes', ARGV[3], 'mode', ARGV[4], 'exp', exp,
-  'gen', ARGV[8])
+  'gen', ARGV[8], 'run', string.match(redis.call('INFO', 'server'), 'run_id:(%x+)'))
 redis.call('PEXPIREAT', KEYS[1], exp)
 return 1

@@ -263,6 +263,12 @@ struct PrivateRedis {
 
 impl PrivateRedis {
     async fn start(port: u16) -> Self {
+        Self::start_in(port, &std::env::temp_dir()).await
+    }
+
+    /// Starts on `port` with its snapshot file in `dir` (a restart in the
+    /// same directory loads the last `SAVE`).
+    async fn start_in(port: u16, dir: &std::path::Path) -> Self {
         let child = tokio::process::Command::new("redis-server")
             .args([
                 "--port",
@@ -273,6 +279,10 @@ impl PrivateRedis {
                 "",
                 "--appendonly",
                 "no",
+                "--dir",
+                dir.to_str().expect("utf-8 temp dir"),
+                "--dbfilename",
+                &format!("fc-test-{port}.rdb"),
             ])
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -477,4 +487,141 @@ async fn a_worker_rebuilds_a_lost_state_without_waiting_for_a_claim() {
         assert_eq!(app.status(id, "a").await.1["status"], "granted", "{mode}");
     }
     app.stop().await;
+}
+
+/// Issue 11, S6: a Redis restart (or failover) that brings a campaign's
+/// state back without its last writes (here: the snapshot taken before
+/// them). meta is there, so nothing looked lost; the state's server marker
+/// (lua/same_server.lua) tells the worker, which rebuilds from PostgreSQL
+/// under a new generation. Afterwards the late winners keep their answers
+/// and exactly the stock PostgreSQL still has is sold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_that_lost_the_last_writes_is_rebuilt_from_postgres() {
+    for mode in ["gate", "redis-lua", "redis-queue"] {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let dir = std::env::temp_dir();
+        let _ = std::fs::remove_file(dir.join(format!("fc-test-{port}.rdb")));
+        let mut redis = PrivateRedis::start_in(port, &dir).await;
+        let url = format!("redis://127.0.0.1:{port}");
+        let name = common::unique("restart");
+        let db_url = common::fresh_database(&name).await;
+        let app = spawn_app_on(&db_url, &name, |a| {
+            a.stores.redis_url = url.clone();
+            a.stores.redis_timeout_ms = 300;
+        })
+        .await
+        .owning_database();
+        let id = app.campaign(mode, &[("main", 10)]).await;
+        for i in 0..4 {
+            let (s, _) = app.claim(id, &format!("early-{i}"), None).await;
+            assert!(matches!(s, 200 | 202), "{mode}: {s}");
+        }
+        app.wait_durable(id, 4).await;
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("SAVE").query_async(&mut conn).await.unwrap();
+        for i in 0..4 {
+            let (s, _) = app.claim(id, &format!("late-{i}"), None).await;
+            assert!(matches!(s, 200 | 202), "{mode}: {s}");
+        }
+        app.wait_durable(id, 8).await;
+        let mut late = Vec::new();
+        for i in 0..4 {
+            let (s, v) = app.status(id, &format!("late-{i}")).await;
+            assert_eq!(s, 200, "{mode}: {v}");
+            late.push(v);
+        }
+
+        // The restart loads the snapshot: meta is back, the late writes
+        // are not, and the server is another one.
+        redis.kill().await;
+        let _redis = PrivateRedis::start_in(port, &dir).await;
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let left: i64 = redis::cmd("GET")
+            .arg(format!("{name}:{{c{id}}}:left:0"))
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(-1);
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{name}:*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            keys.iter().any(|k| k.ends_with(":meta")),
+            "{mode}: the snapshot holds the state ({keys:?}, left {left})"
+        );
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let run_id = info
+            .lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let meta = keys.iter().find(|k| k.ends_with(":meta")).unwrap().clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let run: Option<String> = redis::cmd("HGET")
+                .arg(&meta)
+                .arg("run")
+                .query_async(&mut conn)
+                .await
+                .unwrap_or(None);
+            if run.as_deref() == Some(run_id.as_str()) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{mode}: the state loaded by the old server was not rebuilt (run {run:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // Late winners keep their answers; the 2 slots left go, no more.
+        // (503 asks the client to retry: the first call after the restart
+        // may meet a connection the restart broke.)
+        for (i, before) in late.iter().enumerate() {
+            let user = format!("late-{i}");
+            let (s, v) = retry_503(|| app.status(id, &user)).await;
+            assert_eq!((s, &v), (200, before), "{mode}: late-{i} after the restart");
+        }
+        let mut won = 0;
+        for i in 0..8 {
+            let user = format!("new-{i}");
+            let (s, v) = retry_503(|| app.claim(id, &user, None)).await;
+            match s {
+                200 | 202 => won += 1,
+                409 => assert_eq!(v["reason"], "sold_out", "{mode}: {v}"),
+                _ => panic!("{mode}: new-{i} answered {s} {v}"),
+            }
+        }
+        assert_eq!(won, 2, "{mode}: the stock PostgreSQL had left");
+        app.wait_durable(id, 10).await;
+        assert_eq!(app.assert_db_invariants(id).await, 10, "{mode}");
+        app.stop().await;
+        let _ = std::fs::remove_file(dir.join(format!("fc-test-{port}.rdb")));
+    }
+}
+
+/// Calls `f` until it answers something other than 503 (bounded).
+async fn retry_503<F, Fut>(mut f: F) -> (u16, Value)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = (u16, Value)>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, v) = f().await;
+        if s != 503 || tokio::time::Instant::now() >= deadline {
+            return (s, v);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

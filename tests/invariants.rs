@@ -558,3 +558,107 @@ async fn one_user_racing_at_the_boundary_gets_one_answer() {
         }
     }
 }
+
+/// S8 (redis-lua): a cancellation Redis has and PostgreSQL has not yet
+/// (its outbox entry not flushed) is never "repaired" back to granted. The
+/// reconciler's answer scan and PostgreSQL read can straddle the cancel;
+/// the cancel's outbox entry outlives both reads (it is deleted only after
+/// PostgreSQL committed it), so the pass sees it and stands down. Shown
+/// deterministically on that state, then under a storm of cancels racing
+/// repairing passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_reconciler_never_undoes_a_cancel_in_flight() {
+    use firstcome::tasks::reconcile;
+    let app = spawn_app().await;
+    let common = common_for(&app).await;
+    let id = app.campaign("redis-lua", &[("main", 100)]).await;
+    for i in 0..60 {
+        assert_eq!(app.claim(id, &format!("u{i}"), None).await.0, 200);
+    }
+    app.wait_durable(id, 60).await;
+    let c = pg::load_campaign(&app.db, CampaignId(id))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // The state between the two reads: Redis says cancelled, the outbox
+    // holds the cancel, PostgreSQL still says active.
+    app.stop_worker.send(true).unwrap();
+    let lease = format!("{}:{{c{id}}}:lease", app.prefix);
+    until("the flusher let its lease go", || async {
+        let mut r = redis_conn().await;
+        let v: Option<String> = redis::cmd("GET")
+            .arg(&lease)
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        v.is_none()
+    })
+    .await;
+    assert_eq!(app.cancel(id, "u0").await.0, 200);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM grants WHERE campaign_id = $1 AND user_id = 'u0' AND state = 'active'", id).await,
+        1,
+        "the cancel is not flushed yet"
+    );
+    let r = reconcile::reconcile(&common, &c, true).await.unwrap();
+    assert_eq!(r.skipped.as_deref(), Some("busy"), "{r:?}");
+    assert_eq!(r.answers_repaired, 0);
+    assert_eq!(app.status(id, "u0").await.1["status"], "cancelled");
+
+    // A second process flushes; then a pass finds nothing to repair.
+    let second = spawn_app_on(&app.db_url, &app.prefix, |_| {}).await;
+    until("the cancel is durable", || async {
+        count(&app, "SELECT count(*) FROM grants WHERE campaign_id = $1 AND user_id = 'u0' AND state = 'active'", id).await == 0
+    })
+    .await;
+
+    // The storm: cancels racing repairing passes.
+    let storm = {
+        let app_base = second.base.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for i in 1..60 {
+                let r = client
+                    .delete(format!("{app_base}/v1/campaigns/{id}/claims/u{i}"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status().as_u16(), 200);
+            }
+        })
+    };
+    let mut passes = 0;
+    while !storm.is_finished() {
+        reconcile::reconcile(&common, &c, true).await.unwrap();
+        passes += 1;
+    }
+    storm.await.unwrap();
+    assert!(passes > 0);
+    until("every cancel is durable", || async {
+        count(
+            &app,
+            "SELECT count(*) FROM grants WHERE campaign_id = $1 AND state = 'active'",
+            id,
+        )
+        .await
+            == 0
+    })
+    .await;
+    let done = reconcile::reconcile(&common, &c, true).await.unwrap();
+    assert_eq!(
+        (done.answers_repaired, done.pools_repaired),
+        (0, 0),
+        "{done:?}"
+    );
+    for i in 0..60 {
+        let (s, v) = app.status(id, &format!("u{i}")).await;
+        assert_eq!(
+            (s, v["status"].as_str()),
+            (200, Some("cancelled")),
+            "u{i}: {v}"
+        );
+    }
+    second.stop().await;
+    app.stop().await;
+}

@@ -612,3 +612,42 @@ async fn a_partial_state_is_forgotten_not_used() {
         assert!(!meta, "{gone}: the partial state is dropped");
     }
 }
+
+#[tokio::test]
+async fn a_state_another_server_loaded_is_dropped() {
+    let f = Fixture::new(&[1], "", "").await;
+    let k = &f.k;
+    let same = |f: &Fixture| {
+        let meta = f.k.meta.clone();
+        let store = f.store.clone();
+        async move {
+            store
+                .eval::<i64>(&store.scripts().same_server, &[&meta], &[])
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(same(&f).await, 0, "this server loaded it: kept");
+    assert_eq!(f.claim("a", 0, "lua").await[0], "new");
+    // What a restart or failover looks like: meta written under another
+    // server's run_id.
+    let meta = k.meta.clone();
+    f.store
+        .run(|mut c| async move {
+            redis::cmd("HSET")
+                .arg(&meta)
+                .arg("run")
+                .arg("0000000000000000000000000000000000000000")
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+        .unwrap();
+    assert_eq!(same(&f).await, 1, "another server's state: dropped");
+    assert_eq!(same(&f).await, 0, "nothing left to drop");
+    assert_eq!(
+        f.claim("b", 0, "lua").await,
+        vec!["noinit".to_string()],
+        "without meta the next claim asks for a rebuild"
+    );
+}

@@ -867,6 +867,22 @@ impl RedisCommon {
         Ok(())
     }
 
+    /// Drops the campaign's state if the Redis server now holding it did
+    /// not load it (a restart or failover may have lost its last writes);
+    /// `true` when it did. The caller rebuilds.
+    pub async fn forget_if_server_changed(&self, c: &Campaign) -> Result<bool, AdmissionError> {
+        let k = self.keys(c);
+        let n: i64 = self
+            .redis
+            .eval(&self.redis.scripts().same_server, &[&k.meta], &[])
+            .await?;
+        if n == 1 {
+            metrics::counter!("firstcome_redis_server_changes_total").increment(1);
+            tracing::warn!(campaign = %c.id, "redis state loaded by another server (restart or failover): dropped, rebuilding from postgres");
+        }
+        Ok(n == 1)
+    }
+
     /// Runs the cancel script for the user's grant in pool `pidx`.
     pub async fn cancel_script(
         &self,

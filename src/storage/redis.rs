@@ -71,6 +71,8 @@ pub struct Scripts {
     pub drop_stale: Lua,
     /// Push an open-ended campaign's key expiry forward.
     pub refresh: Lua,
+    /// Forget a state another Redis server loaded (restart, failover).
+    pub same_server: Lua,
 }
 
 impl Scripts {
@@ -86,6 +88,7 @@ impl Scripts {
             replay: Lua::new(include_str!("../../lua/replay.lua")),
             drop_stale: Lua::new(include_str!("../../lua/drop_stale.lua")),
             refresh: Lua::new(include_str!("../../lua/refresh.lua")),
+            same_server: Lua::new(include_str!("../../lua/same_server.lua")),
         }
     }
 }

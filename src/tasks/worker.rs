@@ -12,7 +12,7 @@ use tokio::{
 
 use super::{drainer::Drainer, flusher::Flusher, orphans, stream};
 use crate::{
-    domain::{CampaignId, Mode},
+    domain::{Campaign, CampaignId, Mode},
     modes::redis_common::RedisCommon,
     storage::pg,
 };
@@ -23,6 +23,11 @@ pub const DISCOVERY_INTERVAL: Duration = Duration::from_millis(250);
 /// How often the worker pushes open-ended campaigns' key expiry forward
 /// (each push happens only once less than half the lifetime is left).
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How often the worker asks Redis whether each campaign's state was loaded
+/// by the server now holding it (a restart or failover may have lost its
+/// last writes; see lua/same_server.lua). One short script per campaign.
+pub const SERVER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs until `shutdown` turns true, then waits for its tasks to stop.
 pub async fn run(
@@ -38,7 +43,10 @@ pub async fn run(
         crate::domain::generate_code()
     );
     let mut tasks: HashMap<CampaignId, JoinHandle<()>> = HashMap::new();
+    // The live campaigns this worker has loaded (their keys do not change).
+    let mut known: HashMap<CampaignId, Campaign> = HashMap::new();
     let mut next_refresh = tokio::time::Instant::now();
+    let mut next_server_check = tokio::time::Instant::now();
     while !*shutdown.borrow() {
         tasks.retain(|_, h| !h.is_finished());
         match pg::live_campaigns(&db, &[Mode::RedisLua, Mode::RedisQueue, Mode::Gate]).await {
@@ -47,11 +55,23 @@ pub async fn run(
                     next_refresh = tokio::time::Instant::now() + REFRESH_INTERVAL;
                     refresh_lifetimes(&common, &ids).await;
                 }
+                known.retain(|id, _| ids.contains(id));
+                for id in &ids {
+                    if !known.contains_key(id) {
+                        if let Ok(Some(c)) = pg::load_campaign(&db, *id).await {
+                            known.insert(*id, c);
+                        }
+                    }
+                }
+                if tokio::time::Instant::now() >= next_server_check {
+                    next_server_check = tokio::time::Instant::now() + SERVER_CHECK_INTERVAL;
+                    check_servers(&common, known.values()).await;
+                }
                 for id in ids {
                     if tasks.contains_key(&id) {
                         continue;
                     }
-                    let Ok(Some(c)) = pg::load_campaign(&db, id).await else {
+                    let Some(c) = known.get(&id).cloned() else {
                         continue;
                     };
                     let keys = common.keys(&c);
@@ -103,6 +123,24 @@ pub async fn run(
     }
     for (_, h) in tasks {
         let _ = h.await;
+    }
+}
+
+/// Drops every state the Redis server now holding it did not load, and
+/// rebuilds it at once rather than on the next claim.
+async fn check_servers<'a>(common: &RedisCommon, campaigns: impl Iterator<Item = &'a Campaign>) {
+    for c in campaigns {
+        match common.forget_if_server_changed(c).await {
+            Ok(true) => {
+                if let Err(e) = common.rebuild(c).await {
+                    tracing::info!(error = %e, campaign = %c.id, "rebuild after a server change deferred to the next claim");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, campaign = %c.id, "could not check the redis server")
+            }
+        }
     }
 }
 
