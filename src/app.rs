@@ -14,9 +14,11 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use crate::{
     config::{Role, ServeArgs},
     http::{self, AppState},
+    modes::redis_common::committer,
     modes::{redis_common::RedisCommon, Admissions},
+    storage::redis::stream::StreamConfig,
     storage::{pg, redis::RedisStore},
-    tasks::{committer, holds, reconcile, stream::StreamConfig, worker},
+    tasks::{holds, reconcile, worker},
 };
 
 /// A built, not yet running, service.

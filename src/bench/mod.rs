@@ -481,7 +481,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             match limits::pg_insert_grants(
                 &args.database_url,
                 conns,
-                crate::tasks::drainer::INSERT_CHUNK,
+                crate::modes::redis_queue::drainer::INSERT_CHUNK,
                 args.limit_secs,
             )
             .await

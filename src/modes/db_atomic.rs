@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use super::{db_common, Admission, AdmissionError, CancelOutcome};
 use crate::{
     domain::{Campaign, ClaimOutcome, Pool, UserId},
-    storage::pg::PgError,
+    storage::pg::{db_modes, PgError},
 };
 
 /// The conditional-update mode.
@@ -35,17 +35,11 @@ impl DbAtomic {
         if let Some(a) = db_common::lock_user(&mut tx, campaign, user).await? {
             return Ok(a);
         }
-        let won = sqlx::query(
-            "UPDATE pools SET granted = granted + 1 WHERE id = $1 AND granted < stock RETURNING id",
-        )
-        .bind(pool.id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .is_some();
-        let seq = db_common::next_seq(&mut tx).await?;
+        let won = db_modes::take_unit(&mut tx, pool.id).await?;
+        let seq = db_modes::next_seq(&mut tx).await?;
         let answer = if won {
             // The row lock taken by the UPDATE serialises slot allocation.
-            let slot = db_common::take_slot(&mut tx, pool.id).await?;
+            let slot = db_modes::take_slot(&mut tx, pool.id).await?;
             db_common::insert_grant(&mut tx, campaign, pool, user, slot, seq).await?
         } else {
             db_common::reject_sold_out(&mut tx, campaign, user, seq).await?

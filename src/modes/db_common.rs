@@ -2,36 +2,13 @@
 //! refusals, status and cancellation.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::{PgPool, Postgres, Transaction};
 
 use super::{AdmissionError, CancelOutcome};
 use crate::{
     domain::{generate_code, Campaign, ClaimOutcome, Pool, RejectReason, UserId},
-    storage::pg::{self, PgError},
+    storage::pg::{self, db_modes, PgError},
 };
-
-/// Takes the lowest released slot of the pool, else the next new one. The
-/// caller holds the pool row's lock, so nothing else allocates meanwhile.
-pub async fn take_slot(tx: &mut Transaction<'_, Postgres>, pool_id: i64) -> Result<i32, PgError> {
-    let reused = sqlx::query(
-        "DELETE FROM free_slots WHERE pool_id = $1
-           AND slot = (SELECT min(slot) FROM free_slots WHERE pool_id = $1)
-         RETURNING slot",
-    )
-    .bind(pool_id)
-    .fetch_optional(&mut **tx)
-    .await?;
-    if let Some(r) = reused {
-        return Ok(r.get(0));
-    }
-    let r = sqlx::query(
-        "UPDATE pools SET next_slot = next_slot + 1 WHERE id = $1 RETURNING next_slot - 1",
-    )
-    .bind(pool_id)
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(r.get(0))
-}
 
 /// Serialises the claims of one user in one campaign (advisory lock until
 /// the transaction ends), then returns the user's answer if a concurrent
@@ -42,26 +19,11 @@ pub async fn lock_user(
     campaign: &Campaign,
     user: &UserId,
 ) -> Result<Option<ClaimOutcome>, PgError> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-        .bind(USER_LOCK_CLASS)
-        .bind(format!("{}:{}", campaign.id, user.as_str()))
-        .execute(&mut **tx)
-        .await?;
+    db_modes::lock_user(tx, campaign.id, user).await?;
     if let Some(a) = pg::grant_answer(&mut **tx, campaign, user).await? {
         return Ok(Some(a));
     }
     pg::rejection_answer(&mut **tx, campaign.id, user).await
-}
-
-/// Advisory lock class of a user's claims (db-* modes).
-const USER_LOCK_CLASS: i32 = 1718;
-
-/// Draws an arrival number.
-pub async fn next_seq(tx: &mut Transaction<'_, Postgres>) -> Result<i64, PgError> {
-    Ok(sqlx::query("SELECT nextval('claim_seq')")
-        .fetch_one(&mut **tx)
-        .await?
-        .get(0))
 }
 
 /// Inserts the winner's grant; the caller updates the pool counter.
@@ -74,18 +36,18 @@ pub async fn insert_grant(
     seq: i64,
 ) -> Result<ClaimOutcome, PgError> {
     let code = generate_code();
-    sqlx::query(
-        "INSERT INTO grants (campaign_id, pool_id, user_id, slot, code, seq, confirm_by)
-         VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7::double precision))",
+    db_modes::insert_grant(
+        tx,
+        &db_modes::GrantInsert {
+            campaign: campaign.id,
+            pool_id: pool.id,
+            user,
+            slot,
+            code: &code,
+            seq,
+            confirm_within_secs: campaign.confirm_within_secs,
+        },
     )
-    .bind(campaign.id.0)
-    .bind(pool.id)
-    .bind(user.as_str())
-    .bind(slot)
-    .bind(&code)
-    .bind(seq)
-    .bind(campaign.confirm_within_secs.map(|s| s as f64))
-    .execute(&mut **tx)
     .await?;
     Ok(ClaimOutcome::Granted {
         user_id: user.clone(),
@@ -109,16 +71,7 @@ pub async fn reject_sold_out(
     if let Some(a) = pg::grant_answer(&mut **tx, campaign, user).await? {
         return Ok(a);
     }
-    sqlx::query(
-        "INSERT INTO rejections (campaign_id, user_id, reason, seq) VALUES ($1, $2, $3, $4)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(campaign.id.0)
-    .bind(user.as_str())
-    .bind(RejectReason::SoldOut.as_str())
-    .bind(seq)
-    .execute(&mut **tx)
-    .await?;
+    db_modes::insert_sold_out(tx, campaign.id, user, seq).await?;
     Ok(pg::rejection_answer(&mut **tx, campaign.id, user)
         .await?
         .unwrap_or(ClaimOutcome::Rejected {
@@ -177,17 +130,7 @@ pub async fn cancel(
 ) -> Result<CancelOutcome, AdmissionError> {
     let mut tx = db.begin().await.map_err(PgError::from)?;
     if let Some((pool_id, slot)) = pg::cancel_grant(&mut tx, campaign.id, user, now).await? {
-        sqlx::query("UPDATE pools SET granted = granted - 1 WHERE id = $1")
-            .bind(pool_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(PgError::from)?;
-        sqlx::query("INSERT INTO free_slots (pool_id, slot) VALUES ($1, $2)")
-            .bind(pool_id)
-            .bind(slot)
-            .execute(&mut *tx)
-            .await
-            .map_err(PgError::from)?;
+        db_modes::give_back(&mut tx, pool_id, slot).await?;
     }
     let answer = match pg::grant_answer(&mut *tx, campaign, user).await? {
         Some(a) => Some(a),

@@ -3,12 +3,12 @@
 //! grant. Correct and simple; every claim on a pool waits for that row.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 
 use super::{db_common, Admission, AdmissionError, CancelOutcome};
 use crate::{
     domain::{Campaign, ClaimOutcome, Pool, UserId},
-    storage::pg::PgError,
+    storage::pg::{db_modes, PgError},
 };
 
 /// The `SELECT ... FOR UPDATE` mode.
@@ -35,21 +35,14 @@ impl DbLock {
         if let Some(a) = db_common::lock_user(&mut tx, campaign, user).await? {
             return Ok(a);
         }
-        let row = sqlx::query("SELECT stock, granted FROM pools WHERE id = $1 FOR UPDATE")
-            .bind(pool.id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let (stock, granted): (i32, i32) = (row.get(0), row.get(1));
-        let seq = db_common::next_seq(&mut tx).await?;
+        let (stock, granted) = db_modes::lock_pool(&mut tx, pool.id).await?;
+        let seq = db_modes::next_seq(&mut tx).await?;
         let answer = if granted >= stock {
             db_common::reject_sold_out(&mut tx, campaign, user, seq).await?
         } else {
-            let slot = db_common::take_slot(&mut tx, pool.id).await?;
+            let slot = db_modes::take_slot(&mut tx, pool.id).await?;
             let a = db_common::insert_grant(&mut tx, campaign, pool, user, slot, seq).await?;
-            sqlx::query("UPDATE pools SET granted = granted + 1 WHERE id = $1")
-                .bind(pool.id)
-                .execute(&mut *tx)
-                .await?;
+            db_modes::count_grant(&mut tx, pool.id).await?;
             a
         };
         tx.commit().await?;

@@ -13,8 +13,8 @@ use sqlx::PgPool;
 
 use crate::{
     domain::{Campaign, ClaimOutcome, Mode, Pool, UserId},
+    modes::redis_common::committer::CommitterHandle,
     storage::{pg::PgError, redis::RedisStore, redis::RedisStoreError},
-    tasks::committer::CommitterHandle,
 };
 
 pub mod db_atomic;

@@ -1,12 +1,10 @@
-//! Background tasks, apart from the request handlers: the gate's group
-//! committer, and the worker that runs one flusher (redis-lua) or drainer
-//! (redis-queue) per live campaign.
+//! Background tasks that serve every mode, apart from the request handlers:
+//! the worker (runs each live campaign's mode tasks, keeps keys alive,
+//! checks the Redis server), the hold sweeper and the reconciler. A mode's
+//! own tasks (gate's orphan sweeper, redis-lua's flusher, redis-queue's
+//! drainer) live in its folder under `modes/`; nothing here matches on a
+//! mode.
 
-pub mod committer;
-pub mod drainer;
-pub mod flusher;
 pub mod holds;
-pub mod orphans;
 pub mod reconcile;
-pub mod stream;
 pub mod worker;

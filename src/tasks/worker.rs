@@ -10,7 +10,8 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::{drainer::Drainer, flusher::Flusher, orphans, stream};
+use crate::modes::{gate::orphans, redis_lua::flusher::Flusher, redis_queue::drainer::Drainer};
+use crate::storage::redis::stream;
 use crate::{
     domain::{Campaign, CampaignId, Mode},
     modes::redis_common::RedisCommon,

@@ -4,6 +4,8 @@
 //! `queued`). One drainer per campaign (a background task holding a lease)
 //! grants in arrival order, durably, and writes final answers back.
 
+pub mod drainer;
+
 use chrono::{DateTime, Utc};
 
 use super::{
@@ -12,7 +14,7 @@ use super::{
 };
 use crate::{
     domain::{Campaign, ClaimOutcome, Pool, UserId},
-    tasks::committer::CommitterHandle,
+    modes::redis_common::committer::CommitterHandle,
 };
 
 /// The queue-and-drain mode.

@@ -4,7 +4,7 @@
 
 use sqlx::PgPool;
 
-use super::stream::{Entry, Handler};
+use crate::storage::redis::stream::{Entry, Handler};
 use crate::{
     domain::Campaign,
     modes::redis_common::RedisCommon,
@@ -80,14 +80,7 @@ impl Handler for Flusher {
                         .await?
                         .len();
                     grants.clear();
-                    sqlx::query(
-                        "UPDATE grants SET state = 'cancelled', released_at = now()
-                         WHERE code = $1 AND state = 'active'",
-                    )
-                    .bind(e.get("c"))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(PgError::from)?;
+                    pg::cancel_by_code(&mut tx, e.get("c")).await?;
                 }
                 other => tracing::error!(entry = %e.id, op = other, "unknown outbox op"),
             }

@@ -4,6 +4,8 @@
 //! writes the outbox to PostgreSQL in batches. A `granted` answer is durable
 //! only after the flush: that window is this mode's documented exposure.
 
+pub mod flusher;
+
 use chrono::{DateTime, Utc};
 
 use super::{

@@ -7,6 +7,8 @@
 //! `Script::invoke_async` does that) after a restart, failover or
 //! `SCRIPT FLUSH`.
 
+pub mod stream;
+
 use std::{
     collections::HashMap,
     sync::{Arc, RwLock},
@@ -78,17 +80,17 @@ pub struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Self {
-            claim: Lua::new(include_str!("../../lua/claim.lua")),
-            promote: Lua::new(include_str!("../../lua/promote.lua")),
-            release: Lua::new(include_str!("../../lua/release.lua")),
-            cancel: Lua::new(include_str!("../../lua/cancel.lua")),
-            allocate: Lua::new(include_str!("../../lua/allocate.lua")),
-            init: Lua::new(include_str!("../../lua/init.lua")),
-            repair: Lua::new(include_str!("../../lua/repair.lua")),
-            replay: Lua::new(include_str!("../../lua/replay.lua")),
-            drop_stale: Lua::new(include_str!("../../lua/drop_stale.lua")),
-            refresh: Lua::new(include_str!("../../lua/refresh.lua")),
-            same_server: Lua::new(include_str!("../../lua/same_server.lua")),
+            claim: Lua::new(include_str!("../../../lua/claim.lua")),
+            promote: Lua::new(include_str!("../../../lua/promote.lua")),
+            release: Lua::new(include_str!("../../../lua/release.lua")),
+            cancel: Lua::new(include_str!("../../../lua/cancel.lua")),
+            allocate: Lua::new(include_str!("../../../lua/allocate.lua")),
+            init: Lua::new(include_str!("../../../lua/init.lua")),
+            repair: Lua::new(include_str!("../../../lua/repair.lua")),
+            replay: Lua::new(include_str!("../../../lua/replay.lua")),
+            drop_stale: Lua::new(include_str!("../../../lua/drop_stale.lua")),
+            refresh: Lua::new(include_str!("../../../lua/refresh.lua")),
+            same_server: Lua::new(include_str!("../../../lua/same_server.lua")),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use sqlx::PgPool;
 
-use super::stream::{Entry, Handler};
+use crate::storage::redis::stream::{Entry, Handler};
 use crate::{
     domain::{generate_code, Campaign, UserId},
     modes::redis_common::{RedisCommon, Release, Stored},

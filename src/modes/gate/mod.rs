@@ -6,6 +6,8 @@
 //! fails, PostgreSQL settles the reservation (granted if the row landed,
 //! else voided and its stock and slot given back) and the client gets 503.
 
+pub mod orphans;
+
 use chrono::{DateTime, Utc};
 
 use super::{
@@ -14,8 +16,8 @@ use super::{
 };
 use crate::{
     domain::{Campaign, ClaimOutcome, Pool, UserId},
+    modes::redis_common::committer::{CommitError, CommitterHandle, Promotion, Row, Verdict},
     storage::pg::{self, NewGrant},
-    tasks::committer::{CommitError, CommitterHandle, Promotion, Row, Verdict},
 };
 
 /// The reserve-then-group-commit mode.

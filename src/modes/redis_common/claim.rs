@@ -1,0 +1,229 @@
+//! The claim script's call and the answers it stores: a fresh decision, a
+//! repeat, a refusal made durable before it is told, an answer read back.
+
+use std::time::Duration;
+
+use super::{window_rejection, AdmissionError, RedisCommon, ScriptReply, Stored};
+use crate::{
+    domain::{generate_code, Campaign, ClaimOutcome, Pool, RejectReason, UserId},
+    modes::redis_common::committer::{
+        CommitError, CommitterHandle, Promotion, Row as CommitRow, Verdict,
+    },
+    storage::{
+        pg::{self, NewRejection},
+        redis::RedisStoreError,
+    },
+};
+
+/// How long a claim that finds the state missing waits for a rebuild.
+const REBUILD_WAIT: Duration = Duration::from_secs(1);
+
+fn second(r: &[String]) -> Result<&str, RedisStoreError> {
+    r.get(1)
+        .map(String::as_str)
+        .ok_or_else(|| RedisStoreError::Protocol(format!("short reply {r:?}")))
+}
+
+impl RedisCommon {
+    /// Runs the claim script for `user` on `pool`, rebuilding the state from
+    /// PostgreSQL first if Redis lost it.
+    pub async fn claim_script(
+        &self,
+        c: &Campaign,
+        pool: &Pool,
+        user: &UserId,
+        mode: &str,
+    ) -> Result<ScriptReply, AdmissionError> {
+        let k = self.keys(c);
+        let pk = &k.pools[pool.idx as usize];
+        let stream = if mode == "queue" { &k.queue } else { &k.outbox };
+        // The queue's drainer draws codes when it allocates slots.
+        let code = if mode == "queue" {
+            String::new()
+        } else {
+            generate_code()
+        };
+        let pidx = pool.idx.to_string();
+        let stock = pool.stock.to_string();
+        // A claim that finds the state missing rebuilds it, or waits a
+        // little for whoever is rebuilding it, before answering 503.
+        let deadline = tokio::time::Instant::now() + REBUILD_WAIT;
+        loop {
+            let r: Vec<String> = self
+                .redis
+                .eval(
+                    &self.redis.scripts().claim,
+                    &[
+                        &k.meta, &k.ans, &k.seq, &pk.left, &pk.hw, &pk.free, stream, &k.queued,
+                        &k.pending,
+                    ],
+                    &[user.as_str(), &pidx, &code, mode, &stock],
+                )
+                .await?;
+            let gen = || -> Result<i64, RedisStoreError> {
+                r.get(2)
+                    .and_then(|g| g.parse().ok())
+                    .ok_or_else(|| RedisStoreError::Protocol(format!("claim: {r:?}")))
+            };
+            match r.first().map(String::as_str) {
+                Some("noinit") => {
+                    match self.rebuild(c).await {
+                        Ok(()) => {}
+                        Err(AdmissionError::Rebuilding)
+                            if tokio::time::Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(AdmissionError::Rebuilding);
+                    }
+                    continue;
+                }
+                Some("dup") => return Ok(ScriptReply::Dup(Stored::parse(second(&r)?)?, gen()?)),
+                Some("new") => return Ok(ScriptReply::New(Stored::parse(second(&r)?)?, gen()?)),
+                Some("not_open") => return Ok(ScriptReply::Window(RejectReason::NotOpen)),
+                Some("closed") => return Ok(ScriptReply::Window(RejectReason::Closed)),
+                _ => return Err(RedisStoreError::Protocol(format!("claim: {r:?}")).into()),
+            }
+        }
+    }
+
+    /// A claim whose stored answer is final as the script gives it
+    /// (redis-lua): nothing waits on PostgreSQL.
+    pub async fn claim_as_stored(
+        &self,
+        c: &Campaign,
+        pool: &Pool,
+        user: &UserId,
+        mode: &str,
+    ) -> Result<ClaimOutcome, AdmissionError> {
+        match self.claim_script(c, pool, user, mode).await? {
+            ScriptReply::Window(reason) => Ok(window_rejection(user, reason)),
+            ScriptReply::New(s, _) | ScriptReply::Dup(s, _) => Ok(s.outcome(c, user)?),
+        }
+    }
+
+    /// Makes a fresh refusal (`X`) durable through the group committer,
+    /// then answers it (gate, redis-queue).
+    pub async fn commit_refusal(
+        &self,
+        committer: &CommitterHandle,
+        c: &Campaign,
+        user: &UserId,
+        seq: i64,
+        gen: i64,
+    ) -> Result<ClaimOutcome, AdmissionError> {
+        let x = Stored::Refusing { seq };
+        let r = Stored::Rejected { seq };
+        let row = CommitRow::Refusal(NewRejection {
+            campaign_id: c.id.0,
+            user_id: user.as_str().to_string(),
+            seq,
+        });
+        let promotion = Promotion {
+            keys: self.keys(c),
+            from: x.encode(),
+            to: r.encode(),
+        };
+        match committer.commit(row, gen, Some(promotion)).await {
+            Ok(Verdict::Stored) => Ok(r.outcome(c, user)?),
+            Ok(Verdict::Refused) => self.adopt_durable(c, user, &x).await,
+            Ok(Verdict::Stale) => {
+                self.drop_stale(c, gen).await?;
+                Err(AdmissionError::Rebuilding)
+            }
+            // Nothing to give back: the refusal stays `X` and the next read
+            // makes it durable.
+            Err(CommitError::Database(e)) => Err(AdmissionError::Database(e)),
+            Err(CommitError::Closed) => Err(AdmissionError::Pending),
+        }
+    }
+
+    /// [`Self::commit_refusal`] in its own task, like a grant's commit: a
+    /// client hanging up must not leave the refusal waiting for a read.
+    pub async fn commit_refusal_detached(
+        &self,
+        committer: &CommitterHandle,
+        c: &Campaign,
+        user: &UserId,
+        seq: i64,
+        gen: i64,
+    ) -> Result<ClaimOutcome, AdmissionError> {
+        let (common, committer) = (self.clone(), committer.clone());
+        let (c, u) = (c.clone(), user.clone());
+        tokio::spawn(async move { common.commit_refusal(&committer, &c, &u, seq, gen).await })
+            .await
+            .map_err(|_| AdmissionError::Pending)?
+    }
+
+    /// A refusal PostgreSQL did not take because it already holds the user's
+    /// final answer (a refusal made earlier, or a grant): that answer
+    /// replaces the pending one, and is the answer.
+    pub(super) async fn adopt_durable(
+        &self,
+        c: &Campaign,
+        user: &UserId,
+        pending: &Stored,
+    ) -> Result<ClaimOutcome, AdmissionError> {
+        let Some(d) = pg::durable_answer(&self.db, c, user).await? else {
+            return Err(AdmissionError::Pending);
+        };
+        let s = Stored::from_outcome(c, &d)?;
+        self.promote(
+            c,
+            &[(user.as_str().to_string(), pending.encode(), s.encode())],
+            false,
+        )
+        .await?;
+        Ok(d)
+    }
+
+    /// The user's stored answer, `Ok(None)` when the user never claimed.
+    /// When Redis has no state for the campaign, PostgreSQL answers.
+    pub async fn stored(
+        &self,
+        c: &Campaign,
+        user: &UserId,
+    ) -> Result<Option<Stored>, AdmissionError> {
+        Ok(self.stored_gen(c, user).await?.map(|(s, _)| s))
+    }
+
+    /// The user's stored answer and the generation of the state holding it
+    /// (`None` when PostgreSQL answered because Redis has no state).
+    pub async fn stored_gen(
+        &self,
+        c: &Campaign,
+        user: &UserId,
+    ) -> Result<Option<(Stored, Option<i64>)>, AdmissionError> {
+        let k = self.keys(c);
+        let u = user.as_str().to_string();
+        // The generation first: an answer read after it belongs to that
+        // state or a newer one, never an older one.
+        let (gen, ans): (Option<i64>, Option<String>) = self
+            .redis
+            .run(|mut conn| async move {
+                redis::pipe()
+                    .hget(&k.meta, "gen")
+                    .hget(&k.ans, &u)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        if let Some(g) = gen {
+            return ans
+                .map(|a| Stored::parse(&a).map(|s| (s, Some(g))))
+                .transpose()
+                .map_err(Into::into);
+        }
+        let durable = match pg::grant_answer(&self.db, c, user).await? {
+            Some(a) => Some(a),
+            None => pg::rejection_answer(&self.db, c.id, user).await?,
+        };
+        Ok(durable
+            .map(|o| Stored::from_outcome(c, &o))
+            .transpose()?
+            .map(|s| (s, None)))
+    }
+}

@@ -1,0 +1,149 @@
+//! What the three Redis modes share: answers as Redis stores them, the claim
+//! script call, rebuilding a campaign's state from PostgreSQL, and the
+//! durable cancellation used by `gate` and `redis-queue`.
+
+mod answer;
+mod cancel;
+mod claim;
+pub mod committer;
+mod settle;
+mod state;
+
+pub use answer::{pool_index, Stored};
+pub use state::Truth;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use super::{AdmissionError, CancelOutcome};
+use crate::{
+    domain::{Campaign, ClaimOutcome, RejectReason, UserId},
+    storage::redis::{CampaignKeys, RedisStore},
+};
+
+/// How a compensating release leaves the pool (`release.lua`).
+#[derive(Debug, Clone, Default)]
+pub struct Release<'a> {
+    /// The user's answer afterwards; `None` deletes it (the user may claim
+    /// again).
+    pub replacement: Option<&'a Stored>,
+    /// The reservation's slot to free, when PostgreSQL holds it for no one.
+    pub free_slot: Option<i32>,
+    /// Whether the reservation's unit of stock goes back to the door.
+    pub give_back: bool,
+    /// A slot PostgreSQL says is held (by the replacement), to mark taken.
+    pub mark_taken: Option<i32>,
+    /// Change of the queued counter.
+    pub queued_delta: i64,
+}
+
+impl Release<'_> {
+    /// A reservation that never became durable: its stock and slot go back.
+    pub fn back(slot: Option<i32>) -> Self {
+        Release {
+            free_slot: slot,
+            give_back: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// The answer to a claim outside the campaign's window (never remembered).
+pub fn window_rejection(user: &UserId, reason: RejectReason) -> ClaimOutcome {
+    ClaimOutcome::Rejected {
+        user_id: user.clone(),
+        reason,
+        seq: None,
+    }
+}
+
+/// What the claim script decided; the number is the generation of the
+/// state that decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScriptReply {
+    /// A fresh decision.
+    New(Stored, i64),
+    /// The user had already claimed: the first answer.
+    Dup(Stored, i64),
+    /// Outside the window.
+    Window(RejectReason),
+}
+
+/// Shared state of the Redis modes.
+#[derive(Clone)]
+pub struct RedisCommon {
+    /// Source of truth.
+    pub db: PgPool,
+    /// Redis.
+    pub redis: RedisStore,
+    /// How long a repeated claim waits for a pending reservation to settle.
+    pub pending_wait: Duration,
+    /// Age (Redis clock, ms) after which a pending reservation whose request
+    /// never answered is settled from PostgreSQL.
+    pub orphan_after_ms: i64,
+}
+
+/// Spread of key expiry across campaigns, so that campaigns closing at the
+/// same time do not all expire at once (seed 004's stampede).
+pub const EXPIRY_JITTER_SECS: i64 = 600;
+
+/// A reservation older than this (by Redis' clock) whose request never
+/// answered is settled from PostgreSQL: granted if its row is there, else
+/// voided and released ([`pg::void_reservation`] makes sure its commit can
+/// no longer land, so this bound is about liveness, not safety). Above the
+/// usual longest commit: the pool's acquire timeout (3 s) plus the
+/// statement timeout ([`crate::storage::pg::STATEMENT_TIMEOUT_MS`]).
+pub const ORPHAN_PENDING_MS: i64 = 20_000;
+
+impl RedisCommon {
+    /// Shared state over the connections.
+    pub fn new(db: PgPool, redis: RedisStore, pending_wait: Duration) -> Self {
+        Self {
+            db,
+            redis,
+            pending_wait,
+            orphan_after_ms: ORPHAN_PENDING_MS,
+        }
+    }
+
+    /// Settles orphaned reservations after `d` instead.
+    pub fn with_orphan_after(mut self, d: Duration) -> Self {
+        self.orphan_after_ms = d.as_millis() as i64;
+        self
+    }
+
+    /// The campaign's key names.
+    pub fn keys(&self, c: &Campaign) -> std::sync::Arc<CampaignKeys> {
+        self.redis.keys(c.id, c.pools.len())
+    }
+
+    /// When the campaign's keys expire, jitter included (ms since epoch).
+    /// Deterministic per closed campaign, so a rebuild sets the same
+    /// instant; an open-ended campaign's slides from `now`.
+    pub fn expire_at_ms(c: &Campaign, now: DateTime<Utc>) -> i64 {
+        let jitter = (c.id.0.wrapping_mul(7919)).rem_euclid(EXPIRY_JITTER_SECS);
+        let end = c.keys_expire_at().unwrap_or_else(|| {
+            now + chrono::Duration::seconds(crate::domain::OPEN_ENDED_KEY_LIFETIME_SECS)
+        });
+        (end + chrono::Duration::seconds(jitter)).timestamp_millis()
+    }
+
+    /// Whether the campaign's keys are past their life: Redis no longer
+    /// serves it and answers come from PostgreSQL. Never for an open-ended
+    /// campaign.
+    pub fn keys_expired(c: &Campaign, now: DateTime<Utc>) -> bool {
+        c.closes_at.is_some() && Self::expire_at_ms(c, now) <= now.timestamp_millis()
+    }
+
+    /// Redis' clock (ms since epoch): reservations carry it, so their age
+    /// is measured on it too (an app host's clock may be skewed).
+    pub async fn redis_now_ms(&self) -> Result<i64, AdmissionError> {
+        let (s, us): (i64, i64) = self
+            .redis
+            .run(|mut c| async move { redis::cmd("TIME").query_async(&mut c).await })
+            .await?;
+        Ok(s * 1000 + us / 1000)
+    }
+}

@@ -1,0 +1,225 @@
+//! Settling gate reservations: waiting for a pending answer, resolving an
+//! orphan or an undurable refusal from PostgreSQL, promoting answers, and
+//! the compensating release.
+
+use std::time::Duration;
+
+use super::{AdmissionError, RedisCommon, Release, Stored};
+use crate::{
+    domain::{Campaign, ClaimOutcome, UserId},
+    storage::{
+        pg::{self, NewGrant, NewRejection},
+        redis::RedisStoreError,
+    },
+};
+
+impl RedisCommon {
+    /// The stored answer as the client sees it, once durable: a pending
+    /// reservation or refusal is settled first (gate, redis-queue).
+    pub async fn status_settled(
+        &self,
+        c: &Campaign,
+        user: &UserId,
+    ) -> Result<Option<ClaimOutcome>, AdmissionError> {
+        match self.stored_gen(c, user).await? {
+            None => Ok(None),
+            Some((s, gen)) => self.settle(c, user, s, gen).await.map(Some),
+        }
+    }
+
+    /// Waits (bounded by `pending_wait`) for a gate reservation to settle,
+    /// then answers; a refusal not yet durable is made durable now (it is
+    /// idempotent). A reservation orphaned by a dead request is settled
+    /// from PostgreSQL.
+    pub async fn settle(
+        &self,
+        c: &Campaign,
+        user: &UserId,
+        mut s: Stored,
+        mut gen: Option<i64>,
+    ) -> Result<ClaimOutcome, AdmissionError> {
+        let deadline = tokio::time::Instant::now() + self.pending_wait;
+        let mut pause = Duration::from_millis(1);
+        // Ages are measured on Redis' clock, read once.
+        let mut clock: Option<(i64, tokio::time::Instant)> = None;
+        loop {
+            match &s {
+                Stored::Refusing { seq } => {
+                    let g = gen.ok_or(AdmissionError::Rebuilding)?;
+                    return self.resolve_refusal(c, user, *seq, g).await;
+                }
+                Stored::Pending { at_ms, .. } => {
+                    let (r0, t0) = match clock {
+                        Some(x) => x,
+                        None => {
+                            *clock.insert((self.redis_now_ms().await?, tokio::time::Instant::now()))
+                        }
+                    };
+                    let now_ms = r0 + t0.elapsed().as_millis() as i64;
+                    if now_ms - at_ms > self.orphan_after_ms {
+                        self.resolve_orphan(c, user, &s).await?;
+                    } else if tokio::time::Instant::now() >= deadline {
+                        return Err(AdmissionError::Pending);
+                    } else {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(50));
+                    }
+                }
+                _ => return Ok(s.outcome(c, user)?),
+            }
+            (s, gen) = match self.stored_gen(c, user).await? {
+                Some(x) => x,
+                // Released meanwhile (the write failed): the user may retry.
+                None => return Err(AdmissionError::Pending),
+            };
+        }
+    }
+
+    /// Makes a pending refusal durable (idempotent) and promotes it.
+    pub async fn resolve_refusal(
+        &self,
+        c: &Campaign,
+        user: &UserId,
+        seq: i64,
+        gen: i64,
+    ) -> Result<ClaimOutcome, AdmissionError> {
+        let row = NewRejection {
+            campaign_id: c.id.0,
+            user_id: user.as_str().to_string(),
+            seq,
+        };
+        let x = Stored::Refusing { seq };
+        let f = pg::insert_fenced(&self.db, &[], &[], std::slice::from_ref(&row), &[gen]).await?;
+        if f.refusals.is_empty() {
+            if pg::generation(&self.db, c.id).await? != gen {
+                self.drop_stale(c, gen).await?;
+                return Err(AdmissionError::Rebuilding);
+            }
+            return self.adopt_durable(c, user, &x).await;
+        }
+        let r = Stored::Rejected { seq };
+        self.promote(
+            c,
+            &[(user.as_str().to_string(), x.encode(), r.encode())],
+            false,
+        )
+        .await?;
+        Ok(r.outcome(c, user)?)
+    }
+
+    /// Settles a pending reservation whose request died or whose commit
+    /// failed: PostgreSQL decides, through [`pg::void_reservation`], so a
+    /// reservation is released only when its commit can no longer land.
+    pub async fn resolve_orphan(
+        &self,
+        c: &Campaign,
+        user: &UserId,
+        s: &Stored,
+    ) -> Result<(), AdmissionError> {
+        let Stored::Pending {
+            pidx,
+            slot,
+            code,
+            seq,
+            ..
+        } = s
+        else {
+            return Ok(());
+        };
+        let pool = c
+            .pool_at(*pidx)
+            .ok_or_else(|| RedisStoreError::Protocol(format!("unknown pool index {pidx}")))?;
+        let row = NewGrant {
+            campaign_id: c.id.0,
+            pool_id: pool.id,
+            user_id: user.as_str().to_string(),
+            slot: *slot,
+            code: code.clone(),
+            seq: *seq,
+        };
+        let g = Stored::Granted {
+            pidx: *pidx,
+            slot: *slot,
+            code: code.clone(),
+            seq: *seq,
+        };
+        match pg::void_reservation(&self.db, &row).await? {
+            pg::CodeFate::Voided | pg::CodeFate::Void => {
+                self.release(c, user, s, Release::back(Some(*slot))).await?;
+            }
+            pg::CodeFate::Active => {
+                let u = user.as_str().to_string();
+                self.promote(c, &[(u, s.encode(), g.encode())], false)
+                    .await?;
+            }
+            pg::CodeFate::Released => {
+                // Committed, then cancelled or expired while Redis still said
+                // pending: granted, then the release mirrored.
+                let u = user.as_str().to_string();
+                self.promote(c, &[(u, s.encode(), g.encode())], false)
+                    .await?;
+                self.cancel_script(c, user, *pidx, Some(code), false)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces answers still equal to the expected ones.
+    pub async fn promote(
+        &self,
+        c: &Campaign,
+        triples: &[(String, String, String)],
+        decrement_queued: bool,
+    ) -> Result<i64, AdmissionError> {
+        Ok(self
+            .redis
+            .promote(&self.keys(c), triples, decrement_queued)
+            .await?)
+    }
+
+    /// The compensating action on a reservation whose answer is still
+    /// `expected` (see [`Release`]).
+    pub async fn release(
+        &self,
+        c: &Campaign,
+        user: &UserId,
+        expected: &Stored,
+        r: Release<'_>,
+    ) -> Result<bool, AdmissionError> {
+        let pidx = match expected {
+            Stored::Pending { pidx, .. }
+            | Stored::Queued { pidx, .. }
+            | Stored::Granted { pidx, .. } => *pidx,
+            _ => return Ok(false),
+        };
+        let k = self.keys(c);
+        let pk = k
+            .pools
+            .get(pidx as usize)
+            .ok_or_else(|| RedisStoreError::Protocol(format!("unknown pool index {pidx}")))?;
+        let rep = r.replacement.map(Stored::encode).unwrap_or_default();
+        let slot = r.free_slot.map(|s| s.to_string()).unwrap_or_default();
+        let delta = r.queued_delta.to_string();
+        let taken = r.mark_taken.map(|s| s.to_string()).unwrap_or_default();
+        let n: i64 = self
+            .redis
+            .eval(
+                &self.redis.scripts().release,
+                &[
+                    &k.meta, &k.ans, &pk.left, &pk.free, &k.queued, &k.pending, &pk.hw,
+                ],
+                &[
+                    user.as_str(),
+                    &expected.encode(),
+                    &rep,
+                    &slot,
+                    &delta,
+                    if r.give_back { "1" } else { "0" },
+                    &taken,
+                ],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+}

@@ -1,0 +1,354 @@
+//! A campaign's Redis state as a whole: loading it at creation, rebuilding
+//! it from PostgreSQL (under a lock, in a new generation), dropping a stale
+//! one or one another server loaded, keeping open-ended keys alive, and the
+//! counters.
+
+use chrono::Utc;
+
+use super::{AdmissionError, RedisCommon, Stored};
+use crate::{
+    domain::{generate_code, Campaign},
+    storage::{
+        pg::{self},
+        redis::{CampaignKeys, InitState, PoolState, RedisStoreError},
+    },
+};
+
+/// Entries a redis-lua rebuild should let the flusher write first: those of
+/// an outbox that has its consumer group (a flusher can read it) and whose
+/// oldest entry is younger than ARGV[1] ms (the flusher is making
+/// progress). Otherwise 0: an outbox nobody can or does flush must not
+/// hold the campaign's claims hostage; its entries, of the replaced state's
+/// generation, are then dropped by the flusher and counted as exposure.
+const OUTBOX_TO_FLUSH: &str = "
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if not ok then return 0 end
+local has = false
+for _, g in ipairs(groups) do
+  for i = 1, #g, 2 do
+    if g[i] == 'name' and g[i + 1] == 'g' then has = true end
+  end
+end
+if not has then return 0 end
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+if not first then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ms = tonumber(string.match(first[1], '^(%d+)'))
+if now - ms > tonumber(ARGV[1]) then return 0 end
+return redis.call('XLEN', KEYS[1])
+";
+
+/// How long a redis-lua rebuild waits for a surviving outbox to flush.
+const OUTBOX_WAIT_MS: i64 = 10_000;
+
+/// How long a rebuild may hold the campaign's rebuild lock: above the
+/// longest wait for the generation lock (the statement timeout) plus the
+/// reads and the load.
+const REBUILD_LOCK_MS: u64 = 60_000;
+
+/// A campaign's state as PostgreSQL has it.
+#[derive(Debug, Clone, Default)]
+pub struct Truth {
+    /// Each user's latest grant as a stored answer (granted or cancelled).
+    pub answers: Vec<(String, Stored)>,
+    /// Active slots per pool index, sorted.
+    pub active: Vec<Vec<i32>>,
+    /// Highest arrival number seen.
+    pub max_seq: i64,
+}
+
+impl RedisCommon {
+    /// Forgets the campaign's Redis state if it is still of generation
+    /// `gen`, which PostgreSQL has moved past: the next claim rebuilds.
+    pub async fn drop_stale(&self, c: &Campaign, gen: i64) -> Result<(), AdmissionError> {
+        let k = self.keys(c);
+        let n: i64 = self
+            .redis
+            .eval(
+                &self.redis.scripts().drop_stale,
+                &[&k.meta],
+                &[&gen.to_string()],
+            )
+            .await?;
+        if n == 1 {
+            tracing::warn!(campaign = %c.id, gen, "dropped a redis state older than postgres' generation");
+        }
+        Ok(())
+    }
+
+    /// Drops the campaign's state if the Redis server now holding it did
+    /// not load it (a restart or failover may have lost its last writes);
+    /// `true` when it did. The caller rebuilds.
+    pub async fn forget_if_server_changed(&self, c: &Campaign) -> Result<bool, AdmissionError> {
+        let k = self.keys(c);
+        let n: i64 = self
+            .redis
+            .eval(&self.redis.scripts().same_server, &[&k.meta], &[])
+            .await?;
+        if n == 1 {
+            metrics::counter!("firstcome_redis_server_changes_total").increment(1);
+            tracing::warn!(campaign = %c.id, "redis state loaded by another server (restart or failover): dropped, rebuilding from postgres");
+        }
+        Ok(n == 1)
+    }
+
+    /// Loads an empty state for a new campaign.
+    pub async fn init_new(&self, c: &Campaign) -> Result<(), AdmissionError> {
+        self.rebuild(c).await
+    }
+
+    /// Rebuilds the campaign's Redis state from PostgreSQL, the source of
+    /// truth (seed 004's scheduler, done on demand). Exclusive: a lock keeps
+    /// concurrent rebuilders apart, and `init.lua` refuses to overwrite a
+    /// state that is present. A new generation starts before the truth is
+    /// read (see [`pg::bump_generation`]). A campaign past its keys' life
+    /// is not loaded (PostgreSQL answers for it).
+    pub async fn rebuild(&self, c: &Campaign) -> Result<(), AdmissionError> {
+        if Self::keys_expired(c, Utc::now()) {
+            return Ok(());
+        }
+        let k = self.keys(c);
+        let lock = k.rebuild_lock.clone();
+        // A token of our own: a rebuilder whose lock expired must not
+        // release a successor's.
+        let token = generate_code();
+        let t = token.clone();
+        let got: Option<String> = self
+            .redis
+            .run(|mut conn| async move {
+                redis::cmd("SET")
+                    .arg(&lock)
+                    .arg(&t)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(REBUILD_LOCK_MS)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        if got.is_none() {
+            return Err(AdmissionError::Rebuilding);
+        }
+        let result = self.rebuild_locked(c, &k).await;
+        let lock = k.rebuild_lock.clone();
+        let _ = self
+            .redis
+            .run(|mut conn| async move {
+                redis::Script::new(
+                    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+                )
+                .key(&lock)
+                .arg(&token)
+                .invoke_async::<i64>(&mut conn)
+                .await
+            })
+            .await;
+        if result.is_ok() {
+            metrics::counter!("firstcome_redis_rebuilds_total").increment(1);
+        }
+        result
+    }
+
+    /// What PostgreSQL says Redis should hold: every user's latest grant
+    /// or refusal as an answer, the active slots per pool (sorted), the
+    /// highest seq.
+    pub async fn truth(&self, c: &Campaign) -> Result<Truth, AdmissionError> {
+        let rows = pg::latest_grants(&self.db, c.id).await?;
+        let refusals = pg::refusals(&self.db, c.id).await?;
+        let mut t = Truth {
+            answers: Vec::with_capacity(rows.len() + refusals.len()),
+            active: vec![Vec::new(); c.pools.len()],
+            max_seq: 0,
+        };
+        let mut granted = std::collections::HashSet::with_capacity(rows.len());
+        for pg::LatestGrant {
+            user_id: user,
+            pool_id,
+            slot,
+            code,
+            seq,
+            active,
+        } in rows
+        {
+            let Some(pidx) = c.pools.iter().position(|p| p.id == pool_id) else {
+                continue;
+            };
+            t.max_seq = t.max_seq.max(seq);
+            let s = if active {
+                t.active[pidx].push(slot);
+                Stored::Granted {
+                    pidx: pidx as i32,
+                    slot,
+                    code,
+                    seq,
+                }
+            } else {
+                Stored::Cancelled {
+                    pidx: pidx as i32,
+                    slot,
+                    code,
+                    seq,
+                }
+            };
+            granted.insert(user.clone());
+            t.answers.push((user, s));
+        }
+        for (user, seq) in refusals {
+            t.max_seq = t.max_seq.max(seq);
+            if !granted.contains(&user) {
+                t.answers.push((user, Stored::Rejected { seq }));
+            }
+        }
+        for a in &mut t.active {
+            a.sort_unstable();
+        }
+        Ok(t)
+    }
+
+    async fn rebuild_locked(&self, c: &Campaign, k: &CampaignKeys) -> Result<(), AdmissionError> {
+        // Only rebuilders (holding the lock) load a state: if one is there,
+        // a racing rebuilder loaded it, and a new generation would only
+        // fence off its live writes.
+        let meta = k.meta.clone();
+        let present: bool =
+            self.redis
+                .run(|mut conn| async move {
+                    redis::cmd("EXISTS").arg(&meta).query_async(&mut conn).await
+                })
+                .await?;
+        if present {
+            return Ok(());
+        }
+        // redis-lua: an outbox that outlived its state (only meta lost)
+        // holds answers already told; the flusher needs no meta, so it
+        // writes them first, and the rebuild then reads them.
+        if c.mode == crate::domain::Mode::RedisLua {
+            let outbox = k.outbox.clone();
+            let waiting: i64 = self
+                .redis
+                .run(|mut conn| async move {
+                    redis::Script::new(OUTBOX_TO_FLUSH)
+                        .key(&outbox)
+                        .arg(OUTBOX_WAIT_MS)
+                        .invoke_async(&mut conn)
+                        .await
+                })
+                .await?;
+            if waiting > 0 {
+                return Err(AdmissionError::Rebuilding);
+            }
+        }
+        let gen = pg::bump_generation(&self.db, c.id).await?;
+        let Truth {
+            answers,
+            mut active,
+            max_seq,
+        } = self.truth(c).await?;
+        let st = InitState {
+            expire_at_ms: Self::expire_at_ms(c, Utc::now()),
+            opens_ms: c.opens_at.map(|t| t.timestamp_millis()),
+            closes_ms: c.closes_at.map(|t| t.timestamp_millis()),
+            mode: c.mode.as_str().to_string(),
+            seq: max_seq,
+            queued: 0,
+            gen,
+            pools: c
+                .pools
+                .iter()
+                .zip(active.iter_mut())
+                .map(|(pool, slots)| {
+                    let hw = slots.last().copied().unwrap_or(0);
+                    PoolState {
+                        left: (pool.stock as i64 - slots.len() as i64).max(0),
+                        hw,
+                        free: (1..=hw)
+                            .filter(|s| slots.binary_search(s).is_err())
+                            .collect(),
+                    }
+                })
+                .collect(),
+            answers: answers.into_iter().map(|(u, a)| (u, a.encode())).collect(),
+        };
+        self.redis.init_state(k, &st).await?;
+        // A rebuilder paused past its lock may have loaded an older
+        // generation than PostgreSQL's: drop it, the next claim rebuilds.
+        if pg::generation(&self.db, c.id).await? != gen {
+            self.drop_stale(c, gen).await?;
+            return Err(AdmissionError::Rebuilding);
+        }
+        Ok(())
+    }
+
+    /// Creates the consumer group of `stream` if it has none (the stream is
+    /// created too, empty, if missing).
+    pub async fn ensure_group(&self, stream: &str) -> Result<(), AdmissionError> {
+        let s = stream.to_string();
+        let r: Result<(), RedisStoreError> = self
+            .redis
+            .run(|mut conn| async move {
+                redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(&s)
+                    .arg(crate::storage::redis::GROUP)
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await;
+        match r {
+            Err(e) if e.to_string().contains("BUSYGROUP") => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
+    /// Pushes an open-ended campaign's key expiry forward when less than
+    /// half its lifetime is left; `true` when it did.
+    pub async fn refresh_lifetime(&self, c: &Campaign) -> Result<bool, AdmissionError> {
+        if c.closes_at.is_some() {
+            return Ok(false);
+        }
+        let now = Utc::now();
+        let k = self.keys(c);
+        let half = chrono::Duration::seconds(crate::domain::OPEN_ENDED_KEY_LIFETIME_SECS / 2);
+        let n: i64 = self
+            .redis
+            .eval(
+                &self.redis.scripts().refresh,
+                &k.all(),
+                &[
+                    &Self::expire_at_ms(c, now).to_string(),
+                    &(now + half).timestamp_millis().to_string(),
+                ],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Stock left at the door per pool, and the queued count.
+    pub async fn counters(&self, c: &Campaign) -> Result<Option<(Vec<i64>, i64)>, AdmissionError> {
+        let k = self.keys(c);
+        let (exists, left, queued): (bool, Vec<Option<i64>>, Option<i64>) = self
+            .redis
+            .run(|mut conn| async move {
+                let lefts: Vec<&String> = k.pools.iter().map(|p| &p.left).collect();
+                redis::pipe()
+                    .exists(&k.meta)
+                    .cmd("MGET")
+                    .arg(lefts)
+                    .get(&k.queued)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        if !exists {
+            return Ok(None);
+        }
+        Ok(Some((
+            left.into_iter().map(|x| x.unwrap_or(0)).collect(),
+            queued.unwrap_or(0),
+        )))
+    }
+}

@@ -1,0 +1,131 @@
+//! Campaigns and pools: creation, loading, the live list, active counts.
+
+use sqlx::{PgPool, Row};
+
+use super::PgError;
+use crate::domain::{Campaign, CampaignId, Mode, NewCampaign, Pool, PoolName};
+
+/// Inserts a campaign and its pools in one transaction.
+pub async fn create_campaign(db: &PgPool, new: &NewCampaign) -> Result<Campaign, PgError> {
+    let mut tx = db.begin().await?;
+    let row = sqlx::query(
+        "INSERT INTO campaigns (name, mode, per_user_limit, opens_at, closes_at, hold_secs, confirm_within_secs)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+    )
+    .bind(&new.name)
+    .bind(new.mode.as_str())
+    .bind(new.per_user_limit)
+    .bind(new.opens_at)
+    .bind(new.closes_at)
+    .bind(new.hold_secs)
+    .bind(new.confirm_within_secs)
+    .fetch_one(&mut *tx)
+    .await?;
+    let id: i64 = row.get(0);
+    let names: Vec<String> = new.pools.iter().map(|p| p.name.as_str().into()).collect();
+    let stocks: Vec<i32> = new.pools.iter().map(|p| p.stock).collect();
+    let idxs: Vec<i32> = (0..new.pools.len() as i32).collect();
+    sqlx::query(
+        "INSERT INTO pools (campaign_id, idx, name, stock)
+         SELECT $1, * FROM UNNEST($2::int[], $3::text[], $4::int[])",
+    )
+    .bind(id)
+    .bind(&idxs)
+    .bind(&names)
+    .bind(&stocks)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    load_campaign(db, CampaignId(id))
+        .await?
+        .ok_or_else(|| PgError::Corrupt("campaign vanished after insert".into()))
+}
+
+/// Loads a campaign with its pools; `None` when it does not exist.
+pub async fn load_campaign(db: &PgPool, id: CampaignId) -> Result<Option<Campaign>, PgError> {
+    let Some(row) = sqlx::query(
+        "SELECT id, name, mode, per_user_limit, opens_at, closes_at, hold_secs, created_at, confirm_within_secs
+         FROM campaigns WHERE id = $1",
+    )
+    .bind(id.0)
+    .fetch_optional(db)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let pools =
+        sqlx::query("SELECT id, idx, name, stock FROM pools WHERE campaign_id = $1 ORDER BY idx")
+            .bind(id.0)
+            .fetch_all(db)
+            .await?
+            .into_iter()
+            .map(|r| {
+                Ok(Pool {
+                    id: r.get("id"),
+                    idx: r.get("idx"),
+                    name: PoolName::parse(r.get::<String, _>("name"))
+                        .map_err(|e| PgError::Corrupt(e.to_string()))?,
+                    stock: r.get("stock"),
+                })
+            })
+            .collect::<Result<Vec<_>, PgError>>()?;
+    let mode: String = row.get("mode");
+    Ok(Some(Campaign {
+        id,
+        name: row.get("name"),
+        mode: mode.parse().map_err(PgError::Corrupt)?,
+        per_user_limit: row.get("per_user_limit"),
+        opens_at: row.get("opens_at"),
+        closes_at: row.get("closes_at"),
+        hold_secs: row.get("hold_secs"),
+        created_at: row.get("created_at"),
+        confirm_within_secs: row.get("confirm_within_secs"),
+        pools,
+    }))
+}
+
+/// Campaigns of the given modes whose keys may still be live: the worker
+/// runs flushers and drainers for these.
+pub async fn live_campaigns(db: &PgPool, modes: &[Mode]) -> Result<Vec<CampaignId>, PgError> {
+    let modes: Vec<&str> = modes.iter().map(|m| m.as_str()).collect();
+    let rows = sqlx::query(
+        "SELECT id FROM campaigns
+         WHERE mode = ANY($1)
+           AND (closes_at IS NULL
+                OR closes_at + make_interval(secs => hold_secs)
+                   + make_interval(secs => $2) > now())
+         ORDER BY id",
+    )
+    .bind(&modes)
+    .bind(crate::domain::KEY_GRACE_SECS as f64)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| CampaignId(r.get(0))).collect())
+}
+
+/// Active grants per pool id.
+pub async fn active_counts(db: &PgPool, campaign: CampaignId) -> Result<Vec<(i64, i64)>, PgError> {
+    let rows = sqlx::query(
+        "SELECT pool_id, count(*) FROM grants
+         WHERE campaign_id = $1 AND state = 'active' GROUP BY pool_id",
+    )
+    .bind(campaign.0)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Active grants per pool id of a campaign.
+pub async fn active_per_pool(
+    db: &PgPool,
+    campaign: CampaignId,
+) -> Result<std::collections::HashMap<i64, i64>, PgError> {
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT pool_id, count(*) FROM grants
+         WHERE campaign_id = $1 AND state = 'active' GROUP BY pool_id",
+    )
+    .bind(campaign.0)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
