@@ -5,7 +5,7 @@
 -- KEYS[5] outbox (redis-lua only; the flusher applies the cancellation in
 -- stream order, after the grant it cancels)
 -- ARGV[1] user
--- ARGV[2] 'lua' to append to the outbox, else ''
+-- ARGV[2] 'write-behind' to append to the outbox (redis-lua), else ''
 -- ARGV[3] the code PostgreSQL cancelled, or '' to accept any
 -- ARGV[4] the pool index the caller took keys for
 -- Returns {'noinit'}, {'none'}, {'already', a}, {'not_granted', a},
@@ -40,7 +40,7 @@ local m = redis.call('HMGET', KEYS[1], 'exp', 'gen')
 if m[1] then
   redis.call('PEXPIREAT', KEYS[4], m[1])
 end
-if ARGV[2] == 'lua' then
+if ARGV[2] == 'write-behind' then
   redis.call('XADD', KEYS[5], '*', 'op', 'c', 'u', ARGV[1], 'c', code, 'g', m[2] or '0')
 end
 return {'cancelled', c}

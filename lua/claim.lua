@@ -7,12 +7,16 @@
 -- KEYS[4] left    stock still available at the door for this pool
 -- KEYS[5] hw      highest slot ever handed out in this pool
 -- KEYS[6] free    zset of released slots of this pool (score = slot)
--- KEYS[7] stream  outbox (redis-lua) or queue (redis-queue); unused by gate
+-- KEYS[7] stream  outbox (write-behind) or queue (enqueue); unused by reserve
 -- KEYS[8] queued  number of queued claims (redis-queue)
 -- KEYS[9] pending zset user -> reservation time (gate), so a worker can
 --         settle reservations whose API process died
 -- ARGV[1] user, ARGV[2] pool index, ARGV[3] fresh coupon code,
--- ARGV[4] mode: 'gate' | 'lua' | 'queue', ARGV[5] the pool's stock
+-- ARGV[4] how to decide (storage::redis::ScriptMode): 'reserve' (gate: a
+--         pending reservation, committed by the caller), 'write-behind'
+--         (redis-lua: granted now, the outbox carries it to PostgreSQL) or
+--         'enqueue' (redis-queue: an arrival number, the drainer allocates);
+-- ARGV[5] the pool's stock
 --
 -- Returns {'noinit'} when the campaign's state is not loaded (Redis lost it
 -- or it was never built), {'dup', answer, gen} for a repeated claim,
@@ -61,14 +65,14 @@ local seq = redis.call('INCR', KEYS[3])
 -- A slot beyond the stock is never handed out: if the counter says stock
 -- is left but every slot 1..stock is taken, the counter is wrong (drift);
 -- it is set to what the slots say, and the claim is refused.
-if left > 0 and mode ~= 'queue' and redis.call('ZCARD', KEYS[6]) == 0
+if left > 0 and mode ~= 'enqueue' and redis.call('ZCARD', KEYS[6]) == 0
   and tonumber(redis.call('GET', KEYS[5]) or '0') >= tonumber(ARGV[5]) then
   redis.call('SET', KEYS[4], '0', 'KEEPTTL')
   left = 0
 end
 if left <= 0 then
   local a
-  if mode == 'lua' then
+  if mode == 'write-behind' then
     a = 'R|sold_out|' .. seq
     redis.call('XADD', KEYS[7], '*', 'op', 'r', 'u', user, 's', seq, 'g', gen)
   else
@@ -79,7 +83,7 @@ if left <= 0 then
 end
 redis.call('DECR', KEYS[4])
 local pidx = ARGV[2]
-if mode == 'queue' then
+if mode == 'enqueue' then
   -- The drainer allocates the slot, in arrival order.
   local a = 'Q|' .. pidx .. '|' .. seq
   redis.call('HSET', KEYS[2], user, a)
@@ -96,7 +100,7 @@ else
 end
 local code = ARGV[3]
 local a
-if mode == 'gate' then
+if mode == 'reserve' then
   -- Pending until PostgreSQL commits; the time lets a sweeper resolve a
   -- reservation whose API process died before answering.
   a = 'P|' .. pidx .. '|' .. slot .. '|' .. code .. '|' .. seq .. '|' .. now

@@ -15,7 +15,7 @@ use crate::{
     config::{Role, ServeArgs},
     http::{self, AppState},
     modes::redis_common::committer,
-    modes::{redis_common::RedisCommon, Admissions},
+    modes::{redis_common::RedisCommon, Admissions, Deps},
     storage::redis::stream::StreamConfig,
     storage::{pg, redis::RedisStore},
     tasks::{holds, reconcile, worker},
@@ -70,13 +70,17 @@ impl Application {
                 linger: Duration::from_micros(args.commit_linger_us),
             },
         );
-        let admissions = Admissions::new(
+        let common = RedisCommon::new(
             db.clone(),
             redis.clone(),
-            committer,
             Duration::from_millis(args.pending_wait_ms),
         )
         .with_orphan_after(Duration::from_millis(args.orphan_after_ms));
+        let admissions = Arc::new(Admissions::new(&Deps {
+            db: db.clone(),
+            common: common.clone(),
+            committer,
+        }));
         let admin_token: Arc<str> = match args.admin_token.as_deref() {
             Some(t) if !t.is_empty() => t.into(),
             _ => {
@@ -96,15 +100,8 @@ impl Application {
         let worker_wakeup = Arc::new(tokio::sync::Notify::new());
         let mut worker = Vec::new();
         if matches!(args.role, Role::Worker | Role::All) {
-            let common = RedisCommon::new(
-                db.clone(),
-                redis.clone(),
-                Duration::from_millis(args.pending_wait_ms),
-            )
-            .with_orphan_after(Duration::from_millis(args.orphan_after_ms));
             worker.push(tokio::spawn(worker::run(
-                common.clone(),
-                db.clone(),
+                admissions.clone(),
                 StreamConfig {
                     batch: args.stream_batch.max(1),
                     ..StreamConfig::default()
@@ -128,7 +125,7 @@ impl Application {
         let state = AppState {
             db,
             redis,
-            admissions: Arc::new(admissions),
+            admissions,
             admin_token,
             campaigns: Arc::new(RwLock::new(HashMap::new())),
             sse_max: Duration::from_secs(args.sse_max_secs),

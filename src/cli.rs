@@ -160,9 +160,7 @@ async fn reconcile_cmd(args: ReconcileArgs) -> anyhow::Result<()> {
     let common = stores(&args.stores).await?;
     let ids = match args.campaign {
         Some(id) => vec![CampaignId(id)],
-        None => {
-            pg::live_campaigns(&common.db, &[Mode::Gate, Mode::RedisLua, Mode::RedisQueue]).await?
-        }
+        None => pg::live_campaigns(&common.db, &Mode::redis_modes()).await?,
     };
     for id in ids {
         let c = campaign(&common, id.0).await?;

@@ -13,7 +13,7 @@ use firstcome::{
     modes::redis_common::{RedisCommon, Stored},
     storage::{
         pg::{self, NewGrant, NewRejection},
-        redis::RedisStore,
+        redis::{RedisStore, ScriptMode},
     },
 };
 use serde_json::Value;
@@ -321,7 +321,11 @@ async fn an_uncertain_commit_is_settled_by_postgres() {
         let (common, c, pool) = (common.clone(), c.clone(), pool.clone());
         async move {
             let u = UserId::parse(user).unwrap();
-            match common.claim_script(&c, &pool, &u, "gate").await.unwrap() {
+            match common
+                .claim_script(&c, &pool, &u, ScriptMode::Reserve)
+                .await
+                .unwrap()
+            {
                 firstcome::modes::redis_common::ScriptReply::New(s, _) => (u, s),
                 other => panic!("{other:?}"),
             }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use firstcome::{
     domain::CampaignId,
-    storage::redis::{CampaignKeys, RedisStore},
+    storage::redis::{CampaignKeys, RedisStore, ScriptMode},
 };
 
 struct Fixture {
@@ -38,7 +38,14 @@ impl Fixture {
     async fn claim(&self, user: &str, pool: usize, mode: &str) -> Vec<String> {
         let k = &self.k;
         let p = &k.pools[pool];
-        let stream = if mode == "queue" { &k.queue } else { &k.outbox };
+        // The tests name the modes; the script reads how to decide.
+        let script = match mode {
+            "gate" => ScriptMode::Reserve,
+            "lua" => ScriptMode::WriteBehind,
+            "queue" => ScriptMode::Enqueue,
+            other => panic!("no script mode for {other}"),
+        };
+        let stream = script.stream(k);
         let pidx = pool.to_string();
         let code = format!("CODE{user}");
         let stock = self.stocks[pool].to_string();
@@ -48,7 +55,7 @@ impl Fixture {
                 &[
                     &k.meta, &k.ans, &k.seq, &p.left, &p.hw, &p.free, stream, &k.queued, &k.pending,
                 ],
-                &[user, &pidx, &code, mode, &stock],
+                &[user, &pidx, &code, script.as_arg(), &stock],
             )
             .await
             .unwrap()
@@ -157,7 +164,7 @@ async fn a_cancelled_slot_is_reused_lowest_first() {
             .eval(
                 &f.store.scripts().cancel,
                 &[&k.meta, &k.ans, &p.left, &p.free, &k.outbox],
-                &[u, "lua", "", "0"],
+                &[u, ScriptMode::WriteBehind.as_arg(), "", "0"],
             )
             .await
             .unwrap();
@@ -169,7 +176,7 @@ async fn a_cancelled_slot_is_reused_lowest_first() {
         .eval(
             &f.store.scripts().cancel,
             &[&k.meta, &k.ans, &p.left, &p.free, &k.outbox],
-            &["a", "lua", "", "0"],
+            &["a", ScriptMode::WriteBehind.as_arg(), "", "0"],
         )
         .await
         .unwrap();

@@ -18,7 +18,7 @@ use std::{
 
 use firstcome::{
     domain::CampaignId,
-    storage::redis::{CampaignKeys, RedisStore},
+    storage::redis::{CampaignKeys, RedisStore, ScriptMode},
 };
 use proptest::prelude::*;
 use serde_json::Value;
@@ -176,7 +176,13 @@ async fn run_lua(stock: Vec<i64>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                             &k.meta, &k.ans, &k.seq, &p.left, &p.hw, &p.free, &k.outbox, &k.queued,
                             &k.pending,
                         ],
-                        &[&u, &pidx, &c, "lua", &stock[pool].to_string()],
+                        &[
+                            &u,
+                            &pidx,
+                            &c,
+                            ScriptMode::WriteBehind.as_arg(),
+                            &stock[pool].to_string(),
+                        ],
                     )
                     .await
                     .expect("claim");
@@ -197,7 +203,7 @@ async fn run_lua(stock: Vec<i64>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     .eval(
                         &store.scripts().cancel,
                         &[&k.meta, &k.ans, &p.left, &p.free, &k.outbox],
-                        &[&u, "lua", "", &pidx],
+                        &[&u, ScriptMode::WriteBehind.as_arg(), "", &pidx],
                     )
                     .await
                     .expect("cancel");

@@ -1,69 +1,6 @@
-use std::{fmt, str::FromStr};
-
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
-use super::{CampaignId, IdError, PoolName};
-
-/// How a campaign admits claims. Chosen once, at creation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// `SELECT ... FOR UPDATE` on the pool row, then insert (both seeds' baseline).
-    DbLock,
-    /// Conditional `UPDATE ... WHERE issued < stock RETURNING`, then insert.
-    DbAtomic,
-    /// Redis Lua as the database; a flusher writes the outbox behind.
-    RedisLua,
-    /// Redis Lua reservation, then a group-committed PostgreSQL insert
-    /// before answering. The default.
-    Gate,
-    /// Redis validates and queues; a drainer grants in arrival order.
-    RedisQueue,
-}
-
-impl Mode {
-    /// Every mode, in the order the benchmark reports them.
-    pub const ALL: [Mode; 5] = [
-        Mode::DbLock,
-        Mode::DbAtomic,
-        Mode::RedisLua,
-        Mode::Gate,
-        Mode::RedisQueue,
-    ];
-
-    /// The mode's name as it appears in the API and the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::DbLock => "db-lock",
-            Mode::DbAtomic => "db-atomic",
-            Mode::RedisLua => "redis-lua",
-            Mode::Gate => "gate",
-            Mode::RedisQueue => "redis-queue",
-        }
-    }
-
-    /// Whether admission runs through Redis.
-    pub fn uses_redis(self) -> bool {
-        matches!(self, Mode::RedisLua | Mode::Gate | Mode::RedisQueue)
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Mode::ALL
-            .into_iter()
-            .find(|m| m.as_str() == s)
-            .ok_or_else(|| format!("unknown mode {s:?}"))
-    }
-}
+use super::{CampaignId, IdError, Mode, PoolName};
 
 /// Largest stock of one pool. Slots are `i32` in PostgreSQL and the Redis
 /// free-slot sets stay small enough to rebuild in one pass.
@@ -464,13 +401,5 @@ mod tests {
         );
         c.closes_at = None;
         assert_eq!(c.keys_expire_at(), None, "open-ended keys slide");
-    }
-
-    #[test]
-    fn modes_round_trip() {
-        for m in Mode::ALL {
-            assert_eq!(m.as_str().parse::<Mode>(), Ok(m));
-        }
-        assert!("nope".parse::<Mode>().is_err());
     }
 }

@@ -7,10 +7,12 @@
 mod campaign;
 mod claim;
 mod ids;
+mod mode;
 
 pub use campaign::{
-    Campaign, Mode, NewCampaign, NewCampaignError, NewPool, Pool, RawCampaign, KEY_GRACE_SECS,
+    Campaign, NewCampaign, NewCampaignError, NewPool, Pool, RawCampaign, KEY_GRACE_SECS,
     OPEN_ENDED_KEY_LIFETIME_SECS,
 };
 pub use claim::{generate_code, ClaimOutcome, ClaimStatus, RejectReason};
 pub use ids::{CampaignId, IdError, PoolName, UserId};
+pub use mode::Mode;

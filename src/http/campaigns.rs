@@ -133,10 +133,7 @@ async fn body(state: &AppState, c: &Campaign) -> Result<CampaignBody, ApiError> 
             .map(|x| x.1)
             .unwrap_or(0)
     };
-    let mut counters = None;
-    if c.mode.uses_redis() {
-        counters = state.admissions.redis().counters(c).await.ok().flatten();
-    }
+    let counters = state.admissions.counters(c).await.ok().flatten();
     let pools = c
         .pools
         .iter()
@@ -208,12 +205,9 @@ pub async fn create(
         confirm_within_secs: req.confirm_within_secs,
     })?;
     let c = pg::create_campaign(&state.db, &new).await?;
-    if c.mode.uses_redis() {
-        // Load the empty state now; if Redis is down, the first claim
-        // rebuilds it from PostgreSQL.
-        if let Err(e) = state.admissions.redis().init_new(&c).await {
-            tracing::warn!(error = %e, campaign = %c.id, "could not load the new campaign into redis");
-        }
+    // If Redis is down, the first claim rebuilds the state from PostgreSQL.
+    if let Err(e) = state.admissions.on_create(&c).await {
+        tracing::warn!(error = %e, campaign = %c.id, "could not prepare the new campaign (redis state)");
     }
     state.worker_wakeup.notify_one();
     tracing::info!(campaign = %c.id, mode = %c.mode, pools = c.pools.len(), "campaign created");

@@ -6,7 +6,11 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::{db_common, Admission, AdmissionError, CancelOutcome};
+use super::{
+    admission::{Admission, Deps},
+    db_common,
+    error::{AdmissionError, CancelOutcome},
+};
 use crate::{
     domain::{Campaign, ClaimOutcome, Pool, UserId},
     storage::pg::{db_modes, PgError},
@@ -20,11 +24,6 @@ pub struct DbAtomic {
 }
 
 impl DbAtomic {
-    /// A mode over `db`.
-    pub fn new(db: PgPool) -> Self {
-        Self { db }
-    }
-
     async fn attempt(
         &self,
         campaign: &Campaign,
@@ -50,6 +49,12 @@ impl DbAtomic {
 }
 
 impl Admission for DbAtomic {
+    fn build(deps: &Deps) -> Self {
+        Self {
+            db: deps.db.clone(),
+        }
+    }
+
     async fn claim(
         &self,
         campaign: &Campaign,

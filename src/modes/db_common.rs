@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
-use super::{AdmissionError, CancelOutcome};
+use super::error::{AdmissionError, CancelOutcome};
 use crate::{
     domain::{generate_code, Campaign, ClaimOutcome, Pool, RejectReason, UserId},
     storage::pg::{self, db_modes, PgError},

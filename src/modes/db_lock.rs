@@ -5,7 +5,11 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::{db_common, Admission, AdmissionError, CancelOutcome};
+use super::{
+    admission::{Admission, Deps},
+    db_common,
+    error::{AdmissionError, CancelOutcome},
+};
 use crate::{
     domain::{Campaign, ClaimOutcome, Pool, UserId},
     storage::pg::{db_modes, PgError},
@@ -19,11 +23,6 @@ pub struct DbLock {
 }
 
 impl DbLock {
-    /// A mode over `db`.
-    pub fn new(db: PgPool) -> Self {
-        Self { db }
-    }
-
     async fn attempt(
         &self,
         campaign: &Campaign,
@@ -51,6 +50,12 @@ impl DbLock {
 }
 
 impl Admission for DbLock {
+    fn build(deps: &Deps) -> Self {
+        Self {
+            db: deps.db.clone(),
+        }
+    }
+
     async fn claim(
         &self,
         campaign: &Campaign,

@@ -20,9 +20,9 @@ use crate::{
     domain::{Campaign, CampaignId, Mode},
     modes::{
         redis_common::{RedisCommon, Stored},
-        AdmissionError,
+        script_mode, AdmissionError,
     },
-    storage::pg,
+    storage::{pg, redis::CampaignKeys},
 };
 
 /// What one pass over a campaign found and did.
@@ -230,10 +230,7 @@ pub async fn reconcile(
 /// slot taken twice), so only then does the full pass read every answer.
 pub async fn counters_agree(common: &RedisCommon, c: &Campaign) -> Result<bool, AdmissionError> {
     let k = common.keys(c);
-    let stream = match c.mode {
-        Mode::RedisLua => k.outbox.clone(),
-        _ => k.queue.clone(),
-    };
+    let stream = work_stream(c, &k);
     // One round trip: whether the state exists and the campaign is quiet
     // (stream, queued, pending), then per pool: left, hw, free.
     let v: Vec<Option<i64>> = common
@@ -265,14 +262,19 @@ pub async fn counters_agree(common: &RedisCommon, c: &Campaign) -> Result<bool, 
     }))
 }
 
+/// The stream the campaign's claims feed (redis-lua's outbox, redis-queue's
+/// queue; gate's outbox stays empty).
+fn work_stream(c: &Campaign, k: &CampaignKeys) -> String {
+    script_mode(c.mode)
+        .map(|m| m.stream(k).to_string())
+        .unwrap_or_else(|| k.outbox.clone())
+}
+
 /// Whether nothing is in flight: the outbox or queue empty, nothing queued,
 /// no gate reservation pending.
 async fn quiet(common: &RedisCommon, c: &Campaign) -> Result<bool, AdmissionError> {
     let k = common.keys(c);
-    let stream = match c.mode {
-        Mode::RedisLua => k.outbox.clone(),
-        _ => k.queue.clone(),
-    };
+    let stream = work_stream(c, &k);
     let (len, queued, pending): (i64, Option<i64>, i64) = common
         .redis
         .run(|mut conn| async move {
@@ -305,10 +307,7 @@ async fn read_redis(
     c: &Campaign,
 ) -> Result<Option<Snapshot>, AdmissionError> {
     let k = common.keys(c);
-    let stream = match c.mode {
-        Mode::RedisLua => k.outbox.clone(),
-        _ => k.queue.clone(),
-    };
+    let stream = work_stream(c, &k);
     let k2 = k.clone();
     let (gen, seq, queued, stream_len): (Option<i64>, Option<i64>, Option<i64>, i64) = common
         .redis
@@ -397,16 +396,13 @@ pub async fn run(common: RedisCommon, interval: Duration, mut shutdown: watch::R
         if *shutdown.borrow() {
             break;
         }
-        let ids =
-            match pg::live_campaigns(&common.db, &[Mode::Gate, Mode::RedisLua, Mode::RedisQueue])
-                .await
-            {
-                Ok(ids) => ids,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reconciler: cannot list campaigns");
-                    continue;
-                }
-            };
+        let ids = match pg::live_campaigns(&common.db, &Mode::redis_modes()).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "reconciler: cannot list campaigns");
+                continue;
+            }
+        };
         for id in ids {
             let Ok(Some(c)) = pg::load_campaign(&common.db, id).await else {
                 continue;

@@ -1,21 +1,20 @@
-//! The worker role: keeps one flusher (redis-lua) or drainer (redis-queue)
-//! running per live campaign. Several workers may run; a lease in Redis
-//! makes sure one of them at a time works a given campaign.
+//! The worker role: keeps each live campaign's mode task running (the mode
+//! says which: gate's orphan sweeper, redis-lua's flusher, redis-queue's
+//! drainer), keeps open-ended campaigns' keys alive and checks that each
+//! state was loaded by the Redis server holding it. Several workers may
+//! run; a lease in Redis makes sure one of them at a time works a stream.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use sqlx::PgPool;
 use tokio::{
     sync::{watch, Notify},
     task::JoinHandle,
 };
 
-use crate::modes::{gate::orphans, redis_lua::flusher::Flusher, redis_queue::drainer::Drainer};
-use crate::storage::redis::stream;
 use crate::{
     domain::{Campaign, CampaignId, Mode},
-    modes::redis_common::RedisCommon,
-    storage::pg,
+    modes::{redis_common::RedisCommon, Admissions, TaskEnv},
+    storage::{pg, redis::stream::StreamConfig},
 };
 
 /// How often the worker looks for new campaigns.
@@ -32,9 +31,8 @@ pub const SERVER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs until `shutdown` turns true, then waits for its tasks to stop.
 pub async fn run(
-    common: RedisCommon,
-    db: PgPool,
-    cfg: stream::StreamConfig,
+    admissions: Arc<Admissions>,
+    cfg: StreamConfig,
     wakeup: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -43,6 +41,8 @@ pub async fn run(
         std::process::id(),
         crate::domain::generate_code()
     );
+    let common = admissions.redis().clone();
+    let db = common.db.clone();
     let mut tasks: HashMap<CampaignId, JoinHandle<()>> = HashMap::new();
     // The live campaigns this worker has loaded (their keys do not change).
     let mut known: HashMap<CampaignId, Campaign> = HashMap::new();
@@ -50,7 +50,7 @@ pub async fn run(
     let mut next_server_check = tokio::time::Instant::now();
     while !*shutdown.borrow() {
         tasks.retain(|_, h| !h.is_finished());
-        match pg::live_campaigns(&db, &[Mode::RedisLua, Mode::RedisQueue, Mode::Gate]).await {
+        match pg::live_campaigns(&db, &Mode::redis_modes()).await {
             Ok(ids) => {
                 if tokio::time::Instant::now() >= next_refresh {
                     next_refresh = tokio::time::Instant::now() + REFRESH_INTERVAL;
@@ -68,48 +68,18 @@ pub async fn run(
                     next_server_check = tokio::time::Instant::now() + SERVER_CHECK_INTERVAL;
                     check_servers(&common, known.values()).await;
                 }
-                for id in ids {
-                    if tasks.contains_key(&id) {
+                for (id, c) in &known {
+                    if tasks.contains_key(id) {
                         continue;
                     }
-                    let Some(c) = known.get(&id).cloned() else {
-                        continue;
+                    let env = TaskEnv {
+                        worker: me.clone(),
+                        stream: cfg,
+                        shutdown: shutdown.clone(),
                     };
-                    let keys = common.keys(&c);
-                    let rx = shutdown.clone();
-                    let store = common.redis.clone();
-                    let h = match c.mode {
-                        Mode::RedisLua => tokio::spawn(stream::run(
-                            store,
-                            keys.outbox.clone(),
-                            keys.lease.clone(),
-                            me.clone(),
-                            cfg,
-                            Flusher {
-                                db: db.clone(),
-                                campaign: c,
-                                common: common.clone(),
-                            },
-                            rx,
-                        )),
-                        Mode::RedisQueue => tokio::spawn(stream::run(
-                            store,
-                            keys.queue.clone(),
-                            keys.lease.clone(),
-                            me.clone(),
-                            cfg,
-                            Drainer {
-                                common: common.clone(),
-                                db: db.clone(),
-                                campaign: c,
-                                attempts: HashMap::new(),
-                            },
-                            rx,
-                        )),
-                        Mode::Gate => tokio::spawn(orphans::run(common.clone(), c, rx)),
-                        _ => continue,
-                    };
-                    tasks.insert(id, h);
+                    if let Some(h) = admissions.background(c.clone(), env) {
+                        tasks.insert(*id, h);
+                    }
                 }
             }
             Err(e) => tracing::warn!(error = %e, "worker: cannot list campaigns"),

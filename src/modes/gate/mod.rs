@@ -11,14 +11,19 @@ pub mod orphans;
 use chrono::{DateTime, Utc};
 
 use super::{
+    admission::{Admission, Deps, TaskEnv},
+    error::{AdmissionError, CancelOutcome},
     redis_common::{window_rejection, RedisCommon, Release, ScriptReply, Stored},
-    Admission, AdmissionError, CancelOutcome,
 };
 use crate::{
     domain::{Campaign, ClaimOutcome, Pool, UserId},
     modes::redis_common::committer::{CommitError, CommitterHandle, Promotion, Row, Verdict},
-    storage::pg::{self, NewGrant},
+    storage::{
+        pg::{self, NewGrant},
+        redis::ScriptMode,
+    },
 };
+use tokio::task::JoinHandle;
 
 /// The reserve-then-group-commit mode.
 #[derive(Clone)]
@@ -30,21 +35,6 @@ pub struct Gate {
 }
 
 impl Gate {
-    /// The shared Redis side, to tune.
-    pub fn common_mut(&mut self) -> &mut RedisCommon {
-        &mut self.common
-    }
-
-    /// The mode over shared connections.
-    pub fn new(common: RedisCommon, committer: CommitterHandle) -> Self {
-        Self { common, committer }
-    }
-
-    /// The shared Redis side.
-    pub fn common(&self) -> &RedisCommon {
-        &self.common
-    }
-
     /// Makes a fresh reservation durable, or compensates. Runs in its own
     /// task so that a client hanging up cannot strand the reservation.
     async fn commit(
@@ -163,6 +153,28 @@ impl Gate {
 }
 
 impl Admission for Gate {
+    const SCRIPT: Option<ScriptMode> = Some(ScriptMode::Reserve);
+
+    fn build(deps: &Deps) -> Self {
+        Self {
+            common: deps.common.clone(),
+            committer: deps.committer.clone(),
+        }
+    }
+
+    fn redis(&self) -> Option<&RedisCommon> {
+        Some(&self.common)
+    }
+
+    /// The orphan sweeper: settles reservations whose request died.
+    fn background(&self, campaign: Campaign, env: TaskEnv) -> Option<JoinHandle<()>> {
+        Some(tokio::spawn(orphans::run(
+            self.common.clone(),
+            campaign,
+            env.shutdown,
+        )))
+    }
+
     async fn claim(
         &self,
         campaign: &Campaign,
@@ -171,7 +183,7 @@ impl Admission for Gate {
     ) -> Result<ClaimOutcome, AdmissionError> {
         match self
             .common
-            .claim_script(campaign, pool, user, "gate")
+            .claim_script(campaign, pool, user, ScriptMode::Reserve)
             .await?
         {
             ScriptReply::Window(reason) => Ok(window_rejection(user, reason)),

@@ -266,6 +266,17 @@ pub fn pool_index(c: &Campaign, name: &crate::domain::PoolName) -> Result<i32, R
         .ok_or_else(|| RedisStoreError::Protocol(format!("campaign {} has no pool {name}", c.id)))
 }
 
+/// A campaign's state as PostgreSQL has it.
+#[derive(Debug, Clone, Default)]
+pub struct Truth {
+    /// Each user's latest grant as a stored answer (granted or cancelled).
+    pub answers: Vec<(String, Stored)>,
+    /// Active slots per pool index, sorted.
+    pub active: Vec<Vec<i32>>,
+    /// Highest arrival number seen.
+    pub max_seq: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::{pool_index, AdmissionError, CancelOutcome, RedisCommon, Stored};
+use crate::storage::redis::ScriptMode;
 use crate::{
     domain::{Campaign, ClaimOutcome, UserId},
     storage::{
@@ -38,7 +39,11 @@ impl RedisCommon {
                 &[&k.meta, &k.ans, &pk.left, &pk.free, &k.outbox],
                 &[
                     user.as_str(),
-                    if outbox { "lua" } else { "" },
+                    if outbox {
+                        ScriptMode::WriteBehind.as_arg()
+                    } else {
+                        ""
+                    },
                     code.unwrap_or(""),
                     &p,
                 ],

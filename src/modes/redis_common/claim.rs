@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::{window_rejection, AdmissionError, RedisCommon, ScriptReply, Stored};
+use crate::storage::redis::ScriptMode;
 use crate::{
     domain::{generate_code, Campaign, ClaimOutcome, Pool, RejectReason, UserId},
     modes::redis_common::committer::{
@@ -32,13 +33,13 @@ impl RedisCommon {
         c: &Campaign,
         pool: &Pool,
         user: &UserId,
-        mode: &str,
+        mode: ScriptMode,
     ) -> Result<ScriptReply, AdmissionError> {
         let k = self.keys(c);
         let pk = &k.pools[pool.idx as usize];
-        let stream = if mode == "queue" { &k.queue } else { &k.outbox };
+        let stream = mode.stream(&k);
         // The queue's drainer draws codes when it allocates slots.
-        let code = if mode == "queue" {
+        let code = if mode == ScriptMode::Enqueue {
             String::new()
         } else {
             generate_code()
@@ -57,7 +58,7 @@ impl RedisCommon {
                         &k.meta, &k.ans, &k.seq, &pk.left, &pk.hw, &pk.free, stream, &k.queued,
                         &k.pending,
                     ],
-                    &[user.as_str(), &pidx, &code, mode, &stock],
+                    &[user.as_str(), &pidx, &code, mode.as_arg(), &stock],
                 )
                 .await?;
             let gen = || -> Result<i64, RedisStoreError> {
@@ -97,7 +98,7 @@ impl RedisCommon {
         c: &Campaign,
         pool: &Pool,
         user: &UserId,
-        mode: &str,
+        mode: ScriptMode,
     ) -> Result<ClaimOutcome, AdmissionError> {
         match self.claim_script(c, pool, user, mode).await? {
             ScriptReply::Window(reason) => Ok(window_rejection(user, reason)),

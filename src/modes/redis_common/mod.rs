@@ -9,15 +9,14 @@ pub mod committer;
 mod settle;
 mod state;
 
-pub use answer::{pool_index, Stored};
-pub use state::Truth;
+pub use answer::{pool_index, Stored, Truth};
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::{AdmissionError, CancelOutcome};
+use super::error::{AdmissionError, CancelOutcome};
 use crate::{
     domain::{Campaign, ClaimOutcome, RejectReason, UserId},
     storage::redis::{CampaignKeys, RedisStore},

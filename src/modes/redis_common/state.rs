@@ -5,7 +5,7 @@
 
 use chrono::Utc;
 
-use super::{AdmissionError, RedisCommon, Stored};
+use super::{AdmissionError, RedisCommon, Stored, Truth};
 use crate::{
     domain::{generate_code, Campaign},
     storage::{
@@ -47,17 +47,6 @@ const OUTBOX_WAIT_MS: i64 = 10_000;
 /// longest wait for the generation lock (the statement timeout) plus the
 /// reads and the load.
 const REBUILD_LOCK_MS: u64 = 60_000;
-
-/// A campaign's state as PostgreSQL has it.
-#[derive(Debug, Clone, Default)]
-pub struct Truth {
-    /// Each user's latest grant as a stored answer (granted or cancelled).
-    pub answers: Vec<(String, Stored)>,
-    /// Active slots per pool index, sorted.
-    pub active: Vec<Vec<i32>>,
-    /// Highest arrival number seen.
-    pub max_seq: i64,
-}
 
 impl RedisCommon {
     /// Forgets the campaign's Redis state if it is still of generation
@@ -221,10 +210,11 @@ impl RedisCommon {
         if present {
             return Ok(());
         }
-        // redis-lua: an outbox that outlived its state (only meta lost)
-        // holds answers already told; the flusher needs no meta, so it
-        // writes them first, and the rebuild then reads them.
-        if c.mode == crate::domain::Mode::RedisLua {
+        // An outbox that outlived its state (only meta lost) holds answers
+        // already told (redis-lua writes behind through it; the other modes
+        // leave it empty, so this costs them one call); the flusher needs
+        // no meta, so it writes them first, and the rebuild then reads them.
+        {
             let outbox = k.outbox.clone();
             let waiting: i64 = self
                 .redis

@@ -8,11 +8,17 @@ pub mod flusher;
 
 use chrono::{DateTime, Utc};
 
+use tokio::task::JoinHandle;
+
 use super::{
+    admission::{Admission, Deps, TaskEnv},
+    error::{AdmissionError, CancelOutcome},
     redis_common::{RedisCommon, Stored},
-    Admission, AdmissionError, CancelOutcome,
 };
-use crate::domain::{Campaign, ClaimOutcome, Pool, UserId};
+use crate::{
+    domain::{Campaign, ClaimOutcome, Pool, UserId},
+    storage::redis::{stream, ScriptMode},
+};
 
 /// The write-behind mode.
 #[derive(Clone)]
@@ -21,19 +27,37 @@ pub struct RedisLua {
     common: RedisCommon,
 }
 
-impl RedisLua {
-    /// The shared Redis side, to tune.
-    pub fn common_mut(&mut self) -> &mut RedisCommon {
-        &mut self.common
-    }
-
-    /// The mode over shared connections.
-    pub fn new(common: RedisCommon) -> Self {
-        Self { common }
-    }
-}
-
 impl Admission for RedisLua {
+    const SCRIPT: Option<ScriptMode> = Some(ScriptMode::WriteBehind);
+
+    fn build(deps: &Deps) -> Self {
+        Self {
+            common: deps.common.clone(),
+        }
+    }
+
+    fn redis(&self) -> Option<&RedisCommon> {
+        Some(&self.common)
+    }
+
+    /// The flusher: writes the outbox to PostgreSQL behind the answers.
+    fn background(&self, campaign: Campaign, env: TaskEnv) -> Option<JoinHandle<()>> {
+        let k = self.common.keys(&campaign);
+        Some(tokio::spawn(stream::run(
+            self.common.redis.clone(),
+            k.outbox.clone(),
+            k.lease.clone(),
+            env.worker,
+            env.stream,
+            flusher::Flusher {
+                db: self.common.db.clone(),
+                campaign,
+                common: self.common.clone(),
+            },
+            env.shutdown,
+        )))
+    }
+
     async fn claim(
         &self,
         campaign: &Campaign,
@@ -41,7 +65,7 @@ impl Admission for RedisLua {
         user: &UserId,
     ) -> Result<ClaimOutcome, AdmissionError> {
         self.common
-            .claim_as_stored(campaign, pool, user, "lua")
+            .claim_as_stored(campaign, pool, user, ScriptMode::WriteBehind)
             .await
     }
 

@@ -9,13 +9,16 @@ pub mod drainer;
 use chrono::{DateTime, Utc};
 
 use super::{
+    admission::{Admission, Deps, TaskEnv},
+    error::{AdmissionError, CancelOutcome},
     redis_common::{window_rejection, RedisCommon, ScriptReply, Stored},
-    Admission, AdmissionError, CancelOutcome,
 };
 use crate::{
     domain::{Campaign, ClaimOutcome, Pool, UserId},
     modes::redis_common::committer::CommitterHandle,
+    storage::redis::{stream, ScriptMode},
 };
+use tokio::task::JoinHandle;
 
 /// The queue-and-drain mode.
 #[derive(Clone)]
@@ -26,19 +29,39 @@ pub struct RedisQueue {
     committer: CommitterHandle,
 }
 
-impl RedisQueue {
-    /// The shared Redis side, to tune.
-    pub fn common_mut(&mut self) -> &mut RedisCommon {
-        &mut self.common
-    }
-
-    /// The mode over shared connections.
-    pub fn new(common: RedisCommon, committer: CommitterHandle) -> Self {
-        Self { common, committer }
-    }
-}
-
 impl Admission for RedisQueue {
+    const SCRIPT: Option<ScriptMode> = Some(ScriptMode::Enqueue);
+
+    fn build(deps: &Deps) -> Self {
+        Self {
+            common: deps.common.clone(),
+            committer: deps.committer.clone(),
+        }
+    }
+
+    fn redis(&self) -> Option<&RedisCommon> {
+        Some(&self.common)
+    }
+
+    /// The drainer: grants the queue in arrival order, durably.
+    fn background(&self, campaign: Campaign, env: TaskEnv) -> Option<JoinHandle<()>> {
+        let k = self.common.keys(&campaign);
+        Some(tokio::spawn(stream::run(
+            self.common.redis.clone(),
+            k.queue.clone(),
+            k.lease.clone(),
+            env.worker,
+            env.stream,
+            drainer::Drainer {
+                common: self.common.clone(),
+                db: self.common.db.clone(),
+                campaign,
+                attempts: std::collections::HashMap::new(),
+            },
+            env.shutdown,
+        )))
+    }
+
     async fn claim(
         &self,
         campaign: &Campaign,
@@ -47,7 +70,7 @@ impl Admission for RedisQueue {
     ) -> Result<ClaimOutcome, AdmissionError> {
         match self
             .common
-            .claim_script(campaign, pool, user, "queue")
+            .claim_script(campaign, pool, user, ScriptMode::Enqueue)
             .await?
         {
             ScriptReply::Window(reason) => Ok(window_rejection(user, reason)),

@@ -2,7 +2,7 @@
 
 use sqlx::{PgPool, Row};
 
-use super::PgError;
+use super::error::PgError;
 use crate::domain::{Campaign, CampaignId, Mode, NewCampaign, Pool, PoolName};
 
 /// Inserts a campaign and its pools in one transaction.

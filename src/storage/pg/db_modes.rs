@@ -5,7 +5,7 @@
 
 use sqlx::{Postgres, Row, Transaction};
 
-use super::PgError;
+use super::error::PgError;
 use crate::domain::{CampaignId, RejectReason, UserId};
 
 /// Advisory lock class of a user's claims (db-* modes).

@@ -3,8 +3,8 @@
 
 use sqlx::{PgPool, Postgres, Transaction};
 
+use super::error::PgError;
 use super::grants::{insert_grants_gen, insert_rejections_gen, NewGrant, NewRejection};
-use super::PgError;
 use crate::domain::CampaignId;
 
 /// What a fenced insert stored.

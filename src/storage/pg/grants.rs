@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
-use super::PgError;
+use super::error::PgError;
 use crate::domain::{Campaign, CampaignId, ClaimOutcome, RejectReason, UserId};
 
 /// A grant row as exported.

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 
-use super::PgError;
+use super::error::PgError;
 use crate::domain::{CampaignId, Mode, UserId};
 
 /// Where a held grant stands (campaigns with `confirm_within_secs`).

@@ -95,6 +95,42 @@ impl Scripts {
     }
 }
 
+/// How the claim script decides (ARGV[4] of `claim.lua`): each Redis mode
+/// declares one (`Admission::SCRIPT`), so the script knows behaviours, not
+/// modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScriptMode {
+    /// A pending reservation (`P`); the caller commits it before answering
+    /// (gate).
+    Reserve,
+    /// Granted at once (`G`); the outbox carries grants and cancels to
+    /// PostgreSQL behind (redis-lua).
+    WriteBehind,
+    /// An arrival number (`Q`); the drainer allocates in order
+    /// (redis-queue).
+    Enqueue,
+}
+
+impl ScriptMode {
+    /// The word the scripts read.
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            ScriptMode::Reserve => "reserve",
+            ScriptMode::WriteBehind => "write-behind",
+            ScriptMode::Enqueue => "enqueue",
+        }
+    }
+
+    /// The stream this mode's claims feed: the queue when enqueuing, else
+    /// the outbox (empty unless writing behind).
+    pub fn stream(self, k: &CampaignKeys) -> &str {
+        match self {
+            ScriptMode::Enqueue => &k.queue,
+            _ => &k.outbox,
+        }
+    }
+}
+
 /// Names of one pool's keys.
 #[derive(Debug, Clone)]
 pub struct PoolKeys {
