@@ -11,7 +11,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Load-test every mode against a running firstcome service and verify
 /// invariants.
 #[derive(Debug, Parser)]
-#[command(name = "firstcome-bench", version, about)]
+#[command(name = "firstcome-bench", version)]
 struct Cli {
     #[command(flatten)]
     bench: firstcome_bench::BenchArgs,
