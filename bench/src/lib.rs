@@ -8,7 +8,7 @@
 //! then checks every invariant of DESIGN.md from the grants export and the
 //! answers it saw, and prints claims/s and latency percentiles.
 //!
-//! Layout: [`args`] (the command line) → [`run`] (one mode at one
+//! Layout: [`args`] (the command line) → `run.rs` (one mode at one
 //! concurrency, as steps) over `rush` (the load), `probe` (the service's
 //! state) and `verify` (the invariants); [`limits`] (raw Redis and
 //! PostgreSQL ceilings) and [`report`] (text, JSON, HTML, SVG) beside them.
@@ -20,7 +20,7 @@ pub mod args;
 pub mod limits;
 mod probe;
 pub mod report;
-pub mod run;
+mod run;
 mod rush;
 mod verify;
 

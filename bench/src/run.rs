@@ -1,8 +1,9 @@
 //! One mode at one concurrency, as named steps: create the campaign,
 //! rush it, top up cancelled stock, wait for the drain, read every answer
 //! back, verify, and gather the service's figures into a [`RunResult`].
-//! The steps themselves live in `rush`, `probe` and `verify`; this file
-//! only sequences them.
+//! The steps live in `rush`, `probe` and `verify`; this file sequences
+//! them and holds only the small ones that belong nowhere else (the
+//! campaign's creation, the redis-lua loss window, the latency CDF).
 
 use std::{
     sync::Arc,
