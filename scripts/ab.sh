@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# A/B: the same `firstcome bench` against an older revision's binary and
-# this checkout's, alternately, in one sitting (the machine's speed drifts
-# ±30% between sittings, so only ratios within one run mean anything).
+# A/B: this checkout's `firstcome-bench` against an older revision's
+# service binary and this checkout's, alternately, in one sitting (the
+# machine's speed drifts ±30% between sittings, so only ratios within one
+# run mean anything).
 #   scripts/ab.sh OLD_REV ROUNDS -- BENCH_ARGS...
 # e.g. scripts/ab.sh 570e7d5 3 -- --scenario coupon --stock 100 --users 20000 \
 #        --modes gate,redis-queue,redis-lua --concurrency 64 --limit-secs 0
-# Builds OLD_REV in a temporary worktree (target/ab/), each binary serves on
-# a fresh database (scripts/lib/serve.sh), and every round prints each
-# mode's claims/s and p99 for A (old) then B (this checkout); JSON per run
-# in bench-out/ab/.
+# Builds OLD_REV in a temporary worktree (target/ab/) and uses only its
+# `firstcome` binary (so a revision from before the bench crate works too);
+# each service binary serves on a fresh database (scripts/lib/serve.sh), and
+# every round prints each mode's claims/s and p99 for A (old) then B (this
+# checkout); JSON per run in bench-out/ab/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 3 ] && [ "$3" = "--" ] || { sed -n '2,11p' "$0"; exit 2; }
+[ $# -ge 3 ] && [ "$3" = "--" ] || { sed -n '2,13p' "$0"; exit 2; }
 OLD_REV=$1 ROUNDS=$2; shift 3
 eval "$(scripts/services.sh)"
 source scripts/lib/serve.sh
@@ -23,9 +25,10 @@ if [ ! -d "$WT" ] || [ "$(git -C "$WT" rev-parse HEAD 2>/dev/null)" != "$(git re
   git worktree add --detach "$WT" "$OLD_REV" >/dev/null
 fi
 (cd "$WT" && CARGO_TARGET_DIR="$PWD/../target-old" cargo build --release --locked -q)
-cargo build --release --locked -q
+cargo build --release --locked -q --workspace
 A="$PWD/target/ab/target-old/release/firstcome"
 B="$PWD/target/release/firstcome"
+BENCH="$PWD/target/release/firstcome-bench"
 mkdir -p bench-out/ab
 
 serve_bin() { # serve_bin BIN ADDR LOG: like start_serve, with a given binary
@@ -44,7 +47,7 @@ for round in $(seq 1 "$ROUNDS"); do
     export DATABASE_URL=$base_db
     serve_bin "$bin" 127.0.0.1:18090 "serve-$side.log"
     json="bench-out/ab/$side-$round.json"
-    "$B" bench --url "$URL" --json "$json" "$@" >/dev/null
+    "$BENCH" --url "$URL" --json "$json" "$@" >/dev/null
     python3 - "$json" "$side" "$round" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The full comparison of docs/BENCHMARKS.md, in one command (about 15 minutes):
 #   scripts/bench.sh [quick|drain]      drain: only the full drain scenario
-# Brings up the stores, builds the release binary, starts `firstcome serve`
-# on 127.0.0.1:18080, runs `firstcome bench` for each scenario (limits of
+# Brings up the stores, builds the release binaries, starts `firstcome serve`
+# on 127.0.0.1:18080, runs `firstcome-bench` for each scenario (limits of
 # the machine measured in the same run, redis-benchmark of the same
 # claim.lua among them), writes bench-out/*.json|html|md, and stops what it
 # started.
@@ -27,8 +27,8 @@ else
 fi
 run() { # run NAME ARGS...
   local name=$1; shift
-  echo "== firstcome bench $* ==" | tee "$OUT/$name.md"
-  "$BIN" bench --url "$URL" --json "$OUT/$name.json" --html "$OUT/$name.html" "$@" | tee -a "$OUT/$name.md"
+  echo "== firstcome-bench $* ==" | tee "$OUT/$name.md"
+  "$BENCH_BIN" --url "$URL" --json "$OUT/$name.json" --html "$OUT/$name.html" "$@" | tee -a "$OUT/$name.md"
 }
 if [ "${1:-}" = drain ]; then
   run drain --scenario drain --modes gate,redis-queue,redis-lua "${DRAIN[@]}"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Chaos harness (issues 5 and 11): during a rush, inject one fault per round
-# and check every invariant of DESIGN.md with `firstcome bench`, including
+# and check every invariant of DESIGN.md with `firstcome-bench`, including
 # that every final answer a user was given still holds after the drain.
 #
 # Faults (each injected mid-rush, while the bench runs in the background):
@@ -31,7 +31,8 @@
 # CHAOS_RETRY_SECS (sizes of a round), CHAOS_STOP_SECS, CHAOS_SLOWPG_SECS,
 # CHAOS_CANCEL_FRAC, CHAOS_LOSS_WINDOW_MS, CHAOS_STOP_MODES,
 # CHAOS_SLOWPG_MODES, CHAOS_OUT (output dir), FIRSTCOME_BIN or
-# CARGO_TARGET_DIR (where the release binary is).
+# CARGO_TARGET_DIR (where the release binary is), FIRSTCOME_BENCH_BIN
+# (default: firstcome-bench in the same directory as the service binary).
 # Output: a table per fault x mode on stdout, target/chaos/summary.md and
 # target/chaos/summary.json; per-round bench JSON and logs in target/chaos/.
 # Exit status: non-zero if any invariant broke outside the documented
@@ -53,7 +54,7 @@ while [ $# -gt 0 ]; do
     --modes) MODES="$2"; shift ;;
     --faults) FAULTS="$2"; shift ;;
     --bin) BIN="$2"; shift ;;
-    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -115,6 +116,8 @@ if [ -z "$BIN" ]; then
   BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/firstcome"
 fi
 [ -x "$BIN" ] || { echo "no firstcome binary at $BIN (cargo build --release, or --bin)" >&2; exit 2; }
+BENCH_BIN="${FIRSTCOME_BENCH_BIN:-$(dirname "$BIN")/firstcome-bench}"
+[ -x "$BENCH_BIN" ] || { echo "no firstcome-bench binary at $BENCH_BIN (cargo build --release --workspace, or FIRSTCOME_BENCH_BIN)" >&2; exit 2; }
 
 # ------------------------------------------------------------ binaries
 if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
@@ -381,7 +384,7 @@ for fault in "${fault_list[@]}"; do
       SOLD_BASE="$(sold_out_answers)"
       delay="0.$(( 2 + RANDOM % 7 ))"
       t1=$(date +%s.%N)
-      timeout -k 5 "$round_timeout" "$BIN" bench --url "$URLS" --modes "$mode" \
+      timeout -k 5 "$round_timeout" "$BENCH_BIN" --url "$URLS" --modes "$mode" \
         --users "$USERS" --stock "$STOCK" --concurrency "$conc" --rate "$RATE" \
         --limit-secs 0 --max-secs "$max_secs" --drain-secs "$drain" \
         --retry-secs "$RETRY_SECS" --request-timeout-secs "$REQUEST_TIMEOUT" \

@@ -7,12 +7,12 @@
 #     `firstcome_drained_total` reaches USERS gives the drain rate with no
 #     claim traffic beside it. Per-process CPU during that window comes from
 #     `top`.
-#  2. What foreign keys would cost: the grant INSERT limit (`firstcome
-#     bench --limits-only`) on a scratch database with the schema as
+#  2. What foreign keys would cost: the grant INSERT limit (`firstcome-bench
+#     --limits-only`) on a scratch database with the schema as
 #     migrated (grants carry no foreign key), then with the two foreign
 #     keys of the first schema put back.
 #   scripts/drain-profile.sh              USERS=100000 by default
-# Brings up the stores, builds the release binary, uses 127.0.0.1:18281-3,
+# Brings up the stores, builds the release binaries, uses 127.0.0.1:18281-3,
 # a fresh database `firstcome_bench` and a scratch one
 # `firstcome_drain_profile` (dropped at the end), writes
 # bench-out/drain-profile.md, and stops and drops what it started.
@@ -22,8 +22,9 @@ eval "$(scripts/services.sh)"
 USERS=${USERS:-100000}
 OUT=bench-out
 mkdir -p "$OUT"
-cargo build --release --locked -q
+cargo build --release --locked -q --workspace
 BIN=target/release/firstcome
+BENCH_BIN=target/release/firstcome-bench
 SCRATCH=firstcome_drain_profile
 SCRATCH_URL="${DATABASE_URL%/*}/$SCRATCH"
 source scripts/lib/serve.sh
@@ -51,7 +52,7 @@ WORKER=$!; PIDS+=("$WORKER")
 wait_ready "$API_URL" "$API" "$OUT/profile-api.log" || exit 1
 wait_ready "$WORKER_URL" "$WORKER" "$OUT/profile-worker.log" || exit 1
 kill -STOP "$WORKER"
-"$BIN" bench --url "$API_URL" --scenario drain --modes redis-queue --users "$USERS" \
+"$BENCH_BIN" --url "$API_URL" --scenario drain --modes redis-queue --users "$USERS" \
   --concurrency 1024 --limit-secs 0 --json "$OUT/drain-profile.json" --html "$OUT/drain-profile.html" \
   >"$OUT/drain-profile-bench.txt" 2>&1 &
 BENCH=$!; PIDS+=("$BENCH")
@@ -81,7 +82,7 @@ cpu=$(awk -v api="$API" -v wk="$WORKER" '
   n < 2 || !/^ *[0-9]+ / {next}
   { who = $12; if ($1 == api) who = "api process"; else if ($1 == wk) who = "worker process";
     else if (who ~ /^postgres/) who = "postgres (all backends)"; else if (who ~ /^redis/) who = "redis-server";
-    else if (who == "firstcome") who = "bench client"; else next;
+    else if (who == "firstcome-bench") who = "bench client"; else next;
     sum[who] += $9 }
   END { for (w in sum) printf "| %s | %.0f |\n", w, sum[w] / (n - 1) }' "$TOP" | sort)
 for p in "$API" "$WORKER"; do kill "$p"; wait "$p" 2>/dev/null || true; done
@@ -97,7 +98,7 @@ wait_ready http://127.0.0.1:18283 "$SCRATCH_PID" "$OUT/profile-scratch.log" || e
 kill "$SCRATCH_PID"; wait "$SCRATCH_PID" 2>/dev/null || true
 PIDS=()
 limit() {
-  DATABASE_URL="$SCRATCH_URL" "$BIN" bench --scenario drain --limits-only --limit-secs 3 2>&1 |
+  DATABASE_URL="$SCRATCH_URL" "$BENCH_BIN" --scenario drain --limits-only --limit-secs 3 2>&1 |
     awk -F'|' -v what="$1" '/grant INSERT/ {printf "| %s | %s | %s | %s |\n", what, $3, $4, $5}'
 }
 without_fk=$(limit "as migrated (no foreign key)")

@@ -202,7 +202,9 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 t=$(now)
-cargo build --release --locked -q
+# Both binaries: scripts/run.sh builds them again inside the namespace,
+# where nothing can be downloaded.
+cargo build --release --locked -q --workspace
 log "release build: $(( $(now) - t ))s"
 
 t=$(now)

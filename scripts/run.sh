@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Brings the service up on local Redis and PostgreSQL and shows it working:
-# builds firstcome, starts `firstcome serve`, rushes one campaign per
-# admission mode with `firstcome bench` (printing the outcome and the
+# builds firstcome and firstcome-bench, starts `firstcome serve`, rushes one
+# campaign per admission mode with `firstcome-bench` (printing the outcome and the
 # invariant checks), then keeps serving on http://127.0.0.1:8080 until
 # Ctrl-C. Set FIRSTCOME_DEMO_EXIT=1 to stop after the demo.
 # The stores come from scripts/services.sh: the machine's own Redis and
@@ -17,8 +17,9 @@ export FIRSTCOME_ADDR="${FIRSTCOME_ADDR:-127.0.0.1:8080}"
 # shellcheck source=scripts/lib/stores.sh
 . scripts/lib/stores.sh
 command -v curl >/dev/null || stores_apt_install curl || exit 3
-cargo build --release --locked
+cargo build --release --locked --workspace
 bin="${CARGO_TARGET_DIR:-target}/release/firstcome"
+bench_bin="${CARGO_TARGET_DIR:-target}/release/firstcome-bench"
 
 "$bin" serve &
 pid=$!
@@ -34,7 +35,7 @@ done
 
 echo
 echo "== 5,000 users rush 100 coupons, once per admission mode =="
-"$bin" bench --url "$url" --scenario coupon --users 5000 --stock 100 --concurrency 32
+"$bench_bin" --url "$url" --scenario coupon --users 5000 --stock 100 --concurrency 32
 echo
 echo "== the same user asks again: the first answer comes back =="
 cid=$(curl -fsS -H "Authorization: Bearer $FIRSTCOME_ADMIN_TOKEN" -H 'content-type: application/json' \

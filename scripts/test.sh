@@ -25,16 +25,17 @@ if [ "${FIRSTCOME_TEST_SERVICES_ONLY:-0}" = 1 ]; then
 fi
 
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
-cargo test --locked --all-targets "$@"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --locked --workspace --all-targets "$@"
 
 # The service against its own OpenAPI document (schemathesis from PyPI):
 # 0 answers 5xx, 0 answers that break the documented schema.
 scripts/schemathesis.sh
 
 # A short chaos round (docs/GUARANTEES.md): one round per fault per mode on
-# private Redis and PostgreSQL instances, with the debug binary just built.
-cargo build --locked --bin firstcome
+# private Redis and PostgreSQL instances, with the debug binaries just built
+# (chaos.sh finds firstcome-bench beside firstcome).
+cargo build --locked --workspace --bins
 FIRSTCOME_BIN=target/debug/firstcome scripts/chaos.sh --quick
 
 # The quick start on a machine where nothing answers on the default ports:

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The claim path measured with a cheap C client: wrk (one thread) claims
 # for a fresh user per request, against gate, redis-lua and redis-queue, at
-# each concurrency; then `firstcome bench --limits-only` measures claim.lua
+# each concurrency; then `firstcome-bench --limits-only` measures claim.lua
 # straight at Redis (redis-benchmark among them) at the same concurrencies,
-# and the ratio is printed. firstcome bench's own client (hyper, with the
+# and the ratio is printed. firstcome-bench's own client (hyper, with the
 # invariant checks) costs more CPU per request than wrk, and everything
 # shares the same cores, so this shows what the service does when the
 # client is cheap. wrk does not verify answers: after each run the grants
@@ -91,7 +91,7 @@ admin() { curl -fsS -H "Authorization: Bearer $FIRSTCOME_ADMIN_TOKEN" -H 'conten
 } | tee -a "$OUT/wrk.md"
 
 IFS=,; CLIST="${CONCS[*]}"; unset IFS
-"$BIN" bench --url "$URL" --limits-only --scenario coupon --stock 100 \
+"$BENCH_BIN" --url "$URL" --limits-only --scenario coupon --stock 100 \
   --concurrency "$CLIST" --json "$OUT/wrk-limits.json" | tee "$OUT/wrk-limits.md"
 {
   echo

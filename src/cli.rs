@@ -181,7 +181,6 @@ pub async fn run() -> anyhow::Result<()> {
                 .run_until(shutdown_signal())
                 .await
         }
-        Command::Bench(args) => crate::bench::run(args).await,
         Command::Reconcile(args) => reconcile_cmd(args).await,
         Command::Dlq(cmd) => dlq(cmd).await,
         Command::Campaign(CampaignCmd::Create {

@@ -14,12 +14,12 @@ pub struct Cli {
 }
 
 /// Subcommands.
+// Parsed once at startup: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the API and/or the background worker.
     Serve(ServeArgs),
-    /// Load-test every mode against a running service and verify invariants.
-    Bench(crate::bench::BenchArgs),
     /// Create or inspect campaigns through a running service.
     #[command(subcommand)]
     Campaign(crate::cli::CampaignCmd),

@@ -8,7 +8,6 @@
 #![warn(missing_docs)]
 
 pub mod app;
-pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

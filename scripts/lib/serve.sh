@@ -1,7 +1,8 @@
-# Sourced by scripts/bench.sh, scripts/wrk.sh and scripts/drain-profile.sh: builds the release binary
-# and starts `firstcome serve` on ADDR in the background, logging to
-# bench-out/LOG, on a fresh database (`fresh_bench_db`). Sets URL, OUT, BIN
-# and SERVE_PID; `stop_serve` stops it.
+# Sourced by scripts/bench.sh, scripts/wrk.sh and scripts/drain-profile.sh: builds the release binaries
+# (the service and firstcome-bench) and starts `firstcome serve` on ADDR in
+# the background, logging to bench-out/LOG, on a fresh database
+# (`fresh_bench_db`). Sets URL, OUT, BIN (the service), BENCH_BIN and
+# SERVE_PID; `stop_serve` stops it.
 #   start_serve ADDR LOG
 start_serve() {
   fresh_bench_db firstcome_bench
@@ -12,8 +13,9 @@ start_serve() {
   URL="http://$FIRSTCOME_ADDR"
   OUT=bench-out
   mkdir -p "$OUT"
-  cargo build --release --locked -q
+  cargo build --release --locked -q --workspace
   BIN=target/release/firstcome
+  BENCH_BIN=target/release/firstcome-bench
   "$BIN" serve >"$OUT/$2" 2>&1 &
   SERVE_PID=$!
   wait_ready "$URL" "$SERVE_PID" "$OUT/$2"

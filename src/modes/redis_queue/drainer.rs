@@ -21,7 +21,7 @@ pub const MAX_ATTEMPTS: u32 = 5;
 /// Rows per insert transaction. A batch's chunks are inserted on separate
 /// connections at once: one connection inserts ~29k grant rows/s on the
 /// development machine, two ~52k (the `grant INSERT` limit of
-/// `firstcome bench --scenario drain`, docs/BENCHMARKS.md).
+/// `firstcome-bench --scenario drain`, docs/BENCHMARKS.md).
 pub const INSERT_CHUNK: usize = 500;
 
 /// Drains one campaign's queue.

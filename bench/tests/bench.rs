@@ -1,13 +1,15 @@
-//! `firstcome bench` end to end against a spawned service: every scenario
+//! `firstcome-bench` end to end against a spawned service: every scenario
 //! runs every mode without a violation, and its JSON report says so.
 
+// The service's own test support (spawn_app), shared rather than copied.
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use clap::Parser;
-use firstcome::bench::{self, BenchArgs};
+use firstcome_bench::BenchArgs;
 use serde_json::Value;
 
-/// `firstcome bench`'s options parsed as the CLI would.
+/// `firstcome-bench`'s options parsed as the CLI would.
 #[derive(Parser)]
 struct Cli {
     #[command(flatten)]
@@ -17,7 +19,7 @@ struct Cli {
 async fn run(app: &common::TestApp, extra: &[&str]) -> Value {
     let json = std::env::temp_dir().join(format!("{}.json", common::unique("bench")));
     let mut argv = vec![
-        "bench".to_string(),
+        "firstcome-bench".to_string(),
         "--url".into(),
         app.base.clone(),
         "--admin-token".into(),
@@ -31,7 +33,7 @@ async fn run(app: &common::TestApp, extra: &[&str]) -> Value {
     ];
     argv.extend(extra.iter().map(|s| s.to_string()));
     let args = Cli::try_parse_from(&argv).expect("bench arguments").bench;
-    bench::run(args)
+    firstcome_bench::run(args)
         .await
         .expect("bench run without violations");
     let v: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();

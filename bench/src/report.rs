@@ -1,11 +1,13 @@
-//! Output of `firstcome bench`: the terminal table, and an HTML report with
-//! SVG plots (plotters) that opens offline.
+//! Output of `firstcome-bench`: the terminal table, the JSON document
+//! (scripts read its fields: keep them), and an HTML report with SVG plots
+//! (plotters) that opens offline. Rendering only: nothing here measures,
+//! calls the service, or decides what counts as a violation.
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use plotters::prelude::*;
 
-use super::{limits::Limit, RunResult};
+use crate::{limits::Limit, RunResult};
 
 /// Colours of the modes in every plot.
 const PALETTE: [RGBColor; 6] = [
@@ -33,7 +35,7 @@ fn lua_limit(limits: &[Limit], conc: usize) -> Option<f64> {
 fn rb_limit(limits: &[Limit], conc: usize) -> Option<f64> {
     limits
         .iter()
-        .find(|l| l.concurrency == conc && l.name == super::limits::REDIS_BENCHMARK)
+        .find(|l| l.concurrency == conc && l.name == crate::limits::REDIS_BENCHMARK)
         .map(|l| l.per_sec)
 }
 
@@ -290,6 +292,13 @@ fn svg_scaling(results: &[RunResult], modes: &[String]) -> anyhow::Result<String
         root.present()?;
     }
     Ok(out)
+}
+
+/// The JSON document: the command line, every run and every limit.
+pub fn json(results: &[RunResult], limits: &[Limit], command: &str) -> anyhow::Result<Vec<u8>> {
+    Ok(serde_json::to_vec_pretty(
+        &serde_json::json!({ "command": command, "results": results, "limits": limits }),
+    )?)
 }
 
 /// The HTML report: the table and three plots, self-contained.

@@ -1,0 +1,239 @@
+//! Driving the load: the closed or open loop over `--concurrency` workers,
+//! one user at a time (claim with retries, retry-storm repeats and polls,
+//! own cancellations), per-request timing, and the top-up claims after a
+//! cancel storm. What one user does is in `rush/user.rs`. What the
+//! answers mean for the invariants is `verify`'s; reading the service's
+//! state after the rush is `probe`'s.
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::{
+    api::Api,
+    args::pool_of,
+    verify::{Seen, SeenKind},
+};
+
+mod user;
+
+use self::user::{claim_with_retry, one_user};
+
+/// Error answers seen during a run (every attempt counted).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ErrorCounts {
+    /// 5xx answers (503 during a fault).
+    pub http_5xx: usize,
+    /// Requests that got no HTTP answer (refused, reset).
+    pub transport: usize,
+    /// Claims retried on another URL after an error.
+    pub retries: usize,
+}
+
+impl ErrorCounts {
+    fn add(&mut self, o: ErrorCounts) {
+        self.http_5xx += o.http_5xx;
+        self.transport += o.transport;
+        self.retries += o.retries;
+    }
+}
+
+/// What one worker of the load loop collected.
+struct WorkerOut {
+    hist: Histogram<u64>,
+    seen: Vec<(u32, Seen)>,
+    unstable: usize,
+    behind: u64,
+    errors: ErrorCounts,
+}
+
+impl WorkerOut {
+    fn new() -> Self {
+        Self {
+            hist: new_hist(),
+            seen: Vec::new(),
+            unstable: 0,
+            behind: 0,
+            errors: ErrorCounts::default(),
+        }
+    }
+}
+
+/// What every user of a rush shares.
+pub(crate) struct Rush {
+    pub(crate) api: Api,
+    /// Campaign id.
+    pub(crate) id: i64,
+    /// Repeats per user (retry-storm).
+    pub(crate) repeats: usize,
+    /// `--retry-secs`.
+    pub(crate) retry: Duration,
+    /// `--cancel-frac`.
+    pub(crate) cancel_frac: f64,
+    /// Start of the run: `Seen::at` counts from here.
+    pub(crate) t0: Instant,
+}
+
+impl Rush {
+    pub(crate) fn now_ms(&self) -> u32 {
+        self.t0.elapsed().as_millis().min(u32::MAX as u128) as u32
+    }
+
+    pub(crate) fn status_path(&self, i: usize) -> String {
+        format!("/v1/campaigns/{}/claims/u{i}", self.id)
+    }
+}
+
+pub(crate) fn new_hist() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+}
+
+/// The shape of a rush: who asks, for which pool, how fast.
+pub(crate) struct Load {
+    /// Users `u0` .. `u{users-1}`, each asking once (plus repeats).
+    pub(crate) users: usize,
+    /// Workers, one connection each.
+    pub(crate) conc: usize,
+    /// Open loop: users due per second (0 = closed loop).
+    pub(crate) rate: u64,
+    /// `--max-secs`: users not reached by then are skipped.
+    pub(crate) max_secs: u64,
+    /// Pool names, by index.
+    pub(crate) names: Arc<Vec<String>>,
+    /// Cumulative shares of the pools (see [`pool_of`]).
+    pub(crate) cum: Arc<Vec<f64>>,
+}
+
+/// What a rush collected, every worker's output merged.
+pub(crate) struct RushOut {
+    /// Latency of every request, microseconds.
+    pub(crate) hist: Histogram<u64>,
+    /// What each user was last told, by user number (`None`: not reached).
+    pub(crate) seen: Vec<Seen>,
+    /// Repeats and polls that contradicted the first answer.
+    pub(crate) unstable: usize,
+    /// Open loop: requests that started more than 1 ms behind schedule.
+    pub(crate) behind: u64,
+    /// Every error answer, retries included.
+    pub(crate) errors: ErrorCounts,
+    /// Seconds from the first user to the last worker's end.
+    pub(crate) elapsed: f64,
+}
+
+/// Rushes the campaign: `load.conc` workers take the next user in turn
+/// until every user asked or `--max-secs` passed, with a progress bar
+/// labelled `mode`.
+pub(crate) async fn drive(rush: &Arc<Rush>, mode: &str, load: &Load) -> anyhow::Result<RushOut> {
+    let (users, rate) = (load.users, load.rate);
+    let next = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(load.max_secs);
+    let progress = indicatif::ProgressBar::new(users as u64);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>12} [{bar:30}] {pos}/{len} users {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    progress.set_prefix(mode.to_string());
+    let start = Instant::now();
+    let mut handles = Vec::with_capacity(load.conc);
+    for k in 0..load.conc {
+        let (rush, next, names, cum, progress) = (
+            rush.clone(),
+            next.clone(),
+            load.names.clone(),
+            load.cum.clone(),
+            progress.clone(),
+        );
+        handles.push(tokio::spawn(async move {
+            let mut out = WorkerOut::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= users || Instant::now() > deadline {
+                    break;
+                }
+                // Open loop: user i is due at start + i / rate. Latency is
+                // counted from when it was due, so a service that falls
+                // behind is charged for the wait (no coordinated omission).
+                let t_start = if rate > 0 {
+                    let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+                    let now = Instant::now();
+                    if due > now {
+                        tokio::time::sleep_until(due.into()).await;
+                    } else if now - due > Duration::from_millis(1) {
+                        out.behind += 1;
+                    }
+                    due
+                } else {
+                    Instant::now()
+                };
+                let p = pool_of(i, &cum);
+                let (told, u) = one_user(&rush, k, i, (p, &names[p]), &mut out, t_start).await;
+                out.unstable += u;
+                out.seen.push((i as u32, told));
+                progress.inc(1);
+            }
+            out
+        }));
+    }
+    let mut merged = RushOut {
+        hist: new_hist(),
+        seen: vec![Seen::default(); users],
+        unstable: 0,
+        behind: 0,
+        errors: ErrorCounts::default(),
+        elapsed: 0.0,
+    };
+    for h in handles {
+        let o = h.await?;
+        merged.hist.add(o.hist)?;
+        for (i, a) in o.seen {
+            merged.seen[i as usize] = a;
+        }
+        merged.unstable += o.unstable;
+        merged.behind += o.behind;
+        merged.errors.add(o.errors);
+    }
+    progress.finish_and_clear();
+    merged.elapsed = start.elapsed().as_secs_f64();
+    Ok(merged)
+}
+
+/// Cancelled stock must return to stock: new users claim each pool that
+/// had cancellations until one is told sold_out (at most stock + 1
+/// claims), so stranded stock shows as undersold. Their answers are
+/// appended to `seen`; returns how many were added.
+pub(crate) async fn top_up(
+    rush: &Rush,
+    pools: &[(String, i64, f64)],
+    seen: &mut Vec<Seen>,
+    errors: &mut ErrorCounts,
+) -> usize {
+    let mut topup_users = 0;
+    for (p, (name, stock, _)) in pools.iter().enumerate() {
+        if !seen
+            .iter()
+            .any(|s| s.pool as usize == p && s.kind.cancelled())
+        {
+            continue;
+        }
+        for _ in 0..=*stock {
+            let i = seen.len();
+            let s = claim_with_retry(rush, i, i, (p, name), errors).await;
+            seen.push(s);
+            topup_users += 1;
+            if !matches!(s.kind, SeenKind::Granted | SeenKind::Queued) {
+                break;
+            }
+        }
+    }
+    topup_users
+}
