@@ -1,5 +1,8 @@
 //! Wiring: connect the stores, start the background tasks, serve HTTP, and
 //! shut everything down in order on SIGTERM/SIGINT.
+//!
+//! Built from a plain [`ServeConfig`]; this module does not know the
+//! command line (anything convertible into a `ServeConfig` will do).
 
 use std::{
     collections::HashMap,
@@ -12,7 +15,7 @@ use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
-    config::{Role, ServeArgs},
+    config::{Role, ServeConfig},
     http::{self, AppState},
     modes::redis_common::committer,
     modes::{redis_common::RedisCommon, Admissions, Deps},
@@ -40,16 +43,17 @@ pub struct Application {
 impl Application {
     /// Connects the stores (applying migrations), starts the background
     /// tasks of the role, and binds the listener.
-    pub async fn build(args: ServeArgs) -> anyhow::Result<Self> {
+    pub async fn build(config: impl Into<ServeConfig>) -> anyhow::Result<Self> {
+        let args: ServeConfig = config.into();
         args.validate()?;
-        let jwt = http::auth::JwtVerifier::from_args(&args)?.map(Arc::new);
+        let jwt = http::auth::JwtVerifier::from_config(&args.jwt)?.map(Arc::new);
         if jwt.is_none() {
             tracing::warn!(
                 "no JWT key (FIRSTCOME_JWT_SECRET / FIRSTCOME_JWT_PUBLIC_KEY): user calls are NOT \
                  authenticated, the user_id in each request is trusted as is"
             );
         }
-        let limits = http::auth::RateLimits::from_args(&args);
+        let limits = http::limits::RateLimits::from_config(&args.rates);
         crate::telemetry::init_metrics();
         let db = pg::connect(&args.stores.database_url, args.stores.db_max_connections)
             .await
@@ -57,7 +61,7 @@ impl Application {
         let redis = RedisStore::connect(
             &args.stores.redis_url,
             &args.stores.redis_prefix,
-            args.redis_timeout(),
+            args.stores.redis_timeout,
         )
         .await
         .context("connecting to Redis")?;
@@ -67,15 +71,11 @@ impl Application {
             committer::CommitterConfig {
                 max_batch: args.commit_max_batch.max(1),
                 max_inflight: args.commit_inflight.max(1),
-                linger: Duration::from_micros(args.commit_linger_us),
+                linger: args.commit_linger,
             },
         );
-        let common = RedisCommon::new(
-            db.clone(),
-            redis.clone(),
-            Duration::from_millis(args.pending_wait_ms),
-        )
-        .with_orphan_after(Duration::from_millis(args.orphan_after_ms));
+        let common = RedisCommon::new(db.clone(), redis.clone(), args.pending_wait)
+            .with_orphan_after(args.orphan_after);
         let admissions = Arc::new(Admissions::new(&Deps {
             db: db.clone(),
             common: common.clone(),
@@ -110,10 +110,10 @@ impl Application {
                 stop_rx.clone(),
             )));
             worker.push(tokio::spawn(holds::run(common.clone(), stop_rx.clone())));
-            if args.reconcile_interval_secs > 0 {
+            if !args.reconcile_interval.is_zero() {
                 worker.push(tokio::spawn(reconcile::run(
                     common,
-                    Duration::from_secs(args.reconcile_interval_secs),
+                    args.reconcile_interval,
                     stop_rx,
                 )));
             }
@@ -128,7 +128,7 @@ impl Application {
             admissions,
             admin_token,
             campaigns: Arc::new(RwLock::new(HashMap::new())),
-            sse_max: Duration::from_secs(args.sse_max_secs),
+            sse_max: args.sse_max,
             worker_wakeup,
             jwt,
             limits,

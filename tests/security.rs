@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use firstcome::config::{ConfigError, ServeArgs};
+use firstcome::{cli::ServeArgs, config::ConfigError};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{header, Method};
 use serde_json::{json, Value};

@@ -1,32 +1,26 @@
-//! Who is calling: user identity from a JWT, and the rate limits per user
-//! and per client IP.
+//! Who is calling: the admin ([`AdminToken`]) or a user (JWT -> [`Caller`]).
 //!
-//! A user call takes a [`Caller`] extractor and turns the user id it names
-//! (body or path) into a [`UserId`] with [`Caller::user`], which refuses a
-//! name other than the token's `sub` and applies the per-user rate limit. A
-//! new user endpoint gets the same protection by doing the same two things.
+//! An admin handler takes an [`AdminToken`] extractor: without the admin
+//! bearer token it never runs. A user call takes a [`Caller`] extractor and
+//! turns the user id it names (body or path) into a [`UserId`] with
+//! [`Caller::user`], which refuses a name other than the token's `sub` and
+//! applies the per-user rate limit. A new user endpoint gets the same
+//! protection by doing the same two things.
+//!
+//! Settings come in as plain [`JwtConfig`]; this module knows neither the
+//! command line nor the wiring of the application.
 
-use std::{
-    hash::Hash,
-    net::{IpAddr, Ipv6Addr, SocketAddr},
-    num::NonZeroU32,
-    path::Path,
-    sync::Arc,
-    time::Duration,
-};
+use std::path::Path;
 
 use axum::{
-    extract::{ConnectInfo, FromRequestParts, Request, State},
+    extract::FromRequestParts,
     http::{header, request::Parts, HeaderMap},
-    middleware::Next,
-    response::{IntoResponse, Response},
 };
-use governor::{clock::Clock, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use super::{ApiError, AppState};
-use crate::{config::ServeArgs, domain::UserId};
+use super::{error::ApiError, AppState};
+use crate::{config::JwtConfig, domain::UserId};
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 pub const JWT_LEEWAY_SECS: u64 = 30;
@@ -109,9 +103,9 @@ impl JwtVerifier {
 
     /// The verifier the settings ask for, or `None` when no key is set (the
     /// user id in the request is then trusted).
-    pub fn from_args(args: &ServeArgs) -> Result<Option<Self>, AuthConfigError> {
-        let secret = args.jwt_secret.as_deref().filter(|s| !s.is_empty());
-        let public = args.jwt_public_key.as_deref().filter(|s| !s.is_empty());
+    pub fn from_config(c: &JwtConfig) -> Result<Option<Self>, AuthConfigError> {
+        let secret = c.secret.as_deref().filter(|s| !s.is_empty());
+        let public = c.public_key.as_deref().filter(|s| !s.is_empty());
         let v = match (secret, public) {
             (Some(s), _) => Self::hs256(s.as_bytes()),
             (None, Some(p)) if p.trim_start().starts_with("-----BEGIN") => {
@@ -127,11 +121,11 @@ impl JwtVerifier {
             }
             (None, None) => return Ok(None),
         };
-        let v = match args.jwt_audience.as_deref().filter(|s| !s.is_empty()) {
+        let v = match c.audience.as_deref().filter(|s| !s.is_empty()) {
             Some(a) => v.with_audience(a),
             None => v,
         };
-        let v = match args.jwt_issuer.as_deref().filter(|s| !s.is_empty()) {
+        let v = match c.issuer.as_deref().filter(|s| !s.is_empty()) {
             Some(i) => v.with_issuer(i),
             None => v,
         };
@@ -163,6 +157,39 @@ impl JwtVerifier {
             ApiError::unauthenticated("invalid_token", "the token's sub is not a valid user id")
         })
     }
+}
+
+/// Proof that the call carries the admin bearer token: an admin handler
+/// takes one, and without the token answers 401 `unauthorized` before it
+/// runs (and before its body is read).
+#[derive(Debug, Clone, Copy)]
+pub struct AdminToken;
+
+impl FromRequestParts<AppState> for AdminToken {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // Exactly `Bearer <token>`: stricter than the user's `bearer`, as
+        // the admin check always was.
+        let given = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(ApiError::Unauthorized)?;
+        if constant_time_eq(given.as_bytes(), state.admin_token.as_bytes()) {
+            Ok(AdminToken)
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
+/// Compares in time independent of where the bytes differ (only the
+/// length may show), so the admin token cannot be guessed byte by byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 /// The bearer token of `Authorization`, if any.
@@ -221,134 +248,6 @@ impl Caller {
     }
 }
 
-/// One keyed GCRA limiter (governor), in memory, per process.
-struct Keyed<K: Hash + Eq + Clone> {
-    limiter: DefaultKeyedRateLimiter<K>,
-}
-
-impl<K: Hash + Eq + Clone> Keyed<K> {
-    fn new(per_sec: u32, burst: u32) -> Option<Self> {
-        let rate = NonZeroU32::new(per_sec)?;
-        let burst = NonZeroU32::new(burst).unwrap_or(rate);
-        Some(Self {
-            limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
-        })
-    }
-
-    fn check(&self, key: &K, what: &'static str) -> Result<(), ApiError> {
-        self.limiter.check_key(key).map_err(|not_until| {
-            let wait = not_until.wait_time_from(self.limiter.clock().now());
-            // Whole seconds, at least 1: Retry-After has no fractions.
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            metrics::counter!("firstcome_rate_limited_total", "key" => what).increment(1);
-            ApiError::RateLimited {
-                retry_after_secs: secs.max(1),
-                detail: format!("too many requests for this {what}; retry later"),
-            }
-        })
-    }
-
-    fn forget_idle(&self) {
-        self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
-    }
-}
-
-/// The rate limits of a process. Each is `None` when disabled (rate 0).
-#[derive(Clone, Default)]
-pub struct RateLimits {
-    per_ip: Option<Arc<Keyed<IpAddr>>>,
-    per_user: Option<Arc<Keyed<UserId>>>,
-}
-
-impl RateLimits {
-    /// Limits of `per_ip` and `per_user` requests per second (0 = off),
-    /// each with its burst (0 = the rate).
-    pub fn new(per_ip: (u32, u32), per_user: (u32, u32)) -> Self {
-        Self {
-            per_ip: Keyed::new(per_ip.0, per_ip.1).map(Arc::new),
-            per_user: Keyed::new(per_user.0, per_user.1).map(Arc::new),
-        }
-    }
-
-    /// The limits the settings ask for.
-    pub fn from_args(args: &ServeArgs) -> Self {
-        Self::new(
-            (args.rate_per_ip, args.rate_per_ip_burst),
-            (args.rate_per_user, args.rate_per_user_burst),
-        )
-    }
-
-    /// Whether any limit is on.
-    pub fn enabled(&self) -> bool {
-        self.per_ip.is_some() || self.per_user.is_some()
-    }
-
-    /// Counts one request of `user`; 429 when over the limit.
-    pub fn check_user(&self, user: &UserId) -> Result<(), ApiError> {
-        match &self.per_user {
-            Some(l) => l.check(user, "user"),
-            None => Ok(()),
-        }
-    }
-
-    /// Counts one request from `ip`; 429 when over the limit.
-    pub fn check_ip(&self, ip: IpAddr) -> Result<(), ApiError> {
-        match &self.per_ip {
-            Some(l) => l.check(&ip_key(ip), "client address"),
-            None => Ok(()),
-        }
-    }
-
-    /// Drops the state of keys that are back to a full burst, so the maps
-    /// hold only recently active users and addresses (memory stays bounded
-    /// by the request rate, not by how many ids were ever seen).
-    pub fn forget_idle(&self) {
-        if let Some(l) = &self.per_ip {
-            l.forget_idle();
-        }
-        if let Some(l) = &self.per_user {
-            l.forget_idle();
-        }
-    }
-
-    /// Runs [`RateLimits::forget_idle`] every `every` until `stop` flips.
-    pub async fn janitor(self, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => self.forget_idle(),
-                _ = stop.changed() => return,
-            }
-        }
-    }
-}
-
-/// The key of an address: IPv4 as is, IPv6 by its /64 (one host usually
-/// owns a whole /64, so single addresses would be free to rotate).
-fn ip_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
-}
-
-/// Middleware: the per-IP limit, keyed by the TCP peer address (not
-/// `X-Forwarded-For`, which any client can write).
-pub async fn limit_ip(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
-        if let Err(e) = state.limits.check_ip(addr.ip()) {
-            return e.into_response();
-        }
-    }
-    next.run(req).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,31 +264,5 @@ mod tests {
         assert_eq!(bearer(&h), None);
         h.insert(header::AUTHORIZATION, "Bearer ".parse().unwrap());
         assert_eq!(bearer(&h), None);
-    }
-
-    #[test]
-    fn ipv6_is_keyed_by_its_64() {
-        let a: IpAddr = "2001:db8:1:2:3:4:5:6".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:ffff:4:5:6".parse().unwrap();
-        assert_eq!(ip_key(a), ip_key(b));
-        let m: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        assert_eq!(ip_key(m), "10.0.0.1".parse::<IpAddr>().unwrap());
-    }
-
-    #[test]
-    fn the_limit_refuses_beyond_the_burst() {
-        let l = RateLimits::new((0, 0), (1, 2));
-        let u = UserId::parse("u").unwrap();
-        assert!(l.check_user(&u).is_ok());
-        assert!(l.check_user(&u).is_ok());
-        match l.check_user(&u) {
-            Err(ApiError::RateLimited {
-                retry_after_secs, ..
-            }) => assert!(retry_after_secs >= 1),
-            other => panic!("expected 429, got {other:?}"),
-        }
-        // Another user is not affected.
-        assert!(l.check_user(&UserId::parse("v").unwrap()).is_ok());
-        assert!(l.check_ip("127.0.0.1".parse().unwrap()).is_ok());
     }
 }

@@ -1,20 +1,39 @@
-//! Campaign endpoints: create (admin), read (anyone), grants export (admin).
+//! Campaign endpoints: create (admin), read (anyone), grants export
+//! (admin), and their routes.
+//!
+//! Handlers take their errors from `error`, their documented refusals from
+//! `responses` and their identity checks from `auth`; they never import
+//! another resource's module or the OpenAPI document.
 
 use axum::{
     extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode},
+    http::StatusCode,
     response::IntoResponse,
-    Json,
+    routing::{self, post},
+    Json, Router,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiError, ApiJson, AppState};
+use super::{
+    auth::AdminToken,
+    error::{ApiError, Problem, PROBLEM_JSON},
+    responses::{AdminErrors, CampaignErrors, IpLimitErrors, JsonBodyErrors, StoreErrors},
+    ApiJson, AppState,
+};
 use crate::{
     domain::{Campaign, Mode, NewCampaign, RawCampaign},
     storage::pg::{self, GrantRow},
 };
+
+/// The campaign routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/campaigns", post(create))
+        .route("/v1/campaigns/{id}", routing::get(get))
+        .route("/v1/campaigns/{id}/grants", routing::get(grants))
+}
 
 /// Body of `POST /v1/campaigns`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -172,21 +191,15 @@ async fn body(state: &AppState, c: &Campaign) -> Result<CampaignBody, ApiError> 
     security(("admin" = [])),
     responses(
         (status = 201, description = "Created", body = CampaignBody),
-        (status = 400, description = "Malformed JSON", body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong admin token", body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than 64 KiB: body_too_large", body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not application/json: unsupported_media_type", body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid campaign", body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Over the per-IP rate limit: rate_limited, with Retry-After", body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "A store is unavailable", body = super::ops::Problem, content_type = "application/problem+json"),
+        JsonBodyErrors, AdminErrors, IpLimitErrors,
+        (status = 422, description = "Invalid campaign", body = Problem, content_type = PROBLEM_JSON),
+        (status = 503, description = "A store is unavailable", body = Problem, content_type = PROBLEM_JSON),
     ))]
 pub async fn create(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body_json: Result<ApiJson<CreateCampaign>, ApiError>,
+    _: AdminToken,
+    ApiJson(req): ApiJson<CreateCampaign>,
 ) -> Result<impl IntoResponse, ApiError> {
-    state.require_admin(&headers)?;
-    let ApiJson(req) = body_json?;
     let mode = match req.mode.as_deref() {
         None => None,
         Some(m) => Some(
@@ -220,9 +233,7 @@ pub async fn create(
     params(("id" = i64, Path, description = "Campaign id")),
     responses(
         (status = 200, description = "The campaign with its counts", body = CampaignBody),
-        (status = 404, description = "Unknown campaign", body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Over the per-IP rate limit: rate_limited, with Retry-After", body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "A store is unavailable: with Retry-After", body = super::ops::Problem, content_type = "application/problem+json"),
+        CampaignErrors, IpLimitErrors, StoreErrors,
     ))]
 pub async fn get(
     State(state): State<AppState>,
@@ -238,19 +249,17 @@ pub async fn get(
     security(("admin" = [])),
     responses(
         (status = 200, description = "A page of active grants", body = GrantsPage),
-        (status = 400, description = "Bad cursor or limit: invalid_cursor, invalid_limit, invalid_query", body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong admin token", body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown campaign", body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Over the per-IP rate limit: rate_limited, with Retry-After", body = super::ops::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "A store is unavailable: with Retry-After", body = super::ops::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad cursor or limit: invalid_cursor, invalid_limit, invalid_query", body = Problem, content_type = PROBLEM_JSON),
+        AdminErrors, CampaignErrors, IpLimitErrors, StoreErrors,
     ))]
 pub async fn grants(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    // After the path, as the check always came: a path that does not
+    // decode is refused before the token is looked at.
     Path(id): Path<String>,
+    _: AdminToken,
     query: Result<Query<GrantsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<GrantsPage>, ApiError> {
-    state.require_admin(&headers)?;
     let Query(q) = query?;
     let c = state.campaign(&id).await?;
     let after = match q.after.as_deref() {

@@ -1,12 +1,18 @@
-//! The HTTP boundary's one error type, rendered as RFC 9457
-//! `application/problem+json` with a stable `code`.
+//! The HTTP boundary's one error type, [`ApiError`], its RFC 9457
+//! `application/problem+json` rendering ([`Problem`], with a stable `code`),
+//! and the conversions of every lower layer's error into it.
+//!
+//! Handlers, extractors and middleware import their errors from here. This
+//! module names no handler and no router, so any of them may depend on it.
 
 use axum::{
     extract::rejection::{JsonRejection, QueryRejection},
     http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
+use serde::Serialize;
 use serde_json::json;
+use utoipa::ToSchema;
 
 use crate::{
     domain::{IdError, NewCampaignError},
@@ -16,6 +22,25 @@ use crate::{
 
 /// Seconds a client should wait before retrying a 503.
 pub const RETRY_AFTER_SECS: u64 = 1;
+
+/// Media type of every error answer.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An RFC 9457 problem, as every error is answered.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// URI naming the problem type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short summary (the HTTP reason).
+    pub title: String,
+    /// HTTP status.
+    pub status: u16,
+    /// Stable machine-readable code.
+    pub code: String,
+    /// Human-readable detail.
+    pub detail: String,
+}
 
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -114,12 +139,41 @@ impl ApiError {
         }
     }
 
+    /// A 404 with `code`.
+    pub fn not_found(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::NotFound {
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    /// A 409 with `code`.
+    pub fn conflict(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::Conflict {
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    /// A 503 (with Retry-After) with `code`.
+    pub fn unavailable(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::Unavailable {
+            code,
+            detail: detail.into(),
+        }
+    }
+
     /// 404 for an unknown campaign.
     pub fn campaign_not_found() -> Self {
-        Self::NotFound {
-            code: "campaign_not_found",
-            detail: "no campaign with that id".into(),
-        }
+        Self::not_found("campaign_not_found", "no campaign with that id")
+    }
+
+    /// 404 for a user who never claimed in the campaign.
+    pub fn claim_not_found() -> Self {
+        Self::not_found(
+            "claim_not_found",
+            "this user has not claimed in this campaign",
+        )
     }
 
     fn status(&self) -> StatusCode {
@@ -171,10 +225,7 @@ impl IntoResponse for ApiError {
         });
         let mut resp = (status, body.to_string()).into_response();
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         match self {
             Self::Unavailable { .. } => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
@@ -248,14 +299,13 @@ impl From<PgError> for ApiError {
     fn from(e: PgError) -> Self {
         match e {
             PgError::Corrupt(m) => Self::Internal(m),
-            e if e.is_unique_violation() => Self::Conflict {
-                code: "conflict",
-                detail: "the request collides with existing data".into(),
-            },
-            e => Self::Unavailable {
-                code: "database_unavailable",
-                detail: format!("the database is unavailable ({e})"),
-            },
+            e if e.is_unique_violation() => {
+                Self::conflict("conflict", "the request collides with existing data")
+            }
+            e => Self::unavailable(
+                "database_unavailable",
+                format!("the database is unavailable ({e})"),
+            ),
         }
     }
 }
@@ -264,10 +314,7 @@ impl From<RedisStoreError> for ApiError {
     fn from(e: RedisStoreError) -> Self {
         match e {
             RedisStoreError::Protocol(m) => Self::Internal(m),
-            e => Self::Unavailable {
-                code: "redis_unavailable",
-                detail: format!("redis is unavailable ({e})"),
-            },
+            e => Self::unavailable("redis_unavailable", format!("redis is unavailable ({e})")),
         }
     }
 }
@@ -277,14 +324,8 @@ impl From<AdmissionError> for ApiError {
         match e {
             AdmissionError::Database(e) => e.into(),
             AdmissionError::Redis(e) => e.into(),
-            AdmissionError::Rebuilding => Self::Unavailable {
-                code: "rebuilding",
-                detail: e.to_string(),
-            },
-            AdmissionError::Pending => Self::Unavailable {
-                code: "pending",
-                detail: e.to_string(),
-            },
+            AdmissionError::Rebuilding => Self::unavailable("rebuilding", e.to_string()),
+            AdmissionError::Pending => Self::unavailable("pending", e.to_string()),
         }
     }
 }

@@ -1,4 +1,11 @@
-//! The HTTP API of DESIGN.md: routing, shared state, extractors.
+//! The HTTP API of DESIGN.md: the shared state of handlers, the JSON body
+//! extractor, and the assembly of the routers.
+//!
+//! Each resource module owns its routes (`campaigns::router()`,
+//! `claims::router()`, `ops::router()`, `openapi::router()`); this module
+//! only merges them and adds the layers every route shares. Errors live in
+//! `error`, identity in `auth`, rate limits in `limits`. Nothing here knows
+//! the command line.
 
 use std::{
     collections::HashMap,
@@ -8,10 +15,8 @@ use std::{
 
 use axum::{
     extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request},
-    http::{header, HeaderMap},
     middleware::{self, Next},
     response::Response,
-    routing::{get, post},
     Router,
 };
 use sqlx::PgPool;
@@ -22,11 +27,15 @@ use crate::{
     storage::{pg, redis::RedisStore},
 };
 
+pub mod answers;
 pub mod auth;
 pub mod campaigns;
 pub mod claims;
 pub mod error;
+pub mod limits;
+pub mod openapi;
 pub mod ops;
+pub mod responses;
 
 pub use error::ApiError;
 
@@ -55,7 +64,7 @@ pub struct AppState {
     /// Verifier of user JWTs; `None` trusts the user id of the request.
     pub jwt: Option<Arc<auth::JwtVerifier>>,
     /// Rate limits per user and per client IP.
-    pub limits: auth::RateLimits,
+    pub limits: limits::RateLimits,
 }
 
 impl AppState {
@@ -79,27 +88,6 @@ impl AppState {
             .insert(id, c.clone());
         Ok(c)
     }
-
-    /// Checks the admin bearer token, in constant time.
-    pub fn require_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(ApiError::Unauthorized)?;
-        if constant_time_eq(given.as_bytes(), self.admin_token.as_bytes()) {
-            Ok(())
-        } else {
-            Err(ApiError::Unauthorized)
-        }
-    }
-}
-
-/// Compares in time independent of where the bytes differ (only the
-/// length may show), so the admin token cannot be guessed byte by byte.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    use subtle::ConstantTimeEq;
-    a.ct_eq(b).into()
 }
 
 /// `Json<T>` whose rejections are problem+json with a stable code.
@@ -123,33 +111,17 @@ where
 /// The application's routes.
 pub fn router(state: AppState) -> Router {
     // The per-IP limit guards the API, not the probes of an orchestrator.
-    let api = Router::new()
-        .route("/v1/campaigns", post(campaigns::create))
-        .route("/v1/campaigns/{id}", get(campaigns::get))
-        .route("/v1/campaigns/{id}/grants", get(campaigns::grants))
-        .route("/v1/campaigns/{id}/claims", post(claims::claim))
-        .route(
-            "/v1/campaigns/{id}/claims/{user_id}",
-            get(claims::status).delete(claims::cancel),
-        )
-        .route(
-            "/v1/campaigns/{id}/claims/{user_id}/events",
-            get(claims::events),
-        )
-        .route(
-            "/v1/campaigns/{id}/claims/{user_id}/confirm",
-            post(claims::confirm),
-        )
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::limit_ip,
-        ));
+    let api =
+        campaigns::router()
+            .merge(claims::router())
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                limits::limit_ip,
+            ));
     Router::new()
         .merge(api)
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/openapi.json", get(ops::openapi))
+        .merge(ops::router())
+        .merge(openapi::router())
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .route_layer(middleware::from_fn(track))
@@ -162,12 +134,7 @@ pub fn router(state: AppState) -> Router {
 
 /// The routes of a worker-only process: health, readiness, metrics.
 pub fn ops_router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .fallback(ops::not_found)
-        .with_state(state)
+    ops::router().fallback(ops::not_found).with_state(state)
 }
 
 /// Records the request latency histogram and count per route and status.

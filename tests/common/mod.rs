@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use firstcome::{app::Application, config::ServeArgs};
+use firstcome::{app::Application, cli::ServeArgs};
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use tokio::sync::{oneshot, watch};

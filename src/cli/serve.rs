@@ -1,0 +1,200 @@
+//! `firstcome serve`: its flags ([`ServeArgs`]) and their conversion into
+//! the plain [`ServeConfig`] the application is built from.
+//!
+//! The clap attributes below are the only place the defaults are written;
+//! [`ServeArgs::for_tests`] parses them too rather than repeat them.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{
+    builder::{EnumValueParser, PossibleValue, TypedValueParser},
+    Args, FromArgMatches, ValueEnum,
+};
+
+use super::stores::StoreArgs;
+use crate::config::{ConfigError, JwtConfig, RateConfig, Role, ServeConfig};
+
+/// The command-line face of [`Role`]: its names and help text.
+#[derive(Debug, Clone, Copy)]
+struct RoleArg(Role);
+
+impl ValueEnum for RoleArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[
+            RoleArg(Role::Api),
+            RoleArg(Role::Worker),
+            RoleArg(Role::All),
+        ]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        // Exhaustive: a new role does not compile until it has a name here.
+        Some(match self.0 {
+            Role::Api => PossibleValue::new("api").help("HTTP API only"),
+            Role::Worker => {
+                PossibleValue::new("worker").help("Background worker only (flushers, drainers)")
+            }
+            Role::All => PossibleValue::new("all").help("Both"),
+        })
+    }
+}
+
+/// Parses `--role` straight into a [`Role`].
+fn role_parser() -> impl TypedValueParser<Value = Role> {
+    EnumValueParser::<RoleArg>::new().map(|r| r.0)
+}
+
+/// `firstcome serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "FIRSTCOME_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// Bearer token of admin calls. Without one, a random token is made and
+    /// logged at startup.
+    #[arg(long, env = "FIRSTCOME_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Which parts to run.
+    #[arg(long, env = "FIRSTCOME_ROLE", value_parser = role_parser(), default_value = "all")]
+    pub role: Role,
+    /// Stores.
+    #[command(flatten)]
+    pub stores: StoreArgs,
+    /// Most rows in one group commit (gate).
+    #[arg(long, env = "FIRSTCOME_COMMIT_MAX_BATCH", default_value_t = 512)]
+    pub commit_max_batch: usize,
+    /// Group commits in flight at once (gate).
+    #[arg(long, env = "FIRSTCOME_COMMIT_INFLIGHT", default_value_t = 4)]
+    pub commit_inflight: usize,
+    /// Most stream entries the flusher (redis-lua) or drainer (redis-queue)
+    /// takes per batch.
+    #[arg(long, env = "FIRSTCOME_STREAM_BATCH", default_value_t = 1000)]
+    pub stream_batch: usize,
+    /// How long a group commit waits for company, in microseconds (gate).
+    #[arg(long, env = "FIRSTCOME_COMMIT_LINGER_US", default_value_t = 500)]
+    pub commit_linger_us: u64,
+    /// How long a repeated claim waits for a pending grant, in milliseconds.
+    #[arg(long, env = "FIRSTCOME_PENDING_WAIT_MS", default_value_t = 3000)]
+    pub pending_wait_ms: u64,
+    /// Age (by Redis' clock) after which a gate reservation whose request
+    /// never answered is settled from PostgreSQL, in milliseconds. Safety
+    /// does not depend on it (a late commit is fenced off); it bounds how
+    /// long a dead request's stock stays reserved.
+    #[arg(long, env = "FIRSTCOME_ORPHAN_AFTER_MS", default_value_t = 20_000)]
+    pub orphan_after_ms: u64,
+    /// Longest a server-sent event stream stays open, in seconds.
+    #[arg(long, env = "FIRSTCOME_SSE_MAX_SECS", default_value_t = 600)]
+    pub sse_max_secs: u64,
+    /// How often the worker looks for drift between Redis and PostgreSQL,
+    /// in seconds: counters first, every answer only on drift (0 turns the
+    /// periodic pass off).
+    #[arg(long, env = "FIRSTCOME_RECONCILE_INTERVAL_SECS", default_value_t = 30)]
+    pub reconcile_interval_secs: u64,
+    /// HS256 secret of user JWTs. With it (or a public key) every user call
+    /// needs `Authorization: Bearer <jwt>` and acts for the token's `sub`.
+    #[arg(long, env = "FIRSTCOME_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Public key of user JWTs (RS256 or ES256): PEM text, or the path of a
+    /// PEM file.
+    #[arg(long, env = "FIRSTCOME_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<String>,
+    /// Required `aud` of user JWTs, if set.
+    #[arg(long, env = "FIRSTCOME_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Required `iss` of user JWTs, if set.
+    #[arg(long, env = "FIRSTCOME_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Production profile: refuse to start without an admin token and a JWT
+    /// key.
+    #[arg(long, env = "FIRSTCOME_PRODUCTION", default_value_t = false)]
+    pub production: bool,
+    /// Requests per second per client IP on the /v1 API (0 = no limit).
+    /// Off by default: load tests send everything from 127.0.0.1, and
+    /// behind a proxy every client shares its address.
+    #[arg(long, env = "FIRSTCOME_RATE_PER_IP", default_value_t = 0)]
+    pub rate_per_ip: u32,
+    /// Burst allowed above `--rate-per-ip` (0 = same as the rate).
+    #[arg(long, env = "FIRSTCOME_RATE_PER_IP_BURST", default_value_t = 0)]
+    pub rate_per_ip_burst: u32,
+    /// Requests per second per user on user calls (0 = no limit).
+    #[arg(long, env = "FIRSTCOME_RATE_PER_USER", default_value_t = 20)]
+    pub rate_per_user: u32,
+    /// Burst allowed above `--rate-per-user` (0 = same as the rate).
+    #[arg(long, env = "FIRSTCOME_RATE_PER_USER_BURST", default_value_t = 40)]
+    pub rate_per_user_burst: u32,
+}
+
+impl ServeArgs {
+    /// The defaults of the flags with the given stores, port 0, a fixed
+    /// admin token, a smaller pool, short SSE streams, and neither the
+    /// periodic reconcile nor the per-user limit (tests drive those
+    /// themselves).
+    pub fn for_tests(
+        database_url: &str,
+        redis_url: &str,
+        redis_prefix: &str,
+        admin_token: &str,
+    ) -> Self {
+        // Without the environment: whatever FIRSTCOME_* the shell running
+        // the tests has set must not change them.
+        let mut cmd = Self::augment_args(clap::Command::new("serve"));
+        let ids: Vec<_> = cmd.get_arguments().map(|a| a.get_id().clone()).collect();
+        for id in ids {
+            cmd = cmd.mut_arg(id, |a| a.env(None::<&'static str>));
+        }
+        let matches = cmd
+            .try_get_matches_from([
+                "serve".to_string(),
+                "--addr=127.0.0.1:0".into(),
+                format!("--admin-token={admin_token}"),
+                format!("--database-url={database_url}"),
+                format!("--redis-url={redis_url}"),
+                format!("--redis-prefix={redis_prefix}"),
+                "--db-max-connections=16".into(),
+                "--sse-max-secs=60".into(),
+                "--reconcile-interval-secs=0".into(),
+                "--rate-per-user=0".into(),
+                "--rate-per-user-burst=0".into(),
+            ])
+            .expect("the test flags parse");
+        Self::from_arg_matches(&matches).expect("the test flags make ServeArgs")
+    }
+
+    /// Checks the configuration these flags make (see
+    /// [`ServeConfig::validate`]).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ServeConfig::from(self.clone()).validate()
+    }
+}
+
+impl From<ServeArgs> for ServeConfig {
+    fn from(a: ServeArgs) -> Self {
+        Self {
+            addr: a.addr,
+            admin_token: a.admin_token,
+            role: a.role,
+            stores: a.stores.into(),
+            commit_max_batch: a.commit_max_batch,
+            commit_inflight: a.commit_inflight,
+            commit_linger: Duration::from_micros(a.commit_linger_us),
+            stream_batch: a.stream_batch,
+            pending_wait: Duration::from_millis(a.pending_wait_ms),
+            orphan_after: Duration::from_millis(a.orphan_after_ms),
+            sse_max: Duration::from_secs(a.sse_max_secs),
+            reconcile_interval: Duration::from_secs(a.reconcile_interval_secs),
+            jwt: JwtConfig {
+                secret: a.jwt_secret,
+                public_key: a.jwt_public_key,
+                audience: a.jwt_audience,
+                issuer: a.jwt_issuer,
+            },
+            production: a.production,
+            rates: RateConfig {
+                per_ip: a.rate_per_ip,
+                per_ip_burst: a.rate_per_ip_burst,
+                per_user: a.rate_per_user,
+                per_user_burst: a.rate_per_user_burst,
+            },
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Rate limits per user and per client IP (governor GCRA, in memory, per
+//! process): the 429 answers of the API.
+//!
+//! [`RateLimits`] is built from [`RateConfig`]; the per-IP limit is the
+//! [`limit_ip`] middleware, the per-user one is applied by
+//! `auth::Caller::user`. Nothing here reads tokens or knows handlers.
+
+use std::{
+    hash::Hash,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    num::NonZeroU32,
+    sync::Arc,
+    time::Duration,
+};
+
+use axum::{
+    extract::{ConnectInfo, Request, State},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use governor::{clock::Clock, DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use super::{error::ApiError, AppState};
+use crate::{config::RateConfig, domain::UserId};
+
+/// One keyed GCRA limiter (governor), in memory, per process.
+struct Keyed<K: Hash + Eq + Clone> {
+    limiter: DefaultKeyedRateLimiter<K>,
+}
+
+impl<K: Hash + Eq + Clone> Keyed<K> {
+    fn new(per_sec: u32, burst: u32) -> Option<Self> {
+        let rate = NonZeroU32::new(per_sec)?;
+        let burst = NonZeroU32::new(burst).unwrap_or(rate);
+        Some(Self {
+            limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+        })
+    }
+
+    fn check(&self, key: &K, what: &'static str) -> Result<(), ApiError> {
+        self.limiter.check_key(key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.limiter.clock().now());
+            // Whole seconds, at least 1: Retry-After has no fractions.
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            metrics::counter!("firstcome_rate_limited_total", "key" => what).increment(1);
+            ApiError::RateLimited {
+                retry_after_secs: secs.max(1),
+                detail: format!("too many requests for this {what}; retry later"),
+            }
+        })
+    }
+
+    fn forget_idle(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+}
+
+/// The rate limits of a process. Each is `None` when disabled (rate 0).
+#[derive(Clone, Default)]
+pub struct RateLimits {
+    per_ip: Option<Arc<Keyed<IpAddr>>>,
+    per_user: Option<Arc<Keyed<UserId>>>,
+}
+
+impl RateLimits {
+    /// Limits of `per_ip` and `per_user` requests per second (0 = off),
+    /// each with its burst (0 = the rate).
+    pub fn new(per_ip: (u32, u32), per_user: (u32, u32)) -> Self {
+        Self {
+            per_ip: Keyed::new(per_ip.0, per_ip.1).map(Arc::new),
+            per_user: Keyed::new(per_user.0, per_user.1).map(Arc::new),
+        }
+    }
+
+    /// The limits the settings ask for.
+    pub fn from_config(c: &RateConfig) -> Self {
+        Self::new((c.per_ip, c.per_ip_burst), (c.per_user, c.per_user_burst))
+    }
+
+    /// Whether any limit is on.
+    pub fn enabled(&self) -> bool {
+        self.per_ip.is_some() || self.per_user.is_some()
+    }
+
+    /// Counts one request of `user`; 429 when over the limit.
+    pub fn check_user(&self, user: &UserId) -> Result<(), ApiError> {
+        match &self.per_user {
+            Some(l) => l.check(user, "user"),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts one request from `ip`; 429 when over the limit.
+    pub fn check_ip(&self, ip: IpAddr) -> Result<(), ApiError> {
+        match &self.per_ip {
+            Some(l) => l.check(&ip_key(ip), "client address"),
+            None => Ok(()),
+        }
+    }
+
+    /// Drops the state of keys that are back to a full burst, so the maps
+    /// hold only recently active users and addresses (memory stays bounded
+    /// by the request rate, not by how many ids were ever seen).
+    pub fn forget_idle(&self) {
+        if let Some(l) = &self.per_ip {
+            l.forget_idle();
+        }
+        if let Some(l) = &self.per_user {
+            l.forget_idle();
+        }
+    }
+
+    /// Runs [`RateLimits::forget_idle`] every `every` until `stop` flips.
+    pub async fn janitor(self, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => self.forget_idle(),
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+/// The key of an address: IPv4 as is, IPv6 by its /64 (one host usually
+/// owns a whole /64, so single addresses would be free to rotate).
+fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// Middleware: the per-IP limit, keyed by the TCP peer address (not
+/// `X-Forwarded-For`, which any client can write).
+pub async fn limit_ip(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
+        if let Err(e) = state.limits.check_ip(addr.ip()) {
+            return e.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_is_keyed_by_its_64() {
+        let a: IpAddr = "2001:db8:1:2:3:4:5:6".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:4:5:6".parse().unwrap();
+        assert_eq!(ip_key(a), ip_key(b));
+        let m: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(ip_key(m), "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn the_limit_refuses_beyond_the_burst() {
+        let l = RateLimits::new((0, 0), (1, 2));
+        let u = UserId::parse("u").unwrap();
+        assert!(l.check_user(&u).is_ok());
+        assert!(l.check_user(&u).is_ok());
+        match l.check_user(&u) {
+            Err(ApiError::RateLimited {
+                retry_after_secs, ..
+            }) => assert!(retry_after_secs >= 1),
+            other => panic!("expected 429, got {other:?}"),
+        }
+        // Another user is not affected.
+        assert!(l.check_user(&UserId::parse("v").unwrap()).is_ok());
+        assert!(l.check_ip("127.0.0.1".parse().unwrap()).is_ok());
+    }
+}
