@@ -102,45 +102,6 @@ impl ClaimOutcome {
     pub fn is_final(&self) -> bool {
         !matches!(self, ClaimOutcome::Queued { .. })
     }
-
-    /// The answer's JSON body, as the HTTP contract fixes it.
-    pub fn to_json(&self) -> serde_json::Value {
-        use serde_json::json;
-        match self {
-            ClaimOutcome::Granted {
-                user_id,
-                pool,
-                slot,
-                code,
-                seq,
-            } => {
-                json!({"status":"granted","user_id":user_id.as_str(),"pool":pool.as_str(),"slot":slot,"code":code,"seq":seq})
-            }
-            ClaimOutcome::Queued { user_id, seq } => {
-                json!({"status":"queued","user_id":user_id.as_str(),"seq":seq})
-            }
-            ClaimOutcome::Rejected {
-                user_id,
-                reason,
-                seq,
-            } => {
-                let mut v = json!({"status":"rejected","user_id":user_id.as_str(),"reason":reason.as_str()});
-                if let Some(s) = seq {
-                    v["seq"] = json!(s);
-                }
-                v
-            }
-            ClaimOutcome::Cancelled {
-                user_id,
-                pool,
-                slot,
-                code,
-                seq,
-            } => {
-                json!({"status":"cancelled","user_id":user_id.as_str(),"pool":pool.as_str(),"slot":slot,"code":code,"seq":seq})
-            }
-        }
-    }
 }
 
 /// Alphabet of coupon codes: Crockford base32 (no I, L, O, U), easy to read
@@ -170,18 +131,5 @@ mod tests {
         assert_eq!(a.len(), CODE_LEN);
         assert_ne!(a, b);
         assert!(a.bytes().all(|c| CODE_ALPHABET.contains(&c)));
-    }
-
-    #[test]
-    fn rejected_without_seq_omits_it() {
-        let o = ClaimOutcome::Rejected {
-            user_id: UserId::parse("u").unwrap(),
-            reason: RejectReason::NotOpen,
-            seq: None,
-        };
-        assert_eq!(
-            o.to_json(),
-            serde_json::json!({"status":"rejected","user_id":"u","reason":"not_open"})
-        );
     }
 }

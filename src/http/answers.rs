@@ -142,3 +142,22 @@ impl From<&ClaimOutcome> for ClaimAnswer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{RejectReason, UserId};
+
+    #[test]
+    fn rejected_without_seq_omits_it() {
+        let o = ClaimOutcome::Rejected {
+            user_id: UserId::parse("u").unwrap(),
+            reason: RejectReason::NotOpen,
+            seq: None,
+        };
+        assert_eq!(
+            serde_json::to_value(ClaimAnswer::from(&o)).unwrap(),
+            serde_json::json!({"status":"rejected","user_id":"u","reason":"not_open"})
+        );
+    }
+}

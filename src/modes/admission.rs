@@ -5,7 +5,7 @@ use std::future::Future;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::task::JoinHandle;
 
 use super::{
     error::{AdmissionError, CancelOutcome},
@@ -13,8 +13,15 @@ use super::{
 };
 use crate::{
     domain::{Campaign, ClaimOutcome, Pool, UserId},
-    storage::redis::{stream::StreamConfig, ScriptMode},
+    storage::redis::{stream::TaskEnv, ScriptMode},
 };
+
+/// A claim's answer, or why there is none yet.
+pub type Answer = Result<ClaimOutcome, AdmissionError>;
+/// A user's current answer (`None`: never claimed), or why it is unknown.
+pub type Status = Result<Option<ClaimOutcome>, AdmissionError>;
+/// What a cancellation found, or why it could not run.
+pub type Cancel = Result<CancelOutcome, AdmissionError>;
 
 /// What every mode is built from: the shared connections and settings.
 #[derive(Clone)]
@@ -25,17 +32,6 @@ pub struct Deps {
     pub common: RedisCommon,
     /// The group committer (gate's decisions, redis-queue's refusals).
     pub committer: CommitterHandle,
-}
-
-/// What a mode's background task for one campaign runs with.
-#[derive(Clone)]
-pub struct TaskEnv {
-    /// This worker's name (lease holder).
-    pub worker: String,
-    /// How stream consumers read (batch, lease, block).
-    pub stream: StreamConfig,
-    /// Turns true when the task must stop.
-    pub shutdown: watch::Receiver<bool>,
 }
 
 /// One admission mode.
@@ -51,25 +47,21 @@ pub trait Admission: Send + Sync + Sized {
     /// first answer. The window has been checked by the caller.
     fn claim(
         &self,
-        campaign: &Campaign,
+        c: &Campaign,
         pool: &Pool,
         user: &UserId,
-    ) -> impl Future<Output = Result<ClaimOutcome, AdmissionError>> + Send;
+    ) -> impl Future<Output = Answer> + Send;
 
     /// The user's current answer; `None` if the user never claimed.
-    fn status(
-        &self,
-        campaign: &Campaign,
-        user: &UserId,
-    ) -> impl Future<Output = Result<Option<ClaimOutcome>, AdmissionError>> + Send;
+    fn status(&self, c: &Campaign, user: &UserId) -> impl Future<Output = Status> + Send;
 
     /// Cancels the user's grant and returns its slot to stock. Idempotent.
     fn cancel(
         &self,
-        campaign: &Campaign,
+        c: &Campaign,
         user: &UserId,
         now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<CancelOutcome, AdmissionError>> + Send;
+    ) -> impl Future<Output = Cancel> + Send;
 
     /// The Redis side, for a mode that decides in Redis (its campaigns get
     /// a Redis state at creation and counters from Redis).

@@ -1,10 +1,17 @@
-//! What the two database-only modes share: slot reuse, remembered
-//! refusals, status and cancellation.
+//! What the two database-only modes share: the whole claim transaction
+//! ([`DbMode`]) around the one step they differ in ([`TakeUnit`]: how a
+//! unit of stock is taken under the pool row's lock), remembered refusals,
+//! status and cancellation.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
-use super::error::{AdmissionError, CancelOutcome};
+use std::{future::Future, marker::PhantomData};
+
+use super::{
+    admission::{Admission, Deps},
+    error::{AdmissionError, CancelOutcome},
+};
 use crate::{
     domain::{generate_code, Campaign, ClaimOutcome, Pool, RejectReason, UserId},
     storage::pg::{self, db_modes, PgError},
@@ -142,4 +149,80 @@ pub async fn cancel(
         Some(a @ ClaimOutcome::Cancelled { .. }) => CancelOutcome::Cancelled(a),
         Some(a) => CancelOutcome::NotGranted(a),
     })
+}
+
+/// The step the database-only modes differ in: taking one unit of the
+/// pool's stock inside the claim's transaction. `true` when there was one;
+/// either way the pool row stays locked until the transaction ends, which
+/// serialises slot allocation.
+pub trait TakeUnit: Send + Sync + 'static {
+    /// Takes a unit of `pool_id`'s stock, or finds none.
+    fn take(
+        tx: &mut Transaction<'_, Postgres>,
+        pool_id: i64,
+    ) -> impl Future<Output = Result<bool, PgError>> + Send;
+}
+
+/// A database-only mode: one transaction per claim (the user's lock, the
+/// unit, the arrival number, the slot and the grant or the refusal).
+pub struct DbMode<T> {
+    /// The source of truth, and here the only store.
+    db: PgPool,
+    /// How the unit is taken.
+    take: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for DbMode<T> {
+    fn clone(&self) -> Self {
+        Self {
+            db: self.db.clone(),
+            take: PhantomData,
+        }
+    }
+}
+
+impl<T: TakeUnit> DbMode<T> {
+    async fn attempt(
+        &self,
+        campaign: &Campaign,
+        pool: &Pool,
+        user: &UserId,
+    ) -> Result<ClaimOutcome, PgError> {
+        let mut tx = self.db.begin().await?;
+        // The user's lock first, then the pool's: one order for everyone.
+        if let Some(a) = lock_user(&mut tx, campaign, user).await? {
+            return Ok(a);
+        }
+        let won = T::take(&mut tx, pool.id).await?;
+        let seq = db_modes::next_seq(&mut tx).await?;
+        let answer = if won {
+            let slot = db_modes::take_slot(&mut tx, pool.id).await?;
+            insert_grant(&mut tx, campaign, pool, user, slot, seq).await?
+        } else {
+            reject_sold_out(&mut tx, campaign, user, seq).await?
+        };
+        tx.commit().await?;
+        Ok(answer)
+    }
+}
+
+impl<T: TakeUnit> Admission for DbMode<T> {
+    fn build(deps: &Deps) -> Self {
+        Self {
+            db: deps.db.clone(),
+            take: PhantomData,
+        }
+    }
+
+    async fn claim(&self, c: &Campaign, pool: &Pool, user: &UserId) -> super::Answer {
+        claim_with_retry(&self.db, c, user, || self.attempt(c, pool, user)).await
+    }
+
+    async fn status(&self, c: &Campaign, user: &UserId) -> super::Status {
+        Ok(stored_answer(&self.db, c, user).await?)
+    }
+
+    async fn cancel(&self, c: &Campaign, user: &UserId, now: DateTime<Utc>) -> super::Cancel {
+        cancel(&self.db, c, user, now).await
+    }
 }

@@ -23,6 +23,7 @@ pub mod redis_lua;
 pub mod redis_queue;
 mod registry;
 
-pub use admission::{Admission, Deps, TaskEnv};
+pub use crate::storage::redis::stream::TaskEnv;
+pub use admission::{Admission, Answer, Cancel, Deps, Status};
 pub use error::{AdmissionError, CancelOutcome};
 pub use registry::{script_mode, Admissions};

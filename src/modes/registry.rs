@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 
 use super::{
-    admission::{Admission, Deps, TaskEnv},
+    admission::{Admission, Deps},
     db_atomic, db_lock,
     error::{AdmissionError, CancelOutcome},
     gate,
@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     domain::{Campaign, ClaimOutcome, Mode, Pool, UserId},
-    storage::redis::ScriptMode,
+    storage::redis::{stream::TaskEnv, ScriptMode},
 };
 
 macro_rules! admissions {

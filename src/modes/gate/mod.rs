@@ -11,16 +11,16 @@ pub mod orphans;
 use chrono::{DateTime, Utc};
 
 use super::{
-    admission::{Admission, Deps, TaskEnv},
-    error::{AdmissionError, CancelOutcome},
-    redis_common::{window_rejection, RedisCommon, Release, ScriptReply, Stored},
+    admission::{Admission, Answer, Cancel, Deps, Status},
+    error::AdmissionError,
+    redis_common::{RedisCommon, Release, ScriptReply, Stored},
 };
 use crate::{
     domain::{Campaign, ClaimOutcome, Pool, UserId},
     modes::redis_common::committer::{CommitError, CommitterHandle, Promotion, Row, Verdict},
     storage::{
         pg::{self, NewGrant},
-        redis::ScriptMode,
+        redis::{stream::TaskEnv, ScriptMode},
     },
 };
 use tokio::task::JoinHandle;
@@ -175,18 +175,12 @@ impl Admission for Gate {
         )))
     }
 
-    async fn claim(
-        &self,
-        campaign: &Campaign,
-        pool: &Pool,
-        user: &UserId,
-    ) -> Result<ClaimOutcome, AdmissionError> {
+    async fn claim(&self, campaign: &Campaign, pool: &Pool, user: &UserId) -> Answer {
         match self
             .common
             .claim_script(campaign, pool, user, ScriptMode::Reserve)
             .await?
         {
-            ScriptReply::Window(reason) => Ok(window_rejection(user, reason)),
             ScriptReply::New(s @ Stored::Pending { .. }, gen) => {
                 let task = tokio::spawn(Self::commit(
                     self.common.clone(),
@@ -199,31 +193,19 @@ impl Admission for Gate {
                 ));
                 task.await.map_err(|_| AdmissionError::Pending)?
             }
-            ScriptReply::New(Stored::Refusing { seq }, gen) => {
+            other => {
                 self.common
-                    .commit_refusal_detached(&self.committer, campaign, user, seq, gen)
+                    .answer(&self.committer, campaign, user, other)
                     .await
-            }
-            ScriptReply::New(s, gen) | ScriptReply::Dup(s, gen) => {
-                self.common.settle(campaign, user, s, Some(gen)).await
             }
         }
     }
 
-    async fn status(
-        &self,
-        campaign: &Campaign,
-        user: &UserId,
-    ) -> Result<Option<ClaimOutcome>, AdmissionError> {
+    async fn status(&self, campaign: &Campaign, user: &UserId) -> Status {
         self.common.status_settled(campaign, user).await
     }
 
-    async fn cancel(
-        &self,
-        campaign: &Campaign,
-        user: &UserId,
-        now: DateTime<Utc>,
-    ) -> Result<CancelOutcome, AdmissionError> {
+    async fn cancel(&self, campaign: &Campaign, user: &UserId, now: DateTime<Utc>) -> Cancel {
         self.common.cancel_durable(campaign, user, now).await
     }
 }

@@ -106,44 +106,33 @@ impl RedisCommon {
         }
     }
 
-    /// Makes a fresh refusal (`X`) durable through the group committer,
-    /// then answers it (gate, redis-queue).
-    pub async fn commit_refusal(
+    /// The answer to a claim script's reply, in the modes that make a
+    /// refusal durable before telling it (gate, redis-queue): a refusal is
+    /// committed first, anything else settled (gate handles its fresh
+    /// reservations before calling this).
+    pub async fn answer(
         &self,
         committer: &CommitterHandle,
         c: &Campaign,
         user: &UserId,
-        seq: i64,
-        gen: i64,
+        reply: ScriptReply,
     ) -> Result<ClaimOutcome, AdmissionError> {
-        let x = Stored::Refusing { seq };
-        let r = Stored::Rejected { seq };
-        let row = CommitRow::Refusal(NewRejection {
-            campaign_id: c.id.0,
-            user_id: user.as_str().to_string(),
-            seq,
-        });
-        let promotion = Promotion {
-            keys: self.keys(c),
-            from: x.encode(),
-            to: r.encode(),
-        };
-        match committer.commit(row, gen, Some(promotion)).await {
-            Ok(Verdict::Stored) => Ok(r.outcome(c, user)?),
-            Ok(Verdict::Refused) => self.adopt_durable(c, user, &x).await,
-            Ok(Verdict::Stale) => {
-                self.drop_stale(c, gen).await?;
-                Err(AdmissionError::Rebuilding)
+        match reply {
+            ScriptReply::Window(reason) => Ok(window_rejection(user, reason)),
+            ScriptReply::New(Stored::Refusing { seq }, gen) => {
+                self.commit_refusal_detached(committer, c, user, seq, gen)
+                    .await
             }
-            // Nothing to give back: the refusal stays `X` and the next read
-            // makes it durable.
-            Err(CommitError::Database(e)) => Err(AdmissionError::Database(e)),
-            Err(CommitError::Closed) => Err(AdmissionError::Pending),
+            ScriptReply::New(s, gen) | ScriptReply::Dup(s, gen) => {
+                self.settle(c, user, s, Some(gen)).await
+            }
         }
     }
 
-    /// [`Self::commit_refusal`] in its own task, like a grant's commit: a
-    /// client hanging up must not leave the refusal waiting for a read.
+    /// Makes a fresh refusal (`X`) durable through the group committer,
+    /// then answers it (gate, redis-queue). Runs in its own task, like a
+    /// grant's commit: a client hanging up must not leave the refusal
+    /// waiting for a read.
     pub async fn commit_refusal_detached(
         &self,
         committer: &CommitterHandle,
@@ -153,8 +142,34 @@ impl RedisCommon {
         gen: i64,
     ) -> Result<ClaimOutcome, AdmissionError> {
         let (common, committer) = (self.clone(), committer.clone());
-        let (c, u) = (c.clone(), user.clone());
-        tokio::spawn(async move { common.commit_refusal(&committer, &c, &u, seq, gen).await })
+        let (c, user) = (c.clone(), user.clone());
+        let commit = async move {
+            let x = Stored::Refusing { seq };
+            let r = Stored::Rejected { seq };
+            let row = CommitRow::Refusal(NewRejection {
+                campaign_id: c.id.0,
+                user_id: user.as_str().to_string(),
+                seq,
+            });
+            let promotion = Promotion {
+                keys: common.keys(&c),
+                from: x.encode(),
+                to: r.encode(),
+            };
+            match committer.commit(row, gen, Some(promotion)).await {
+                Ok(Verdict::Stored) => Ok(r.outcome(&c, &user)?),
+                Ok(Verdict::Refused) => common.adopt_durable(&c, &user, &x).await,
+                Ok(Verdict::Stale) => {
+                    common.drop_stale(&c, gen).await?;
+                    Err(AdmissionError::Rebuilding)
+                }
+                // Nothing to give back: the refusal stays `X` and the next
+                // read makes it durable.
+                Err(CommitError::Database(e)) => Err(AdmissionError::Database(e)),
+                Err(CommitError::Closed) => Err(AdmissionError::Pending),
+            }
+        };
+        tokio::spawn(commit)
             .await
             .map_err(|_| AdmissionError::Pending)?
     }

@@ -11,13 +11,16 @@ use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 
 use super::{
-    admission::{Admission, Deps, TaskEnv},
+    admission::{Admission, Answer, Cancel, Deps, Status},
     error::{AdmissionError, CancelOutcome},
     redis_common::{RedisCommon, Stored},
 };
 use crate::{
-    domain::{Campaign, ClaimOutcome, Pool, UserId},
-    storage::redis::{stream, ScriptMode},
+    domain::{Campaign, Pool, UserId},
+    storage::redis::{
+        stream::{self, TaskEnv},
+        ScriptMode,
+    },
 };
 
 /// The write-behind mode.
@@ -43,48 +46,33 @@ impl Admission for RedisLua {
     /// The flusher: writes the outbox to PostgreSQL behind the answers.
     fn background(&self, campaign: Campaign, env: TaskEnv) -> Option<JoinHandle<()>> {
         let k = self.common.keys(&campaign);
-        Some(tokio::spawn(stream::run(
-            self.common.redis.clone(),
-            k.outbox.clone(),
-            k.lease.clone(),
-            env.worker,
-            env.stream,
-            flusher::Flusher {
-                db: self.common.db.clone(),
-                campaign,
-                common: self.common.clone(),
-            },
-            env.shutdown,
-        )))
+        let flusher = flusher::Flusher {
+            db: self.common.db.clone(),
+            campaign,
+            common: self.common.clone(),
+        };
+        Some(stream::spawn(
+            &self.common.redis,
+            &k.outbox,
+            &k.lease,
+            env,
+            flusher,
+        ))
     }
 
-    async fn claim(
-        &self,
-        campaign: &Campaign,
-        pool: &Pool,
-        user: &UserId,
-    ) -> Result<ClaimOutcome, AdmissionError> {
+    async fn claim(&self, campaign: &Campaign, pool: &Pool, user: &UserId) -> Answer {
         self.common
             .claim_as_stored(campaign, pool, user, ScriptMode::WriteBehind)
             .await
     }
 
-    async fn status(
-        &self,
-        campaign: &Campaign,
-        user: &UserId,
-    ) -> Result<Option<ClaimOutcome>, AdmissionError> {
+    async fn status(&self, campaign: &Campaign, user: &UserId) -> Status {
         self.common.status_settled(campaign, user).await
     }
 
     /// Cancels in Redis and appends the cancellation to the outbox, behind
     /// the grant it cancels, so the flusher applies both in order.
-    async fn cancel(
-        &self,
-        campaign: &Campaign,
-        user: &UserId,
-        _now: DateTime<Utc>,
-    ) -> Result<CancelOutcome, AdmissionError> {
+    async fn cancel(&self, campaign: &Campaign, user: &UserId, _now: DateTime<Utc>) -> Cancel {
         let Some(s) = self.common.stored(campaign, user).await? else {
             return Ok(CancelOutcome::NotFound);
         };

@@ -9,14 +9,16 @@ pub mod drainer;
 use chrono::{DateTime, Utc};
 
 use super::{
-    admission::{Admission, Deps, TaskEnv},
-    error::{AdmissionError, CancelOutcome},
-    redis_common::{window_rejection, RedisCommon, ScriptReply, Stored},
+    admission::{Admission, Answer, Cancel, Deps, Status},
+    redis_common::RedisCommon,
 };
 use crate::{
-    domain::{Campaign, ClaimOutcome, Pool, UserId},
+    domain::{Campaign, Pool, UserId},
     modes::redis_common::committer::CommitterHandle,
-    storage::redis::{stream, ScriptMode},
+    storage::redis::{
+        stream::{self, TaskEnv},
+        ScriptMode,
+    },
 };
 use tokio::task::JoinHandle;
 
@@ -46,60 +48,37 @@ impl Admission for RedisQueue {
     /// The drainer: grants the queue in arrival order, durably.
     fn background(&self, campaign: Campaign, env: TaskEnv) -> Option<JoinHandle<()>> {
         let k = self.common.keys(&campaign);
-        Some(tokio::spawn(stream::run(
-            self.common.redis.clone(),
-            k.queue.clone(),
-            k.lease.clone(),
-            env.worker,
-            env.stream,
-            drainer::Drainer {
-                common: self.common.clone(),
-                db: self.common.db.clone(),
-                campaign,
-                attempts: std::collections::HashMap::new(),
-            },
-            env.shutdown,
-        )))
+        let drainer = drainer::Drainer {
+            common: self.common.clone(),
+            db: self.common.db.clone(),
+            campaign,
+            attempts: std::collections::HashMap::new(),
+        };
+        Some(stream::spawn(
+            &self.common.redis,
+            &k.queue,
+            &k.lease,
+            env,
+            drainer,
+        ))
     }
 
-    async fn claim(
-        &self,
-        campaign: &Campaign,
-        pool: &Pool,
-        user: &UserId,
-    ) -> Result<ClaimOutcome, AdmissionError> {
-        match self
+    async fn claim(&self, campaign: &Campaign, pool: &Pool, user: &UserId) -> Answer {
+        let reply = self
             .common
             .claim_script(campaign, pool, user, ScriptMode::Enqueue)
-            .await?
-        {
-            ScriptReply::Window(reason) => Ok(window_rejection(user, reason)),
-            // A refusal is final: durable before it is told.
-            ScriptReply::New(Stored::Refusing { seq }, gen) => {
-                self.common
-                    .commit_refusal_detached(&self.committer, campaign, user, seq, gen)
-                    .await
-            }
-            ScriptReply::New(s, gen) | ScriptReply::Dup(s, gen) => {
-                self.common.settle(campaign, user, s, Some(gen)).await
-            }
-        }
+            .await?;
+        // A refusal is final: durable before it is told.
+        self.common
+            .answer(&self.committer, campaign, user, reply)
+            .await
     }
 
-    async fn status(
-        &self,
-        campaign: &Campaign,
-        user: &UserId,
-    ) -> Result<Option<ClaimOutcome>, AdmissionError> {
+    async fn status(&self, campaign: &Campaign, user: &UserId) -> Status {
         self.common.status_settled(campaign, user).await
     }
 
-    async fn cancel(
-        &self,
-        campaign: &Campaign,
-        user: &UserId,
-        now: DateTime<Utc>,
-    ) -> Result<CancelOutcome, AdmissionError> {
+    async fn cancel(&self, campaign: &Campaign, user: &UserId, now: DateTime<Utc>) -> Cancel {
         self.common.cancel_durable(campaign, user, now).await
     }
 }

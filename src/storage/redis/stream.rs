@@ -72,6 +72,37 @@ impl Default for StreamConfig {
     }
 }
 
+/// What a background task runs with: the worker that runs it (the lease
+/// holder's name), how stream consumers read, and the stop signal.
+#[derive(Clone)]
+pub struct TaskEnv {
+    /// This worker's name (lease holder).
+    pub worker: String,
+    /// How stream consumers read (batch, lease, block).
+    pub stream: StreamConfig,
+    /// Turns true when the task must stop.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Spawns [`run`] for `handler` over `stream`, under the lease `lease`.
+pub fn spawn<H: Handler>(
+    store: &RedisStore,
+    stream: &str,
+    lease: &str,
+    env: TaskEnv,
+    handler: H,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(
+        store.clone(),
+        stream.to_string(),
+        lease.to_string(),
+        env.worker,
+        env.stream,
+        handler,
+        env.shutdown,
+    ))
+}
+
 /// Runs `handler` over `stream` until shutdown or the handler is finished.
 pub async fn run<H: Handler>(
     store: RedisStore,
