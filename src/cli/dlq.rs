@@ -70,18 +70,7 @@ pub async fn run(cmd: DlqCmd) -> anyhow::Result<()> {
             continue;
         }
         let pidx: usize = p.parse()?;
-        let pk = k
-            .pools
-            .get(pidx)
-            .ok_or_else(|| anyhow::anyhow!("bad pool index {p}"))?;
-        let r: Vec<String> = common
-            .redis
-            .eval(
-                &common.redis.scripts().replay,
-                &[&k.ans, &pk.left, &k.queue, &k.queued, &k.dlq, &k.meta],
-                &[&u, &p, &sq, &e.id],
-            )
-            .await?;
+        let r = common.redis.replay(&k, pidx, &u, &sq, &e.id).await?;
         let gen: Option<i64> = r.get(1).and_then(|g| g.parse().ok());
         let mut r = r.first().cloned().unwrap_or_default();
         if let (true, Some(gen)) = (r == "sold_out", gen) {

@@ -285,6 +285,18 @@ pub const OPEN_ENDED_KEY_LIFETIME_SECS: i64 = 7 * 24 * 3600;
 pub const KEY_GRACE_SECS: i64 = 3600;
 
 impl Campaign {
+    /// The index of the pool named `name`; `None` for a name the campaign
+    /// does not have (never a guess).
+    pub fn pool_index(&self, name: &PoolName) -> Option<usize> {
+        self.pools.iter().position(|p| &p.name == name)
+    }
+
+    /// The index of the pool whose id is `id`; `None` for another
+    /// campaign's pool.
+    pub fn pool_index_of(&self, id: i64) -> Option<usize> {
+        self.pools.iter().position(|p| p.id == id)
+    }
+
     /// Finds a pool by name, or the only pool when `name` is `None` and
     /// there is exactly one.
     pub fn pool(&self, name: Option<&PoolName>) -> Option<&Pool> {

@@ -41,7 +41,7 @@ pub async fn sweep_once(common: &RedisCommon) -> anyhow::Result<usize> {
         let Some(c) = pg::load_campaign(&common.db, CampaignId(e.campaign_id)).await? else {
             continue;
         };
-        let Some(pidx) = c.pools.iter().position(|p| p.id == e.pool_id) else {
+        let Some(pidx) = c.pool_index_of(e.pool_id) else {
             continue;
         };
         let user = UserId::parse(e.user_id.clone())?;

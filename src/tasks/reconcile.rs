@@ -189,24 +189,12 @@ pub async fn reconcile(
         }
         r.stock_delta += want_left - snap.left[i];
         if repair {
-            let pk = &k.pools[i];
-            let mut args: Vec<String> = vec![
-                snap.seq.to_string(),
-                snap.left[i].to_string(),
-                snap.free[i].len().to_string(),
-                want_left.to_string(),
-            ];
-            args.extend(want_free.iter().map(|s| s.to_string()));
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let done: i64 = common
+            let seen = (snap.seq, snap.left[i], snap.free[i].len());
+            let done = common
                 .redis
-                .eval(
-                    &common.redis.scripts().repair,
-                    &[&k.meta, &k.seq, &pk.left, &pk.free],
-                    &args,
-                )
+                .repair(&k, i, seen, want_left, &want_free)
                 .await?;
-            if done == 1 {
+            if done {
                 r.pools_repaired += 1;
                 metrics::counter!("firstcome_reconcile_repairs_total", "kind" => "counters")
                     .increment(1);

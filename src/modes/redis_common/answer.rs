@@ -259,9 +259,7 @@ impl Stored {
 /// The index of the campaign's pool named `name`; an error, never a guess,
 /// for a name the campaign does not have.
 pub fn pool_index(c: &Campaign, name: &crate::domain::PoolName) -> Result<i32, RedisStoreError> {
-    c.pools
-        .iter()
-        .position(|p| &p.name == name)
+    c.pool_index(name)
         .map(|i| i as i32)
         .ok_or_else(|| RedisStoreError::Protocol(format!("campaign {} has no pool {name}", c.id)))
 }

@@ -7,13 +7,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::{pool_index, AdmissionError, CancelOutcome, RedisCommon, Stored};
-use crate::storage::redis::ScriptMode;
 use crate::{
     domain::{Campaign, ClaimOutcome, UserId},
-    storage::{
-        pg::{self, PgError},
-        redis::RedisStoreError,
-    },
+    storage::pg::{self, PgError},
 };
 
 impl RedisCommon {
@@ -26,28 +22,9 @@ impl RedisCommon {
         code: Option<&str>,
         outbox: bool,
     ) -> Result<Vec<String>, AdmissionError> {
-        let k = self.keys(c);
-        let pk = k
-            .pools
-            .get(pidx as usize)
-            .ok_or_else(|| RedisStoreError::Protocol(format!("unknown pool index {pidx}")))?;
-        let p = pidx.to_string();
         Ok(self
             .redis
-            .eval(
-                &self.redis.scripts().cancel,
-                &[&k.meta, &k.ans, &pk.left, &pk.free, &k.outbox],
-                &[
-                    user.as_str(),
-                    if outbox {
-                        ScriptMode::WriteBehind.as_arg()
-                    } else {
-                        ""
-                    },
-                    code.unwrap_or(""),
-                    &p,
-                ],
-            )
+            .cancel(&self.keys(c), pidx as usize, user.as_str(), code, outbox)
             .await?)
     }
 

@@ -36,29 +36,25 @@ impl RedisCommon {
         mode: ScriptMode,
     ) -> Result<ScriptReply, AdmissionError> {
         let k = self.keys(c);
-        let pk = &k.pools[pool.idx as usize];
-        let stream = mode.stream(&k);
         // The queue's drainer draws codes when it allocates slots.
         let code = if mode == ScriptMode::Enqueue {
             String::new()
         } else {
             generate_code()
         };
-        let pidx = pool.idx.to_string();
-        let stock = pool.stock.to_string();
         // A claim that finds the state missing rebuilds it, or waits a
         // little for whoever is rebuilding it, before answering 503.
         let deadline = tokio::time::Instant::now() + REBUILD_WAIT;
         loop {
-            let r: Vec<String> = self
+            let r = self
                 .redis
-                .eval(
-                    &self.redis.scripts().claim,
-                    &[
-                        &k.meta, &k.ans, &k.seq, &pk.left, &pk.hw, &pk.free, stream, &k.queued,
-                        &k.pending,
-                    ],
-                    &[user.as_str(), &pidx, &code, mode.as_arg(), &stock],
+                .claim(
+                    &k,
+                    pool.idx as usize,
+                    user.as_str(),
+                    &code,
+                    mode,
+                    pool.stock as i64,
                 )
                 .await?;
             let gen = || -> Result<i64, RedisStoreError> {

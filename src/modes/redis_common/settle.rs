@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::{AdmissionError, RedisCommon, Release, Stored};
+use crate::storage::redis::ReleaseArgs;
 use crate::{
     domain::{Campaign, ClaimOutcome, UserId},
     storage::{
@@ -193,33 +194,19 @@ impl RedisCommon {
             | Stored::Granted { pidx, .. } => *pidx,
             _ => return Ok(false),
         };
-        let k = self.keys(c);
-        let pk = k
-            .pools
-            .get(pidx as usize)
-            .ok_or_else(|| RedisStoreError::Protocol(format!("unknown pool index {pidx}")))?;
-        let rep = r.replacement.map(Stored::encode).unwrap_or_default();
-        let slot = r.free_slot.map(|s| s.to_string()).unwrap_or_default();
-        let delta = r.queued_delta.to_string();
-        let taken = r.mark_taken.map(|s| s.to_string()).unwrap_or_default();
-        let n: i64 = self
+        let replacement = r.replacement.map(Stored::encode).unwrap_or_default();
+        let args = ReleaseArgs {
+            user: user.as_str(),
+            expected: &expected.encode(),
+            replacement: &replacement,
+            free_slot: r.free_slot,
+            queued_delta: r.queued_delta,
+            give_back: r.give_back,
+            mark_taken: r.mark_taken,
+        };
+        Ok(self
             .redis
-            .eval(
-                &self.redis.scripts().release,
-                &[
-                    &k.meta, &k.ans, &pk.left, &pk.free, &k.queued, &k.pending, &pk.hw,
-                ],
-                &[
-                    user.as_str(),
-                    &expected.encode(),
-                    &rep,
-                    &slot,
-                    &delta,
-                    if r.give_back { "1" } else { "0" },
-                    &taken,
-                ],
-            )
-            .await?;
-        Ok(n == 1)
+            .release(&self.keys(c), pidx as usize, &args)
+            .await?)
     }
 }

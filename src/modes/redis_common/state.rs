@@ -14,32 +14,6 @@ use crate::{
     },
 };
 
-/// Entries a redis-lua rebuild should let the flusher write first: those of
-/// an outbox that has its consumer group (a flusher can read it) and whose
-/// oldest entry is younger than ARGV[1] ms (the flusher is making
-/// progress). Otherwise 0: an outbox nobody can or does flush must not
-/// hold the campaign's claims hostage; its entries, of the replaced state's
-/// generation, are then dropped by the flusher and counted as exposure.
-const OUTBOX_TO_FLUSH: &str = "
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
-if not ok then return 0 end
-local has = false
-for _, g in ipairs(groups) do
-  for i = 1, #g, 2 do
-    if g[i] == 'name' and g[i + 1] == 'g' then has = true end
-  end
-end
-if not has then return 0 end
-local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
-if not first then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ms = tonumber(string.match(first[1], '^(%d+)'))
-if now - ms > tonumber(ARGV[1]) then return 0 end
-return redis.call('XLEN', KEYS[1])
-";
-
 /// How long a redis-lua rebuild waits for a surviving outbox to flush.
 const OUTBOX_WAIT_MS: i64 = 10_000;
 
@@ -52,16 +26,7 @@ impl RedisCommon {
     /// Forgets the campaign's Redis state if it is still of generation
     /// `gen`, which PostgreSQL has moved past: the next claim rebuilds.
     pub async fn drop_stale(&self, c: &Campaign, gen: i64) -> Result<(), AdmissionError> {
-        let k = self.keys(c);
-        let n: i64 = self
-            .redis
-            .eval(
-                &self.redis.scripts().drop_stale,
-                &[&k.meta],
-                &[&gen.to_string()],
-            )
-            .await?;
-        if n == 1 {
+        if self.redis.drop_stale(&self.keys(c), gen).await? {
             tracing::warn!(campaign = %c.id, gen, "dropped a redis state older than postgres' generation");
         }
         Ok(())
@@ -71,16 +36,12 @@ impl RedisCommon {
     /// not load it (a restart or failover may have lost its last writes);
     /// `true` when it did. The caller rebuilds.
     pub async fn forget_if_server_changed(&self, c: &Campaign) -> Result<bool, AdmissionError> {
-        let k = self.keys(c);
-        let n: i64 = self
-            .redis
-            .eval(&self.redis.scripts().same_server, &[&k.meta], &[])
-            .await?;
-        if n == 1 {
+        let dropped = self.redis.forget_if_moved(&self.keys(c)).await?;
+        if dropped {
             metrics::counter!("firstcome_redis_server_changes_total").increment(1);
             tracing::warn!(campaign = %c.id, "redis state loaded by another server (restart or failover): dropped, rebuilding from postgres");
         }
-        Ok(n == 1)
+        Ok(dropped)
     }
 
     /// Loads an empty state for a new campaign.
@@ -121,19 +82,7 @@ impl RedisCommon {
             return Err(AdmissionError::Rebuilding);
         }
         let result = self.rebuild_locked(c, &k).await;
-        let lock = k.rebuild_lock.clone();
-        let _ = self
-            .redis
-            .run(|mut conn| async move {
-                redis::Script::new(
-                    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-                )
-                .key(&lock)
-                .arg(&token)
-                .invoke_async::<i64>(&mut conn)
-                .await
-            })
-            .await;
+        let _ = self.redis.unlock(&k.rebuild_lock, &token).await;
         if result.is_ok() {
             metrics::counter!("firstcome_redis_rebuilds_total").increment(1);
         }
@@ -161,7 +110,7 @@ impl RedisCommon {
             active,
         } in rows
         {
-            let Some(pidx) = c.pools.iter().position(|p| p.id == pool_id) else {
+            let Some(pidx) = c.pool_index_of(pool_id) else {
                 continue;
             };
             t.max_seq = t.max_seq.max(seq);
@@ -214,21 +163,8 @@ impl RedisCommon {
         // already told (redis-lua writes behind through it; the other modes
         // leave it empty, so this costs them one call); the flusher needs
         // no meta, so it writes them first, and the rebuild then reads them.
-        {
-            let outbox = k.outbox.clone();
-            let waiting: i64 = self
-                .redis
-                .run(|mut conn| async move {
-                    redis::Script::new(OUTBOX_TO_FLUSH)
-                        .key(&outbox)
-                        .arg(OUTBOX_WAIT_MS)
-                        .invoke_async(&mut conn)
-                        .await
-                })
-                .await?;
-            if waiting > 0 {
-                return Err(AdmissionError::Rebuilding);
-            }
+        if self.redis.outbox_to_flush(k, OUTBOX_WAIT_MS).await? > 0 {
+            return Err(AdmissionError::Rebuilding);
         }
         let gen = pg::bump_generation(&self.db, c.id).await?;
         let Truth {
@@ -303,18 +239,14 @@ impl RedisCommon {
         let now = Utc::now();
         let k = self.keys(c);
         let half = chrono::Duration::seconds(crate::domain::OPEN_ENDED_KEY_LIFETIME_SECS / 2);
-        let n: i64 = self
+        Ok(self
             .redis
-            .eval(
-                &self.redis.scripts().refresh,
-                &k.all(),
-                &[
-                    &Self::expire_at_ms(c, now).to_string(),
-                    &(now + half).timestamp_millis().to_string(),
-                ],
+            .refresh(
+                &k,
+                Self::expire_at_ms(c, now),
+                (now + half).timestamp_millis(),
             )
-            .await?;
-        Ok(n == 1)
+            .await?)
     }
 
     /// Stock left at the door per pool, and the queued count.

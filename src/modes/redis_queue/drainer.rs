@@ -42,23 +42,13 @@ impl Handler for Drainer {
         let k = self.common.keys(c);
         // 1. Slots, in arrival order.
         let codes: Vec<String> = entries.iter().map(|_| generate_code()).collect();
-        let mut keys: Vec<&str> = vec![&k.ans, &k.meta, &k.queued];
-        for p in &k.pools {
-            keys.extend([p.hw.as_str(), p.free.as_str()]);
-        }
-        let stocks: Vec<String> = c.pools.iter().map(|p| p.stock.to_string()).collect();
-        let np = c.pools.len().to_string();
-        let mut args: Vec<&str> = Vec::with_capacity(1 + stocks.len() + entries.len() * 2);
-        args.push(&np);
-        args.extend(stocks.iter().map(String::as_str));
-        for (e, code) in entries.iter().zip(&codes) {
-            args.extend([e.get("u"), code.as_str()]);
-        }
-        let reply: Vec<String> = self
-            .common
-            .redis
-            .eval(&self.common.redis.scripts().allocate, &keys, &args)
-            .await?;
+        let stocks: Vec<i64> = c.pools.iter().map(|p| p.stock as i64).collect();
+        let pairs: Vec<(&str, &str)> = entries
+            .iter()
+            .zip(&codes)
+            .map(|(e, code)| (e.get("u"), code.as_str()))
+            .collect();
+        let reply = self.common.redis.allocate(&k, &stocks, &pairs).await?;
         let (gen, answers) = reply
             .split_first()
             .ok_or_else(|| anyhow::anyhow!("allocate: empty reply"))?;

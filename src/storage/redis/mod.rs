@@ -7,7 +7,10 @@
 //! `Script::invoke_async` does that) after a restart, failover or
 //! `SCRIPT FLUSH`.
 
+mod scripts;
 pub mod stream;
+
+pub use scripts::{Lua, ReleaseArgs, Scripts};
 
 use std::{
     collections::HashMap,
@@ -15,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use redis::{aio::ConnectionManager, aio::ConnectionManagerConfig, FromRedisValue, Script};
+use redis::{aio::ConnectionManager, aio::ConnectionManagerConfig, FromRedisValue};
 
 use crate::domain::CampaignId;
 
@@ -31,68 +34,6 @@ pub enum RedisStoreError {
     /// A script answered something it never answers (a bug).
     #[error("unexpected redis reply: {0}")]
     Protocol(String),
-}
-
-/// One Lua script: its SHA-cached handle and its source.
-pub struct Lua {
-    /// Runs by SHA, loading on NOSCRIPT.
-    pub script: Script,
-    /// The source, for a plain EVAL when the cache is flushed again between
-    /// the load and the EVALSHA (SCRIPT FLUSH in a loop, failover storms).
-    pub src: &'static str,
-}
-
-impl Lua {
-    fn new(src: &'static str) -> Self {
-        Self {
-            script: Script::new(src),
-            src,
-        }
-    }
-}
-
-/// The Lua scripts, compiled into the binary from `lua/`.
-pub struct Scripts {
-    /// Admission decision (all Redis modes).
-    pub claim: Lua,
-    /// Replace expected answers (gate commit, queue grant).
-    pub promote: Lua,
-    /// Compensation: give back a reservation's stock and slot.
-    pub release: Lua,
-    /// Cancel a granted answer, freeing its slot.
-    pub cancel: Lua,
-    /// Slot allocation for queued claims, in order.
-    pub allocate: Lua,
-    /// Load a campaign's state (creation or rebuild).
-    pub init: Lua,
-    /// The reconciler's compare-and-set fix of a pool's counters.
-    pub repair: Lua,
-    /// Put a dead-lettered claim back in the queue.
-    pub replay: Lua,
-    /// Forget a state whose generation PostgreSQL has moved past.
-    pub drop_stale: Lua,
-    /// Push an open-ended campaign's key expiry forward.
-    pub refresh: Lua,
-    /// Forget a state another Redis server loaded (restart, failover).
-    pub same_server: Lua,
-}
-
-impl Scripts {
-    fn new() -> Self {
-        Self {
-            claim: Lua::new(include_str!("../../../lua/claim.lua")),
-            promote: Lua::new(include_str!("../../../lua/promote.lua")),
-            release: Lua::new(include_str!("../../../lua/release.lua")),
-            cancel: Lua::new(include_str!("../../../lua/cancel.lua")),
-            allocate: Lua::new(include_str!("../../../lua/allocate.lua")),
-            init: Lua::new(include_str!("../../../lua/init.lua")),
-            repair: Lua::new(include_str!("../../../lua/repair.lua")),
-            replay: Lua::new(include_str!("../../../lua/replay.lua")),
-            drop_stale: Lua::new(include_str!("../../../lua/drop_stale.lua")),
-            refresh: Lua::new(include_str!("../../../lua/refresh.lua")),
-            same_server: Lua::new(include_str!("../../../lua/same_server.lua")),
-        }
-    }
 }
 
 /// How the claim script decides (ARGV[4] of `claim.lua`): each Redis mode
@@ -390,67 +331,6 @@ impl RedisStore {
             .await
             .map_err(|_| RedisStoreError::Timeout(self.timeout))?
             .map_err(Into::into)
-    }
-
-    /// Replaces answers still equal to the expected ones (`promote.lua`):
-    /// `triples` are (user, expected, new). Returns how many were replaced.
-    pub async fn promote(
-        &self,
-        k: &CampaignKeys,
-        triples: &[AnswerSwap],
-        decrement_queued: bool,
-    ) -> Result<i64, RedisStoreError> {
-        let mut args: Vec<&str> = Vec::with_capacity(1 + triples.len() * 3);
-        args.push(if decrement_queued { "1" } else { "0" });
-        for (u, e, n) in triples {
-            args.extend([u.as_str(), e.as_str(), n.as_str()]);
-        }
-        self.eval(
-            &self.scripts().promote,
-            &[&k.ans, &k.queued, &k.pending],
-            &args,
-        )
-        .await
-    }
-
-    /// Loads a campaign's state with `init.lua`. `Ok(false)` when the state
-    /// was already there (a racing rebuild never clobbers live state).
-    pub async fn init_state(
-        &self,
-        k: &CampaignKeys,
-        st: &InitState,
-    ) -> Result<bool, RedisStoreError> {
-        let ms = |t: Option<i64>| t.map(|t| t.to_string()).unwrap_or_default();
-        let mut args: Vec<String> = vec![
-            st.expire_at_ms.to_string(),
-            ms(st.opens_ms),
-            ms(st.closes_ms),
-            st.mode.clone(),
-            st.pools.len().to_string(),
-            st.seq.to_string(),
-            st.queued.to_string(),
-            st.gen.to_string(),
-        ];
-        for p in &st.pools {
-            args.extend([
-                p.left.to_string(),
-                p.hw.to_string(),
-                p.free.len().to_string(),
-            ]);
-            args.extend(p.free.iter().map(|s| s.to_string()));
-        }
-        args.push(st.answers.len().to_string());
-        for (u, a) in &st.answers {
-            args.extend([u.clone(), a.clone()]);
-        }
-        let mut keys: Vec<&str> = vec![&k.meta, &k.ans, &k.seq, &k.queued, &k.outbox, &k.queue];
-        for p in &k.pools {
-            keys.extend([p.left.as_str(), p.hw.as_str(), p.free.as_str()]);
-        }
-        keys.push(&k.pending);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let loaded: i64 = self.eval(&self.scripts().init, &keys, &args).await?;
-        Ok(loaded == 1)
     }
 
     /// Checks Redis answers.

@@ -160,13 +160,14 @@ pub async fn run<H: Handler>(
     // Hand the lease over at once rather than after its TTL.
     if st.leader {
         if let Some(c) = conn.as_mut() {
-            let _: Result<i64, _> = redis::Script::new(
-                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-            )
-            .key(&lease)
-            .arg(&me)
-            .invoke_async(c)
-            .await;
+            let _: Result<i64, _> = store
+                .scripts()
+                .unlock
+                .script
+                .key(&lease)
+                .arg(&me)
+                .invoke_async(c)
+                .await;
         }
     }
 }
@@ -184,6 +185,11 @@ struct LoopState {
     dirty: bool,
 }
 
+/// `lua/lease.lua`: takes or keeps the lease (run on the loop's own
+/// connection, not the shared one).
+static LEASE: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("../../../lua/lease.lua")));
+
 /// One iteration; `Ok(false)` when not the lease holder.
 async fn step<H: Handler>(
     c: &mut MultiplexedConnection,
@@ -195,17 +201,12 @@ async fn step<H: Handler>(
     st: &mut LoopState,
 ) -> anyhow::Result<bool> {
     let LoopState { leader, dirty } = st;
-    let held: i64 = redis::Script::new(
-        "local v = redis.call('GET', KEYS[1])
-         if v == false then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
-         if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-         return 0",
-    )
-    .key(lease)
-    .arg(me)
-    .arg(cfg.lease_ttl.as_millis() as u64)
-    .invoke_async(c)
-    .await?;
+    let held: i64 = LEASE
+        .key(lease)
+        .arg(me)
+        .arg(cfg.lease_ttl.as_millis() as u64)
+        .invoke_async(c)
+        .await?;
     if held == 0 {
         *leader = false;
         return Ok(false);

@@ -1,0 +1,379 @@
+//! The Lua scripts (`lua/*.lua`, compiled in) and one typed call per
+//! script: each takes the campaign's [`CampaignKeys`] and builds its KEYS
+//! list here, in the order the script's header documents, so no caller
+//! writes a KEYS list by hand.
+
+use redis::Script;
+
+use super::{
+    AnswerSwap, CampaignKeys, InitState, PoolKeys, RedisStore, RedisStoreError, ScriptMode,
+};
+
+/// One Lua script: its SHA-cached handle and its source.
+pub struct Lua {
+    /// Runs by SHA, loading on NOSCRIPT.
+    pub script: Script,
+    /// The source, for a plain EVAL when the cache is flushed again between
+    /// the load and the EVALSHA (SCRIPT FLUSH in a loop, failover storms).
+    pub src: &'static str,
+}
+
+impl Lua {
+    fn new(src: &'static str) -> Self {
+        Self {
+            script: Script::new(src),
+            src,
+        }
+    }
+}
+
+/// The Lua scripts, compiled into the binary from `lua/`.
+pub struct Scripts {
+    /// Admission decision (all Redis modes).
+    pub claim: Lua,
+    /// Replace expected answers (gate commit, queue grant).
+    pub promote: Lua,
+    /// Compensation: give back a reservation's stock and slot.
+    pub release: Lua,
+    /// Cancel a granted answer, freeing its slot.
+    pub cancel: Lua,
+    /// Slot allocation for queued claims, in order.
+    pub allocate: Lua,
+    /// Load a campaign's state (creation or rebuild).
+    pub init: Lua,
+    /// The reconciler's compare-and-set fix of a pool's counters.
+    pub repair: Lua,
+    /// Put a dead-lettered claim back in the queue.
+    pub replay: Lua,
+    /// Forget a state whose generation PostgreSQL has moved past.
+    pub drop_stale: Lua,
+    /// Push an open-ended campaign's key expiry forward.
+    pub refresh: Lua,
+    /// Forget a state another Redis server loaded (restart, failover).
+    pub same_server: Lua,
+    /// Release a lock or lease still held with our token.
+    pub unlock: Lua,
+    /// How many outbox entries a rebuild waits for.
+    pub outbox_to_flush: Lua,
+}
+
+impl Scripts {
+    pub(super) fn new() -> Self {
+        Self {
+            claim: Lua::new(include_str!("../../../lua/claim.lua")),
+            promote: Lua::new(include_str!("../../../lua/promote.lua")),
+            release: Lua::new(include_str!("../../../lua/release.lua")),
+            cancel: Lua::new(include_str!("../../../lua/cancel.lua")),
+            allocate: Lua::new(include_str!("../../../lua/allocate.lua")),
+            init: Lua::new(include_str!("../../../lua/init.lua")),
+            repair: Lua::new(include_str!("../../../lua/repair.lua")),
+            replay: Lua::new(include_str!("../../../lua/replay.lua")),
+            drop_stale: Lua::new(include_str!("../../../lua/drop_stale.lua")),
+            refresh: Lua::new(include_str!("../../../lua/refresh.lua")),
+            same_server: Lua::new(include_str!("../../../lua/same_server.lua")),
+            unlock: Lua::new(include_str!("../../../lua/unlock.lua")),
+            outbox_to_flush: Lua::new(include_str!("../../../lua/outbox_to_flush.lua")),
+        }
+    }
+}
+
+/// How a compensating release leaves the reservation's pool
+/// (`release.lua`'s ARGV).
+#[derive(Debug, Clone, Default)]
+pub struct ReleaseArgs<'a> {
+    /// The user.
+    pub user: &'a str,
+    /// The answer the release expects (compare-and-set).
+    pub expected: &'a str,
+    /// The answer afterwards; '' deletes it.
+    pub replacement: &'a str,
+    /// The slot to free.
+    pub free_slot: Option<i32>,
+    /// Change of the queued counter.
+    pub queued_delta: i64,
+    /// Whether the unit of stock goes back to the door.
+    pub give_back: bool,
+    /// A slot PostgreSQL says is held, to mark taken.
+    pub mark_taken: Option<i32>,
+}
+
+fn opt(x: Option<i32>) -> String {
+    x.map(|s| s.to_string()).unwrap_or_default()
+}
+
+impl CampaignKeys {
+    /// The keys of pool `pidx`; an error, never a guess, for an index the
+    /// campaign does not have.
+    pub fn pool(&self, pidx: usize) -> Result<&PoolKeys, RedisStoreError> {
+        self.pools
+            .get(pidx)
+            .ok_or_else(|| RedisStoreError::Protocol(format!("unknown pool index {pidx}")))
+    }
+}
+
+impl RedisStore {
+    /// `claim.lua`: one admission decision for `user` in pool `pidx`.
+    pub async fn claim(
+        &self,
+        k: &CampaignKeys,
+        pidx: usize,
+        user: &str,
+        code: &str,
+        mode: ScriptMode,
+        stock: i64,
+    ) -> Result<Vec<String>, RedisStoreError> {
+        let p = k.pool(pidx)?;
+        let keys: [&str; 9] = [
+            &k.meta,
+            &k.ans,
+            &k.seq,
+            &p.left,
+            &p.hw,
+            &p.free,
+            mode.stream(k),
+            &k.queued,
+            &k.pending,
+        ];
+        let args = [
+            user,
+            &pidx.to_string(),
+            code,
+            mode.as_arg(),
+            &stock.to_string(),
+        ];
+        self.eval(&self.scripts().claim, &keys, &args).await
+    }
+
+    /// `release.lua`: gives a reservation back (compare-and-set on the
+    /// answer); `true` when it did.
+    pub async fn release(
+        &self,
+        k: &CampaignKeys,
+        pidx: usize,
+        r: &ReleaseArgs<'_>,
+    ) -> Result<bool, RedisStoreError> {
+        let p = k.pool(pidx)?;
+        let keys: [&str; 7] = [
+            &k.meta, &k.ans, &p.left, &p.free, &k.queued, &k.pending, &p.hw,
+        ];
+        let args = [
+            r.user,
+            r.expected,
+            r.replacement,
+            &opt(r.free_slot),
+            &r.queued_delta.to_string(),
+            if r.give_back { "1" } else { "0" },
+            &opt(r.mark_taken),
+        ];
+        Ok(self
+            .eval::<i64>(&self.scripts().release, &keys, &args)
+            .await?
+            == 1)
+    }
+
+    /// `cancel.lua`: turns `user`'s grant in pool `pidx` into a cancelled
+    /// one (only the grant `code`, when given); writing behind, the cancel
+    /// is appended to the outbox.
+    pub async fn cancel(
+        &self,
+        k: &CampaignKeys,
+        pidx: usize,
+        user: &str,
+        code: Option<&str>,
+        write_behind: bool,
+    ) -> Result<Vec<String>, RedisStoreError> {
+        let p = k.pool(pidx)?;
+        let keys: [&str; 5] = [&k.meta, &k.ans, &p.left, &p.free, &k.outbox];
+        let behind = if write_behind {
+            ScriptMode::WriteBehind.as_arg()
+        } else {
+            ""
+        };
+        let args = [user, behind, code.unwrap_or(""), &pidx.to_string()];
+        self.eval(&self.scripts().cancel, &keys, &args).await
+    }
+
+    /// `allocate.lua`: slots for queued claims, in order; `users_codes` are
+    /// (user, fresh code) pairs. Returns the generation, then one answer per
+    /// pair.
+    pub async fn allocate(
+        &self,
+        k: &CampaignKeys,
+        stocks: &[i64],
+        users_codes: &[(&str, &str)],
+    ) -> Result<Vec<String>, RedisStoreError> {
+        let mut keys: Vec<&str> = vec![&k.ans, &k.meta, &k.queued];
+        for p in &k.pools {
+            keys.extend([p.hw.as_str(), p.free.as_str()]);
+        }
+        let stocks: Vec<String> = stocks.iter().map(i64::to_string).collect();
+        let np = stocks.len().to_string();
+        let mut args: Vec<&str> = Vec::with_capacity(1 + stocks.len() + users_codes.len() * 2);
+        args.push(&np);
+        args.extend(stocks.iter().map(String::as_str));
+        for (u, c) in users_codes {
+            args.extend([*u, *c]);
+        }
+        self.eval(&self.scripts().allocate, &keys, &args).await
+    }
+
+    /// `repair.lua`: the reconciler's compare-and-set fix of pool `pidx`'s
+    /// counters; `seen` is (seq, left, free-set size) as read. `true` when
+    /// applied.
+    pub async fn repair(
+        &self,
+        k: &CampaignKeys,
+        pidx: usize,
+        seen: (i64, i64, usize),
+        want_left: i64,
+        want_free: &[i32],
+    ) -> Result<bool, RedisStoreError> {
+        let p = k.pool(pidx)?;
+        let mut args: Vec<String> = vec![
+            seen.0.to_string(),
+            seen.1.to_string(),
+            seen.2.to_string(),
+            want_left.to_string(),
+        ];
+        args.extend(want_free.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let keys: [&str; 4] = [&k.meta, &k.seq, &p.left, &p.free];
+        Ok(self
+            .eval::<i64>(&self.scripts().repair, &keys, &args)
+            .await?
+            == 1)
+    }
+
+    /// `replay.lua`: puts the dead letter `id` (user, pool, seq) back in
+    /// the queue, or refuses it if the pool sold out meanwhile.
+    pub async fn replay(
+        &self,
+        k: &CampaignKeys,
+        pidx: usize,
+        user: &str,
+        seq: &str,
+        id: &str,
+    ) -> Result<Vec<String>, RedisStoreError> {
+        let p = k.pool(pidx)?;
+        let keys: [&str; 6] = [&k.ans, &p.left, &k.queue, &k.queued, &k.dlq, &k.meta];
+        let args = [user, &pidx.to_string(), seq, id];
+        self.eval(&self.scripts().replay, &keys, &args).await
+    }
+
+    /// `drop_stale.lua`: forgets the state if it is still of generation
+    /// `gen`; `true` when it did.
+    pub async fn drop_stale(&self, k: &CampaignKeys, gen: i64) -> Result<bool, RedisStoreError> {
+        let n: i64 = self
+            .eval(&self.scripts().drop_stale, &[&k.meta], &[&gen.to_string()])
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// `same_server.lua`: forgets a state another server loaded; `true`
+    /// when it did.
+    pub async fn forget_if_moved(&self, k: &CampaignKeys) -> Result<bool, RedisStoreError> {
+        let n: i64 = self
+            .eval(&self.scripts().same_server, &[&k.meta], &[])
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// `unlock.lua`: releases `lock` if it is still held with `token`;
+    /// `true` when it did.
+    pub async fn unlock(&self, lock: &str, token: &str) -> Result<bool, RedisStoreError> {
+        Ok(self
+            .eval::<i64>(&self.scripts().unlock, &[lock], &[token])
+            .await?
+            == 1)
+    }
+
+    /// `outbox_to_flush.lua`: how many entries of a surviving outbox a
+    /// rebuild waits for (0: none, or nobody is flushing them).
+    pub async fn outbox_to_flush(
+        &self,
+        k: &CampaignKeys,
+        max_age_ms: i64,
+    ) -> Result<i64, RedisStoreError> {
+        self.eval(
+            &self.scripts().outbox_to_flush,
+            &[&k.outbox],
+            &[&max_age_ms.to_string()],
+        )
+        .await
+    }
+
+    /// `refresh.lua`: pushes every key's expiry to `expire_at_ms` if the
+    /// current one is before `due_before_ms`; `true` when it did.
+    pub async fn refresh(
+        &self,
+        k: &CampaignKeys,
+        expire_at_ms: i64,
+        due_before_ms: i64,
+    ) -> Result<bool, RedisStoreError> {
+        let args = [&expire_at_ms.to_string(), &due_before_ms.to_string()];
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let n: i64 = self.eval(&self.scripts().refresh, &k.all(), &args).await?;
+        Ok(n == 1)
+    }
+
+    /// Replaces answers still equal to the expected ones (`promote.lua`):
+    /// `triples` are (user, expected, new). Returns how many were replaced.
+    pub async fn promote(
+        &self,
+        k: &CampaignKeys,
+        triples: &[AnswerSwap],
+        decrement_queued: bool,
+    ) -> Result<i64, RedisStoreError> {
+        let mut args: Vec<&str> = Vec::with_capacity(1 + triples.len() * 3);
+        args.push(if decrement_queued { "1" } else { "0" });
+        for (u, e, n) in triples {
+            args.extend([u.as_str(), e.as_str(), n.as_str()]);
+        }
+        self.eval(
+            &self.scripts().promote,
+            &[&k.ans, &k.queued, &k.pending],
+            &args,
+        )
+        .await
+    }
+
+    /// Loads a campaign's state with `init.lua`. `Ok(false)` when the state
+    /// was already there (a racing rebuild never clobbers live state).
+    pub async fn init_state(
+        &self,
+        k: &CampaignKeys,
+        st: &InitState,
+    ) -> Result<bool, RedisStoreError> {
+        let ms = |t: Option<i64>| t.map(|t| t.to_string()).unwrap_or_default();
+        let mut args: Vec<String> = vec![
+            st.expire_at_ms.to_string(),
+            ms(st.opens_ms),
+            ms(st.closes_ms),
+            st.mode.clone(),
+            st.pools.len().to_string(),
+            st.seq.to_string(),
+            st.queued.to_string(),
+            st.gen.to_string(),
+        ];
+        for p in &st.pools {
+            args.extend([
+                p.left.to_string(),
+                p.hw.to_string(),
+                p.free.len().to_string(),
+            ]);
+            args.extend(p.free.iter().map(|s| s.to_string()));
+        }
+        args.push(st.answers.len().to_string());
+        for (u, a) in &st.answers {
+            args.extend([u.clone(), a.clone()]);
+        }
+        let mut keys: Vec<&str> = vec![&k.meta, &k.ans, &k.seq, &k.queued, &k.outbox, &k.queue];
+        for p in &k.pools {
+            keys.extend([p.left.as_str(), p.hw.as_str(), p.free.as_str()]);
+        }
+        keys.push(&k.pending);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let loaded: i64 = self.eval(&self.scripts().init, &keys, &args).await?;
+        Ok(loaded == 1)
+    }
+}
