@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Chaos harness (issues 5 and 11): during a rush, inject one fault per round
-# and check every invariant of DESIGN.md with `firstcome-bench`, including
+# and check every invariant (docs/ARCHITECTURE.md) with `firstcome-bench`, including
 # that every final answer a user was given still holds after the drain.
 #
 # Faults (each injected mid-rush, while the bench runs in the background):

@@ -21,7 +21,7 @@ use crate::{
     modes::{redis_common::RedisCommon, Admissions, Deps},
     storage::redis::stream::StreamConfig,
     storage::{pg, redis::RedisStore},
-    tasks::{holds, reconcile, worker},
+    tasks::{confirmations, reconcile, worker},
 };
 
 /// A built, not yet running, service.
@@ -109,7 +109,10 @@ impl Application {
                 worker_wakeup.clone(),
                 stop_rx.clone(),
             )));
-            worker.push(tokio::spawn(holds::run(common.clone(), stop_rx.clone())));
+            worker.push(tokio::spawn(confirmations::run(
+                common.clone(),
+                stop_rx.clone(),
+            )));
             if !args.reconcile_interval.is_zero() {
                 worker.push(tokio::spawn(reconcile::run(
                     common,

@@ -1,5 +1,5 @@
 //! Concurrent rushes against every mode, single pool and six pools, with
-//! every invariant of DESIGN.md checked from PostgreSQL and the answers.
+//! every invariant (docs/ARCHITECTURE.md) checked from PostgreSQL and the answers.
 
 mod common;
 

@@ -5,7 +5,7 @@
 //! For each mode it creates a campaign on a running service, rushes it with
 //! `--concurrency` keep-alive connections (one claim per user, plus repeats
 //! and polls in `retry-storm`), waits for the write-behind modes to drain,
-//! then checks every invariant of DESIGN.md from the grants export and the
+//! then checks every invariant (docs/ARCHITECTURE.md) from the grants export and the
 //! answers it saw, and prints claims/s and latency percentiles.
 //!
 //! Layout: [`args`] (the command line) → `run.rs` (one mode at one

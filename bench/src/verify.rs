@@ -1,6 +1,6 @@
 //! The invariant checker: what each user was told ([`Seen`], typed by
 //! [`SeenKind`]), whether a later state contradicts it, and the count of
-//! every violation of DESIGN.md from the grants export. Pure functions of
+//! every violation of the invariants (docs/ARCHITECTURE.md) from the grants export. Pure functions of
 //! what the bench collected: no I/O, no clock, no service calls here.
 
 use std::collections::{HashMap, HashSet};
@@ -104,7 +104,7 @@ pub(crate) fn same_answer(a: &Seen, b: &Seen) -> bool {
 }
 
 /// Whether `now`, a user's state after the drain, contradicts the final
-/// answer the user was `told` (DESIGN.md, "A final answer once given is
+/// answer the user was `told` (docs/ARCHITECTURE.md, "A final answer once given is
 /// never later replaced"). Only final answers (granted, sold_out) and the
 /// user's own cancellation are compared; anything else is `false`.
 pub(crate) fn changed(told: &Seen, now: &Seen) -> bool {

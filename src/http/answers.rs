@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use super::{error::ApiError, AppState};
 use crate::{
     domain::{Campaign, ClaimOutcome, ClaimStatus, RejectReason, UserId},
-    storage::pg::{self, Hold},
+    storage::pg::{self, Confirmation},
 };
 
 /// Body of `POST /v1/campaigns/{id}/claims`.
@@ -81,15 +81,15 @@ pub(super) async fn answer(
         )
     {
         let user = UserId::parse(a.user_id.clone())?;
-        match pg::hold_state(&state.db, c.id, &user).await? {
-            Some(Hold::Held(by)) if a.status == ClaimStatus::Granted => {
+        match pg::confirmation_state(&state.db, c.id, &user).await? {
+            Some(Confirmation::Pending(by)) if a.status == ClaimStatus::Granted => {
                 a.hold = Some("held".into());
                 a.confirm_by = Some(by);
             }
-            Some(Hold::Confirmed) if a.status == ClaimStatus::Granted => {
+            Some(Confirmation::Confirmed) if a.status == ClaimStatus::Granted => {
                 a.hold = Some("confirmed".into())
             }
-            Some(Hold::Expired) if a.status == ClaimStatus::Cancelled => {
+            Some(Confirmation::Expired) if a.status == ClaimStatus::Cancelled => {
                 a.hold = Some("expired".into())
             }
             _ => {}

@@ -1,4 +1,4 @@
-//! The HTTP API of DESIGN.md: the shared state of handlers, the JSON body
+//! The HTTP API (the contract in docs/ARCHITECTURE.md): the shared state of handlers, the JSON body
 //! extractor, and the assembly of the routers.
 //!
 //! Each resource module owns its routes (`campaigns::router()`,

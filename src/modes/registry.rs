@@ -6,11 +6,8 @@ use tokio::task::JoinHandle;
 
 use super::{
     admission::{Admission, Deps},
-    db_atomic, db_lock,
     error::{AdmissionError, CancelOutcome},
-    gate,
     redis_common::RedisCommon,
-    redis_lua, redis_queue,
 };
 use crate::{
     domain::{Campaign, ClaimOutcome, Mode, Pool, UserId},
@@ -22,7 +19,7 @@ macro_rules! admissions {
         /// Every mode, built once, dispatched on a campaign's [`Mode`].
         #[derive(Clone)]
         pub struct Admissions {
-            $($module: $module::$ty,)*
+            $($module: super::$module::$ty,)*
             /// The Redis side (campaign state, counters) of the Redis modes.
             common: RedisCommon,
         }
@@ -31,7 +28,7 @@ macro_rules! admissions {
             /// Builds every mode over the shared connections.
             pub fn new(deps: &Deps) -> Self {
                 Self {
-                    $($module: <$module::$ty as Admission>::build(deps),)*
+                    $($module: <super::$module::$ty as Admission>::build(deps),)*
                     common: deps.common.clone(),
                 }
             }
@@ -94,7 +91,7 @@ macro_rules! admissions {
         /// decides in PostgreSQL.
         pub fn script_mode(mode: Mode) -> Option<ScriptMode> {
             match mode {
-                $(Mode::$variant => <$module::$ty as Admission>::SCRIPT,)*
+                $(Mode::$variant => <super::$module::$ty as Admission>::SCRIPT,)*
             }
         }
     };

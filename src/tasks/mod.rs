@@ -5,6 +5,6 @@
 //! drainer) live in its folder under `modes/`; nothing here matches on a
 //! mode.
 
-pub mod holds;
+pub mod confirmations;
 pub mod reconcile;
 pub mod worker;

@@ -7,17 +7,17 @@ use std::time::Duration;
 use sqlx::{postgres::PgPoolOptions, PgPool};
 
 mod campaigns;
+mod confirmations;
 pub mod db_modes;
 mod error;
 mod generation;
 mod grants;
-mod holds;
 
 pub use campaigns::*;
+pub use confirmations::*;
 pub use error::{PgError, STATEMENT_TIMEOUT_MS};
 pub use generation::*;
 pub use grants::*;
-pub use holds::*;
 
 /// Opens a pool and applies migrations.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {

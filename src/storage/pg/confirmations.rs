@@ -1,4 +1,5 @@
-//! Holds: grants to confirm before a deadline, and the sweep of expired ones.
+//! Confirmations: grants to confirm before a deadline (`confirm_within_secs`),
+//! and the sweep of those not confirmed in time.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
@@ -6,23 +7,23 @@ use sqlx::{PgPool, Row};
 use super::error::PgError;
 use crate::domain::{CampaignId, Mode, UserId};
 
-/// Where a held grant stands (campaigns with `confirm_within_secs`).
+/// Where a grant to confirm stands (campaigns with `confirm_within_secs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hold {
+pub enum Confirmation {
     /// Waiting for confirmation until the instant given.
-    Held(DateTime<Utc>),
+    Pending(DateTime<Utc>),
     /// Confirmed: the grant is final.
     Confirmed,
     /// Not confirmed in time: released, slot back to stock.
     Expired,
 }
 
-/// The hold state of the user's latest grant, if it has one.
-pub async fn hold_state(
+/// The confirmation state of the user's latest grant, if it has one.
+pub async fn confirmation_state(
     db: &PgPool,
     campaign: CampaignId,
     user: &UserId,
-) -> Result<Option<Hold>, PgError> {
+) -> Result<Option<Confirmation>, PgError> {
     let row = sqlx::query(
         "SELECT state, confirm_by, confirmed_at FROM grants
          WHERE campaign_id = $1 AND user_id = $2 AND state <> 'void'
@@ -37,9 +38,9 @@ pub async fn hold_state(
     let by: Option<DateTime<Utc>> = r.get("confirm_by");
     let at: Option<DateTime<Utc>> = r.get("confirmed_at");
     Ok(match (state.as_str(), by, at) {
-        ("expired", _, _) => Some(Hold::Expired),
-        ("active", Some(_), Some(_)) => Some(Hold::Confirmed),
-        ("active", Some(by), None) => Some(Hold::Held(by)),
+        ("expired", _, _) => Some(Confirmation::Expired),
+        ("active", Some(_), Some(_)) => Some(Confirmation::Confirmed),
+        ("active", Some(by), None) => Some(Confirmation::Pending(by)),
         _ => None,
     })
 }

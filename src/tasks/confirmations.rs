@@ -1,6 +1,10 @@
-//! The hold sweeper: releases grants whose confirmation deadline passed
-//! (seed 004's compensation for unpaid seats), and mirrors the release in
-//! Redis for the Redis modes so the slot goes back to the door.
+//! The confirmation sweeper: releases grants whose confirmation deadline
+//! passed (campaigns with `confirm_within_secs`; seed 004's compensation for
+//! unpaid seats), and mirrors the release in Redis for the Redis modes so
+//! the slot goes back to the door. ("Hold" means one thing in the code:
+//! `hold_secs`, how long after closing grants may still be cancelled; the
+//! API's `hold` field of an answer, shipped under that name, reports the
+//! confirmation.)
 
 use std::time::Duration;
 
@@ -12,10 +16,10 @@ use crate::{
     storage::pg,
 };
 
-/// How often the sweeper looks for expired holds.
+/// How often the sweeper looks for grants past their confirmation deadline.
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Most holds expired per transaction.
+/// Most unconfirmed grants released per transaction.
 pub const SWEEP_BATCH: i64 = 500;
 
 /// Runs until shutdown.
