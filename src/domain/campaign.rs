@@ -1,3 +1,7 @@
+//! Campaigns and pools: what an operator creates (parsed and validated from
+//! the raw request, never trusted as is), the window, key lifetimes and the
+//! limits every campaign stays within. No I/O.
+
 use chrono::{DateTime, Utc};
 
 use super::{CampaignId, IdError, Mode, PoolName};

@@ -1,3 +1,7 @@
+//! A claim's outcome (the one answer type: the HTTP body, the Redis codec
+//! and the bench's record are conversions of it), its status, refusal
+//! reasons and coupon codes. No I/O.
+
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 

@@ -1,3 +1,6 @@
+//! Identifiers parsed at the boundary: campaign ids, pool names and user ids
+//! (parse, don't validate: a value of these types is well-formed). No I/O.
+
 use std::fmt;
 
 /// Why an identifier was refused.

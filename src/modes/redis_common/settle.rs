@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::{AdmissionError, RedisCommon, Release, Stored};
-use crate::storage::redis::ReleaseArgs;
+use crate::storage::redis::scripts::ReleaseArgs;
 use crate::{
     domain::{Campaign, ClaimOutcome, UserId},
     storage::{

@@ -7,10 +7,11 @@
 //! `Script::invoke_async` does that) after a restart, failover or
 //! `SCRIPT FLUSH`.
 
-mod scripts;
+mod lua;
+pub mod scripts;
 pub mod stream;
 
-pub use scripts::{Lua, ReleaseArgs, Scripts};
+pub use lua::{Lua, Scripts};
 
 use std::{
     collections::HashMap,
