@@ -42,53 +42,51 @@ fn check(kind: &'static str, s: &str, max: usize) -> Result<(), IdError> {
     Ok(())
 }
 
-/// A user's identity as the caller states it (or as a JWT's `sub` later).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct UserId(String);
+/// Declares a well-formed text identifier: a newtype whose only way in is
+/// `parse` (1..=max bytes of `[A-Za-z0-9_.:@-]`).
+macro_rules! text_id {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $max:expr, [$($derive:ident),*]) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash $(, $derive)*)]
+        pub struct $name(String);
 
-impl UserId {
-    /// Parses a user id: 1..=128 bytes of `[A-Za-z0-9_.:@-]`.
-    pub fn parse(s: impl Into<String>) -> Result<Self, IdError> {
-        let s = s.into();
-        check("user_id", &s, MAX_USER_ID_LEN)?;
-        Ok(Self(s))
-    }
+        impl $name {
+            #[doc = concat!("Parses a ", $kind, ": 1..=", stringify!($max), " bytes of `[A-Za-z0-9_.:@-]`.")]
+            pub fn parse(s: impl Into<String>) -> Result<Self, IdError> {
+                let s = s.into();
+                check($kind, &s, $max)?;
+                Ok(Self(s))
+            }
 
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+            /// The identifier as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
 }
 
-impl fmt::Display for UserId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+text_id!(
+    /// A user's identity as the caller states it (or as a JWT's `sub`).
+    UserId,
+    "user_id",
+    MAX_USER_ID_LEN,
+    [PartialOrd, Ord]
+);
 
-/// The name of a pool within a campaign (a school, a ticket tier).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PoolName(String);
-
-impl PoolName {
-    /// Parses a pool name: 1..=64 bytes of `[A-Za-z0-9_.:@-]`.
-    pub fn parse(s: impl Into<String>) -> Result<Self, IdError> {
-        let s = s.into();
-        check("pool", &s, MAX_POOL_NAME_LEN)?;
-        Ok(Self(s))
-    }
-
-    /// The name as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for PoolName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+text_id!(
+    /// The name of a pool within a campaign (a school, a ticket tier).
+    PoolName,
+    "pool",
+    MAX_POOL_NAME_LEN,
+    []
+);
 
 /// A campaign's id, as PostgreSQL assigned it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -228,24 +228,31 @@ impl Stored {
                 code,
                 seq,
                 ..
-            } => Stored::Granted {
-                pidx: pool_index(c, pool)?,
-                slot: *slot,
-                code: code.clone(),
-                seq: *seq,
-            },
-            ClaimOutcome::Cancelled {
+            }
+            | ClaimOutcome::Cancelled {
                 pool,
                 slot,
                 code,
                 seq,
                 ..
-            } => Stored::Cancelled {
-                pidx: pool_index(c, pool)?,
-                slot: *slot,
-                code: code.clone(),
-                seq: *seq,
-            },
+            } => {
+                let (pidx, slot, code, seq) = (pool_index(c, pool)?, *slot, code.clone(), *seq);
+                if matches!(o, ClaimOutcome::Granted { .. }) {
+                    Stored::Granted {
+                        pidx,
+                        slot,
+                        code,
+                        seq,
+                    }
+                } else {
+                    Stored::Cancelled {
+                        pidx,
+                        slot,
+                        code,
+                        seq,
+                    }
+                }
+            }
             ClaimOutcome::Rejected { seq, .. } => Stored::Rejected {
                 seq: seq.unwrap_or(0),
             },
