@@ -2,7 +2,7 @@
 //! runs every mode without a violation, and its JSON report says so.
 
 // The service's own test support (spawn_app), shared rather than copied.
-#[path = "../../tests/common/mod.rs"]
+#[path = "../../tests/it/common/mod.rs"]
 mod common;
 
 use clap::Parser;

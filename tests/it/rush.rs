@@ -1,14 +1,14 @@
 //! Concurrent rushes against every mode, single pool and six pools, with
 //! every invariant (docs/ARCHITECTURE.md) checked from PostgreSQL and the answers.
 
-mod common;
+use crate::common;
 
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
 };
 
-use common::{spawn_app, TestApp};
+use crate::common::{spawn_app, TestApp};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 

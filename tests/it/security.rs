@@ -2,7 +2,7 @@
 //! expiry, algorithm), rate limits with Retry-After, input bounds, and the
 //! production profile's refusal to start half-configured.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

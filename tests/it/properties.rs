@@ -8,7 +8,7 @@
 //! Case counts are modest so the suite stays fast; every case uses its own
 //! Redis key prefix (Lua) or its own campaign (HTTP).
 
-mod common;
+use crate::common;
 
 use std::{
     collections::{BTreeSet, HashMap},

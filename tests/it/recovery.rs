@@ -1,11 +1,11 @@
 //! Recovery: holds that expire unless confirmed, the reconciler repairing
 //! drift between Redis and PostgreSQL, dead-letter replay.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{redis_conn, spawn_app, TestApp};
+use crate::common::{redis_conn, spawn_app, TestApp};
 use firstcome::{
     domain::CampaignId,
     modes::redis_common::RedisCommon,

@@ -1,0 +1,15 @@
+//! The integration tests: one binary (one build, one link) with a module
+//! per topic, all against the real Redis and PostgreSQL. Every test makes
+//! its own database and Redis key prefix (`common::spawn_app`), so they run
+//! in parallel and in any order.
+
+mod common;
+
+mod api;
+mod faults;
+mod invariants;
+mod lua;
+mod properties;
+mod recovery;
+mod rush;
+mod security;
