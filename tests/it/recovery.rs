@@ -1,37 +1,9 @@
 //! Recovery: holds that expire unless confirmed, the reconciler repairing
 //! drift between Redis and PostgreSQL, dead-letter replay.
 
-use crate::common;
-
-use std::time::Duration;
-
-use crate::common::{redis_conn, spawn_app, TestApp};
-use firstcome::{
-    domain::CampaignId,
-    modes::redis_common::RedisCommon,
-    storage::{pg, redis::RedisStore},
-    tasks::reconcile,
-};
+use crate::common::{common_for, eventually, redis_conn, spawn_app, TestApp};
+use firstcome::{domain::CampaignId, storage::pg, tasks::reconcile};
 use serde_json::{json, Value};
-
-/// Polls `f` until it returns Some, failing after a deadline.
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn confirm(app: &TestApp, id: i64, user: &str) -> (u16, Value) {
     app.send(
@@ -107,14 +79,6 @@ async fn unconfirmed_holds_expire_and_their_slots_return() {
     app.claim(plain, "u", None).await;
     assert_eq!(confirm(&app, plain, "u").await.1["code"], "no_hold");
     app.stop().await;
-}
-
-async fn common_for(app: &TestApp) -> RedisCommon {
-    let db = pg::connect(&app.db_url, 4).await.unwrap();
-    let redis = RedisStore::connect(&common::redis_url(), &app.prefix, Duration::from_secs(2))
-        .await
-        .unwrap();
-    RedisCommon::new(db, redis, Duration::from_secs(3))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -412,3 +412,59 @@ impl Drop for TestApp {
         .join();
     }
 }
+
+/// The Redis side of `app`'s deployment, for driving scripts, settling and
+/// the reconciler directly.
+pub async fn common_for(app: &TestApp) -> firstcome::modes::redis_common::RedisCommon {
+    let db = PgPool::connect(&app.db_url).await.unwrap();
+    let redis = firstcome::storage::redis::RedisStore::connect(
+        &redis_url(),
+        &app.prefix,
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    firstcome::modes::redis_common::RedisCommon::new(db, redis, Duration::from_secs(3))
+}
+
+/// Waits with a deadline (30 s) until `f` is true.
+pub async fn until<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually(what, || {
+        let fut = f();
+        async move { fut.await.then_some(()) }
+    })
+    .await
+}
+
+/// Waits with a deadline (30 s) until `f` gives a value, and returns it.
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `sql` (one `$1`, the campaign id) as a count.
+pub async fn count(app: &TestApp, sql: &str, id: i64) -> i64 {
+    sqlx::query(sql)
+        .bind(id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+        .get(0)
+}

@@ -9,17 +9,16 @@ use crate::common;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use crate::common::{redis_conn, spawn_app, spawn_app_on, TestApp};
+use crate::common::{common_for, count, redis_conn, spawn_app, spawn_app_on, until, TestApp};
 use firstcome::{
     domain::{CampaignId, UserId},
-    modes::redis_common::{RedisCommon, Stored},
+    modes::redis_common::Stored,
     storage::{
         pg::{self, NewGrant, NewRejection},
-        redis::{RedisStore, ScriptMode},
+        redis::ScriptMode,
     },
 };
 use serde_json::Value;
-use sqlx::Row;
 
 /// Deletes every key of a campaign, as FLUSHDB or an expiry would.
 async fn lose_redis_state(app: &TestApp, id: i64) {
@@ -35,36 +34,6 @@ async fn lose_redis_state(app: &TestApp, id: i64) {
         .query_async(&mut c)
         .await
         .unwrap();
-}
-
-/// Waits with a deadline until `f` is true.
-async fn until<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !f().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn count(app: &TestApp, sql: &str, id: i64) -> i64 {
-    sqlx::query(sql)
-        .bind(id)
-        .fetch_one(&app.db)
-        .await
-        .unwrap()
-        .get(0)
-}
-
-async fn common_for(app: &TestApp) -> RedisCommon {
-    let db = sqlx::PgPool::connect(&app.db_url).await.unwrap();
-    let redis = RedisStore::connect(&common::redis_url(), &app.prefix, Duration::from_secs(2))
-        .await
-        .unwrap();
-    RedisCommon::new(db, redis, Duration::from_secs(3))
 }
 
 /// R1: after Redis loses a campaign's state, every user keeps the final
