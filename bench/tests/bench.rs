@@ -16,7 +16,9 @@ struct Cli {
     bench: BenchArgs,
 }
 
-async fn run(app: &common::TestApp, extra: &[&str]) -> Value {
+/// Runs the bench against `app` with `extra` (whitespace-separated
+/// arguments, as on a command line).
+async fn run(app: &common::TestApp, extra: &str) -> Value {
     let json = std::env::temp_dir().join(format!("{}.json", common::unique("bench")));
     let mut argv = vec![
         "firstcome-bench".to_string(),
@@ -31,7 +33,7 @@ async fn run(app: &common::TestApp, extra: &[&str]) -> Value {
         "--json".into(),
         json.display().to_string(),
     ];
-    argv.extend(extra.iter().map(|s| s.to_string()));
+    argv.extend(extra.split_whitespace().map(str::to_string));
     let args = Cli::try_parse_from(&argv).expect("bench arguments").bench;
     firstcome_bench::run(args)
         .await
@@ -62,18 +64,7 @@ async fn coupon_and_exam_run_every_mode_clean() {
     let app = common::spawn_app().await;
     let coupon = run(
         &app,
-        &[
-            "--scenario",
-            "coupon",
-            "--stock",
-            "20",
-            "--users",
-            "300",
-            "--concurrency",
-            "16",
-            "--limit-secs",
-            "0",
-        ],
+        "--scenario coupon --stock 20 --users 300 --concurrency 16 --limit-secs 0",
     )
     .await;
     assert_clean(&coupon, 5, 300);
@@ -82,16 +73,7 @@ async fn coupon_and_exam_run_every_mode_clean() {
     }
     let exam = run(
         &app,
-        &[
-            "--scenario",
-            "exam",
-            "--users",
-            "2400",
-            "--concurrency",
-            "32",
-            "--limit-secs",
-            "0",
-        ],
+        "--scenario exam --users 2400 --concurrency 32 --limit-secs 0",
     )
     .await;
     assert_clean(&exam, 5, 2400);
@@ -101,23 +83,7 @@ async fn coupon_and_exam_run_every_mode_clean() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn drain_and_open_loop_run_clean() {
     let app = common::spawn_app().await;
-    let drain = run(
-        &app,
-        &[
-            "--scenario",
-            "drain",
-            "--modes",
-            "gate,redis-queue,redis-lua",
-            "--users",
-            "500",
-            "--concurrency",
-            "16",
-            "--rate",
-            "2000",
-            "--limit-secs",
-            "0",
-        ],
-    )
+    let drain = run(&app, "--scenario drain --modes gate,redis-queue,redis-lua --users 500 --concurrency 16 --rate 2000 --limit-secs 0")
     .await;
     assert_clean(&drain, 3, 500);
     for r in drain["results"].as_array().unwrap() {
@@ -132,13 +98,9 @@ async fn drain_and_open_loop_run_clean() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_limit_is_measured() {
     let app = common::spawn_app().await;
-    let short = ["--limits-only", "--limit-secs", "0.3"];
-    let coupon = run(
-        &app,
-        &[&["--scenario", "coupon", "--concurrency", "4"][..], &short].concat(),
-    )
-    .await;
-    let drain = run(&app, &[&["--scenario", "drain"][..], &short].concat()).await;
+    let short = "--limits-only --limit-secs 0.3";
+    let coupon = run(&app, &format!("--scenario coupon --concurrency 4 {short}")).await;
+    let drain = run(&app, &format!("--scenario drain {short}")).await;
     let limits: Vec<&Value> = [&coupon, &drain]
         .iter()
         .flat_map(|v| v["limits"].as_array().unwrap())
@@ -169,20 +131,7 @@ async fn a_cancel_storm_runs_every_mode_clean() {
     let app = common::spawn_app().await;
     let v = run(
         &app,
-        &[
-            "--scenario",
-            "coupon",
-            "--stock",
-            "20",
-            "--users",
-            "200",
-            "--concurrency",
-            "8",
-            "--limit-secs",
-            "0",
-            "--cancel-frac",
-            "0.3",
-        ],
+        "--scenario coupon --stock 20 --users 200 --concurrency 8 --limit-secs 0 --cancel-frac 0.3",
     )
     .await;
     assert_clean(&v, 5, 200);

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use firstcome::{app::Application, cli::ServeArgs};
+use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use tokio::sync::{oneshot, watch};
@@ -47,6 +48,11 @@ pub async fn fresh_database(name: &str) -> String {
         .await
         .expect("create test database");
     format!("{server}/{name}")
+}
+
+/// The path of `user`'s claim in campaign `id`.
+pub fn claim_path(id: i64, user: &str) -> String {
+    format!("/v1/campaigns/{id}/claims/{user}")
 }
 
 /// A running app.
@@ -188,41 +194,22 @@ impl TestApp {
         if let Some(p) = pool {
             body["pool"] = json!(p);
         }
-        self.send(
-            reqwest::Method::POST,
-            &format!("/v1/campaigns/{id}/claims"),
-            Some(body),
-        )
-        .await
+        let path = format!("/v1/campaigns/{id}/claims");
+        self.send(Method::POST, &path, Some(body)).await
     }
 
     /// GET a claim's state.
     pub async fn status(&self, id: i64, user: &str) -> (u16, Value) {
-        self.send(
-            reqwest::Method::GET,
-            &format!("/v1/campaigns/{id}/claims/{user}"),
-            None,
-        )
-        .await
+        self.send(Method::GET, &claim_path(id, user), None).await
     }
 
     /// DELETE a claim.
     pub async fn cancel(&self, id: i64, user: &str) -> (u16, Value) {
-        self.send(
-            reqwest::Method::DELETE,
-            &format!("/v1/campaigns/{id}/claims/{user}"),
-            None,
-        )
-        .await
+        self.send(Method::DELETE, &claim_path(id, user), None).await
     }
 
     /// Any request without auth; (status, JSON or Null).
-    pub async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
+    pub async fn send(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut r = self.http.request(method, format!("{}{path}", self.base));
         if let Some(b) = body {
             r = r.json(&b);
