@@ -61,6 +61,10 @@ if w[2] and w[2] ~= '' and now >= tonumber(w[2]) then
   return {'closed'}
 end
 local mode = ARGV[4]
+if mode ~= 'reserve' and mode ~= 'write-behind' and mode ~= 'enqueue' then
+  -- A caller speaking another version's words must not decide anything.
+  return redis.error_reply('claim.lua: unknown script mode ' .. tostring(mode))
+end
 local seq = redis.call('INCR', KEYS[3])
 -- A slot beyond the stock is never handed out: if the counter says stock
 -- is left but every slot 1..stock is taken, the counter is wrong (drift);

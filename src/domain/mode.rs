@@ -32,12 +32,16 @@ macro_rules! for_each_mode {
 macro_rules! define_mode {
     ($($(#[$doc:meta])* $variant:ident = $name:literal, $store:ident, $module:ident :: $ty:ident;)*) => {
         /// How a campaign admits claims. Chosen once, at creation.
+        // Names on the wire are the kebab-case variants (the OpenAPI schema
+        // derive reads only the enum-level rename); a unit test checks they
+        // equal the registry's names.
         #[derive(
             Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
             utoipa::ToSchema,
         )]
+        #[serde(rename_all = "kebab-case")]
         pub enum Mode {
-            $($(#[$doc])* #[serde(rename = $name)] $variant,)*
+            $($(#[$doc])* $variant,)*
         }
 
         impl Mode {
@@ -102,6 +106,18 @@ mod tests {
             assert_eq!(serde_json::to_value(m).unwrap(), m.as_str());
         }
         assert!("redis".parse::<Mode>().is_err());
+        // The OpenAPI document lists the same names.
+        let schema = serde_json::to_value(<Mode as utoipa::PartialSchema>::schema()).unwrap();
+        let names: Vec<&str> = schema["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            Mode::ALL.iter().map(|m| m.as_str()).collect::<Vec<_>>()
+        );
         assert_eq!(
             Mode::redis_modes(),
             [Mode::RedisLua, Mode::Gate, Mode::RedisQueue]

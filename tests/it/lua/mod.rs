@@ -313,3 +313,31 @@ async fn a_lost_state_is_reported_not_guessed() {
         .unwrap();
     assert_eq!(f.claim("a", 0, "gate").await, vec!["noinit"]);
 }
+
+#[tokio::test]
+async fn an_unknown_script_mode_decides_nothing() {
+    let f = Fixture::new(&[1], "", "").await;
+    let k = &f.k;
+    let p = &k.pools[0];
+    let r: Result<Vec<String>, _> = f
+        .store
+        .eval(
+            &f.store.scripts().claim,
+            &[
+                &k.meta, &k.ans, &k.seq, &p.left, &p.hw, &p.free, &k.outbox, &k.queued, &k.pending,
+            ],
+            &["a", "0", "CODEa", "gate", "1"],
+        )
+        .await;
+    assert!(r.is_err(), "an old mode word is refused: {r:?}");
+    assert_eq!(
+        f.get(&k.seq).await.as_deref(),
+        Some("0"),
+        "no arrival drawn"
+    );
+    assert_eq!(
+        f.claim("a", 0, "gate").await[0],
+        "new",
+        "the typed words work"
+    );
+}
