@@ -82,7 +82,26 @@ pg_port() { # of the running private cluster, else the one it used last
   sed -n 4p "$(pg_dir)/postmaster.pid" 2>/dev/null || cat "$DATA/pg.port" 2>/dev/null || true
 }
 
+# Runs "$@ PORT" on a free port, trying from $2 (a remembered port, may be
+# empty) then from $3 (the default), three times in all; sets STARTED_PORT,
+# or dies: could not start $1.
+start_on_free_port() {
+  local what="$1" first="$2" default="$3" try; shift 3
+  for try in 1 2 3; do
+    STARTED_PORT="$(stores_free_port "${first:-$default}")"
+    "$@" "$STARTED_PORT" && return 0
+    first=""
+  done
+  die "could not start $what"
+}
+
 # --------------------------------------------------------------- Redis
+private_redis_start() { # port
+  mkdir -p "$REDIS_DIR"; echo "$1" >"$REDIS_DIR/port"
+  log "starting a private redis-server on 127.0.0.1:$1 (in $REDIS_DIR)"
+  stores_redis_start "$REDIS_DIR" "$1" "$REDIS_DIR/redis.log" --daemon
+}
+
 private_redis_up() { # sets REDIS_URL
   local pid port
   pid="$(redis_pid)"; port="$(redis_port)"
@@ -94,15 +113,8 @@ private_redis_up() { # sets REDIS_URL
     log "reusing the private redis-server (pid $pid) on 127.0.0.1:$port"
   else
     command -v redis-server >/dev/null || stores_apt_install redis-server || exit 3
-    local try
-    for try in 1 2 3; do
-      port="$(stores_free_port "${port:-6379}")"
-      mkdir -p "$REDIS_DIR"; echo "$port" >"$REDIS_DIR/port"
-      log "starting a private redis-server on 127.0.0.1:$port (in $REDIS_DIR)"
-      stores_redis_start "$REDIS_DIR" "$port" "$REDIS_DIR/redis.log" --daemon && break
-      [ "$try" = 3 ] && die "could not start a private redis-server (see $REDIS_DIR/redis.log)"
-      port=""
-    done
+    start_on_free_port "a private redis-server (see $REDIS_DIR/redis.log)" "$port" 6379 private_redis_start
+    port="$STARTED_PORT"
   fi
   REDIS_URL="redis://127.0.0.1:$port"
 }
@@ -124,6 +136,15 @@ redis_up() {
 }
 
 # ----------------------------------------------------------- PostgreSQL
+private_pg_start() { # dir version port
+  local dir="$1" ver="$2" port="$3"
+  echo "$port" >"$DATA/pg.port"
+  log "starting the private PostgreSQL $ver on 127.0.0.1:$port (data $dir)"
+  stores_pg_start "$dir" "$dir/postgres.log" "$(stores_pg_opts "$dir" "$port") -c max_connections=200" && return 0
+  [ -z "$(stores_pg_pid "$dir")" ] || stores_pg_stop "$dir" || true
+  return 1
+}
+
 private_pg_up() { # sets DATABASE_URL
   local dir pid port
   mkdir -p "$DATA"
@@ -147,17 +168,9 @@ private_pg_up() { # sets DATABASE_URL
         die "initdb failed (see $DATA/initdb.log)"
     fi
     local ver; ver="$(cat "$dir/PG_VERSION")"
-    port="$(cat "$DATA/pg.port" 2>/dev/null || true)"
-    local try
-    for try in 1 2 3; do
-      port="$(stores_free_port "${port:-5432}")"
-      echo "$port" >"$DATA/pg.port"
-      log "starting the private PostgreSQL $ver on 127.0.0.1:$port (data $dir)"
-      stores_pg_start "$dir" "$dir/postgres.log" "$(stores_pg_opts "$dir" "$port") -c max_connections=200" && break
-      [ -z "$(stores_pg_pid "$dir")" ] || stores_pg_stop "$dir" || true
-      [ "$try" = 3 ] && die "could not start the private PostgreSQL (see $dir/postgres.log)"
-      port=""
-    done
+    start_on_free_port "the private PostgreSQL (see $dir/postgres.log)" \
+      "$(cat "$DATA/pg.port" 2>/dev/null || true)" 5432 private_pg_start "$dir" "$ver"
+    port="$STARTED_PORT"
   fi
   DATABASE_URL="postgres://postgres@127.0.0.1:$port/firstcome"
 }

@@ -150,15 +150,57 @@ pub fn table(results: &[RunResult], limits: &[Limit]) -> String {
     s
 }
 
-fn svg_throughput(results: &[RunResult], modes: &[String]) -> anyhow::Result<String> {
+/// An SVG of `size` drawn by `draw` on a white background.
+fn svg(
+    size: (u32, u32),
+    draw: impl FnOnce(&DrawingArea<SVGBackend, plotters::coord::Shift>) -> anyhow::Result<()>,
+) -> anyhow::Result<String> {
     let mut out = String::new();
     {
-        let root = SVGBackend::with_string(&mut out, (720, 360)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut out, size).into_drawing_area();
         root.fill(&WHITE)?;
-        let conc = results.iter().map(|r| r.concurrency).max().unwrap_or(0);
-        let rows: Vec<&RunResult> = results.iter().filter(|r| r.concurrency == conc).collect();
+        draw(&root)?;
+        root.present()?;
+    }
+    Ok(out)
+}
+
+/// The runs at the highest concurrency measured, and that concurrency.
+fn at_top_concurrency(results: &[RunResult]) -> (usize, Vec<&RunResult>) {
+    let conc = results.iter().map(|r| r.concurrency).max().unwrap_or(0);
+    (
+        conc,
+        results.iter().filter(|r| r.concurrency == conc).collect(),
+    )
+}
+
+/// A legend entry: a short line in the series' colour.
+fn line_legend(c: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+}
+
+/// Draws the legend of `chart`'s labelled series at `at`.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    at: SeriesLabelPosition,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(at)
+        .draw()?;
+    Ok(())
+}
+
+fn svg_throughput(results: &[RunResult], modes: &[String]) -> anyhow::Result<String> {
+    svg((720, 360), |root| {
+        let (conc, rows) = at_top_concurrency(results);
         let max = rows.iter().map(|r| r.rps).fold(1.0, f64::max) * 1.15;
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption(
                 format!("Claims per second by mode (concurrency {conc})"),
                 ("sans-serif", 18),
@@ -188,20 +230,15 @@ fn svg_throughput(results: &[RunResult], modes: &[String]) -> anyhow::Result<Str
                 c.filled(),
             )))?;
         }
-        root.present()?;
-    }
-    Ok(out)
+        Ok(())
+    })
 }
 
 fn svg_cdf(results: &[RunResult], modes: &[String]) -> anyhow::Result<String> {
-    let mut out = String::new();
-    {
-        let root = SVGBackend::with_string(&mut out, (720, 400)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let conc = results.iter().map(|r| r.concurrency).max().unwrap_or(0);
-        let rows: Vec<&RunResult> = results.iter().filter(|r| r.concurrency == conc).collect();
+    svg((720, 400), |root| {
+        let (conc, rows) = at_top_concurrency(results);
         let max_ms = rows.iter().map(|r| r.p999_ms).fold(1.0, f64::max).max(0.1) * 1.2;
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption(
                 format!("Latency CDF (concurrency {conc})"),
                 ("sans-serif", 18),
@@ -223,40 +260,19 @@ fn svg_cdf(results: &[RunResult], modes: &[String]) -> anyhow::Result<String> {
                     c.stroke_width(2),
                 ))?
                 .label(r.mode.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-                });
+                .legend(line_legend(c));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::LowerRight)
-            .draw()?;
-        root.present()?;
-    }
-    Ok(out)
+        legend(&mut chart, SeriesLabelPosition::LowerRight)
+    })
 }
 
 fn svg_scaling(results: &[RunResult], modes: &[String]) -> anyhow::Result<String> {
-    let mut out = String::new();
-    {
-        let root = SVGBackend::with_string(&mut out, (720, 400)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let max_c = results
-            .iter()
-            .map(|r| r.concurrency)
-            .max()
-            .unwrap_or(1)
-            .max(2) as f64;
-        let min_c = results
-            .iter()
-            .map(|r| r.concurrency)
-            .min()
-            .unwrap_or(1)
-            .max(1) as f64;
+    svg((720, 400), |root| {
+        let conc = || results.iter().map(|r| r.concurrency);
+        let max_c = conc().max().unwrap_or(1).max(2) as f64;
+        let min_c = conc().min().unwrap_or(1).max(1) as f64;
         let max = results.iter().map(|r| r.rps).fold(1.0, f64::max) * 1.15;
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption("Throughput against concurrency", ("sans-serif", 18))
             .margin(10)
             .x_label_area_size(35)
@@ -278,20 +294,11 @@ fn svg_scaling(results: &[RunResult], modes: &[String]) -> anyhow::Result<String
             chart
                 .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
                 .label(m.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-                });
+                .legend(line_legend(c));
             chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, c.filled())))?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()?;
-        root.present()?;
-    }
-    Ok(out)
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)
+    })
 }
 
 /// The JSON document: the command line, every run and every limit.

@@ -19,7 +19,8 @@ struct Cli {
 /// Runs the bench against `app` with `extra` (whitespace-separated
 /// arguments, as on a command line).
 async fn run(app: &common::TestApp, extra: &str) -> Value {
-    let json = std::env::temp_dir().join(format!("{}.json", common::unique("bench")));
+    let out = std::env::temp_dir().join(common::unique("bench"));
+    let (json, html) = (out.with_extension("json"), out.with_extension("html"));
     let mut argv = vec![
         "firstcome-bench".to_string(),
         "--url".into(),
@@ -32,6 +33,8 @@ async fn run(app: &common::TestApp, extra: &str) -> Value {
         app.db_url.clone(),
         "--json".into(),
         json.display().to_string(),
+        "--html".into(),
+        html.display().to_string(),
     ];
     argv.extend(extra.split_whitespace().map(str::to_string));
     let args = Cli::try_parse_from(&argv).expect("bench arguments").bench;
@@ -39,11 +42,20 @@ async fn run(app: &common::TestApp, extra: &str) -> Value {
         .await
         .expect("bench run without violations");
     let v: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    std::fs::remove_file(&json).ok();
+    // The report opens offline: its plots are inline SVG.
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.matches("<svg").count() >= 2, "{extra}: {page:.200}");
+    for f in [json, html] {
+        std::fs::remove_file(f).ok();
+    }
     v
 }
 
-fn assert_clean(v: &Value, modes: usize, users: u64) {
+/// Runs the bench against `app` with `extra`; asserts one result per
+/// mode, every user's request made, no violation and some throughput;
+/// returns the results.
+async fn run_clean(app: &common::TestApp, extra: &str, modes: usize, users: u64) -> Vec<Value> {
+    let v = run(app, extra).await;
     let results = v["results"].as_array().unwrap();
     assert_eq!(results.len(), modes, "{v}");
     for r in results {
@@ -57,36 +69,26 @@ fn assert_clean(v: &Value, modes: usize, users: u64) {
         assert_eq!(bad, 0, "{r}");
         assert!(r["rps"].as_f64().unwrap() > 0.0, "{r}");
     }
+    results.clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn coupon_and_exam_run_every_mode_clean() {
     let app = common::spawn_app().await;
-    let coupon = run(
-        &app,
-        "--scenario coupon --stock 20 --users 300 --concurrency 16 --limit-secs 0",
-    )
-    .await;
-    assert_clean(&coupon, 5, 300);
-    for r in coupon["results"].as_array().unwrap() {
+    let coupon = "--scenario coupon --stock 20 --users 300 --concurrency 16 --limit-secs 0";
+    for r in run_clean(&app, coupon, 5, 300).await {
         assert_eq!(r["grants"].as_u64(), Some(20), "{r}");
     }
-    let exam = run(
-        &app,
-        "--scenario exam --users 2400 --concurrency 32 --limit-secs 0",
-    )
-    .await;
-    assert_clean(&exam, 5, 2400);
+    let exam = "--scenario exam --users 2400 --concurrency 32 --limit-secs 0";
+    run_clean(&app, exam, 5, 2400).await;
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn drain_and_open_loop_run_clean() {
     let app = common::spawn_app().await;
-    let drain = run(&app, "--scenario drain --modes gate,redis-queue,redis-lua --users 500 --concurrency 16 --rate 2000 --limit-secs 0")
-    .await;
-    assert_clean(&drain, 3, 500);
-    for r in drain["results"].as_array().unwrap() {
+    let drain = "--scenario drain --modes gate,redis-queue,redis-lua --users 500 --concurrency 16 --rate 2000 --limit-secs 0";
+    for r in run_clean(&app, drain, 3, 500).await {
         assert_eq!(r["grants"].as_u64(), Some(500), "stock = users: {r}");
         assert_eq!(r["offered_rate"].as_u64(), Some(2000), "{r}");
     }
@@ -129,13 +131,9 @@ async fn every_limit_is_measured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cancel_storm_runs_every_mode_clean() {
     let app = common::spawn_app().await;
-    let v = run(
-        &app,
-        "--scenario coupon --stock 20 --users 200 --concurrency 8 --limit-secs 0 --cancel-frac 0.3",
-    )
-    .await;
-    assert_clean(&v, 5, 200);
-    for r in v["results"].as_array().unwrap() {
+    let storm =
+        "--scenario coupon --stock 20 --users 200 --concurrency 8 --limit-secs 0 --cancel-frac 0.3";
+    for r in run_clean(&app, storm, 5, 200).await {
         assert!(r["cancelled"].as_u64().unwrap() > 0, "{r}");
         assert!(r["topup_users"].as_u64().unwrap() > 0, "{r}");
         assert_eq!(r["grants"].as_u64(), Some(20), "stock back in use: {r}");

@@ -40,15 +40,23 @@ fn check(seen: &[Seen], finals: &[Seen], grants: &[Value], c: &Check) -> (Violat
     verify(&pools, &names, seen, finals, grants, c)
 }
 
+/// A clean run on one pool of 2: users a and b granted slots 1 and 2, c
+/// refused; the answers seen and the grants stored.
+fn clean_run() -> ([Seen; 3], [Value; 2]) {
+    (
+        [
+            granted(0, 1, 1, "CODEA"),
+            granted(0, 2, 2, "CODEB"),
+            sold_out(0, 3),
+        ],
+        [grant("a", 1, 1, "CODEA"), grant("b", 2, 2, "CODEB")],
+    )
+}
+
 /// One pool of 2: a clean run, then each kind of damage on its own.
 #[test]
 fn the_verifier_counts_each_violation() {
-    let seen = [
-        granted(0, 1, 1, "CODEA"),
-        granted(0, 2, 2, "CODEB"),
-        sold_out(0, 3),
-    ];
-    let good = [grant("a", 1, 1, "CODEA"), grant("b", 2, 2, "CODEB")];
+    let (seen, good) = clean_run();
     let v = |grants: &[Value], fairness: bool| {
         check(
             &seen,
@@ -90,12 +98,7 @@ fn the_verifier_counts_each_violation() {
 /// must stay cancelled and is not a change.
 #[test]
 fn the_verifier_counts_changed_answers() {
-    let seen = [
-        granted(0, 1, 1, "CODEA"),
-        granted(0, 2, 2, "CODEB"),
-        sold_out(0, 3),
-    ];
-    let good = [grant("a", 1, 1, "CODEA"), grant("b", 2, 2, "CODEB")];
+    let (seen, good) = clean_run();
     let missing = Seen {
         kind: SeenKind::Missing,
         ..Default::default()

@@ -128,15 +128,7 @@ impl Gate {
         };
         if let Some(d) = pg::durable_answer(&common.db, campaign, user).await? {
             let s = Stored::from_outcome(campaign, &d)?;
-            let held = match &s {
-                Stored::Granted { slot, .. } => Some(*slot),
-                _ => None,
-            };
-            let r = Release {
-                replacement: Some(&s),
-                mark_taken: held,
-                ..Release::back(Some(*slot))
-            };
+            let r = Release::replaced_by(&s, Some(*slot));
             common.release(campaign, user, pending, r).await?;
             return Ok(d);
         }

@@ -19,8 +19,12 @@ use sqlx::PgPool;
 use super::error::{AdmissionError, CancelOutcome};
 use crate::{
     domain::{Campaign, ClaimOutcome, RejectReason, UserId},
-    storage::redis::{CampaignKeys, RedisStore},
+    storage::redis::{
+        stream::{self, Handler, TaskEnv},
+        CampaignKeys, RedisStore, ScriptMode,
+    },
 };
+use tokio::task::JoinHandle;
 
 /// How a compensating release leaves the pool (`release.lua`).
 #[derive(Debug, Clone, Default)]
@@ -38,13 +42,27 @@ pub struct Release<'a> {
     pub queued_delta: i64,
 }
 
-impl Release<'_> {
+impl<'a> Release<'a> {
     /// A reservation that never became durable: its stock and slot go back.
     pub fn back(slot: Option<i32>) -> Self {
         Release {
             free_slot: slot,
             give_back: true,
             ..Default::default()
+        }
+    }
+
+    /// The user's durable answer `to` (read from PostgreSQL) replaces the
+    /// reservation of `slot`: the reservation goes back, and a slot `to`
+    /// holds is marked taken (it may not be the reserved one).
+    pub fn replaced_by(to: &'a Stored, slot: Option<i32>) -> Self {
+        Release {
+            replacement: Some(to),
+            mark_taken: match to {
+                Stored::Granted { slot, .. } => Some(*slot),
+                _ => None,
+            },
+            ..Release::back(slot)
         }
     }
 }
@@ -127,6 +145,28 @@ impl RedisCommon {
             now + chrono::Duration::seconds(crate::domain::OPEN_ENDED_KEY_LIFETIME_SECS)
         });
         (end + chrono::Duration::seconds(jitter)).timestamp_millis()
+    }
+
+    /// The campaign's stream consumer (flusher, drainer): `handler` over
+    /// the stream `mode`'s claims feed, under the campaign's lease.
+    pub fn spawn_consumer<H: Handler>(
+        &self,
+        c: &Campaign,
+        mode: ScriptMode,
+        env: TaskEnv,
+        handler: H,
+    ) -> JoinHandle<()> {
+        let k = self.keys(c);
+        stream::spawn(&self.redis, mode.stream(&k), &k.lease, env, handler)
+    }
+
+    /// A stream consumer's recovery when its stream or group is gone: the
+    /// stream may have been created again without its group (a write
+    /// racing a partial expiry) while the state lives, so give it one;
+    /// then rebuild the state from PostgreSQL if it is lost.
+    pub async fn recover_consumer(&self, c: &Campaign, mode: ScriptMode) -> anyhow::Result<()> {
+        self.ensure_group(mode.stream(&self.keys(c))).await?;
+        Ok(self.rebuild(c).await?)
     }
 
     /// Whether the campaign's keys are past their life: Redis no longer

@@ -4,7 +4,10 @@
 
 use sqlx::PgPool;
 
-use crate::storage::redis::stream::{Entry, Handler};
+use crate::storage::redis::{
+    stream::{Entry, Handler},
+    ScriptMode,
+};
 use crate::{
     domain::Campaign,
     modes::redis_common::RedisCommon,
@@ -133,10 +136,7 @@ impl Handler for Flusher {
     }
 
     async fn recover(&mut self) -> anyhow::Result<()> {
-        // The stream may have been created again without its group (a write
-        // racing a partial expiry) while the state lives: give it one.
-        let stream = self.common.keys(&self.campaign).outbox.clone();
-        self.common.ensure_group(&stream).await?;
-        Ok(self.common.rebuild(&self.campaign).await?)
+        let mode = ScriptMode::WriteBehind;
+        self.common.recover_consumer(&self.campaign, mode).await
     }
 }

@@ -17,10 +17,7 @@ use super::{
 };
 use crate::{
     domain::{Campaign, Pool, UserId},
-    storage::redis::{
-        stream::{self, TaskEnv},
-        ScriptMode,
-    },
+    storage::redis::{stream::TaskEnv, ScriptMode},
 };
 
 /// The write-behind mode.
@@ -45,19 +42,13 @@ impl Admission for RedisLua {
 
     /// The flusher: writes the outbox to PostgreSQL behind the answers.
     fn background(&self, campaign: Campaign, env: TaskEnv) -> Option<JoinHandle<()>> {
-        let k = self.common.keys(&campaign);
-        let flusher = flusher::Flusher {
-            db: self.common.db.clone(),
-            campaign,
-            common: self.common.clone(),
+        let c = &self.common;
+        let handler = flusher::Flusher {
+            common: c.clone(),
+            db: c.db.clone(),
+            campaign: campaign.clone(),
         };
-        Some(stream::spawn(
-            &self.common.redis,
-            &k.outbox,
-            &k.lease,
-            env,
-            flusher,
-        ))
+        Some(c.spawn_consumer(&campaign, ScriptMode::WriteBehind, env, handler))
     }
 
     async fn claim(&self, campaign: &Campaign, pool: &Pool, user: &UserId) -> Answer {

@@ -8,7 +8,10 @@ use std::collections::HashMap;
 
 use sqlx::PgPool;
 
-use crate::storage::redis::stream::{Entry, Handler};
+use crate::storage::redis::{
+    stream::{Entry, Handler},
+    ScriptMode,
+};
 use crate::{
     domain::{generate_code, Campaign, UserId},
     modes::redis_common::{RedisCommon, Release, Stored},
@@ -181,15 +184,9 @@ impl Handler for Drainer {
             // that is the answer, and this allocation goes back to stock.
             if let Some(d) = pg::durable_answer(&self.db, c, &user).await? {
                 let to = Stored::from_outcome(c, &d)?;
-                let held = match &to {
-                    Stored::Granted { slot, .. } => Some(*slot),
-                    _ => None,
-                };
                 let r = Release {
-                    replacement: Some(&to),
-                    mark_taken: held,
                     queued_delta: -1,
-                    ..Release::back(Some(*slot))
+                    ..Release::replaced_by(&to, Some(*slot))
                 };
                 self.common.release(c, &user, s, r).await?;
                 continue;
@@ -273,10 +270,7 @@ impl Handler for Drainer {
     }
 
     async fn recover(&mut self) -> anyhow::Result<()> {
-        // The stream may have been created again without its group (a write
-        // racing a partial expiry) while the state lives: give it one.
-        let stream = self.common.keys(&self.campaign).queue.clone();
-        self.common.ensure_group(&stream).await?;
-        Ok(self.common.rebuild(&self.campaign).await?)
+        let mode = ScriptMode::Enqueue;
+        self.common.recover_consumer(&self.campaign, mode).await
     }
 }

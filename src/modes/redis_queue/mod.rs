@@ -15,10 +15,7 @@ use super::{
 use crate::{
     domain::{Campaign, Pool, UserId},
     modes::redis_common::committer::CommitterHandle,
-    storage::redis::{
-        stream::{self, TaskEnv},
-        ScriptMode,
-    },
+    storage::redis::{stream::TaskEnv, ScriptMode},
 };
 use tokio::task::JoinHandle;
 
@@ -47,20 +44,14 @@ impl Admission for RedisQueue {
 
     /// The drainer: grants the queue in arrival order, durably.
     fn background(&self, campaign: Campaign, env: TaskEnv) -> Option<JoinHandle<()>> {
-        let k = self.common.keys(&campaign);
-        let drainer = drainer::Drainer {
-            common: self.common.clone(),
-            db: self.common.db.clone(),
-            campaign,
+        let c = &self.common;
+        let handler = drainer::Drainer {
+            common: c.clone(),
+            db: c.db.clone(),
+            campaign: campaign.clone(),
             attempts: std::collections::HashMap::new(),
         };
-        Some(stream::spawn(
-            &self.common.redis,
-            &k.queue,
-            &k.lease,
-            env,
-            drainer,
-        ))
+        Some(c.spawn_consumer(&campaign, ScriptMode::Enqueue, env, handler))
     }
 
     async fn claim(&self, campaign: &Campaign, pool: &Pool, user: &UserId) -> Answer {

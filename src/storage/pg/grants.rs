@@ -8,7 +8,7 @@ use super::error::PgError;
 use crate::domain::{Campaign, CampaignId, ClaimOutcome, RejectReason, UserId};
 
 /// A grant row as exported.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct GrantRow {
     /// Export cursor: the grant's id.
     #[serde(skip)]
@@ -32,7 +32,7 @@ pub async fn grants_page(
     after: i64,
     limit: i64,
 ) -> Result<Vec<GrantRow>, PgError> {
-    let rows = sqlx::query(
+    Ok(sqlx::query_as(
         "SELECT g.id, g.user_id, p.name AS pool, g.slot, g.code, g.seq
          FROM grants g JOIN pools p ON p.id = g.pool_id
          WHERE g.campaign_id = $1 AND g.state = 'active' AND g.id > $2
@@ -42,18 +42,7 @@ pub async fn grants_page(
     .bind(after)
     .bind(limit)
     .fetch_all(db)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| GrantRow {
-            id: r.get("id"),
-            user_id: r.get("user_id"),
-            pool: r.get("pool"),
-            slot: r.get("slot"),
-            code: r.get("code"),
-            seq: r.get("seq"),
-        })
-        .collect())
+    .await?)
 }
 
 /// The user's latest grant in the campaign (active first), as an answer.
@@ -388,7 +377,7 @@ pub async fn existing_codes(db: &PgPool, codes: &[String]) -> Result<Vec<String>
 
 /// A user's latest grant (active first, else the newest), as a rebuild
 /// loads it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LatestGrant {
     /// User.
     pub user_id: String,
@@ -406,25 +395,14 @@ pub struct LatestGrant {
 
 /// Every user's latest grant in the campaign (void rows are not grants).
 pub async fn latest_grants(db: &PgPool, campaign: CampaignId) -> Result<Vec<LatestGrant>, PgError> {
-    let rows = sqlx::query(
+    Ok(sqlx::query_as(
         "SELECT DISTINCT ON (user_id) user_id, pool_id, slot, code, seq, state = 'active' AS active
          FROM grants WHERE campaign_id = $1 AND state <> 'void'
          ORDER BY user_id, (state = 'active') DESC, id DESC",
     )
     .bind(campaign.0)
     .fetch_all(db)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| LatestGrant {
-            user_id: r.get("user_id"),
-            pool_id: r.get("pool_id"),
-            slot: r.get("slot"),
-            code: r.get("code"),
-            seq: r.get("seq"),
-            active: r.get("active"),
-        })
-        .collect())
+    .await?)
 }
 
 /// Every durable refusal of the campaign as (user, seq): the db-* modes'

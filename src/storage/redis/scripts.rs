@@ -42,6 +42,17 @@ impl CampaignKeys {
 }
 
 impl RedisStore {
+    /// Runs a script that answers 1 when it did what it was asked, 0 when
+    /// it found nothing to do.
+    async fn eval_did(
+        &self,
+        lua: &super::Lua,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<bool, RedisStoreError> {
+        Ok(self.eval::<i64>(lua, keys, args).await? == 1)
+    }
+
     /// `claim.lua`: one admission decision for `user` in pool `pidx`.
     pub async fn claim(
         &self,
@@ -95,10 +106,7 @@ impl RedisStore {
             if r.give_back { "1" } else { "0" },
             &opt(r.mark_taken),
         ];
-        Ok(self
-            .eval::<i64>(&self.scripts().release, &keys, &args)
-            .await?
-            == 1)
+        self.eval_did(&self.scripts().release, &keys, &args).await
     }
 
     /// `cancel.lua`: turns `user`'s grant in pool `pidx` into a cancelled
@@ -168,10 +176,7 @@ impl RedisStore {
         args.extend(want_free.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let keys: [&str; 4] = [&k.meta, &k.seq, &p.left, &p.free];
-        Ok(self
-            .eval::<i64>(&self.scripts().repair, &keys, &args)
-            .await?
-            == 1)
+        self.eval_did(&self.scripts().repair, &keys, &args).await
     }
 
     /// `replay.lua`: puts the dead letter `id` (user, pool, seq) back in
@@ -193,28 +198,23 @@ impl RedisStore {
     /// `drop_stale.lua`: forgets the state if it is still of generation
     /// `gen`; `true` when it did.
     pub async fn drop_stale(&self, k: &CampaignKeys, gen: i64) -> Result<bool, RedisStoreError> {
-        let n: i64 = self
-            .eval(&self.scripts().drop_stale, &[&k.meta], &[&gen.to_string()])
-            .await?;
-        Ok(n == 1)
+        let gen = gen.to_string();
+        self.eval_did(&self.scripts().drop_stale, &[&k.meta], &[&gen])
+            .await
     }
 
     /// `same_server.lua`: forgets a state another server loaded; `true`
     /// when it did.
     pub async fn forget_if_moved(&self, k: &CampaignKeys) -> Result<bool, RedisStoreError> {
-        let n: i64 = self
-            .eval(&self.scripts().same_server, &[&k.meta], &[])
-            .await?;
-        Ok(n == 1)
+        self.eval_did(&self.scripts().same_server, &[&k.meta], &[])
+            .await
     }
 
     /// `unlock.lua`: releases `lock` if it is still held with `token`;
     /// `true` when it did.
     pub async fn unlock(&self, lock: &str, token: &str) -> Result<bool, RedisStoreError> {
-        Ok(self
-            .eval::<i64>(&self.scripts().unlock, &[lock], &[token])
-            .await?
-            == 1)
+        self.eval_did(&self.scripts().unlock, &[lock], &[token])
+            .await
     }
 
     /// `outbox_to_flush.lua`: how many entries of a surviving outbox a
@@ -242,8 +242,8 @@ impl RedisStore {
     ) -> Result<bool, RedisStoreError> {
         let args = [&expire_at_ms.to_string(), &due_before_ms.to_string()];
         let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-        let n: i64 = self.eval(&self.scripts().refresh, &k.all(), &args).await?;
-        Ok(n == 1)
+        self.eval_did(&self.scripts().refresh, &k.all(), &args)
+            .await
     }
 
     /// Replaces answers still equal to the expected ones (`promote.lua`):
@@ -303,7 +303,6 @@ impl RedisStore {
         }
         keys.push(&k.pending);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let loaded: i64 = self.eval(&self.scripts().init, &keys, &args).await?;
-        Ok(loaded == 1)
+        self.eval_did(&self.scripts().init, &keys, &args).await
     }
 }

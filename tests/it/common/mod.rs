@@ -272,52 +272,38 @@ impl TestApp {
 
     /// Checks invariants 1-3 straight from PostgreSQL; returns active grants.
     pub async fn assert_db_invariants(&self, id: i64) -> i64 {
-        let over: i64 = sqlx::query(
-            "SELECT count(*) FROM pools p WHERE p.campaign_id = $1 AND p.stock <
-               (SELECT count(*) FROM grants g WHERE g.pool_id = p.id AND g.state = 'active')",
+        /// Each query counts the violations of one invariant.
+        const CHECKS: [(&str, &str); 4] = [
+            (
+                "oversold pool",
+                "SELECT count(*) FROM pools p WHERE p.campaign_id = $1 AND p.stock <
+                   (SELECT count(*) FROM grants g WHERE g.pool_id = p.id AND g.state = 'active')",
+            ),
+            (
+                "duplicate grants",
+                "SELECT count(*) FROM (SELECT user_id FROM grants WHERE campaign_id = $1 AND state = 'active'
+                 GROUP BY user_id HAVING count(*) > 1) d",
+            ),
+            (
+                "slot out of range",
+                "SELECT count(*) FROM grants g JOIN pools p ON p.id = g.pool_id
+                 WHERE g.campaign_id = $1 AND g.state = 'active' AND (g.slot < 1 OR g.slot > p.stock)",
+            ),
+            (
+                "double-booked slot",
+                "SELECT count(*) FROM (SELECT pool_id, slot FROM grants WHERE campaign_id = $1 AND state = 'active'
+                 GROUP BY pool_id, slot HAVING count(*) > 1) d",
+            ),
+        ];
+        for (what, sql) in CHECKS {
+            assert_eq!(count(self, sql, id).await, 0, "{what}");
+        }
+        count(
+            self,
+            "SELECT count(*) FROM grants WHERE campaign_id = $1 AND state = 'active'",
+            id,
         )
-        .bind(id)
-        .fetch_one(&self.db)
         .await
-        .unwrap()
-        .get(0);
-        assert_eq!(over, 0, "oversold pool");
-        let dup: i64 = sqlx::query(
-            "SELECT count(*) FROM (SELECT user_id FROM grants WHERE campaign_id = $1 AND state = 'active'
-             GROUP BY user_id HAVING count(*) > 1) d",
-        )
-        .bind(id)
-        .fetch_one(&self.db)
-        .await
-        .unwrap()
-        .get(0);
-        assert_eq!(dup, 0, "duplicate grants");
-        let bad_slot: i64 = sqlx::query(
-            "SELECT count(*) FROM grants g JOIN pools p ON p.id = g.pool_id
-             WHERE g.campaign_id = $1 AND g.state = 'active' AND (g.slot < 1 OR g.slot > p.stock)",
-        )
-        .bind(id)
-        .fetch_one(&self.db)
-        .await
-        .unwrap()
-        .get(0);
-        assert_eq!(bad_slot, 0, "slot out of range");
-        let double: i64 = sqlx::query(
-            "SELECT count(*) FROM (SELECT pool_id, slot FROM grants WHERE campaign_id = $1 AND state = 'active'
-             GROUP BY pool_id, slot HAVING count(*) > 1) d",
-        )
-        .bind(id)
-        .fetch_one(&self.db)
-        .await
-        .unwrap()
-        .get(0);
-        assert_eq!(double, 0, "double-booked slot");
-        sqlx::query("SELECT count(*) FROM grants WHERE campaign_id = $1 AND state = 'active'")
-            .bind(id)
-            .fetch_one(&self.db)
-            .await
-            .unwrap()
-            .get(0)
     }
 }
 
@@ -454,4 +440,31 @@ pub async fn count(app: &TestApp, sql: &str, id: i64) -> i64 {
         .await
         .unwrap()
         .get(0)
+}
+
+/// Claims for every user of `users` at once, each in its own task, at
+/// most `at_once` in flight; the answers in the order of `users`.
+pub async fn claim_all(
+    app: &std::sync::Arc<TestApp>,
+    id: i64,
+    users: impl IntoIterator<Item = String>,
+    at_once: usize,
+) -> Vec<(String, (u16, Value))> {
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(at_once));
+    let tasks: Vec<_> = users
+        .into_iter()
+        .map(|user| {
+            let (app, gate) = (app.clone(), gate.clone());
+            tokio::spawn(async move {
+                let _permit = gate.acquire().await.unwrap();
+                let answer = app.claim(id, &user, None).await;
+                (user, answer)
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
 }

@@ -7,9 +7,8 @@ use crate::common;
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use crate::common::{redis_conn, spawn_app, spawn_app_on, TestApp};
+use crate::common::{claim_all, redis_conn, spawn_app, spawn_app_on, TestApp};
 use serde_json::Value;
-use tokio::sync::Semaphore;
 
 async fn rush(
     app: &Arc<TestApp>,
@@ -17,22 +16,12 @@ async fn rush(
     users: usize,
     claims: usize,
 ) -> Vec<(String, u16, Value)> {
-    let gate = Arc::new(Semaphore::new(64));
-    let mut tasks = Vec::new();
-    for k in 0..claims {
-        let (app, gate) = (app.clone(), gate.clone());
-        tasks.push(tokio::spawn(async move {
-            let _p = gate.acquire().await.unwrap();
-            let user = format!("user-{}", k % users);
-            let (s, v) = app.claim(id, &user, None).await;
-            (user, s, v)
-        }));
-    }
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await.unwrap());
-    }
-    out
+    let who = (0..claims).map(|k| format!("user-{}", k % users));
+    claim_all(app, id, who, 64)
+        .await
+        .into_iter()
+        .map(|(u, (s, v))| (u, s, v))
+        .collect()
 }
 
 fn granted_codes(answers: &[(String, u16, Value)]) -> HashSet<String> {
@@ -95,12 +84,36 @@ fn keys_of(app: &TestApp, id: i64) -> (String, String, String) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_flusher_killed_mid_batch_loses_and_doubles_nothing() {
+/// A new worker takes over with batches smaller than what it takes over
+/// (it must come back for the rest); waits until `n` grants are durable,
+/// checks the invariants and returns the new worker and the stored
+/// grants' `field`.
+async fn take_over(app: &TestApp, id: i64, n: i64, field: &str) -> (TestApp, HashSet<String>) {
+    let worker = spawn_app_on(&app.db_url, &app.prefix, |a| a.stream_batch = 7).await;
+    app.wait_durable(id, n).await;
+    assert_eq!(app.assert_db_invariants(id).await, n);
+    let stored = app
+        .grants(id)
+        .await
+        .iter()
+        .map(|g| g[field].as_str().unwrap().to_string())
+        .collect();
+    (worker, stored)
+}
+
+/// A campaign in `mode` with stock 100 rushed (300 users, 1,000 claims)
+/// while no worker runs.
+async fn rush_without_worker(mode: &str) -> (Arc<TestApp>, i64, Vec<(String, u16, Value)>) {
     let app = Arc::new(spawn_app().await);
     app.stop_worker.send(true).unwrap();
-    let id = app.campaign("redis-lua", &[("main", 100)]).await;
+    let id = app.campaign(mode, &[("main", 100)]).await;
     let answers = rush(&app, id, 300, 1000).await;
+    (app, id, answers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flusher_killed_mid_batch_loses_and_doubles_nothing() {
+    let (app, id, answers) = rush_without_worker("redis-lua").await;
     let codes = granted_codes(&answers);
     assert_eq!(codes.len(), 100);
     let (outbox, _, lease) = keys_of(&app, id);
@@ -123,53 +136,24 @@ async fn a_flusher_killed_mid_batch_loses_and_doubles_nothing() {
         .unwrap();
     }
     // A new worker takes over: every acknowledged grant lands, once.
-    // Batches smaller than what it takes over: it must come back for the rest.
-    let worker = spawn_app_on(&app.db_url, &app.prefix, |a| a.stream_batch = 7).await;
-    app.wait_durable(id, 100).await;
-    assert_eq!(app.assert_db_invariants(id).await, 100);
-    let stored: HashSet<String> = app
-        .grants(id)
-        .await
-        .iter()
-        .map(|g| g["code"].as_str().unwrap().to_string())
-        .collect();
+    let (worker, stored) = take_over(&app, id, 100, "code").await;
     assert_eq!(stored, codes);
     worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_drainer_killed_mid_batch_grants_in_order_once() {
-    let app = Arc::new(spawn_app().await);
-    app.stop_worker.send(true).unwrap();
-    let id = app.campaign("redis-queue", &[("main", 100)]).await;
-    let answers = rush(&app, id, 300, 1000).await;
-    assert_eq!(
-        answers
-            .iter()
-            .filter(|a| a.1 == 202)
-            .map(|a| &a.0)
-            .collect::<HashSet<_>>()
-            .len(),
-        100
-    );
-    let (_, queue, lease) = keys_of(&app, id);
-    assert_eq!(leave_dead_worker(&queue, &lease, 30).await.len(), 30);
-    // Batches smaller than what it takes over: it must come back for the rest.
-    let worker = spawn_app_on(&app.db_url, &app.prefix, |a| a.stream_batch = 7).await;
-    app.wait_durable(id, 100).await;
-    assert_eq!(app.assert_db_invariants(id).await, 100);
-    // Fairness: the 100 queued users are the ones granted.
+    let (app, id, answers) = rush_without_worker("redis-queue").await;
     let queued: HashSet<String> = answers
         .iter()
         .filter(|a| a.1 == 202)
         .map(|a| a.0.clone())
         .collect();
-    let granted: HashSet<String> = app
-        .grants(id)
-        .await
-        .iter()
-        .map(|g| g["user_id"].as_str().unwrap().to_string())
-        .collect();
+    assert_eq!(queued.len(), 100);
+    let (_, queue, lease) = keys_of(&app, id);
+    assert_eq!(leave_dead_worker(&queue, &lease, 30).await.len(), 30);
+    let (worker, granted) = take_over(&app, id, 100, "user_id").await;
+    // Fairness: the 100 queued users are the ones granted.
     assert_eq!(queued, granted);
     for u in &queued {
         assert_eq!(app.status(id, u).await.1["status"], "granted");

@@ -122,20 +122,7 @@ async fn writes_of_a_replaced_state_are_fenced_off() {
 async fn a_poisoned_slot_does_not_stall_the_queue() {
     let app = spawn_app().await;
     let id = app.campaign("redis-queue", &[("main", 2)]).await;
-    let pool_id: i64 = count(&app, "SELECT id FROM pools WHERE campaign_id = $1", id).await;
-    pg::insert_grants(
-        &app.db,
-        &[NewGrant {
-            campaign_id: id,
-            pool_id,
-            user_id: "Z".into(),
-            slot: 1,
-            code: "ZCODE".into(),
-            seq: 99,
-        }],
-    )
-    .await
-    .unwrap();
+    assert_eq!(grant_behind_redis(&app, id, "Z", 1, 99).await, 1);
     for u in ["a", "b"] {
         assert_eq!(app.claim(id, u, None).await.0, 202);
     }

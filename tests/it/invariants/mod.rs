@@ -9,7 +9,9 @@ use crate::common;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use crate::common::{common_for, count, redis_conn, spawn_app, spawn_app_on, until, TestApp};
+use crate::common::{
+    claim_all, common_for, count, redis_conn, spawn_app, spawn_app_on, until, TestApp,
+};
 use firstcome::{
     domain::{CampaignId, UserId},
     modes::redis_common::Stored,
@@ -36,6 +38,26 @@ async fn lose_redis_state(app: &TestApp, id: i64) {
         .unwrap();
 }
 
+/// Stores a grant of `slot` for `user` straight in PostgreSQL, behind
+/// Redis's back (a poisoned slot); returns how many rows were stored.
+async fn grant_behind_redis(app: &TestApp, id: i64, user: &str, slot: i32, seq: i64) -> usize {
+    let pool_id: i64 = count(app, "SELECT id FROM pools WHERE campaign_id = $1", id).await;
+    pg::insert_grants(
+        &app.db,
+        &[NewGrant {
+            campaign_id: id,
+            pool_id,
+            user_id: user.into(),
+            slot,
+            code: format!("{user}CODE"),
+            seq,
+        }],
+    )
+    .await
+    .unwrap()
+    .len()
+}
+
 /// R1: after Redis loses a campaign's state, every user keeps the final
 /// answer they were given (granted or sold_out), on GET and on a repeated
 /// claim; nobody told sold_out is later told 404 or granted.
@@ -44,20 +66,11 @@ async fn final_answers_survive_the_loss_of_redis_state() {
     let app = Arc::new(spawn_app().await);
     for mode in ["gate", "redis-lua", "redis-queue"] {
         let id = app.campaign(mode, &[("main", 10)]).await;
-        let mut given: HashMap<String, (u16, Value)> = HashMap::new();
-        let mut tasks = Vec::new();
-        for i in 0..40 {
-            let app = app.clone();
-            tasks.push(tokio::spawn(async move {
-                let u = format!("u{i}");
-                let a = app.claim(id, &u, None).await;
-                (u, a)
-            }));
-        }
-        for t in tasks {
-            let (u, a) = t.await.unwrap();
-            given.insert(u, a);
-        }
+        let mut given: HashMap<String, (u16, Value)> =
+            claim_all(&app, id, (0..40).map(|i| format!("u{i}")), 40)
+                .await
+                .into_iter()
+                .collect();
         app.wait_durable(id, 10).await;
         // Queued answers are not final: wait for their final state.
         for (u, a) in given.iter_mut() {
@@ -155,35 +168,10 @@ async fn a_poisoned_slot_never_oversells() {
     let (s, _) = app.cancel(id, "A").await;
     assert_eq!(s, 200);
     // Poison 2: PostgreSQL holds slot 2 for Z, whom Redis never saw.
-    let pool_id: i64 = count(&app, "SELECT id FROM pools WHERE campaign_id = $1", id).await;
-    pg::insert_grants(
-        &app.db,
-        &[NewGrant {
-            campaign_id: id,
-            pool_id,
-            user_id: "Z".into(),
-            slot: 2,
-            code: "ZCODE".into(),
-            seq: 99,
-        }],
-    )
-    .await
-    .unwrap();
+    assert_eq!(grant_behind_redis(&app, id, "Z", 2, 99).await, 1);
     // And PostgreSQL itself refuses a slot beyond the stock.
-    let beyond = pg::insert_grants(
-        &app.db,
-        &[NewGrant {
-            campaign_id: id,
-            pool_id,
-            user_id: "Y".into(),
-            slot: 4,
-            code: "YCODE".into(),
-            seq: 98,
-        }],
-    )
-    .await
-    .unwrap();
-    assert!(beyond.is_empty(), "slot 4 of a stock of 3 is never stored");
+    let beyond = grant_behind_redis(&app, id, "Y", 4, 98).await;
+    assert_eq!(beyond, 0, "slot 4 of a stock of 3 is never stored");
     // Everyone asks until answered (a slot conflict answers 503: retry).
     let mut granted = 0;
     for u in ["B", "C", "D", "E", "F"] {
@@ -236,19 +224,7 @@ async fn slow_commits_never_turn_a_grant_into_a_404() {
     .execute(&app.db)
     .await
     .unwrap();
-    let mut tasks = Vec::new();
-    for i in 0..16 {
-        let app = app.clone();
-        tasks.push(tokio::spawn(async move {
-            let u = format!("s{i}");
-            let a = app.claim(id, &u, None).await;
-            (u, a)
-        }));
-    }
-    let mut answers = Vec::new();
-    for t in tasks {
-        answers.push(t.await.unwrap());
-    }
+    let answers = claim_all(&app, id, (0..16).map(|i| format!("s{i}")), 16).await;
     sqlx::query("DROP TRIGGER slow_insert ON grants")
         .execute(&app.db)
         .await

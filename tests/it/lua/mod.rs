@@ -63,6 +63,34 @@ impl Fixture {
             .unwrap()
     }
 
+    /// release.lua on pool 0, with its ARGV as given (user first).
+    async fn release(&self, argv: &[&str]) -> i64 {
+        let (k, p) = (&self.k, &self.k.pools[0]);
+        self.store
+            .eval(
+                &self.store.scripts().release,
+                &[
+                    &k.meta, &k.ans, &p.left, &p.free, &k.queued, &k.pending, &p.hw,
+                ],
+                argv,
+            )
+            .await
+            .unwrap()
+    }
+
+    /// cancel.lua on pool 0, with its ARGV as given (user first).
+    async fn cancel(&self, argv: &[&str]) -> Vec<String> {
+        let (k, p) = (&self.k, &self.k.pools[0]);
+        self.store
+            .eval(
+                &self.store.scripts().cancel,
+                &[&k.meta, &k.ans, &p.left, &p.free, &k.outbox],
+                argv,
+            )
+            .await
+            .unwrap()
+    }
+
     async fn get(&self, key: &str) -> Option<String> {
         let key = key.to_string();
         self.store
@@ -85,22 +113,14 @@ impl Fixture {
 #[tokio::test]
 async fn sells_out_and_remembers_the_refusal() {
     let f = Fixture::new(&[2], "", "").await;
-    assert_eq!(
-        f.claim("a", 0, "lua").await,
-        vec!["new", "G|0|1|CODEa|1", "0"]
-    );
-    assert_eq!(
-        f.claim("b", 0, "lua").await,
-        vec!["new", "G|0|2|CODEb|2", "0"]
-    );
-    assert_eq!(
-        f.claim("c", 0, "lua").await,
-        vec!["new", "R|sold_out|3", "0"]
-    );
-    assert_eq!(
-        f.claim("c", 0, "lua").await,
-        vec!["dup", "R|sold_out|3", "0"]
-    );
+    for (user, answer) in [
+        ("a", ["new", "G|0|1|CODEa|1", "0"]),
+        ("b", ["new", "G|0|2|CODEb|2", "0"]),
+        ("c", ["new", "R|sold_out|3", "0"]),
+        ("c", ["dup", "R|sold_out|3", "0"]),
+    ] {
+        assert_eq!(f.claim(user, 0, "lua").await, answer, "{user}");
+    }
     assert_eq!(f.get(&f.k.pools[0].left).await.as_deref(), Some("0"));
     // Both grants and the refusal are in the outbox, in order.
     let len: i64 = {
@@ -158,31 +178,13 @@ async fn a_cancelled_slot_is_reused_lowest_first() {
     for u in ["a", "b", "c"] {
         f.claim(u, 0, "lua").await;
     }
-    let k = &f.k;
-    let p = &k.pools[0];
+    let p = &f.k.pools[0];
+    let lua = ScriptMode::WriteBehind.as_arg();
     for u in ["c", "a"] {
-        let r: Vec<String> = f
-            .store
-            .eval(
-                &f.store.scripts().cancel,
-                &[&k.meta, &k.ans, &p.left, &p.free, &k.outbox],
-                &[u, ScriptMode::WriteBehind.as_arg(), "", "0"],
-            )
-            .await
-            .unwrap();
-        assert_eq!(r[0], "cancelled");
+        assert_eq!(f.cancel(&[u, lua, "", "0"]).await[0], "cancelled");
     }
     // Cancelling twice changes nothing.
-    let r: Vec<String> = f
-        .store
-        .eval(
-            &f.store.scripts().cancel,
-            &[&k.meta, &k.ans, &p.left, &p.free, &k.outbox],
-            &["a", ScriptMode::WriteBehind.as_arg(), "", "0"],
-        )
-        .await
-        .unwrap();
-    assert_eq!(r[0], "already");
+    assert_eq!(f.cancel(&["a", lua, "", "0"]).await[0], "already");
     assert_eq!(f.get(&p.left).await.as_deref(), Some("2"));
     assert!(f.ttl_ok(&p.free).await, "free set has no TTL");
     assert_eq!(f.claim("d", 0, "lua").await[1], "G|0|1|CODEd|4");
@@ -199,29 +201,11 @@ async fn compensation_releases_once_and_only_the_expected_answer() {
     let p = &k.pools[0];
     // Gate's refusal waits for PostgreSQL before it is final.
     assert_eq!(f.claim("b", 0, "gate").await[1], "X|2");
-    let rel = |expected: String| {
-        let store = f.store.clone();
-        let keys = [
-            k.meta.clone(),
-            k.ans.clone(),
-            p.left.clone(),
-            p.free.clone(),
-            k.queued.clone(),
-            k.pending.clone(),
-            p.hw.clone(),
-        ];
-        async move {
-            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            let n: i64 = store
-                .eval(
-                    &store.scripts().release,
-                    &keys,
-                    &["a", &expected, "", "1", "0", "1", ""],
-                )
-                .await
-                .unwrap();
-            n
-        }
+    let fixture = &f;
+    let rel = |expected: String| async move {
+        fixture
+            .release(&["a", &expected, "", "1", "0", "1", ""])
+            .await
     };
     assert_eq!(
         rel("P|0|1|OTHER|1|0".into()).await,

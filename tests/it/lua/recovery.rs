@@ -14,38 +14,15 @@ async fn dead_letters_replay_into_the_queue_or_sell_out_once_each() {
     // Both were dead-lettered (as the drainer does: answer D, out of the
     // queued count, stock back at the door), a's twice (issue 11 item 11);
     // a newcomer took one unit of the stock.
+    let mut pipe = redis::pipe();
     for (u, s) in [("a", "1"), ("b", "2"), ("a", "1")] {
-        let _: String = redis::cmd("XADD")
-            .arg(&k.dlq)
-            .arg("*")
-            .arg("u")
-            .arg(u)
-            .arg("p")
-            .arg("0")
-            .arg("s")
-            .arg(s)
-            .query_async(&mut c)
-            .await
-            .unwrap();
+        pipe.xadd(&k.dlq, "*", &[("u", u), ("p", "0"), ("s", s)]);
     }
-    for (u, s) in [("a", "1"), ("b", "2")] {
-        let _: () = redis::cmd("HSET")
-            .arg(&k.ans)
-            .arg(u)
-            .arg(format!("D|0|{s}"))
-            .query_async(&mut c)
-            .await
-            .unwrap();
-    }
-    let _: () = redis::cmd("INCRBY")
-        .arg(&p.left)
-        .arg(2)
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("DECRBY")
-        .arg(&k.queued)
-        .arg(2)
+    let _: () = pipe
+        .hset(&k.ans, "a", "D|0|1")
+        .hset(&k.ans, "b", "D|0|2")
+        .incr(&p.left, 2)
+        .decr(&k.queued, 2)
         .query_async(&mut c)
         .await
         .unwrap();
@@ -124,16 +101,7 @@ async fn a_poisoned_state_never_hands_out_a_slot_beyond_the_stock() {
         .query_async(&mut c)
         .await
         .unwrap();
-    let r: Vec<String> = f
-        .store
-        .eval(
-            &f.store.scripts().cancel,
-            &[&k.meta, &k.ans, &p.left, &p.free, &k.outbox],
-            &["a", "", "", "0"],
-        )
-        .await
-        .unwrap();
-    assert_eq!(r[0], "cancelled");
+    assert_eq!(f.cancel(&["a", "", "", "0"]).await[0], "cancelled");
     assert_eq!(
         f.get(&p.left).await.as_deref(),
         Some("0"),
@@ -179,36 +147,16 @@ async fn a_release_never_frees_a_slot_postgres_holds() {
     let k = &f.k;
     let p = &k.pools[0];
     let r = f.claim("a", 0, "gate").await;
-    let keys = [
-        &k.meta, &k.ans, &p.left, &p.free, &k.queued, &k.pending, &p.hw,
-    ];
     // Slot conflict: no stock back, slot not freed, answer gone.
-    let n: i64 = f
-        .store
-        .eval(
-            &f.store.scripts().release,
-            &keys.map(String::as_str),
-            &["a", &r[1], "", "", "0", "0", ""],
-        )
-        .await
-        .unwrap();
-    assert_eq!(n, 1);
+    assert_eq!(f.release(&["a", &r[1], "", "", "0", "0", ""]).await, 1);
     assert_eq!(f.get(&p.left).await.as_deref(), Some("2"));
     assert_eq!(f.get(&p.hw).await.as_deref(), Some("1"));
     // The user's grant in PostgreSQL holds slot 3 (Redis never handed it
     // out): the reservation's slot 2 goes back, slot 3 becomes taken.
     let r = f.claim("a", 0, "gate").await;
     assert!(r[1].starts_with("P|0|2|"), "{r:?}");
-    let n: i64 = f
-        .store
-        .eval(
-            &f.store.scripts().release,
-            &keys.map(String::as_str),
-            &["a", &r[1], "G|0|3|PGCODE|9", "2", "0", "1", "3"],
-        )
-        .await
-        .unwrap();
-    assert_eq!(n, 1);
+    let replaced = ["a", &r[1], "G|0|3|PGCODE|9", "2", "0", "1", "3"];
+    assert_eq!(f.release(&replaced).await, 1);
     assert_eq!(f.get(&p.hw).await.as_deref(), Some("3"));
     assert_eq!(f.get(&p.left).await.as_deref(), Some("1"));
     let free: Vec<String> = {
