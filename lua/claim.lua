@@ -40,13 +40,14 @@ if prev then
   return {'dup', prev, gen}
 end
 -- A whole state has its answers hash (with its placeholder '#'), its
--- arrival counter and its stock counter. One of them gone alone (expired or
--- evicted before meta) is a state that would decide wrongly (a missing
--- counter reads as sold out, a restarted arrival counter reuses numbers):
+-- arrival counter, its stock counter and its high-water mark. One of them
+-- gone alone (expired or evicted before meta) is a state that would decide
+-- wrongly (a missing counter reads as sold out, a restarted arrival counter
+-- reuses numbers, a restarted high-water mark hands out taken slots):
 -- forget it, so the caller rebuilds from PostgreSQL.
 local left = redis.call('GET', KEYS[4])
 if redis.call('HEXISTS', KEYS[2], '#') == 0 or not redis.call('GET', KEYS[3])
-  or not left then
+  or not left or not redis.call('GET', KEYS[5]) then
   redis.call('DEL', KEYS[1])
   return {'noinit'}
 end

@@ -11,7 +11,7 @@
 -- then per pool: left, hw, number of free slots, the free slots...,
 -- then the number of answers, then user, answer pairs.
 -- Returns 1 when loaded, 0 when the state was already there. meta records
--- this server's run_id (see same_server.lua).
+-- this server's run_id and replication id (see same_server.lua).
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
@@ -58,7 +58,10 @@ for i = 2, 4 do
   redis.call('PEXPIREAT', KEYS[i], exp)
 end
 -- Written last: its presence tells the claim script that the state is whole.
+-- 'run' names the server and the history it serves (see same_server.lua).
+local run = (string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '?') .. ':' ..
+  (string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or '?')
 redis.call('HSET', KEYS[1], 'opens', ARGV[2], 'closes', ARGV[3], 'mode', ARGV[4], 'exp', exp,
-  'gen', ARGV[8], 'run', string.match(redis.call('INFO', 'server'), 'run_id:(%x+)'))
+  'gen', ARGV[8], 'run', run)
 redis.call('PEXPIREAT', KEYS[1], exp)
 return 1

@@ -1,12 +1,16 @@
 -- outbox_to_flush.lua: the entries a redis-lua rebuild should let the
--- flusher write first: those of an outbox that has its consumer group (a flusher can read it) and whose
--- oldest entry is younger than ARGV[1] ms (the flusher is making
--- progress). Otherwise 0: an outbox nobody can or does flush must not
--- hold the campaign's claims hostage; its entries, of the replaced state's
--- generation, are then dropped by the flusher and counted as exposure.
+-- flusher write first. They are answers already told (grants, refusals,
+-- cancels), of the replaced state's generation: once the rebuild bumps the
+-- generation the flusher drops them, so the rebuild waits for them while
+-- the outbox has its consumer group (a flusher can read it) and either a
+-- flusher holds the campaign's lease (it is making progress, however
+-- slowly: PostgreSQL may be slow) or the oldest entry is younger than
+-- ARGV[1] ms (a worker may be starting). Otherwise 0: an outbox nobody
+-- flushes must not hold the campaign's claims hostage for ever; its
+-- entries are then dropped by the flusher and counted as exposure.
 --
--- KEYS[1] outbox
--- ARGV[1] the oldest entry's age limit (ms)
+-- KEYS[1] outbox, KEYS[2] the campaign's stream lease
+-- ARGV[1] the oldest entry's age limit (ms) when no flusher holds the lease
 -- Returns the number of entries to wait for, or 0.
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
@@ -23,5 +27,5 @@ if not first then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ms = tonumber(string.match(first[1], '^(%d+)'))
-if now - ms > tonumber(ARGV[1]) then return 0 end
+if now - ms > tonumber(ARGV[1]) and redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 return redis.call('XLEN', KEYS[1])

@@ -8,7 +8,12 @@
 -- KEYS[1] ans, KEYS[2] left (of the claim's pool), KEYS[3] queue stream,
 -- KEYS[4] queued counter, KEYS[5] dlq stream, KEYS[6] meta
 -- ARGV[1] user, ARGV[2] pool index, ARGV[3] seq, ARGV[4] dead-letter id
--- Returns {'requeued'}, {'sold_out', gen} or {'stale'} (the answer moved on).
+-- Returns {'requeued'}, {'sold_out', gen}, {'stale'} (the answer moved on)
+-- or {'noinit'} (the state is not loaded: nothing is touched, replay again
+-- once a claim or the worker has rebuilt it; the rebuild keeps dead letters).
+if redis.call('EXISTS', KEYS[6]) == 0 then
+  return {'noinit'}
+end
 local expected = 'D|' .. ARGV[2] .. '|' .. ARGV[3]
 local a = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('XDEL', KEYS[5], ARGV[4])

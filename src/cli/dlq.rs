@@ -46,38 +46,28 @@ pub async fn run(cmd: DlqCmd) -> anyhow::Result<()> {
         c.mode
     );
     let k = common.keys(&c);
-    let dlq_key = k.dlq.clone();
-    let entries: redis::streams::StreamRangeReply = common
-        .redis
-        .run(|mut conn| async move {
-            redis::cmd("XRANGE")
-                .arg(&dlq_key)
-                .arg("-")
-                .arg("+")
-                .query_async(&mut conn)
-                .await
-        })
-        .await?;
     let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
-    for e in entries.ids {
-        let get = |f: &str| e.get::<String>(f).unwrap_or_default();
-        let (u, p, sq) = (get("u"), get("p"), get("s"));
+    for e in common.redis.dead_letters(&k).await? {
+        let (u, sq) = (e.user.clone(), e.seq.to_string());
         if !replay {
             println!(
                 "{}",
-                json!({"id": e.id, "user_id": u, "pool": p, "seq": sq})
+                json!({"id": e.id, "user_id": u, "pool": e.pidx.to_string(), "seq": sq})
             );
             continue;
         }
-        let pidx: usize = p.parse()?;
+        let pidx = usize::try_from(e.pidx)?;
         let r = common.redis.replay(&k, pidx, &u, &sq, &e.id).await?;
         let gen: Option<i64> = r.get(1).and_then(|g| g.parse().ok());
         let mut r = r.first().cloned().unwrap_or_default();
+        if r == "noinit" {
+            r = "not replayed: the campaign's state is not loaded (a claim or the worker rebuilds it); replay again".into();
+        }
         if let (true, Some(gen)) = (r == "sold_out", gen) {
             // A refusal is final: durable before anyone can read it (in the
             // generation of the state that decided it).
             let user = UserId::parse(u.clone())?;
-            if let Err(e) = common.resolve_refusal(&c, &user, sq.parse()?, gen).await {
+            if let Err(e) = common.resolve_refusal(&c, &user, e.seq, gen).await {
                 r = format!("sold_out (not yet durable: {e}; the next read makes it so)");
             }
         }

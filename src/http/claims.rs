@@ -137,14 +137,17 @@ pub async fn claim(
         // Outside the window: answer without touching any store. A repeat
         // after closing still finds its first answer (status), but a claim
         // cannot change anything any more.
-        Err(reason) => match state.admissions.status(&c, &user).await.ok().flatten() {
-            Some(o) if reason == RejectReason::Closed => o,
-            _ => ClaimOutcome::Rejected {
-                user_id: user.clone(),
-                reason,
-                seq: None,
-            },
-        },
+        // A lookup that fails is a 503, never a made-up `closed` that would
+        // contradict a grant already told.
+        Err(reason) => match reason {
+            RejectReason::Closed => state.admissions.status(&c, &user).await?,
+            _ => None,
+        }
+        .unwrap_or_else(|| ClaimOutcome::Rejected {
+            user_id: user.clone(),
+            reason,
+            seq: None,
+        }),
         Ok(()) => state.admissions.claim(&c, pool, &user).await?,
     };
     metrics::counter!("firstcome_claims_total", "mode" => c.mode.as_str(), "outcome" => outcome_label(&outcome))

@@ -47,7 +47,11 @@ pub async fn run(
     // The live campaigns this worker has loaded (their keys do not change).
     let mut known: HashMap<CampaignId, Campaign> = HashMap::new();
     let mut next_refresh = tokio::time::Instant::now();
-    let mut next_server_check = tokio::time::Instant::now();
+    // The server check runs on its own, over the campaigns known so far:
+    // whether PostgreSQL answers, hangs or fails, a state the server did
+    // not load must stop deciding within the interval.
+    let (known_tx, known_rx) = watch::channel(Vec::new());
+    let checks = tokio::spawn(server_checks(common.clone(), known_rx, shutdown.clone()));
     while !*shutdown.borrow() {
         tasks.retain(|_, h| !h.is_finished());
         match pg::live_campaigns(&db, &Mode::redis_modes()).await {
@@ -56,17 +60,19 @@ pub async fn run(
                     next_refresh = tokio::time::Instant::now() + REFRESH_INTERVAL;
                     refresh_lifetimes(&common, &ids).await;
                 }
+                let before = known.len();
                 known.retain(|id, _| ids.contains(id));
+                let mut changed = known.len() != before;
                 for id in &ids {
                     if !known.contains_key(id) {
                         if let Ok(Some(c)) = pg::load_campaign(&db, *id).await {
                             known.insert(*id, c);
+                            changed = true;
                         }
                     }
                 }
-                if tokio::time::Instant::now() >= next_server_check {
-                    next_server_check = tokio::time::Instant::now() + SERVER_CHECK_INTERVAL;
-                    check_servers(&common, known.values()).await;
+                if changed {
+                    known_tx.send_replace(known.values().cloned().collect());
                 }
                 for (id, c) in &known {
                     if tasks.contains_key(id) {
@@ -92,26 +98,51 @@ pub async fn run(
             _ = tokio::time::sleep(DISCOVERY_INTERVAL) => {}
         }
     }
+    let _ = checks.await;
     for (_, h) in tasks {
         let _ = h.await;
     }
 }
 
-/// Drops every state the Redis server now holding it did not load, and
-/// rebuilds it at once rather than on the next claim.
+/// Every [`SERVER_CHECK_INTERVAL`], checks the campaigns `known` holds
+/// (the worker's list) with [`check_servers`], until shutdown.
+async fn server_checks(
+    common: RedisCommon,
+    known: watch::Receiver<Vec<Campaign>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    while !*shutdown.borrow() {
+        let campaigns = known.borrow().clone();
+        check_servers(&common, campaigns.iter()).await;
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = tokio::time::sleep(SERVER_CHECK_INTERVAL) => {}
+        }
+    }
+}
+
+/// Drops every state the Redis server now holding it did not load (all of
+/// them first: one short script each), then rebuilds those in the
+/// background rather than waiting for the next claim; one campaign's slow
+/// rebuild must not delay another's drop.
 async fn check_servers<'a>(common: &RedisCommon, campaigns: impl Iterator<Item = &'a Campaign>) {
+    let mut dropped = Vec::new();
     for c in campaigns {
         match common.forget_if_server_changed(c).await {
-            Ok(true) => {
-                if let Err(e) = common.rebuild(c).await {
-                    tracing::info!(error = %e, campaign = %c.id, "rebuild after a server change deferred to the next claim");
-                }
-            }
+            Ok(true) => dropped.push(c.clone()),
             Ok(false) => {}
             Err(e) => {
                 tracing::warn!(error = %e, campaign = %c.id, "could not check the redis server")
             }
         }
+    }
+    for c in dropped {
+        let common = common.clone();
+        tokio::spawn(async move {
+            if let Err(e) = common.rebuild(&c).await {
+                tracing::info!(error = %e, campaign = %c.id, "rebuild after a server change deferred to the next claim");
+            }
+        });
     }
 }
 

@@ -14,8 +14,11 @@ use crate::{
     },
 };
 
-/// How long a redis-lua rebuild waits for a surviving outbox to flush.
-const OUTBOX_WAIT_MS: i64 = 10_000;
+/// How old a surviving outbox's oldest entry may grow, while no flusher
+/// holds the campaign's lease, before a redis-lua rebuild stops waiting for
+/// it (with a flusher at work it always waits: lua/outbox_to_flush.lua).
+/// Long enough for a worker to restart; beyond it the entries are exposure.
+const OUTBOX_WAIT_MS: i64 = 120_000;
 
 /// How long a rebuild may hold the campaign's rebuild lock: above the
 /// longest wait for the generation lock (the statement timeout) plus the
@@ -168,10 +171,25 @@ impl RedisCommon {
         }
         let gen = pg::bump_generation(&self.db, c.id).await?;
         let Truth {
-            answers,
+            mut answers,
             mut active,
-            max_seq,
+            mut max_seq,
         } = self.truth(c).await?;
+        // Dead letters outlive the state (their stream is not part of it):
+        // a user told 202 whose claim waits for an operator stays
+        // dead-lettered, so `firstcome dlq replay` can still put it back.
+        let mut known: std::collections::HashSet<String> =
+            answers.iter().map(|(u, _)| u.clone()).collect();
+        for d in self.redis.dead_letters(k).await? {
+            if (d.pidx as usize) < c.pools.len() && known.insert(d.user.clone()) {
+                max_seq = max_seq.max(d.seq);
+                let s = Stored::DeadLettered {
+                    pidx: d.pidx,
+                    seq: d.seq,
+                };
+                answers.push((d.user, s));
+            }
+        }
         let st = InitState {
             expire_at_ms: Self::expire_at_ms(c, Utc::now()),
             opens_ms: c.opens_at.map(|t| t.timestamp_millis()),
@@ -197,7 +215,26 @@ impl RedisCommon {
                 .collect(),
             answers: answers.into_iter().map(|(u, a)| (u, a.encode())).collect(),
         };
-        self.redis.init_state(k, &st).await?;
+        if !self.redis.init_state(k, &st).await? {
+            // A state appeared while we held the lock: a rebuilder paused
+            // past its lock loaded it, of an older generation than ours
+            // (the newest). Drop it; the next claim rebuilds.
+            let meta = k.meta.clone();
+            let other: Option<i64> = self
+                .redis
+                .run(|mut conn| async move {
+                    redis::cmd("HGET")
+                        .arg(&meta)
+                        .arg("gen")
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+            if let Some(other) = other.filter(|g| *g != gen) {
+                self.drop_stale(c, other).await?;
+            }
+            return Err(AdmissionError::Rebuilding);
+        }
         // A rebuilder paused past its lock may have loaded an older
         // generation than PostgreSQL's: drop it, the next claim rebuilds.
         if pg::generation(&self.db, c.id).await? != gen {

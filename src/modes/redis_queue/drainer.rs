@@ -214,27 +214,10 @@ impl Handler for Drainer {
             // Dead letter: keep the claim for an operator, free its stock.
             tracing::error!(%user, entry = %entries[*i].id, "dead-lettering a queued claim");
             metrics::counter!("firstcome_dead_letters_total").increment(1);
-            let dlq = k.dlq.clone();
-            let (u, p, sq) = (
-                entries[*i].get("u").to_string(),
-                pidx.to_string(),
-                seq.to_string(),
-            );
+            let dead_user = entries[*i].get("u");
             self.common
                 .redis
-                .run(|mut conn| async move {
-                    redis::cmd("XADD")
-                        .arg(&dlq)
-                        .arg("*")
-                        .arg("u")
-                        .arg(&u)
-                        .arg("p")
-                        .arg(&p)
-                        .arg("s")
-                        .arg(&sq)
-                        .query_async::<String>(&mut conn)
-                        .await
-                })
+                .add_dead_letter(&k, dead_user, *pidx, *seq)
                 .await?;
             // Out of the queued count while it waits for an operator.
             let dead = Stored::DeadLettered {

@@ -27,6 +27,19 @@ pub struct ReleaseArgs<'a> {
     pub mark_taken: Option<i32>,
 }
 
+/// A dead-lettered redis-queue claim, as its `dlq` stream entry holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Stream entry id.
+    pub id: String,
+    /// The user.
+    pub user: String,
+    /// Pool index.
+    pub pidx: i32,
+    /// Arrival number.
+    pub seq: i64,
+}
+
 fn opt(x: Option<i32>) -> String {
     x.map(|s| s.to_string()).unwrap_or_default()
 }
@@ -195,6 +208,58 @@ impl RedisStore {
         self.eval(&self.scripts().replay, &keys, &args).await
     }
 
+    /// Appends a dead letter (user, pool index, arrival number) to the
+    /// campaign's `dlq` stream.
+    pub async fn add_dead_letter(
+        &self,
+        k: &CampaignKeys,
+        user: &str,
+        pidx: i32,
+        seq: i64,
+    ) -> Result<(), RedisStoreError> {
+        let (dlq, user) = (k.dlq.clone(), user.to_string());
+        let fields = [("u", user), ("p", pidx.to_string()), ("s", seq.to_string())];
+        self.run(|mut conn| async move {
+            redis::cmd("XADD")
+                .arg(&dlq)
+                .arg("*")
+                .arg(&fields)
+                .query_async::<String>(&mut conn)
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Every dead letter of the campaign, oldest first.
+    pub async fn dead_letters(&self, k: &CampaignKeys) -> Result<Vec<DeadLetter>, RedisStoreError> {
+        let dlq = k.dlq.clone();
+        let reply: redis::streams::StreamRangeReply = self
+            .run(|mut conn| async move {
+                redis::cmd("XRANGE")
+                    .arg(&dlq)
+                    .arg("-")
+                    .arg("+")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        reply
+            .ids
+            .into_iter()
+            .map(|e| {
+                let get = |f: &str| e.get::<String>(f).unwrap_or_default();
+                let bad = || RedisStoreError::Protocol(format!("bad dead letter {}", e.id));
+                Ok(DeadLetter {
+                    user: get("u"),
+                    pidx: get("p").parse().map_err(|_| bad())?,
+                    seq: get("s").parse().map_err(|_| bad())?,
+                    id: e.id.clone(),
+                })
+            })
+            .collect()
+    }
+
     /// `drop_stale.lua`: forgets the state if it is still of generation
     /// `gen`; `true` when it did.
     pub async fn drop_stale(&self, k: &CampaignKeys, gen: i64) -> Result<bool, RedisStoreError> {
@@ -218,7 +283,8 @@ impl RedisStore {
     }
 
     /// `outbox_to_flush.lua`: how many entries of a surviving outbox a
-    /// rebuild waits for (0: none, or nobody is flushing them).
+    /// rebuild waits for (0: none, or nobody has flushed them for
+    /// `max_age_ms`).
     pub async fn outbox_to_flush(
         &self,
         k: &CampaignKeys,
@@ -226,7 +292,7 @@ impl RedisStore {
     ) -> Result<i64, RedisStoreError> {
         self.eval(
             &self.scripts().outbox_to_flush,
-            &[&k.outbox],
+            &[&k.outbox, &k.lease],
             &[&max_age_ms.to_string()],
         )
         .await

@@ -4,6 +4,8 @@
 
 use super::*;
 
+use sqlx::Connection;
+
 /// A private redis-server that the test can kill and restart.
 struct PrivateRedis {
     port: u16,
@@ -32,6 +34,9 @@ impl PrivateRedis {
                 dir.to_str().expect("utf-8 temp dir"),
                 "--dbfilename",
                 &format!("fc-test-{port}.rdb"),
+                // Replicas sync at once (tests that fail over).
+                "--repl-diskless-sync-delay",
+                "0",
             ])
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -89,8 +94,28 @@ async fn redis_down_answers_503_then_recovers_by_itself() {
     let id = app.campaign("gate", &[("main", 10)]).await;
     let (s, first) = app.claim(id, "before", None).await;
     assert_eq!(s, 200);
+    // A campaign that closes in a moment, with a grant told before.
+    let closes_at = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    let closing = app
+        .create_campaign(serde_json::json!({"name": "closing", "mode": "gate",
+            "pools": [{"name": "main", "stock": 5}], "closes_at": closes_at.to_rfc3339()}))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(app.claim(closing, "early", None).await.0, 200);
+    // (Each poll a new user: a repeat would get its first answer.)
+    let polls = std::sync::atomic::AtomicUsize::new(0);
+    common::until("the campaign closed", || async {
+        let n = polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        app.claim(closing, &format!("late-{n}"), None).await.1["reason"] == "closed"
+    })
+    .await;
 
     redis.kill().await;
+    // Red-team B5: the repeat after closing must read the first answer;
+    // unreadable, it is a 503, never `closed` (the user was granted).
+    let (s, v) = app.claim(closing, "early", None).await;
+    assert_eq!(s, 503, "{v}");
     // Bounded answers, never a hang: 503 with Retry-After.
     let r = tokio::time::timeout(
         Duration::from_secs(15),
@@ -284,25 +309,39 @@ async fn a_restart_that_lost_the_last_writes_is_rebuilt_from_postgres() {
             late.push(v);
         }
 
-        // The restart loads the snapshot: meta is back, the late writes
-        // are not, and the server is another one.
+        // PostgreSQL hangs meanwhile (the campaigns table locked): the
+        // worker's listing waits, its server check must not (red-team B1).
+        let mut locker = sqlx::PgConnection::connect(&db_url).await.unwrap();
+        let mut lock = locker.begin().await.unwrap();
+        sqlx::query("LOCK TABLE campaigns IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut *lock)
+            .await
+            .unwrap();
+        // The restart loads the snapshot: the state is back, the late
+        // writes are not, and the server is another one.
         redis.kill().await;
         let _redis = PrivateRedis::start_in(port, &dir).await;
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let left: i64 = redis::cmd("GET")
-            .arg(format!("{name}:{{c{id}}}:left:0"))
-            .query_async(&mut conn)
-            .await
-            .unwrap_or(-1);
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{name}:*"))
+        let left: Option<i64> = redis::cmd("GET")
+            .arg(format!("{name}:{{c{id}}}:p0:left"))
             .query_async(&mut conn)
             .await
             .unwrap();
-        assert!(
-            keys.iter().any(|k| k.ends_with(":meta")),
-            "{mode}: the snapshot holds the state ({keys:?}, left {left})"
-        );
+        assert_eq!(left, Some(10 - 4), "{mode}: the snapshot holds the state");
+        let meta = format!("{name}:{{c{id}}}:meta");
+        common::until("the state dropped while PostgreSQL hangs", || {
+            let (mut conn, meta) = (conn.clone(), meta.clone());
+            async move {
+                let there: bool = redis::cmd("EXISTS")
+                    .arg(&meta)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or(true);
+                !there
+            }
+        })
+        .await;
+        lock.rollback().await.unwrap();
         let info: String = redis::cmd("INFO")
             .arg("server")
             .query_async(&mut conn)
@@ -314,7 +353,6 @@ async fn a_restart_that_lost_the_last_writes_is_rebuilt_from_postgres() {
             .unwrap()
             .trim()
             .to_string();
-        let meta = keys.iter().find(|k| k.ends_with(":meta")).unwrap().clone();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             let run: Option<String> = redis::cmd("HGET")
@@ -323,12 +361,12 @@ async fn a_restart_that_lost_the_last_writes_is_rebuilt_from_postgres() {
                 .query_async(&mut conn)
                 .await
                 .unwrap_or(None);
-            if run.as_deref() == Some(run_id.as_str()) {
+            if run.is_some_and(|r| r.starts_with(&format!("{run_id}:"))) {
                 break;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "{mode}: the state loaded by the old server was not rebuilt (run {run:?})"
+                "{mode}: the state loaded by the old server was not rebuilt"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -373,4 +411,79 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Red-team B2: a server that was made a replica of a lagging server and
+/// then promoted again keeps its run_id but serves the other server's
+/// (older) history; its replication id tells, and the state is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_state_that_came_back_through_a_failover_is_dropped() {
+    let free_port = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (pa, pb) = (free_port(), free_port());
+    let (_a, _b) = (PrivateRedis::start(pa).await, PrivateRedis::start(pb).await);
+    let url = |p: u16| format!("redis://127.0.0.1:{p}");
+    let conn = |p: u16| async move {
+        let c = redis::Client::open(url(p)).unwrap();
+        c.get_multiplexed_async_connection().await.unwrap()
+    };
+    let (mut ca, mut cb) = (conn(pa).await, conn(pb).await);
+    let prefix = common::unique("failover");
+    let timeout = Duration::from_secs(2);
+    let store = firstcome::storage::redis::RedisStore::connect(&url(pa), &prefix, timeout)
+        .await
+        .unwrap();
+    let k = store.keys(firstcome::domain::CampaignId(1), 1);
+    let st = common::init_state("gate", &[3], "", "");
+    assert!(store.init_state(&k, &st).await.unwrap());
+    assert!(
+        !store.forget_if_moved(&k).await.unwrap(),
+        "loaded here: kept"
+    );
+
+    /// Makes the server behind `c` a replica of `master`, or a master
+    /// again with `None`.
+    async fn replica_of(c: &mut redis::aio::MultiplexedConnection, master: Option<u16>) {
+        let mut cmd = redis::cmd("REPLICAOF");
+        match master {
+            Some(p) => cmd.arg("127.0.0.1").arg(p),
+            None => cmd.arg("NO").arg("ONE"),
+        };
+        let _: () = cmd.query_async(c).await.unwrap();
+    }
+    /// Waits until the replica behind `c` is in sync with its master.
+    async fn synced(c: &redis::aio::MultiplexedConnection) {
+        common::until("the replica in sync", || {
+            let mut c = c.clone();
+            async move {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut c)
+                    .await
+                    .unwrap_or_default();
+                info.contains("master_link_status:up")
+            }
+        })
+        .await;
+    }
+    // B copies A's state, then takes over (A's later writes would be lost).
+    replica_of(&mut cb, Some(pa)).await;
+    synced(&cb).await;
+    replica_of(&mut cb, None).await;
+    // A follows B, then becomes the master again: same process, B's data.
+    replica_of(&mut ca, Some(pb)).await;
+    synced(&ca).await;
+    replica_of(&mut ca, None).await;
+    let meta_back: bool = redis::cmd("EXISTS")
+        .arg(&k.meta)
+        .query_async(&mut ca)
+        .await
+        .unwrap();
+    assert!(meta_back, "the state came back through B");
+    assert!(
+        store.forget_if_moved(&k).await.unwrap(),
+        "a state that came back through another server is dropped"
+    );
 }

@@ -283,3 +283,99 @@ async fn the_reconciler_never_undoes_a_cancel_in_flight() {
     second.stop().await;
     app.stop().await;
 }
+
+/// Red-team B7: dead letters outlive a lost state. A replay while the
+/// state is not loaded touches nothing; a rebuild keeps the dead-lettered
+/// user's place (shown as queued, not 404), and the replay then puts it
+/// back in the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_letters_survive_a_rebuild() {
+    let app = spawn_app().await;
+    app.stop_worker.send(true).unwrap();
+    let id = app.campaign("redis-queue", &[("main", 2)]).await;
+    let (s, v) = app.claim(id, "a", None).await;
+    assert_eq!(s, 202, "{v}");
+    let seq = v["seq"].as_i64().unwrap();
+    let common = common_for(&app).await;
+    let c = pg::load_campaign(&app.db, CampaignId(id))
+        .await
+        .unwrap()
+        .unwrap();
+    let k = common.keys(&c);
+    // What the drainer does to a claim that fails for good.
+    common.redis.add_dead_letter(&k, "a", 0, seq).await.unwrap();
+    let mut r = redis_conn().await;
+    let _: () = redis::pipe()
+        .hset(&k.ans, "a", format!("D|0|{seq}"))
+        .incr(&k.pools[0].left, 1)
+        .decr(&k.queued, 1)
+        .del(&k.queue)
+        .del(&k.meta)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let dead = common.redis.dead_letters(&k).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    let (user, sq) = (&dead[0].user, dead[0].seq.to_string());
+    let replay = common.redis.replay(&k, 0, user, &sq, &dead[0].id);
+    assert_eq!(replay.await.unwrap()[0], "noinit", "no state: untouched");
+    assert_eq!(common.redis.dead_letters(&k).await.unwrap(), dead);
+    common.rebuild(&c).await.unwrap();
+    let (s, v) = app.status(id, "a").await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("queued")), "{v}");
+    let replay = common.redis.replay(&k, 0, user, &sq, &dead[0].id);
+    assert_eq!(replay.await.unwrap()[0], "requeued");
+    assert!(common.redis.dead_letters(&k).await.unwrap().is_empty());
+}
+
+/// Red-team B8: a state loaded behind a rebuild's back while it reads
+/// PostgreSQL (a predecessor paused past its lock, loading an older
+/// generation) is not kept: the rebuild finds it, drops it and asks for
+/// another try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_state_loaded_behind_a_rebuild_is_dropped() {
+    let app = spawn_app().await;
+    app.stop_worker.send(true).unwrap();
+    let id = app.campaign("gate", &[("main", 3)]).await;
+    let common = common_for(&app).await;
+    let c = pg::load_campaign(&app.db, CampaignId(id))
+        .await
+        .unwrap()
+        .unwrap();
+    let k = common.keys(&c);
+    let old = pg::generation(&app.db, CampaignId(id)).await.unwrap();
+    let mut r = redis_conn().await;
+    let _: () = redis::cmd("DEL")
+        .arg(&k.meta)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    // The rebuild bumps the generation, then waits to read the grants.
+    let mut locker = app.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE grants IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    let rebuild = tokio::spawn({
+        let (common, c) = (common.clone(), c.clone());
+        async move { common.rebuild(&c).await }
+    });
+    until("the rebuild bumped the generation", || async {
+        pg::generation(&app.db, CampaignId(id)).await.unwrap() > old
+    })
+    .await;
+    // Meanwhile the paused predecessor loads its state, of generation `old`.
+    let mut st = common::init_state("gate", &[3], "", "");
+    st.gen = old;
+    assert!(common.redis.init_state(&k, &st).await.unwrap());
+    locker.rollback().await.unwrap();
+    let result = rebuild.await.unwrap();
+    assert!(result.is_err(), "the rebuild found another's state: retry");
+    let gen: Option<i64> = redis::cmd("HGET")
+        .arg(&k.meta)
+        .arg("gen")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_ne!(gen, Some(old), "the older generation's state is dropped");
+}

@@ -236,11 +236,14 @@ async fn stale_states_drop_and_open_ended_keys_refresh() {
 /// never decides: it is forgotten, so the caller rebuilds it.
 #[tokio::test]
 async fn a_partial_state_is_forgotten_not_used() {
-    for gone in ["seq", "left", "ans"] {
+    for gone in ["seq", "left", "hw", "ans"] {
         let f = Fixture::new(&[3], "", "").await;
+        // A slot handed out: a lost high-water mark would hand it out again.
+        assert_eq!(f.claim("first", 0, "gate").await[0], "new");
         let key = match gone {
             "seq" => f.k.seq.clone(),
             "left" => f.k.pools[0].left.clone(),
+            "hw" => f.k.pools[0].hw.clone(),
             _ => f.k.ans.clone(),
         };
         let mut c = common::redis_conn().await;
@@ -296,4 +299,56 @@ async fn a_state_another_server_loaded_is_dropped() {
         vec!["noinit".to_string()],
         "without meta the next claim asks for a rebuild"
     );
+}
+
+/// Red-team B4: a redis-lua rebuild waits for a surviving outbox (answers
+/// already told) while a flusher holds the lease, however old its oldest
+/// entry; without a flusher only until the entries are two minutes old.
+#[tokio::test]
+async fn a_rebuild_waits_for_an_outbox_a_flusher_is_writing() {
+    let f = Fixture::new(&[3], "", "").await;
+    let k = &f.k;
+    let mut c = common::redis_conn().await;
+    let wait = |age_limit_ms: i64| f.store.outbox_to_flush(k, age_limit_ms);
+    assert_eq!(wait(120_000).await.unwrap(), 0, "an empty outbox");
+    // An entry appended at 1970-01-01T00:00:01Z: older than any limit.
+    let _: String = redis::cmd("XADD")
+        .arg(&k.outbox)
+        .arg("1000-0")
+        .arg("u")
+        .arg("a")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(wait(120_000).await.unwrap(), 0, "nobody flushes it");
+    let _: () = redis::cmd("SET")
+        .arg(&k.lease)
+        .arg("a-worker")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(wait(120_000).await.unwrap(), 1, "a flusher is at work");
+    // A fresh entry is waited for even without a flusher (one may start).
+    let _: () = redis::cmd("DEL")
+        .arg(&k.lease)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&k.outbox)
+        .arg("*")
+        .arg("u")
+        .arg("b")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("XDEL")
+        .arg(&k.outbox)
+        .arg("1000-0")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(wait(120_000).await.unwrap(), 1, "a young entry");
 }
