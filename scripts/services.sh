@@ -6,6 +6,8 @@
 #   scripts/services.sh stop        # stops the private instances it started, nothing else
 #   scripts/services.sh remove      # stop, then delete their data
 #   scripts/services.sh install     # only install missing binaries (apt-get)
+#   eval "$(scripts/services.sh cluster)"  # a local Redis Cluster: export REDIS_CLUSTER_URL=...
+#   scripts/services.sh cluster-stop       # stops it (`stop` does too)
 #
 # For each store, in this order:
 # - REDIS_URL / DATABASE_URL set: used as they are (must answer).
@@ -203,6 +205,81 @@ pg_up() {
   fi
 }
 
+# ------------------------------------------------------- Redis Cluster
+# A local Redis Cluster for tests and benchmarks: 3 masters and 3 replicas
+# from Debian's redis-server, on free ports of its own (each node's cluster
+# bus on port + 10000), under $DATA/cluster/<port>/, nothing persisted. A
+# replica always stands for election when its master fails (validity factor
+# 0): tests fail masters on purpose.
+CLUSTER_DIR="$DATA/cluster"
+cluster_ports() { cat "$CLUSTER_DIR/ports" 2>/dev/null || true; }
+cluster_url() {
+  local p u=""
+  for p in $(cluster_ports); do u="${u:+$u,}redis://127.0.0.1:$p"; done
+  echo "$u"
+}
+cluster_ok() { # every node answers and sees the cluster whole
+  local p
+  [ -n "$(cluster_ports)" ] || return 1
+  for p in $(cluster_ports); do
+    timeout 3 redis-cli -h 127.0.0.1 -p "$p" cluster info 2>/dev/null | grep -q '^cluster_state:ok' || return 1
+  done
+}
+cluster_node_start() { # port
+  local d="$CLUSTER_DIR/$1"
+  mkdir -p "$d"
+  redis-server --bind 127.0.0.1 --port "$1" --cluster-enabled yes \
+    --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
+    --cluster-replica-validity-factor 0 \
+    --save '' --appendonly no --dir "$d" --daemonize yes \
+    --pidfile "$d/redis.pid" --logfile "$d/redis.log" </dev/null >/dev/null 2>&1 &&
+    stores_wait 20 stores_redis_ok "$1"
+}
+
+cmd_cluster() {
+  need_clients
+  command -v redis-server >/dev/null || stores_apt_install redis-server || exit 3
+  if cluster_ok; then
+    log "reusing the local Redis Cluster on ports $(cluster_ports | tr '\n' ' ')"
+  else
+    cmd_cluster_stop >/dev/null 2>&1 || true
+    rm -rf "$CLUSTER_DIR"; mkdir -p "$CLUSTER_DIR"
+    local ports=() p tries=0
+    while [ "${#ports[@]}" -lt 6 ]; do
+      tries=$((tries + 1)); [ "$tries" -lt 200 ] || die "no free ports for a Redis Cluster"
+      p="$(stores_free_port "")"
+      case " ${ports[*]} " in *" $p "*) continue ;; esac
+      stores_port_busy "$((p + 10000))" && continue
+      ports+=("$p")
+    done
+    log "starting a local Redis Cluster (3 masters, 3 replicas) on ports ${ports[*]} (in $CLUSTER_DIR)"
+    for p in "${ports[@]}"; do
+      cluster_node_start "$p" || die "a cluster node did not start (see $CLUSTER_DIR/$p/redis.log)"
+    done
+    printf '%s\n' "${ports[@]}" >"$CLUSTER_DIR/ports"
+    local addrs=()
+    for p in "${ports[@]}"; do addrs+=("127.0.0.1:$p"); done
+    redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >"$CLUSTER_DIR/create.log" 2>&1 ||
+      die "redis-cli --cluster create failed (see $CLUSTER_DIR/create.log)"
+    stores_wait 30 cluster_ok || die "the Redis Cluster did not become ok (see $CLUSTER_DIR/*/redis.log)"
+  fi
+  echo "export REDIS_CLUSTER_URL='$(cluster_url)'"
+}
+
+cmd_cluster_stop() {
+  local d pid
+  for d in "$CLUSTER_DIR"/*/; do
+    [ -f "$d/redis.pid" ] || continue
+    pid="$(cat "$d/redis.pid")"
+    if [ "$(stores_comm "$pid")" = redis-server ]; then
+      kill -TERM "$pid" 2>/dev/null || true
+      stores_wait 10 stores_gone "$pid" || kill -KILL "$pid" 2>/dev/null || true
+      log "stopped Redis Cluster node pid $pid ($(basename "$d"))"
+    fi
+    rm -f "$d/redis.pid"
+  done
+}
+
 # ------------------------------------------------------------- commands
 cmd_install() { # the binaries of private instances, nothing started
   local pkgs=()
@@ -254,12 +331,18 @@ cmd_status() {
   else
     echo "          nothing answers on 127.0.0.1:5432"
   fi
+  if cluster_ok; then
+    echo "cluster:  local Redis Cluster on $(cluster_url)"
+  elif [ -n "$(cluster_ports)" ]; then
+    echo "cluster:  local Redis Cluster not ok (ports $(cluster_ports | tr '\n' ' '))"
+  fi
   [ -z "${REDIS_URL:-}" ] || echo "REDIS_URL=$REDIS_URL is set: used instead"
   [ -z "${DATABASE_URL:-}" ] || echo "DATABASE_URL=$DATABASE_URL is set: used instead"
 }
 
 cmd_stop() {
   local pid port dir rc=0
+  cmd_cluster_stop
   pid="$(redis_pid)"; port="$(redis_port)"
   if [ -n "$pid" ]; then
     kill -TERM "$pid" 2>/dev/null || true
@@ -301,6 +384,8 @@ case "${1:-up}" in
   stop) cmd_stop ;;
   remove) cmd_remove ;;
   install) cmd_install ;;
+  cluster) cmd_cluster ;;
+  cluster-stop) cmd_cluster_stop ;;
   -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" ;;
-  *) echo "usage: scripts/services.sh [up|status|stop|remove|install]" >&2; exit 2 ;;
+  *) echo "usage: scripts/services.sh [up|status|stop|remove|install|cluster|cluster-stop]" >&2; exit 2 ;;
 esac

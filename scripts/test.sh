@@ -26,6 +26,12 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The cluster tests' local Redis Cluster (3 masters, 3 replicas), stopped
+# when the suite ends unless one was given (REDIS_CLUSTER_URL).
+if [ -z "${REDIS_CLUSTER_URL:-}" ]; then
+  eval "$(scripts/services.sh cluster)"
+  trap 'scripts/services.sh cluster-stop >/dev/null 2>&1 || true' EXIT
+fi
 cargo test --locked --workspace --all-targets "$@"
 
 # The service against its own OpenAPI document (schemathesis from PyPI):

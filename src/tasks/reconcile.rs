@@ -87,7 +87,7 @@ pub async fn reconcile(
     };
     // Work in flight means Redis is legitimately ahead of PostgreSQL.
     let mut busy = snap.stream_len > 0 || snap.queued > 0;
-    let now_ms = common.redis_now_ms().await?;
+    let now_ms = common.redis_now_ms(c).await?;
     for (user, s) in &snap.answers {
         match s {
             Stored::Pending { at_ms, .. } if now_ms - at_ms > common.orphan_after_ms => {

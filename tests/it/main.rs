@@ -6,6 +6,7 @@
 mod common;
 
 mod api;
+mod cluster;
 mod faults;
 mod invariants;
 mod lua;

@@ -47,9 +47,19 @@ async fn fire(
 }
 
 async fn rush(mode: &str, pools: &[(&str, i64)], users: usize, claims: usize) {
-    let app = Arc::new(spawn_app().await);
+    rush_on(&Arc::new(spawn_app().await), mode, pools, users, claims).await;
+}
+
+/// A rush on `app` (a new campaign in `mode`), then every invariant.
+pub async fn rush_on(
+    app: &Arc<TestApp>,
+    mode: &str,
+    pools: &[(&str, i64)],
+    users: usize,
+    claims: usize,
+) {
     let id = app.campaign(mode, pools).await;
-    let answers = fire(&app, id, pools, users, claims).await;
+    let answers = fire(app, id, pools, users, claims).await;
 
     // No 5xx, no problem bodies: every answer is a claim state.
     for (u, _, s, v) in &answers {
@@ -136,7 +146,7 @@ async fn rush(mode: &str, pools: &[(&str, i64)], users: usize, claims: usize) {
     // Redis agrees: every answer final (gate's batched promotions and the
     // queue's drainer both landed), no reservation left pending.
     if !mode.starts_with("db-") {
-        assert_redis_settled(&app, id, mode).await;
+        assert_redis_settled(app, id, mode).await;
     }
 
     // Invariant 6: in redis-queue, grants go to the earliest arrivals.
@@ -157,18 +167,21 @@ async fn rush(mode: &str, pools: &[(&str, i64)], users: usize, claims: usize) {
 /// Waits (10 s at most) until the campaign's Redis answers are all granted
 /// or rejected and its pending set is empty; fails with what is left.
 async fn assert_redis_settled(app: &TestApp, id: i64, mode: &str) {
-    let mut conn = common::redis_conn().await;
+    let store = common::common_for(app).await.redis;
     let base = format!("{}:{{c{id}}}", app.prefix);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let ans: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(format!("{base}:ans"))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        let pending: i64 = redis::cmd("ZCARD")
-            .arg(format!("{base}:pending"))
-            .query_async(&mut conn)
+        let (ans, pending): (HashMap<String, String>, i64) = store
+            .run(|mut c| {
+                let base = base.clone();
+                async move {
+                    redis::pipe()
+                        .hgetall(format!("{base}:ans"))
+                        .zcard(format!("{base}:pending"))
+                        .query_async(&mut c)
+                        .await
+                }
+            })
             .await
             .unwrap();
         let unsettled: Vec<_> = ans

@@ -42,7 +42,7 @@ pub async fn sweep_once(common: &RedisCommon, c: &Campaign) -> anyhow::Result<us
     // Reservations carry Redis' clock: their age is measured on it, so a
     // skewed app host settles neither too early nor never. (Settling early
     // would cost liveness only: the void row fences a late commit.)
-    let cutoff = common.redis_now_ms().await? - common.orphan_after_ms;
+    let cutoff = common.redis_now_ms(c).await? - common.orphan_after_ms;
     let key = k.pending.clone();
     let users: Vec<String> = common
         .redis

@@ -176,13 +176,10 @@ impl RedisCommon {
         c.closes_at.is_some() && Self::expire_at_ms(c, now) <= now.timestamp_millis()
     }
 
-    /// Redis' clock (ms since epoch): reservations carry it, so their age
-    /// is measured on it too (an app host's clock may be skewed).
-    pub async fn redis_now_ms(&self) -> Result<i64, AdmissionError> {
-        let (s, us): (i64, i64) = self
-            .redis
-            .run(|mut c| async move { redis::cmd("TIME").query_async(&mut c).await })
-            .await?;
-        Ok(s * 1000 + us / 1000)
+    /// Redis' clock (ms since epoch) on the node holding the campaign:
+    /// reservations carry it, so their age is measured on it too (an app
+    /// host's clock may be skewed, and so may another cluster node's).
+    pub async fn redis_now_ms(&self, c: &Campaign) -> Result<i64, AdmissionError> {
+        Ok(self.redis.now_ms(&self.keys(c)).await?)
     }
 }

@@ -70,4 +70,6 @@ scripts! {
     unlock;
     /// How many outbox entries a rebuild waits for.
     outbox_to_flush;
+    /// Redis' clock on the campaign's node.
+    time;
 }

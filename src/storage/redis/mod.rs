@@ -19,7 +19,12 @@ use std::{
     time::Duration,
 };
 
-use redis::{aio::ConnectionManager, aio::ConnectionManagerConfig, FromRedisValue};
+use redis::{
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::ClusterClient,
+    cluster_async::ClusterConnection,
+    Cmd, FromRedisValue, Pipeline, RedisFuture, Value,
+};
 
 use crate::domain::CampaignId;
 
@@ -193,16 +198,72 @@ pub struct InitState {
 /// Name of the consumer group on both streams.
 pub const GROUP: &str = "g";
 
+/// A connection to Redis: one server, or a Redis Cluster (every campaign's
+/// keys share a hash tag, so each script runs on the one node holding its
+/// slot; the cluster client follows MOVED/ASK and failovers).
+#[derive(Clone)]
+pub enum RedisConn {
+    /// One server: a multiplexed connection that reconnects by itself.
+    Node(ConnectionManager),
+    /// A dedicated multiplexed connection to one server (blocking reads).
+    Dedicated(redis::aio::MultiplexedConnection),
+    /// A Redis Cluster: one multiplexed connection per node, routed by key.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Node(c) => c.req_packed_command(cmd),
+            RedisConn::Dedicated(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Node(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Dedicated(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Node(c) => c.get_db(),
+            RedisConn::Dedicated(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Attempts to reconnect to a cluster node before it is dropped from the
+/// client's view until the next topology refresh (~50+100+200 ms apart).
+const CLUSTER_NODE_ATTEMPTS: std::num::NonZeroUsize = std::num::NonZeroUsize::new(3).unwrap();
+
+/// Where connections come from: one server's client, or a cluster's.
+enum Clients {
+    /// `REDIS_URL` names one server.
+    Node(redis::Client),
+    /// `REDIS_URL` names several cluster nodes, comma-separated.
+    Cluster(Box<ClusterClient>),
+}
+
 /// The shared Redis handle: one multiplexed, self-reconnecting connection
-/// for requests, and the client to open dedicated connections for blocking
-/// stream reads.
+/// for requests (per node, on a cluster), and the client to open dedicated
+/// connections for blocking stream reads.
 #[derive(Clone)]
 pub struct RedisStore {
     /// Shared by every request; reconnects by itself.
-    conn: ConnectionManager,
+    conn: RedisConn,
     /// For blocking reads (`XREADGROUP BLOCK`), which must not stall the
     /// shared connection.
-    client: Arc<redis::Client>,
+    clients: Arc<Clients>,
     /// Key prefix, e.g. `fc`; tests use a unique one each.
     prefix: Arc<str>,
     /// Bound on any one request-path call.
@@ -225,30 +286,64 @@ pub type AnswerSwap = (String, String, String);
 const KEY_CACHE_MAX: usize = 10_000;
 
 impl RedisStore {
-    /// Connects. Fails if Redis cannot be reached at all at startup.
+    /// Connects to `url`: one server (`redis://host:port`), or a Redis
+    /// Cluster when it names several nodes, comma-separated (any of them
+    /// lets the client discover the rest). Fails if Redis cannot be
+    /// reached at all at startup.
     pub async fn connect(
         url: &str,
         prefix: &str,
         timeout: Duration,
     ) -> Result<Self, RedisStoreError> {
-        let client = redis::Client::open(url)?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn =
-            tokio::time::timeout(timeout * 4, client.get_connection_manager_with_config(cfg))
-                .await
-                .map_err(|_| RedisStoreError::Timeout(timeout * 4))??;
+        let nodes: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        let connecting = async {
+            if nodes.len() > 1 {
+                // A node that fails for good (its replica promoted) is given
+                // up after a few attempts, which makes the client read the
+                // topology again; by default it would retry the dead node
+                // for ever and never learn of the promotion.
+                let client = ClusterClient::builder(nodes)
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(2)
+                    .max_connection_attempts(CLUSTER_NODE_ATTEMPTS)
+                    .build()?;
+                let conn = client.get_async_connection().await?;
+                Ok::<_, RedisStoreError>((
+                    RedisConn::Cluster(conn),
+                    Clients::Cluster(Box::new(client)),
+                ))
+            } else {
+                let client = redis::Client::open(url)?;
+                let cfg = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(timeout))
+                    .set_connection_timeout(Some(timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500));
+                let conn = client.get_connection_manager_with_config(cfg).await?;
+                Ok((RedisConn::Node(conn), Clients::Node(client)))
+            }
+        };
+        let (conn, clients) = tokio::time::timeout(timeout * 4, connecting)
+            .await
+            .map_err(|_| RedisStoreError::Timeout(timeout * 4))??;
         Ok(Self {
             conn,
-            client: Arc::new(client),
+            clients: Arc::new(clients),
             prefix: prefix.into(),
             timeout,
             scripts: Arc::new(Scripts::new()),
             keys: Arc::default(),
         })
+    }
+
+    /// Whether this store talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.conn, RedisConn::Cluster(_))
     }
 
     /// The key names of a campaign.
@@ -272,13 +367,21 @@ impl RedisStore {
     }
 
     /// A clone of the shared connection.
-    pub fn conn(&self) -> ConnectionManager {
+    pub fn conn(&self) -> RedisConn {
         self.conn.clone()
     }
 
-    /// A new dedicated connection for blocking reads.
-    pub async fn dedicated(&self) -> Result<redis::aio::MultiplexedConnection, RedisStoreError> {
-        let fut = self.client.get_multiplexed_async_connection();
+    /// A new dedicated connection for blocking reads (on a cluster, a
+    /// cluster connection of its own).
+    pub async fn dedicated(&self) -> Result<RedisConn, RedisStoreError> {
+        let fut = async {
+            Ok::<_, redis::RedisError>(match &*self.clients {
+                Clients::Node(c) => {
+                    RedisConn::Dedicated(c.get_multiplexed_async_connection().await?)
+                }
+                Clients::Cluster(c) => RedisConn::Cluster(c.get_async_connection().await?),
+            })
+        };
         tokio::time::timeout(self.timeout * 4, fut)
             .await
             .map_err(|_| RedisStoreError::Timeout(self.timeout * 4))?
@@ -288,7 +391,7 @@ impl RedisStore {
     /// Runs `f` on the shared connection, bounded by the timeout.
     pub async fn run<T, F, Fut>(&self, f: F) -> Result<T, RedisStoreError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(RedisConn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         tokio::time::timeout(self.timeout, f(self.conn.clone()))

@@ -298,6 +298,13 @@ impl RedisStore {
         .await
     }
 
+    /// `time.lua`: Redis' clock (ms since epoch) on the node holding the
+    /// campaign's keys.
+    pub async fn now_ms(&self, k: &CampaignKeys) -> Result<i64, RedisStoreError> {
+        let (s, us): (i64, i64) = self.eval(&self.scripts().time, &[&k.meta], &[]).await?;
+        Ok(s * 1000 + us / 1000)
+    }
+
     /// `refresh.lua`: pushes every key's expiry to `expire_at_ms` if the
     /// current one is before `due_before_ms`; `true` when it did.
     pub async fn refresh(

@@ -5,10 +5,10 @@
 
 use std::{collections::HashMap, future::Future, time::Duration};
 
-use redis::{aio::MultiplexedConnection, streams::StreamReadReply, Value};
+use redis::{streams::StreamReadReply, Value};
 use tokio::sync::watch;
 
-use crate::storage::redis::{RedisStore, GROUP};
+use crate::storage::redis::{RedisConn, RedisStore, GROUP};
 
 /// One stream entry: its id and fields.
 #[derive(Debug, Clone)]
@@ -113,7 +113,7 @@ pub async fn run<H: Handler>(
     mut handler: H,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut conn: Option<MultiplexedConnection> = None;
+    let mut conn: Option<RedisConn> = None;
     let mut backoff = Duration::from_millis(10);
     let mut st = LoopState {
         leader: false,
@@ -192,7 +192,7 @@ static LEASE: std::sync::LazyLock<redis::Script> =
 
 /// One iteration; `Ok(false)` when not the lease holder.
 async fn step<H: Handler>(
-    c: &mut MultiplexedConnection,
+    c: &mut RedisConn,
     stream: &str,
     lease: &str,
     me: &str,
@@ -253,11 +253,7 @@ async fn step<H: Handler>(
     Ok(true)
 }
 
-async fn claim_orphans(
-    c: &mut MultiplexedConnection,
-    stream: &str,
-    me: &str,
-) -> anyhow::Result<()> {
+async fn claim_orphans(c: &mut RedisConn, stream: &str, me: &str) -> anyhow::Result<()> {
     let mut cursor = "0-0".to_string();
     loop {
         let v: Value = redis::cmd("XAUTOCLAIM")
@@ -285,7 +281,7 @@ async fn claim_orphans(
 }
 
 async fn read(
-    c: &mut MultiplexedConnection,
+    c: &mut RedisConn,
     stream: &str,
     me: &str,
     from: &str,

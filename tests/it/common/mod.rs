@@ -21,6 +21,37 @@ pub fn database_url() -> String {
 }
 
 /// The Redis URL.
+/// The local Redis Cluster's node URLs, comma-separated: `REDIS_CLUSTER_URL`
+/// if set, else `scripts/services.sh cluster` brings one up (once per run;
+/// it keeps running until `scripts/services.sh cluster-stop`).
+pub fn cluster_url() -> String {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| match std::env::var("REDIS_CLUSTER_URL") {
+        Ok(u) if !u.is_empty() => u,
+        _ => start_cluster(None),
+    })
+    .clone()
+}
+
+/// Runs `scripts/services.sh cluster` (with `FIRSTCOME_DATA_DIR` = `dir`
+/// when given: a cluster of its own) and returns its node URLs.
+pub fn start_cluster(dir: Option<&std::path::Path>) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = std::process::Command::new(root.join("scripts/services.sh"));
+    cmd.arg("cluster").stderr(std::process::Stdio::inherit());
+    if let Some(d) = dir {
+        cmd.env("FIRSTCOME_DATA_DIR", d);
+    }
+    let out = cmd.output().expect("scripts/services.sh cluster");
+    assert!(out.status.success(), "scripts/services.sh cluster failed");
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.trim()
+        .strip_prefix("export REDIS_CLUSTER_URL='")
+        .and_then(|u| u.strip_suffix('\''))
+        .unwrap_or_else(|| panic!("unexpected output: {text}"))
+        .to_string()
+}
+
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
@@ -67,6 +98,8 @@ pub struct TestApp {
     pub db_url: String,
     /// Its Redis key prefix.
     pub prefix: String,
+    /// Its Redis URL (one server, or a cluster's nodes comma-separated).
+    pub redis_url: String,
     /// Stops its background tasks (the worker) without stopping HTTP.
     pub stop_worker: watch::Sender<bool>,
     /// Stops the whole app.
@@ -94,6 +127,7 @@ pub async fn spawn_app_on(
 ) -> TestApp {
     let mut args = ServeArgs::for_tests(db_url, &redis_url(), prefix, TOKEN);
     tweak(&mut args);
+    let app_redis_url = args.stores.redis_url.clone();
     let app = Application::build(args).await.expect("build app");
     let base = format!("http://{}", app.addr());
     let stop_worker = app.stopper();
@@ -115,6 +149,7 @@ pub async fn spawn_app_on(
         db,
         db_url: db_url.to_string(),
         prefix: prefix.to_string(),
+        redis_url: app_redis_url,
         stop_worker,
         shutdown: Some(tx),
         task: Some(task),
@@ -131,6 +166,7 @@ impl TestApp {
             db: PgPool::connect_lazy(&database_url()).expect("lazy pool"),
             db_url: String::new(),
             prefix: String::new(),
+            redis_url: redis_url(),
             stop_worker: watch::channel(false).0,
             shutdown: None,
             task: None,
@@ -391,7 +427,7 @@ impl Drop for TestApp {
 pub async fn common_for(app: &TestApp) -> firstcome::modes::redis_common::RedisCommon {
     let db = PgPool::connect(&app.db_url).await.unwrap();
     let redis = firstcome::storage::redis::RedisStore::connect(
-        &redis_url(),
+        &app.redis_url,
         &app.prefix,
         Duration::from_secs(2),
     )

@@ -325,3 +325,13 @@ async fn an_unknown_script_mode_decides_nothing() {
         "the typed words work"
     );
 }
+
+/// `time.lua` reads the clock of the server holding the campaign's keys.
+#[tokio::test]
+async fn the_campaign_clock_is_the_servers() {
+    let f = Fixture::new(&[1], "", "").await;
+    let mut c = common::redis_conn().await;
+    let (s, us): (i64, i64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
+    let ms = f.store.now_ms(&f.k).await.unwrap();
+    assert!((ms - (s * 1000 + us / 1000)).abs() < 5_000, "{ms} vs {s}");
+}
