@@ -35,12 +35,41 @@ pub enum ConfigError {
     /// An HS256 secret too short to resist brute force.
     #[error("--jwt-secret must be at least {MIN_JWT_SECRET_LEN} bytes")]
     ShortJwtSecret,
+    /// A connection timeout that is zero, or an idle timeout that could cut
+    /// a request or a stream that is still working.
+    #[error("timeouts must be above zero, and --idle-timeout-secs above both --request-timeout-secs and the SSE keep-alive ({SSE_KEEP_ALIVE_SECS} s)")]
+    BadTimeouts,
+    /// A connection cap of zero would serve nobody.
+    #[error("--max-connections must be at least 1")]
+    NoConnections,
 }
 
 /// Shortest admin token accepted by the production profile.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 /// Shortest HS256 secret accepted (RFC 7518 asks for at least the hash size).
 pub const MIN_JWT_SECRET_LEN: usize = 32;
+/// Seconds between the keep-alive comments of an SSE stream (axum's
+/// default): a healthy stream writes at least this often, so the idle
+/// timeout must be longer.
+pub const SSE_KEEP_ALIVE_SECS: u64 = 15;
+
+/// Bounds on client connections: what a slow or idle client may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnConfig {
+    /// Longest wait for a complete request head, from the connection's
+    /// opening or from the end of its previous response (hyper restarts it
+    /// whenever a connection goes idle, so it also ends idle keep-alives).
+    pub header_read_timeout: Duration,
+    /// Longest a request may take, body read included (SSE streams excluded:
+    /// they end at `sse_max`).
+    pub request_timeout: Duration,
+    /// A connection with no byte read or written for this long is closed
+    /// (idle keep-alives, and streams whose client stopped reading).
+    pub idle_timeout: Duration,
+    /// Most connections open at once; beyond, new ones wait in the
+    /// listen backlog.
+    pub max_connections: usize,
+}
 
 /// Connections to the stores.
 #[derive(Debug, Clone)]
@@ -117,6 +146,8 @@ pub struct ServeConfig {
     pub production: bool,
     /// Rate limits.
     pub rates: RateConfig,
+    /// Connection timeouts and cap.
+    pub conns: ConnConfig,
 }
 
 impl ServeConfig {
@@ -130,6 +161,17 @@ impl ServeConfig {
         }
         if secret.is_some_and(|s| s.len() < MIN_JWT_SECRET_LEN) {
             return Err(ConfigError::ShortJwtSecret);
+        }
+        let c = &self.conns;
+        if c.header_read_timeout.is_zero()
+            || c.request_timeout.is_zero()
+            || c.idle_timeout <= c.request_timeout
+            || c.idle_timeout <= Duration::from_secs(SSE_KEEP_ALIVE_SECS)
+        {
+            return Err(ConfigError::BadTimeouts);
+        }
+        if c.max_connections == 0 {
+            return Err(ConfigError::NoConnections);
         }
         if self.production {
             if self

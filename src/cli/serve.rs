@@ -12,7 +12,7 @@ use clap::{
 };
 
 use super::stores::StoreArgs;
-use crate::config::{ConfigError, JwtConfig, RateConfig, Role, ServeConfig};
+use crate::config::{ConfigError, ConnConfig, JwtConfig, RateConfig, Role, ServeConfig};
 
 /// The command-line face of [`Role`]: its names and help text.
 #[derive(Debug, Clone, Copy)]
@@ -122,6 +122,25 @@ pub struct ServeArgs {
     /// Burst allowed above `--rate-per-user` (0 = same as the rate).
     #[arg(long, env = "FIRSTCOME_RATE_PER_USER_BURST", default_value_t = 40)]
     pub rate_per_user_burst: u32,
+    /// Seconds a client has to send a complete request head, from the
+    /// connection's opening or from the end of its previous response;
+    /// then the connection is closed (slow headers, idle keep-alives).
+    #[arg(long, env = "FIRSTCOME_HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+    /// Seconds a request may take, body included; beyond, 503
+    /// `request_timeout`. SSE streams are excluded (`--sse-max-secs`).
+    #[arg(long, env = "FIRSTCOME_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+    /// Seconds without a byte read or written after which a connection is
+    /// closed. Must exceed `--request-timeout-secs` and the SSE keep-alive
+    /// (15 s).
+    #[arg(long, env = "FIRSTCOME_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+    /// Most client connections open at once; beyond, new connections wait
+    /// in the listen backlog until one closes. Keep it below the process'
+    /// file descriptor limit.
+    #[arg(long, env = "FIRSTCOME_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
 }
 
 impl ServeArgs {
@@ -194,6 +213,12 @@ impl From<ServeArgs> for ServeConfig {
                 per_ip_burst: a.rate_per_ip_burst,
                 per_user: a.rate_per_user,
                 per_user_burst: a.rate_per_user_burst,
+            },
+            conns: ConnConfig {
+                header_read_timeout: Duration::from_secs(a.header_read_timeout_secs),
+                request_timeout: Duration::from_secs(a.request_timeout_secs),
+                idle_timeout: Duration::from_secs(a.idle_timeout_secs),
+                max_connections: a.max_connections,
             },
         }
     }

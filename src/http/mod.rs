@@ -14,9 +14,9 @@ use std::{
 };
 
 use axum::{
-    extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request},
+    extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State},
     middleware::{self, Next},
-    response::Response,
+    response::{IntoResponse, Response},
     Router,
 };
 use sqlx::PgPool;
@@ -36,6 +36,7 @@ pub mod limits;
 pub mod openapi;
 pub mod ops;
 pub mod responses;
+pub mod serve;
 
 pub use error::ApiError;
 
@@ -65,6 +66,8 @@ pub struct AppState {
     pub jwt: Option<Arc<auth::JwtVerifier>>,
     /// Rate limits per user and per client IP.
     pub limits: limits::RateLimits,
+    /// Longest a request may take (SSE streams excluded).
+    pub request_timeout: Duration,
 }
 
 impl AppState {
@@ -124,6 +127,7 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::router())
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
+        .route_layer(middleware::from_fn_with_state(state.clone(), timeout))
         .route_layer(middleware::from_fn(track))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
@@ -134,7 +138,34 @@ pub fn router(state: AppState) -> Router {
 
 /// The routes of a worker-only process: health, readiness, metrics.
 pub fn ops_router(state: AppState) -> Router {
-    ops::router().fallback(ops::not_found).with_state(state)
+    ops::router()
+        .route_layer(middleware::from_fn_with_state(state.clone(), timeout))
+        .fallback(ops::not_found)
+        .with_state(state)
+}
+
+/// The route of the SSE stream, which ends at `sse_max` rather than at the
+/// request timeout.
+const EVENTS_ROUTE: &str = "/v1/campaigns/{id}/claims/{user_id}/events";
+
+/// Middleware: a request (body read included) that takes longer than
+/// `request_timeout` is dropped and answered 503 `request_timeout`, so a
+/// slow client or a stuck store cannot hold a task forever. Dropping a
+/// handler is what a client disconnect does already: the modes settle
+/// abandoned work (e.g. gate's orphan sweeper).
+async fn timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let stream = req
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|p| p.as_str() == EVENTS_ROUTE);
+    if stream {
+        return next.run(req).await;
+    }
+    match tokio::time::timeout(state.request_timeout, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::unavailable("request_timeout", "the request took too long; retry")
+            .into_response(),
+    }
 }
 
 /// Records the request latency histogram and count per route and status.

@@ -447,3 +447,92 @@ mod base64_like {
         out
     }
 }
+
+/// Reads from `s` until the server closes the connection (EOF or reset);
+/// returns what was read, or `None` if it is still open at `deadline`.
+async fn read_until_closed(s: &mut tokio::net::TcpStream, deadline: Duration) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout_at(until, s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_sending_half_a_request_line_is_disconnected() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn(|a| a.header_read_timeout_secs = 1).await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    // Slow headers: half a request line, then nothing.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HT").await.unwrap();
+    let got = read_until_closed(&mut slow, Duration::from_secs(10)).await;
+    assert!(
+        got.is_some(),
+        "a slow-headers connection was still open after 10 s"
+    );
+    // Nothing at all after connecting: closed too.
+    let mut mute = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let got = read_until_closed(&mut mute, Duration::from_secs(10)).await;
+    assert!(
+        got.is_some(),
+        "a silent connection was still open after 10 s"
+    );
+    // The service still answers.
+    assert_eq!(call(&app, Method::GET, "/healthz", None, None).await.0, 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_whose_body_never_comes_gets_503_at_the_request_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn(|a| a.request_timeout_secs = 1).await;
+    let id = app.campaign("gate", &[("main", 5)]).await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // A complete head announcing a body that never arrives.
+    let head = format!(
+        "POST /v1/campaigns/{id}/claims HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"user_id\""
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // Read until the answer's code shows up (the connection may stay open).
+    use tokio::io::AsyncReadExt;
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("request_timeout") {
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout_at(until, s.read(&mut buf)).await {
+            Err(_) => panic!("no answer within 10 s: {}", String::from_utf8_lossy(&got)),
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+    app.stop().await;
+}
+
+#[test]
+fn connection_limits_are_checked_at_startup() {
+    let mut a = ServeArgs::for_tests("postgres://x/y", "redis://x", "fc", "t");
+    assert_eq!(a.validate(), Ok(()));
+    a.idle_timeout_secs = a.request_timeout_secs;
+    assert_eq!(a.validate(), Err(ConfigError::BadTimeouts));
+    a.idle_timeout_secs = 15;
+    a.request_timeout_secs = 5;
+    assert_eq!(a.validate(), Err(ConfigError::BadTimeouts));
+    a.idle_timeout_secs = 16;
+    assert_eq!(a.validate(), Ok(()));
+    a.header_read_timeout_secs = 0;
+    assert_eq!(a.validate(), Err(ConfigError::BadTimeouts));
+    a.header_read_timeout_secs = 1;
+    a.max_connections = 0;
+    assert_eq!(a.validate(), Err(ConfigError::NoConnections));
+}
