@@ -15,6 +15,7 @@ use std::{
 
 use axum::{
     extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State},
+    http::Method,
     middleware::{self, Next},
     response::{IntoResponse, Response},
     Router,
@@ -168,6 +169,23 @@ async fn timeout(State(state): State<AppState>, req: Request, next: Next) -> Res
     }
 }
 
+/// The `method` label of a request: the standard methods by name, anything
+/// else `other`, so a client cannot create series by inventing methods.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
 /// Records the request latency histogram and count per route and status.
 async fn track(req: Request, next: Next) -> Response {
     let start = Instant::now();
@@ -176,7 +194,7 @@ async fn track(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
     metrics::histogram!(

@@ -536,3 +536,31 @@ fn connection_limits_are_checked_at_startup() {
     a.max_connections = 0;
     assert_eq!(a.validate(), Err(ConfigError::NoConnections));
 }
+
+#[tokio::test]
+async fn request_metrics_label_unknown_methods_as_other() {
+    let app = common::spawn_app().await;
+    let id = app.campaign("gate", &[("main", 1)]).await;
+    // Methods a client makes up must not become label values: each would
+    // be a new series for as long as the process lives.
+    let made_up = Method::from_bytes(b"FOOBARSEC").unwrap();
+    for path in [format!("/v1/campaigns/{id}"), "/healthz".to_string()] {
+        let (s, _) = app.send(made_up.clone(), &path, None).await;
+        assert_eq!(s, 405, "{path}");
+    }
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!metrics.contains("FOOBARSEC"), "{metrics}");
+    assert!(
+        metrics.contains(r#"method="other",route="/v1/campaigns/{id}",status="405""#),
+        "{metrics}"
+    );
+    app.stop().await;
+}
