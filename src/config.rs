@@ -29,6 +29,12 @@ pub enum ConfigError {
     /// `--production` without a JWT key.
     #[error("--production needs a JWT key for user calls (--jwt-secret/FIRSTCOME_JWT_SECRET or --jwt-public-key/FIRSTCOME_JWT_PUBLIC_KEY)")]
     ProductionWithoutJwtKey,
+    /// `--production` without a required audience.
+    #[error("--production needs --jwt-audience (FIRSTCOME_JWT_AUDIENCE): a token issued for another service must not be accepted")]
+    ProductionWithoutAudience,
+    /// `--production` without a required issuer.
+    #[error("--production needs --jwt-issuer (FIRSTCOME_JWT_ISSUER): a token from another issuer must not be accepted")]
+    ProductionWithoutIssuer,
     /// Both a secret and a public key.
     #[error("give either --jwt-secret or --jwt-public-key, not both")]
     TwoJwtKeys,
@@ -142,7 +148,8 @@ pub struct ServeConfig {
     pub reconcile_interval: Duration,
     /// User JWTs.
     pub jwt: JwtConfig,
-    /// Production profile: an admin token and a JWT key are required.
+    /// Production profile: an admin token, a JWT key, a JWT audience and
+    /// issuer are required.
     pub production: bool,
     /// Rate limits.
     pub rates: RateConfig,
@@ -152,7 +159,8 @@ pub struct ServeConfig {
 
 impl ServeConfig {
     /// Checks the settings that must hold before anything starts: the
-    /// production profile needs an admin token and a JWT key.
+    /// production profile needs an admin token, a JWT key, and the `aud`
+    /// and `iss` tokens must carry.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let secret = self.jwt.secret.as_deref().filter(|s| !s.is_empty());
         let public = self.jwt.public_key.as_deref().filter(|s| !s.is_empty());
@@ -184,7 +192,77 @@ impl ServeConfig {
             if secret.is_none() && public.is_none() {
                 return Err(ConfigError::ProductionWithoutJwtKey);
             }
+            if self.jwt.audience.as_deref().is_none_or(str::is_empty) {
+                return Err(ConfigError::ProductionWithoutAudience);
+            }
+            if self.jwt.issuer.as_deref().is_none_or(str::is_empty) {
+                return Err(ConfigError::ProductionWithoutIssuer);
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn production() -> ServeConfig {
+        ServeConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            admin_token: Some("a-long-enough-admin-token".into()),
+            role: Role::All,
+            stores: StoreConfig {
+                database_url: String::new(),
+                redis_url: String::new(),
+                redis_prefix: "fc".into(),
+                redis_timeout: Duration::from_secs(1),
+                db_max_connections: 1,
+            },
+            commit_max_batch: 1,
+            commit_inflight: 1,
+            commit_linger: Duration::ZERO,
+            stream_batch: 1,
+            pending_wait: Duration::ZERO,
+            orphan_after: Duration::ZERO,
+            sse_max: Duration::from_secs(1),
+            reconcile_interval: Duration::ZERO,
+            jwt: JwtConfig {
+                secret: Some("s".repeat(MIN_JWT_SECRET_LEN)),
+                public_key: None,
+                audience: Some("firstcome".into()),
+                issuer: Some("https://id.example".into()),
+            },
+            production: true,
+            rates: RateConfig {
+                per_ip: 0,
+                per_ip_burst: 0,
+                per_user: 0,
+                per_user_burst: 0,
+            },
+            conns: ConnConfig {
+                header_read_timeout: Duration::from_secs(10),
+                request_timeout: Duration::from_secs(30),
+                idle_timeout: Duration::from_secs(60),
+                max_connections: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn production_requires_an_audience_and_an_issuer() {
+        let mut c = production();
+        assert_eq!(c.validate(), Ok(()));
+        c.jwt.audience = None;
+        assert_eq!(c.validate(), Err(ConfigError::ProductionWithoutAudience));
+        c.jwt.audience = Some(String::new());
+        assert_eq!(c.validate(), Err(ConfigError::ProductionWithoutAudience));
+        c.jwt.audience = Some("firstcome".into());
+        c.jwt.issuer = None;
+        assert_eq!(c.validate(), Err(ConfigError::ProductionWithoutIssuer));
+        // Outside production both stay optional.
+        c.production = false;
+        c.jwt.audience = None;
+        assert_eq!(c.validate(), Ok(()));
     }
 }

@@ -104,8 +104,8 @@ pub struct ServeArgs {
     /// Required `iss` of user JWTs, if set.
     #[arg(long, env = "FIRSTCOME_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
-    /// Production profile: refuse to start without an admin token and a JWT
-    /// key.
+    /// Production profile: refuse to start without an admin token, a JWT
+    /// key, `--jwt-audience` and `--jwt-issuer`.
     #[arg(long, env = "FIRSTCOME_PRODUCTION", default_value_t = false)]
     pub production: bool,
     /// Requests per second per client IP on the /v1 API (0 = no limit).

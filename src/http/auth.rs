@@ -77,6 +77,8 @@ impl JwtVerifier {
         // (no `none`, no HS256 signed with the RSA public key).
         let mut validation = Validation::new(alg);
         validation.leeway = JWT_LEEWAY_SECS;
+        // jsonwebtoken checks `nbf` only when asked (its default is off).
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.validate_aud = false;
         Self { key, validation }

@@ -398,6 +398,10 @@ fn the_production_profile_refuses_to_start_half_configured() {
     a.admin_token = Some("short".into());
     assert_eq!(a.validate(), Err(ConfigError::ProductionWithoutAdminToken));
     a.admin_token = Some("a-long-enough-admin-token".into());
+    assert_eq!(a.validate(), Err(ConfigError::ProductionWithoutAudience));
+    a.jwt_audience = Some("firstcome".into());
+    assert_eq!(a.validate(), Err(ConfigError::ProductionWithoutIssuer));
+    a.jwt_issuer = Some("https://id.example".into());
     assert_eq!(a.validate(), Ok(()));
     a.jwt_secret = None;
     assert_eq!(a.validate(), Err(ConfigError::ProductionWithoutJwtKey));
@@ -562,5 +566,30 @@ async fn request_metrics_label_unknown_methods_as_other() {
         metrics.contains(r#"method="other",route="/v1/campaigns/{id}",status="405""#),
         "{metrics}"
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_not_valid_yet_is_refused() {
+    let app = spawn(|a| a.jwt_secret = Some(SECRET.into())).await;
+    let id = app.campaign("gate", &[("main", 5)]).await;
+    // nbf an hour ahead: far beyond the clock-skew leeway.
+    let early = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": "gina", "exp": now() + 7200, "nbf": now() + 3600}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let (s, _, v) = claim(&app, id, Some(&early), "gina").await;
+    assert_eq!((s, v["code"].as_str()), (401, Some("invalid_token")), "{v}");
+    // Within the leeway it is accepted.
+    let skewed = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": "gina", "exp": now() + 7200, "nbf": now() + 5}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let (s, _, v) = claim(&app, id, Some(&skewed), "gina").await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("granted")), "{v}");
     app.stop().await;
 }
