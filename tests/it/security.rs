@@ -593,3 +593,40 @@ async fn a_token_not_valid_yet_is_refused() {
     assert_eq!((s, v["status"].as_str()), (200, Some("granted")), "{v}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_store_failure_answers_a_fixed_detail_without_driver_text() {
+    let name = common::unique("sec");
+    let db_url = common::fresh_database(&name).await;
+    let app = common::spawn_app_on(&db_url, &name, |_| {})
+        .await
+        .owning_database();
+    // Take the database away under the running app.
+    let server = db_url.rsplit_once('/').unwrap().0;
+    let mut admin =
+        <sqlx::PgConnection as sqlx::Connection>::connect(&format!("{server}/postgres"))
+            .await
+            .unwrap();
+    sqlx::query(&format!(r#"DROP DATABASE "{name}" WITH (FORCE)"#))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    app.db.close().await;
+    for path in ["/readyz", "/v1/campaigns/424242"] {
+        let (s, ra, v) = call(&app, Method::GET, path, None, None).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (503, Some("database_unavailable")),
+            "{path}: {v}"
+        );
+        assert!(ra.is_some(), "{path}: Retry-After");
+        let detail = v["detail"].as_str().unwrap();
+        for leak in [name.as_str(), "postgres", "sqlx", "pool", "error returned"] {
+            assert!(
+                !detail.contains(leak),
+                "{path}: the detail leaks {leak:?}: {detail}"
+            );
+        }
+    }
+    app.stop().await;
+}
