@@ -131,7 +131,7 @@ impl Application {
             db,
             redis,
             admissions,
-            admin_token,
+            admin_token_digest: http::auth::token_digest(&admin_token),
             campaigns: Arc::new(RwLock::new(HashMap::new())),
             sse_max: args.sse_max,
             worker_wakeup,

@@ -179,7 +179,7 @@ impl FromRequestParts<AppState> for AdminToken {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(ApiError::Unauthorized)?;
-        if constant_time_eq(given.as_bytes(), state.admin_token.as_bytes()) {
+        if admin_token_matches(given, &state.admin_token_digest) {
             Ok(AdminToken)
         } else {
             Err(ApiError::Unauthorized)
@@ -187,11 +187,18 @@ impl FromRequestParts<AppState> for AdminToken {
     }
 }
 
-/// Compares in time independent of where the bytes differ (only the
-/// length may show), so the admin token cannot be guessed byte by byte.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// The SHA-256 digest of a token.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Whether `given` is the token whose digest is `expected`. Digests of
+/// fixed length are compared in constant time: the time shows neither
+/// where the bytes differ nor how long the configured token is.
+fn admin_token_matches(given: &str, expected: &[u8; 32]) -> bool {
     use subtle::ConstantTimeEq;
-    a.ct_eq(b).into()
+    token_digest(given).ct_eq(expected).into()
 }
 
 /// The bearer token of `Authorization`, if any.
@@ -253,6 +260,15 @@ impl Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_admin_token_is_compared_by_digest() {
+        let d = token_digest("the-admin-token");
+        assert!(admin_token_matches("the-admin-token", &d));
+        for other in ["", "the-admin-toke", "the-admin-token ", "the-admin-tokeN"] {
+            assert!(!admin_token_matches(other, &d), "{other:?}");
+        }
+    }
 
     #[test]
     fn bearer_is_parsed() {

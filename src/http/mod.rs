@@ -54,8 +54,9 @@ pub struct AppState {
     pub redis: RedisStore,
     /// The admission modes.
     pub admissions: Arc<Admissions>,
-    /// Bearer token of admin calls.
-    pub admin_token: Arc<str>,
+    /// SHA-256 of the bearer token of admin calls: the token itself is not
+    /// kept, and comparing digests hides its length (`auth::AdminToken`).
+    pub admin_token_digest: [u8; 32],
     /// Campaigns are immutable once created, so they are cached forever:
     /// a claim never reads PostgreSQL to find its campaign.
     pub campaigns: Arc<RwLock<HashMap<CampaignId, Arc<Campaign>>>>,

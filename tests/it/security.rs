@@ -630,3 +630,48 @@ async fn a_store_failure_answers_a_fixed_detail_without_driver_text() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn create_checks_the_admin_token_before_the_body() {
+    let app = common::spawn_app().await;
+    let url = format!("{}/v1/campaigns", app.base);
+    for token in [
+        None,
+        Some("wrong-token"),
+        Some("test-admin-token-but-longer"),
+    ] {
+        for body in ["{not json", r#"{"name": 1}"#] {
+            let mut r = app
+                .http
+                .post(&url)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body);
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            let r = r.send().await.unwrap();
+            let s = r.status().as_u16();
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(
+                (s, v["code"].as_str()),
+                (401, Some("unauthorized")),
+                "{token:?} {body}"
+            );
+        }
+    }
+    // Without a content type, too: the token comes first.
+    let r = app.http.post(&url).body("x").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    // With the token, the body is judged.
+    let r = app
+        .http
+        .post(&url)
+        .bearer_auth(common::TOKEN)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    app.stop().await;
+}
