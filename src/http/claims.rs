@@ -123,9 +123,11 @@ pub async fn claim(
     Path(id): Path<String>,
     body: Result<ApiJson<ClaimRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let c = state.campaign(&id).await?;
+    // The user (token subject, rate limit) before the campaign, as every
+    // user call: a flood naming unknown campaigns is limited like any other.
     let ApiJson(req) = body?;
     let user = caller.user(&state, req.user_id)?;
+    let c = state.campaign(&id).await?;
     let pool_name = req.pool.map(PoolName::parse).transpose()?;
     let pool = c.pool(pool_name.as_ref()).ok_or_else(|| match &pool_name {
         Some(p) => ApiError::unprocessable("unknown_pool", format!("campaign has no pool {p}")),

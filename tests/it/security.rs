@@ -675,3 +675,30 @@ async fn create_checks_the_admin_token_before_the_body() {
     assert_eq!(r.status().as_u16(), 400);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn claims_to_an_unknown_campaign_count_against_the_user_limit() {
+    let app = spawn(|a| {
+        a.rate_per_user = 1;
+        a.rate_per_user_burst = 3;
+    })
+    .await;
+    // Each of these used to cost a PostgreSQL lookup and no token of the
+    // limit: a free flood.
+    let mut codes = Vec::new();
+    for _ in 0..200 {
+        let (s, _, v) = claim(&app, 987_654_321, None, "mallory").await;
+        codes.push(s);
+        if s == 429 {
+            assert_eq!(v["code"], "rate_limited");
+            break;
+        }
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (404, Some("campaign_not_found")),
+            "{v}"
+        );
+    }
+    assert_eq!(codes.last(), Some(&429), "never limited: {codes:?}");
+    app.stop().await;
+}
