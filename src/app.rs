@@ -138,6 +138,7 @@ impl Application {
             jwt,
             limits,
             request_timeout: args.conns.request_timeout,
+            campaign_bodies: http::campaign_cache::BodyCache::new(args.campaign_cache),
         };
         Ok(Self {
             addr,

@@ -155,6 +155,9 @@ pub struct ServeConfig {
     pub rates: RateConfig,
     /// Connection timeouts and cap.
     pub conns: ConnConfig,
+    /// How long a `GET /v1/campaigns/{id}` answer is served from memory
+    /// (and may be by a CDN); zero turns the cache off.
+    pub campaign_cache: Duration,
 }
 
 impl ServeConfig {
@@ -246,6 +249,7 @@ mod tests {
                 idle_timeout: Duration::from_secs(60),
                 max_connections: 1,
             },
+            campaign_cache: Duration::from_secs(1),
         }
     }
 

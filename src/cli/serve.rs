@@ -141,6 +141,11 @@ pub struct ServeArgs {
     /// file descriptor limit.
     #[arg(long, env = "FIRSTCOME_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+    /// Milliseconds a `GET /v1/campaigns/{id}` answer (a 404 included) is
+    /// served from memory, and `max-age` tells caches in front (whole
+    /// seconds); 0 turns the cache off. Counts are at most this stale.
+    #[arg(long, env = "FIRSTCOME_CAMPAIGN_CACHE_MS", default_value_t = 1000)]
+    pub campaign_cache_ms: u64,
 }
 
 impl ServeArgs {
@@ -220,6 +225,7 @@ impl From<ServeArgs> for ServeConfig {
                 idle_timeout: Duration::from_secs(a.idle_timeout_secs),
                 max_connections: a.max_connections,
             },
+            campaign_cache: Duration::from_millis(a.campaign_cache_ms),
         }
     }
 }

@@ -171,20 +171,25 @@ impl FromRequestParts<AppState> for AdminToken {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        // Exactly `Bearer <token>`: stricter than the user's `bearer`, as
-        // the admin check always was.
-        let given = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(ApiError::Unauthorized)?;
-        if admin_token_matches(given, &state.admin_token_digest) {
+        if is_admin(&parts.headers, state) {
             Ok(AdminToken)
         } else {
             Err(ApiError::Unauthorized)
         }
     }
+}
+
+/// Whether the request carries the admin bearer token; for a public route
+/// that serves the admin differently (a fresh campaign read) and refuses
+/// nobody.
+pub fn is_admin(headers: &HeaderMap, state: &AppState) -> bool {
+    // Exactly `Bearer <token>`: stricter than the user's `bearer`, as the
+    // admin check always was.
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| admin_token_matches(given, &state.admin_token_digest))
 }
 
 /// The SHA-256 digest of a token.

@@ -30,6 +30,7 @@ use crate::{
 
 pub mod answers;
 pub mod auth;
+pub mod campaign_cache;
 pub mod campaigns;
 pub mod claims;
 pub mod error;
@@ -70,6 +71,8 @@ pub struct AppState {
     pub limits: limits::RateLimits,
     /// Longest a request may take (SSE streams excluded).
     pub request_timeout: Duration,
+    /// Answers of `GET /v1/campaigns/{id}`, kept about a second.
+    pub campaign_bodies: campaign_cache::BodyCache,
 }
 
 impl AppState {

@@ -702,3 +702,93 @@ async fn claims_to_an_unknown_campaign_count_against_the_user_limit() {
     assert_eq!(codes.last(), Some(&429), "never limited: {codes:?}");
     app.stop().await;
 }
+
+/// `firstcome_campaign_reads_from_db_total` of public reads, from the
+/// (process-wide) metrics.
+async fn campaign_db_reads(app: &common::TestApp) -> f64 {
+    let text = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(r#"firstcome_campaign_reads_from_db_total{by="public"} "#))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+/// `n` concurrent GETs of `path` (50 at a time); their statuses.
+async fn flood_get(app: &common::TestApp, path: &str, n: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    for _ in 0..n / 50 {
+        let batch = (0..50).map(|_| async {
+            let r = app.http.get(format!("{}{path}", app.base)).send().await;
+            r.expect("request").status().as_u16()
+        });
+        out.extend(futures::future::join_all(batch).await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn campaign_reads_are_cached_with_an_etag_and_spare_postgresql() {
+    let app = common::spawn_app().await;
+    let id = app.campaign("gate", &[("main", 5)]).await;
+    let path = format!("/v1/campaigns/{id}");
+    let url = format!("{}{path}", app.base);
+    let r = app.http.get(&url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()[header::CACHE_CONTROL], "public, max-age=1");
+    let etag = r.headers()[header::ETAG].clone();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["id"], id);
+    // Nothing changed, so whether the body was refilled or not, the tag
+    // still matches: 304 without a body.
+    let r = app
+        .http
+        .get(&url)
+        .header(header::IF_NONE_MATCH, etag.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 304);
+    assert_eq!(r.headers()[header::ETAG], etag);
+    assert!(r.bytes().await.unwrap().is_empty());
+    let r = app
+        .http
+        .get(&url)
+        .header(header::IF_NONE_MATCH, "\"another\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+
+    // A flood of reads of one campaign, then of an unknown one: each read
+    // used to cost a PostgreSQL query; now one per second per id. The
+    // counter is process-wide (other tests read campaigns too), hence the
+    // loose bound: without the cache it grows by at least n.
+    let n = 400;
+    for (path, want) in [(path.as_str(), 200), ("/v1/campaigns/987654321", 404)] {
+        let before = campaign_db_reads(&app).await;
+        let statuses = flood_get(&app, path, n).await;
+        assert!(statuses.iter().all(|s| *s == want), "{path}: {statuses:?}");
+        let reads = campaign_db_reads(&app).await - before;
+        assert!(
+            reads < (n / 4) as f64,
+            "{path}: {n} reads cost {reads} PostgreSQL reads"
+        );
+    }
+    // A claim is seen by the public within the TTL, by the admin at once.
+    let (s, _) = app.claim(id, "ida", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(common::total_granted(&app.campaign_body(id).await), 1);
+    common::until("the public read counts the grant", || async {
+        common::total_granted(&app.send(Method::GET, &path, None).await.1) == 1
+    })
+    .await;
+    app.stop().await;
+}
