@@ -132,6 +132,11 @@ impl Application {
             redis,
             admissions,
             admin_token_digest: http::auth::token_digest(&admin_token),
+            confirm_token_digest: args
+                .confirm_token
+                .as_deref()
+                .filter(|t| !t.is_empty())
+                .map(http::auth::token_digest),
             campaigns: Arc::new(RwLock::new(HashMap::new())),
             sse_max: args.sse_max,
             worker_wakeup,

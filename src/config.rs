@@ -26,6 +26,9 @@ pub enum ConfigError {
     /// `--production` without `--admin-token`.
     #[error("--production needs an admin token (--admin-token or FIRSTCOME_ADMIN_TOKEN, at least {MIN_ADMIN_TOKEN_LEN} characters)")]
     ProductionWithoutAdminToken,
+    /// A confirm token too short, or the admin token again.
+    #[error("--confirm-token must be at least {MIN_ADMIN_TOKEN_LEN} characters in production and differ from the admin token")]
+    WeakConfirmToken,
     /// `--production` without a JWT key.
     #[error("--production needs a JWT key for user calls (--jwt-secret/FIRSTCOME_JWT_SECRET or --jwt-public-key/FIRSTCOME_JWT_PUBLIC_KEY)")]
     ProductionWithoutJwtKey,
@@ -126,6 +129,9 @@ pub struct ServeConfig {
     pub addr: SocketAddr,
     /// Bearer token of admin calls; `None` (or empty) makes a random one.
     pub admin_token: Option<String>,
+    /// Bearer token of the payment service: confirms holds, nothing else;
+    /// `None` (or empty) leaves confirming to the admin token.
+    pub confirm_token: Option<String>,
     /// Which parts run.
     pub role: Role,
     /// Stores.
@@ -195,6 +201,11 @@ impl ServeConfig {
             if secret.is_none() && public.is_none() {
                 return Err(ConfigError::ProductionWithoutJwtKey);
             }
+            if let Some(t) = self.confirm_token.as_deref().filter(|t| !t.is_empty()) {
+                if t.len() < MIN_ADMIN_TOKEN_LEN || Some(t) == self.admin_token.as_deref() {
+                    return Err(ConfigError::WeakConfirmToken);
+                }
+            }
             if self.jwt.audience.as_deref().is_none_or(str::is_empty) {
                 return Err(ConfigError::ProductionWithoutAudience);
             }
@@ -214,6 +225,7 @@ mod tests {
         ServeConfig {
             addr: "127.0.0.1:0".parse().unwrap(),
             admin_token: Some("a-long-enough-admin-token".into()),
+            confirm_token: None,
             role: Role::All,
             stores: StoreConfig {
                 database_url: String::new(),
@@ -264,6 +276,14 @@ mod tests {
         c.jwt.audience = Some("firstcome".into());
         c.jwt.issuer = None;
         assert_eq!(c.validate(), Err(ConfigError::ProductionWithoutIssuer));
+        c.jwt.issuer = Some("https://id.example".into());
+        c.confirm_token = Some("short".into());
+        assert_eq!(c.validate(), Err(ConfigError::WeakConfirmToken));
+        c.confirm_token = c.admin_token.clone();
+        assert_eq!(c.validate(), Err(ConfigError::WeakConfirmToken));
+        c.confirm_token = Some("a-long-enough-payment-token".into());
+        assert_eq!(c.validate(), Ok(()));
+        c.jwt.issuer = None;
         // Outside production both stay optional.
         c.production = false;
         c.jwt.audience = None;

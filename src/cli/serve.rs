@@ -54,6 +54,11 @@ pub struct ServeArgs {
     /// logged at startup.
     #[arg(long, env = "FIRSTCOME_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Bearer token of the payment service: it may confirm holds
+    /// (`POST .../claims/{user_id}/confirm`) and nothing else. Without one,
+    /// only the admin token confirms.
+    #[arg(long, env = "FIRSTCOME_CONFIRM_TOKEN", hide_env_values = true)]
+    pub confirm_token: Option<String>,
     /// Which parts to run.
     #[arg(long, env = "FIRSTCOME_ROLE", value_parser = role_parser(), default_value = "all")]
     pub role: Role,
@@ -196,6 +201,7 @@ impl From<ServeArgs> for ServeConfig {
         Self {
             addr: a.addr,
             admin_token: a.admin_token,
+            confirm_token: a.confirm_token,
             role: a.role,
             stores: a.stores.into(),
             commit_max_batch: a.commit_max_batch,

@@ -179,6 +179,42 @@ impl FromRequestParts<AppState> for AdminToken {
     }
 }
 
+/// Proof that the call may confirm a hold: it carries the payment
+/// service's token (`--confirm-token`) or the admin token. A user's own
+/// JWT is refused with 403 `forbidden_confirm` (a hold stands for "payment
+/// done", which the user cannot vouch for), anything else with 401
+/// `unauthorized`.
+#[derive(Debug, Clone, Copy)]
+pub struct Confirmer;
+
+impl FromRequestParts<AppState> for Confirmer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let given = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let payment = given
+            .zip(state.confirm_token_digest.as_ref())
+            .is_some_and(|(g, d)| admin_token_matches(g, d));
+        if payment || is_admin(&parts.headers, state) {
+            return Ok(Confirmer);
+        }
+        let user_token = bearer(&parts.headers)
+            .zip(state.jwt.as_deref())
+            .is_some_and(|(t, v)| v.verify(t).is_ok());
+        if user_token {
+            return Err(ApiError::Forbidden {
+                code: "forbidden_confirm",
+                detail: "a user cannot confirm a hold; the payment service does".into(),
+            });
+        }
+        Err(ApiError::Unauthorized)
+    }
+}
+
 /// Whether the request carries the admin bearer token; for a public route
 /// that serves the admin differently (a fresh campaign read) and refuses
 /// nobody.

@@ -58,6 +58,9 @@ pub struct AppState {
     /// SHA-256 of the bearer token of admin calls: the token itself is not
     /// kept, and comparing digests hides its length (`auth::AdminToken`).
     pub admin_token_digest: [u8; 32],
+    /// SHA-256 of the payment service's bearer token, which may confirm
+    /// holds and nothing else; `None` leaves confirming to the admin.
+    pub confirm_token_digest: Option<[u8; 32]>,
     /// Campaigns are immutable once created, so they are cached forever:
     /// a claim never reads PostgreSQL to find its campaign.
     pub campaigns: Arc<RwLock<HashMap<CampaignId, Arc<Campaign>>>>,

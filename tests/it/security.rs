@@ -792,3 +792,67 @@ async fn campaign_reads_are_cached_with_an_etag_and_spare_postgresql() {
     .await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn only_the_payment_service_or_the_admin_confirms_a_hold() {
+    const PAYMENT: &str = "the-payment-service-token";
+    let app = spawn(|a| {
+        a.jwt_secret = Some(SECRET.into());
+        a.confirm_token = Some(PAYMENT.into());
+    })
+    .await;
+    let id = app
+        .create_campaign(json!({"name":"seats","mode":"gate",
+            "pools":[{"name":"hall","stock":3}],"confirm_within_secs":600}))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let alice = hs256("alice", now() + 600, SECRET);
+    let (s, _, v) = claim(&app, id, Some(&alice), "alice").await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("granted")), "{v}");
+    let path = format!("/v1/campaigns/{id}/claims/alice/confirm");
+    // Her own token cannot vouch for her payment.
+    let (s, _, v) = call(&app, Method::POST, &path, Some(&alice), None).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (403, Some("forbidden_confirm")),
+        "{v}"
+    );
+    for token in [None, Some("wrong"), Some(SECRET)] {
+        let (s, _, v) = call(&app, Method::POST, &path, token, None).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{token:?}: {v}"
+        );
+    }
+    let (s, _, v) = call(
+        &app,
+        Method::GET,
+        &format!("/v1/campaigns/{id}/claims/alice"),
+        Some(&alice),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, v["hold"].as_str()),
+        (200, Some("held")),
+        "still held: {v}"
+    );
+    // The payment service confirms; the admin may too (idempotent).
+    let (s, _, v) = call(&app, Method::POST, &path, Some(PAYMENT), None).await;
+    assert_eq!((s, v["hold"].as_str()), (200, Some("confirmed")), "{v}");
+    let (s, _, v) = call(&app, Method::POST, &path, Some(common::TOKEN), None).await;
+    assert_eq!((s, v["hold"].as_str()), (200, Some("confirmed")), "{v}");
+    // The payment token is good for nothing else.
+    let (s, _, _) = call(
+        &app,
+        Method::GET,
+        &format!("/v1/campaigns/{id}/grants"),
+        Some(PAYMENT),
+        None,
+    )
+    .await;
+    assert_eq!(s, 401);
+    app.stop().await;
+}
