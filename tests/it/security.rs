@@ -856,3 +856,70 @@ async fn only_the_payment_service_or_the_admin_confirms_a_hold() {
     assert_eq!(s, 401);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_finishes_requests_in_flight_and_closes_the_rest() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn(|a| a.header_read_timeout_secs = 2).await;
+    let id = app.campaign("gate", &[("main", 5)]).await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let connect = || tokio::net::TcpStream::connect(addr.clone());
+    // Reads until `needle` shows up (deadline 10 s); what was read.
+    async fn read_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains(needle) {
+            let mut buf = [0u8; 1024];
+            match tokio::time::timeout_at(until, s.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                other => panic!(
+                    "{needle:?} not read ({other:?}): {}",
+                    String::from_utf8_lossy(&got)
+                ),
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+    // An idle keep-alive connection, and one stuck in its request line.
+    let mut idle = connect().await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut idle, "ok").await;
+    let mut slow = connect().await.unwrap();
+    slow.write_all(b"GET /healthz HT").await.unwrap();
+    // A claim in flight: its handler is reading the body (100 Continue
+    // says so) when the shutdown comes.
+    let body = r#"{"user_id":"late"}"#;
+    let mut busy = connect().await.unwrap();
+    busy.write_all(
+        format!(
+            "POST /v1/campaigns/{id}/claims HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nexpect: 100-continue\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    read_until(&mut busy, "100 Continue").await;
+    let stopping = tokio::spawn(app.stop());
+    // The idle connection is closed at once, the slow one at its header
+    // timeout; the claim in flight still gets its answer.
+    assert!(
+        read_until_closed(&mut idle, Duration::from_secs(10))
+            .await
+            .is_some(),
+        "the idle connection stayed open"
+    );
+    busy.write_all(body.as_bytes()).await.unwrap();
+    let answer = read_until(&mut busy, "granted").await;
+    assert!(answer.contains("HTTP/1.1 200"), "{answer}");
+    assert!(
+        read_until_closed(&mut slow, Duration::from_secs(10))
+            .await
+            .is_some(),
+        "the slow connection stayed open"
+    );
+    stopping.await.unwrap();
+}
