@@ -923,3 +923,42 @@ async fn shutdown_finishes_requests_in_flight_and_closes_the_rest() {
     );
     stopping.await.unwrap();
 }
+
+#[tokio::test]
+async fn beyond_the_connection_cap_a_client_waits_for_a_free_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn(|a| {
+        a.max_connections = 1;
+        a.header_read_timeout_secs = 1;
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    // The one slot: a client that says nothing (closed at its header
+    // timeout).
+    let first = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // The next one is accepted by the kernel's backlog, served later.
+    let mut second = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    second
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), second.read_to_end(&mut got))
+        .await
+        .expect("served within 10 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    // It was served only once the first had been closed: the first's end
+    // of stream was already there (loopback delivers the server's FIN
+    // before the second connection could even be accepted).
+    let mut buf = [0u8; 16];
+    match first.try_read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => {
+            panic!("the first connection was still open when the second was served: {other:?}")
+        }
+    }
+    app.stop().await;
+}
