@@ -962,3 +962,33 @@ async fn beyond_the_connection_cap_a_client_waits_for_a_free_slot() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_connection_without_traffic_is_closed_at_the_idle_timeout() {
+    use tokio::io::AsyncWriteExt;
+    // The header timeout out of the way: only the idle timeout (the
+    // shortest allowed, 16 s) can close these.
+    let app = spawn(|a| {
+        a.header_read_timeout_secs = 3600;
+        a.request_timeout_secs = 1;
+        a.idle_timeout_secs = 16;
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut kept = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut kept, Duration::from_secs(40))
+        .await
+        .expect("the kept-alive connection was closed within 40 s");
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    assert!(
+        read_until_closed(&mut silent, Duration::from_secs(10))
+            .await
+            .is_some(),
+        "the silent connection was still open"
+    );
+    app.stop().await;
+}
