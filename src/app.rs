@@ -15,7 +15,7 @@ use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
-    config::{Role, ServeConfig},
+    config::{ConnConfig, Role, ServeConfig},
     http::{self, AppState},
     modes::redis_common::committer,
     modes::{redis_common::RedisCommon, Admissions, Deps},
@@ -38,6 +38,8 @@ pub struct Application {
     worker: Vec<JoinHandle<()>>,
     /// Which parts run.
     role: Role,
+    /// Connection timeouts and cap.
+    conns: ConnConfig,
 }
 
 impl Application {
@@ -129,12 +131,19 @@ impl Application {
             db,
             redis,
             admissions,
-            admin_token,
+            admin_token_digest: http::auth::token_digest(&admin_token),
+            confirm_token_digest: args
+                .confirm_token
+                .as_deref()
+                .filter(|t| !t.is_empty())
+                .map(http::auth::token_digest),
             campaigns: Arc::new(RwLock::new(HashMap::new())),
             sse_max: args.sse_max,
             worker_wakeup,
             jwt,
             limits,
+            request_timeout: args.conns.request_timeout,
+            campaign_bodies: http::campaign_cache::BodyCache::new(args.campaign_cache),
         };
         Ok(Self {
             addr,
@@ -143,6 +152,7 @@ impl Application {
             stop_tx,
             worker,
             role: args.role,
+            conns: args.conns,
         })
     }
 
@@ -169,13 +179,8 @@ impl Application {
         } else {
             http::router(self.state)
         };
-        // Connect info gives the per-IP rate limit the peer address.
-        axum::serve(
-            self.listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await?;
+        // Not axum::serve: it sets no hyper timer, so no header timeout.
+        http::serve::serve(self.listener, app, self.conns, shutdown).await;
         let _ = self.stop_tx.send(true);
         for w in self.worker {
             let _ = w.await;

@@ -26,21 +26,59 @@ pub enum ConfigError {
     /// `--production` without `--admin-token`.
     #[error("--production needs an admin token (--admin-token or FIRSTCOME_ADMIN_TOKEN, at least {MIN_ADMIN_TOKEN_LEN} characters)")]
     ProductionWithoutAdminToken,
+    /// A confirm token too short, or the admin token again.
+    #[error("--confirm-token must be at least {MIN_ADMIN_TOKEN_LEN} characters in production and differ from the admin token")]
+    WeakConfirmToken,
     /// `--production` without a JWT key.
     #[error("--production needs a JWT key for user calls (--jwt-secret/FIRSTCOME_JWT_SECRET or --jwt-public-key/FIRSTCOME_JWT_PUBLIC_KEY)")]
     ProductionWithoutJwtKey,
+    /// `--production` without a required audience.
+    #[error("--production needs --jwt-audience (FIRSTCOME_JWT_AUDIENCE): a token issued for another service must not be accepted")]
+    ProductionWithoutAudience,
+    /// `--production` without a required issuer.
+    #[error("--production needs --jwt-issuer (FIRSTCOME_JWT_ISSUER): a token from another issuer must not be accepted")]
+    ProductionWithoutIssuer,
     /// Both a secret and a public key.
     #[error("give either --jwt-secret or --jwt-public-key, not both")]
     TwoJwtKeys,
     /// An HS256 secret too short to resist brute force.
     #[error("--jwt-secret must be at least {MIN_JWT_SECRET_LEN} bytes")]
     ShortJwtSecret,
+    /// A connection timeout that is zero, or an idle timeout that could cut
+    /// a request or a stream that is still working.
+    #[error("timeouts must be above zero, and --idle-timeout-secs above both --request-timeout-secs and the SSE keep-alive ({SSE_KEEP_ALIVE_SECS} s)")]
+    BadTimeouts,
+    /// A connection cap of zero would serve nobody.
+    #[error("--max-connections must be at least 1")]
+    NoConnections,
 }
 
 /// Shortest admin token accepted by the production profile.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 /// Shortest HS256 secret accepted (RFC 7518 asks for at least the hash size).
 pub const MIN_JWT_SECRET_LEN: usize = 32;
+/// Seconds between the keep-alive comments of an SSE stream (axum's
+/// default): a healthy stream writes at least this often, so the idle
+/// timeout must be longer.
+pub const SSE_KEEP_ALIVE_SECS: u64 = 15;
+
+/// Bounds on client connections: what a slow or idle client may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnConfig {
+    /// Longest wait for a complete request head, from the connection's
+    /// opening or from the end of its previous response (hyper restarts it
+    /// whenever a connection goes idle, so it also ends idle keep-alives).
+    pub header_read_timeout: Duration,
+    /// Longest a request may take, body read included (SSE streams excluded:
+    /// they end at `sse_max`).
+    pub request_timeout: Duration,
+    /// A connection with no byte read or written for this long is closed
+    /// (idle keep-alives, and streams whose client stopped reading).
+    pub idle_timeout: Duration,
+    /// Most connections open at once; beyond, new ones wait in the
+    /// listen backlog.
+    pub max_connections: usize,
+}
 
 /// Connections to the stores.
 #[derive(Debug, Clone)]
@@ -91,6 +129,9 @@ pub struct ServeConfig {
     pub addr: SocketAddr,
     /// Bearer token of admin calls; `None` (or empty) makes a random one.
     pub admin_token: Option<String>,
+    /// Bearer token of the payment service: confirms holds, nothing else;
+    /// `None` (or empty) leaves confirming to the admin token.
+    pub confirm_token: Option<String>,
     /// Which parts run.
     pub role: Role,
     /// Stores.
@@ -113,15 +154,22 @@ pub struct ServeConfig {
     pub reconcile_interval: Duration,
     /// User JWTs.
     pub jwt: JwtConfig,
-    /// Production profile: an admin token and a JWT key are required.
+    /// Production profile: an admin token, a JWT key, a JWT audience and
+    /// issuer are required.
     pub production: bool,
     /// Rate limits.
     pub rates: RateConfig,
+    /// Connection timeouts and cap.
+    pub conns: ConnConfig,
+    /// How long a `GET /v1/campaigns/{id}` answer is served from memory
+    /// (and may be by a CDN); zero turns the cache off.
+    pub campaign_cache: Duration,
 }
 
 impl ServeConfig {
     /// Checks the settings that must hold before anything starts: the
-    /// production profile needs an admin token and a JWT key.
+    /// production profile needs an admin token, a JWT key, and the `aud`
+    /// and `iss` tokens must carry.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let secret = self.jwt.secret.as_deref().filter(|s| !s.is_empty());
         let public = self.jwt.public_key.as_deref().filter(|s| !s.is_empty());
@@ -130,6 +178,17 @@ impl ServeConfig {
         }
         if secret.is_some_and(|s| s.len() < MIN_JWT_SECRET_LEN) {
             return Err(ConfigError::ShortJwtSecret);
+        }
+        let c = &self.conns;
+        if c.header_read_timeout.is_zero()
+            || c.request_timeout.is_zero()
+            || c.idle_timeout <= c.request_timeout
+            || c.idle_timeout <= Duration::from_secs(SSE_KEEP_ALIVE_SECS)
+        {
+            return Err(ConfigError::BadTimeouts);
+        }
+        if c.max_connections == 0 {
+            return Err(ConfigError::NoConnections);
         }
         if self.production {
             if self
@@ -142,7 +201,92 @@ impl ServeConfig {
             if secret.is_none() && public.is_none() {
                 return Err(ConfigError::ProductionWithoutJwtKey);
             }
+            if let Some(t) = self.confirm_token.as_deref().filter(|t| !t.is_empty()) {
+                if t.len() < MIN_ADMIN_TOKEN_LEN || Some(t) == self.admin_token.as_deref() {
+                    return Err(ConfigError::WeakConfirmToken);
+                }
+            }
+            if self.jwt.audience.as_deref().is_none_or(str::is_empty) {
+                return Err(ConfigError::ProductionWithoutAudience);
+            }
+            if self.jwt.issuer.as_deref().is_none_or(str::is_empty) {
+                return Err(ConfigError::ProductionWithoutIssuer);
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn production() -> ServeConfig {
+        ServeConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            admin_token: Some("a-long-enough-admin-token".into()),
+            confirm_token: None,
+            role: Role::All,
+            stores: StoreConfig {
+                database_url: String::new(),
+                redis_url: String::new(),
+                redis_prefix: "fc".into(),
+                redis_timeout: Duration::from_secs(1),
+                db_max_connections: 1,
+            },
+            commit_max_batch: 1,
+            commit_inflight: 1,
+            commit_linger: Duration::ZERO,
+            stream_batch: 1,
+            pending_wait: Duration::ZERO,
+            orphan_after: Duration::ZERO,
+            sse_max: Duration::from_secs(1),
+            reconcile_interval: Duration::ZERO,
+            jwt: JwtConfig {
+                secret: Some("s".repeat(MIN_JWT_SECRET_LEN)),
+                public_key: None,
+                audience: Some("firstcome".into()),
+                issuer: Some("https://id.example".into()),
+            },
+            production: true,
+            rates: RateConfig {
+                per_ip: 0,
+                per_ip_burst: 0,
+                per_user: 0,
+                per_user_burst: 0,
+            },
+            conns: ConnConfig {
+                header_read_timeout: Duration::from_secs(10),
+                request_timeout: Duration::from_secs(30),
+                idle_timeout: Duration::from_secs(60),
+                max_connections: 1,
+            },
+            campaign_cache: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn production_requires_an_audience_and_an_issuer() {
+        let mut c = production();
+        assert_eq!(c.validate(), Ok(()));
+        c.jwt.audience = None;
+        assert_eq!(c.validate(), Err(ConfigError::ProductionWithoutAudience));
+        c.jwt.audience = Some(String::new());
+        assert_eq!(c.validate(), Err(ConfigError::ProductionWithoutAudience));
+        c.jwt.audience = Some("firstcome".into());
+        c.jwt.issuer = None;
+        assert_eq!(c.validate(), Err(ConfigError::ProductionWithoutIssuer));
+        c.jwt.issuer = Some("https://id.example".into());
+        c.confirm_token = Some("short".into());
+        assert_eq!(c.validate(), Err(ConfigError::WeakConfirmToken));
+        c.confirm_token = c.admin_token.clone();
+        assert_eq!(c.validate(), Err(ConfigError::WeakConfirmToken));
+        c.confirm_token = Some("a-long-enough-payment-token".into());
+        assert_eq!(c.validate(), Ok(()));
+        c.jwt.issuer = None;
+        // Outside production both stay optional.
+        c.production = false;
+        c.jwt.audience = None;
+        assert_eq!(c.validate(), Ok(()));
     }
 }

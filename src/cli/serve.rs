@@ -12,7 +12,7 @@ use clap::{
 };
 
 use super::stores::StoreArgs;
-use crate::config::{ConfigError, JwtConfig, RateConfig, Role, ServeConfig};
+use crate::config::{ConfigError, ConnConfig, JwtConfig, RateConfig, Role, ServeConfig};
 
 /// The command-line face of [`Role`]: its names and help text.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +54,11 @@ pub struct ServeArgs {
     /// logged at startup.
     #[arg(long, env = "FIRSTCOME_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Bearer token of the payment service: it may confirm holds
+    /// (`POST .../claims/{user_id}/confirm`) and nothing else. Without one,
+    /// only the admin token confirms.
+    #[arg(long, env = "FIRSTCOME_CONFIRM_TOKEN", hide_env_values = true)]
+    pub confirm_token: Option<String>,
     /// Which parts to run.
     #[arg(long, env = "FIRSTCOME_ROLE", value_parser = role_parser(), default_value = "all")]
     pub role: Role,
@@ -104,8 +109,8 @@ pub struct ServeArgs {
     /// Required `iss` of user JWTs, if set.
     #[arg(long, env = "FIRSTCOME_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
-    /// Production profile: refuse to start without an admin token and a JWT
-    /// key.
+    /// Production profile: refuse to start without an admin token, a JWT
+    /// key, `--jwt-audience` and `--jwt-issuer`.
     #[arg(long, env = "FIRSTCOME_PRODUCTION", default_value_t = false)]
     pub production: bool,
     /// Requests per second per client IP on the /v1 API (0 = no limit).
@@ -122,6 +127,30 @@ pub struct ServeArgs {
     /// Burst allowed above `--rate-per-user` (0 = same as the rate).
     #[arg(long, env = "FIRSTCOME_RATE_PER_USER_BURST", default_value_t = 40)]
     pub rate_per_user_burst: u32,
+    /// Seconds a client has to send a complete request head, from the
+    /// connection's opening or from the end of its previous response;
+    /// then the connection is closed (slow headers, idle keep-alives).
+    #[arg(long, env = "FIRSTCOME_HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+    /// Seconds a request may take, body included; beyond, 503
+    /// `request_timeout`. SSE streams are excluded (`--sse-max-secs`).
+    #[arg(long, env = "FIRSTCOME_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+    /// Seconds without a byte read or written after which a connection is
+    /// closed. Must exceed `--request-timeout-secs` and the SSE keep-alive
+    /// (15 s).
+    #[arg(long, env = "FIRSTCOME_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+    /// Most client connections open at once; beyond, new connections wait
+    /// in the listen backlog until one closes. Keep it below the process'
+    /// file descriptor limit.
+    #[arg(long, env = "FIRSTCOME_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Milliseconds a `GET /v1/campaigns/{id}` answer (a 404 included) is
+    /// served from memory, and `max-age` tells caches in front (whole
+    /// seconds); 0 turns the cache off. Counts are at most this stale.
+    #[arg(long, env = "FIRSTCOME_CAMPAIGN_CACHE_MS", default_value_t = 1000)]
+    pub campaign_cache_ms: u64,
 }
 
 impl ServeArgs {
@@ -172,6 +201,7 @@ impl From<ServeArgs> for ServeConfig {
         Self {
             addr: a.addr,
             admin_token: a.admin_token,
+            confirm_token: a.confirm_token,
             role: a.role,
             stores: a.stores.into(),
             commit_max_batch: a.commit_max_batch,
@@ -195,6 +225,13 @@ impl From<ServeArgs> for ServeConfig {
                 per_user: a.rate_per_user,
                 per_user_burst: a.rate_per_user_burst,
             },
+            conns: ConnConfig {
+                header_read_timeout: Duration::from_secs(a.header_read_timeout_secs),
+                request_timeout: Duration::from_secs(a.request_timeout_secs),
+                idle_timeout: Duration::from_secs(a.idle_timeout_secs),
+                max_connections: a.max_connections,
+            },
+            campaign_cache: Duration::from_millis(a.campaign_cache_ms),
         }
     }
 }

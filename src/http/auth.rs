@@ -77,6 +77,8 @@ impl JwtVerifier {
         // (no `none`, no HS256 signed with the RSA public key).
         let mut validation = Validation::new(alg);
         validation.leeway = JWT_LEEWAY_SECS;
+        // jsonwebtoken checks `nbf` only when asked (its default is off).
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.validate_aud = false;
         Self { key, validation }
@@ -169,15 +171,7 @@ impl FromRequestParts<AppState> for AdminToken {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        // Exactly `Bearer <token>`: stricter than the user's `bearer`, as
-        // the admin check always was.
-        let given = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(ApiError::Unauthorized)?;
-        if constant_time_eq(given.as_bytes(), state.admin_token.as_bytes()) {
+        if is_admin(&parts.headers, state) {
             Ok(AdminToken)
         } else {
             Err(ApiError::Unauthorized)
@@ -185,11 +179,67 @@ impl FromRequestParts<AppState> for AdminToken {
     }
 }
 
-/// Compares in time independent of where the bytes differ (only the
-/// length may show), so the admin token cannot be guessed byte by byte.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Proof that the call may confirm a hold: it carries the payment
+/// service's token (`--confirm-token`) or the admin token. A user's own
+/// JWT is refused with 403 `forbidden_confirm` (a hold stands for "payment
+/// done", which the user cannot vouch for), anything else with 401
+/// `unauthorized`.
+#[derive(Debug, Clone, Copy)]
+pub struct Confirmer;
+
+impl FromRequestParts<AppState> for Confirmer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let given = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let payment = given
+            .zip(state.confirm_token_digest.as_ref())
+            .is_some_and(|(g, d)| admin_token_matches(g, d));
+        if payment || is_admin(&parts.headers, state) {
+            return Ok(Confirmer);
+        }
+        let user_token = bearer(&parts.headers)
+            .zip(state.jwt.as_deref())
+            .is_some_and(|(t, v)| v.verify(t).is_ok());
+        if user_token {
+            return Err(ApiError::Forbidden {
+                code: "forbidden_confirm",
+                detail: "a user cannot confirm a hold; the payment service does".into(),
+            });
+        }
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// Whether the request carries the admin bearer token; for a public route
+/// that serves the admin differently (a fresh campaign read) and refuses
+/// nobody.
+pub fn is_admin(headers: &HeaderMap, state: &AppState) -> bool {
+    // Exactly `Bearer <token>`: stricter than the user's `bearer`, as the
+    // admin check always was.
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| admin_token_matches(given, &state.admin_token_digest))
+}
+
+/// The SHA-256 digest of a token.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Whether `given` is the token whose digest is `expected`. Digests of
+/// fixed length are compared in constant time: the time shows neither
+/// where the bytes differ nor how long the configured token is.
+fn admin_token_matches(given: &str, expected: &[u8; 32]) -> bool {
     use subtle::ConstantTimeEq;
-    a.ct_eq(b).into()
+    token_digest(given).ct_eq(expected).into()
 }
 
 /// The bearer token of `Authorization`, if any.
@@ -251,6 +301,15 @@ impl Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_admin_token_is_compared_by_digest() {
+        let d = token_digest("the-admin-token");
+        assert!(admin_token_matches("the-admin-token", &d));
+        for other in ["", "the-admin-toke", "the-admin-token ", "the-admin-tokeN"] {
+            assert!(!admin_token_matches(other, &d), "{other:?}");
+        }
+    }
 
     #[test]
     fn bearer_is_parsed() {

@@ -5,10 +5,12 @@
 //! `responses` and their identity checks from `auth`; they never import
 //! another resource's module or the OpenAPI document.
 
+use std::time::Duration;
+
 use axum::{
     extract::{Path, Query, State},
-    http::StatusCode,
-    response::IntoResponse,
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
     routing::{self, post},
     Json, Router,
 };
@@ -17,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    auth::AdminToken,
+    auth::{is_admin, AdminToken},
+    campaign_cache::Cached,
     error::{ApiError, Problem, PROBLEM_JSON},
     responses::{AdminErrors, CampaignErrors, IpLimitErrors, JsonBodyErrors, StoreErrors},
     ApiJson, AppState,
@@ -222,25 +225,101 @@ pub async fn create(
     if let Err(e) = state.admissions.on_create(&c).await {
         tracing::warn!(error = %e, campaign = %c.id, "could not prepare the new campaign (redis state)");
     }
+    // An earlier read of this id may have cached a 404 here.
+    state.campaign_bodies.forget(c.id.0);
     state.worker_wakeup.notify_one();
     tracing::info!(campaign = %c.id, mode = %c.mode, pools = c.pools.len(), "campaign created");
     let b = body(&state, &c).await?;
     Ok((StatusCode::CREATED, Json(b)))
 }
 
-/// Reads a campaign with its counts.
+/// Reads a campaign with its counts. The answer (a 404 too) is cached
+/// about a second per campaign, here and, through `Cache-Control`, in
+/// front; `If-None-Match` with its `ETag` gets 304. A read with the admin
+/// token is fresh.
 #[utoipa::path(get, path = "/v1/campaigns/{id}",
     params(("id" = i64, Path, description = "Campaign id")),
     responses(
-        (status = 200, description = "The campaign with its counts", body = CampaignBody),
+        (status = 200, description = "The campaign with its counts (at most `max-age` seconds old)", body = CampaignBody,
+            headers(("ETag" = String, description = "Tag of this body"), ("Cache-Control" = String, description = "public, max-age=1"))),
+        (status = 304, description = "Not modified: the If-None-Match tag is current"),
         CampaignErrors, IpLimitErrors, StoreErrors,
     ))]
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<CampaignBody>, ApiError> {
-    let c = state.campaign(&id).await?;
-    Ok(Json(body(&state, &c).await?))
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let cache_control = cache_control(state.campaign_bodies.ttl());
+    // A non-numeric id names no campaign: no lookup, no cache entry.
+    let Ok(num) = id.parse::<i64>() else {
+        return Err(ApiError::campaign_not_found());
+    };
+    // The admin (operators, the bench's drain probe) reads fresh counts.
+    let fresh = is_admin(&headers, &state);
+    let fill = || async {
+        let by = if fresh { "admin" } else { "public" };
+        metrics::counter!("firstcome_campaign_reads_from_db_total", "by" => by).increment(1);
+        match state.campaign(&id).await {
+            Ok(c) => {
+                let b = body(&state, &c).await?;
+                let json = serde_json::to_vec(&b)
+                    .map_err(|e| ApiError::Internal(format!("campaign body: {e}")))?;
+                Ok(Cached::found(json))
+            }
+            Err(ApiError::NotFound { .. }) => Ok(Cached::NotFound),
+            Err(e) => Err(e),
+        }
+    };
+    let resp = match state.campaign_bodies.get(num, fresh, fill).await? {
+        Cached::NotFound => ApiError::campaign_not_found().into_response(),
+        Cached::Found { body, etag } => {
+            if matches_etag(&headers, &etag) {
+                (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response()
+            } else {
+                (
+                    [
+                        (
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/json"),
+                        ),
+                        (header::ETAG, etag),
+                    ],
+                    body,
+                )
+                    .into_response()
+            }
+        }
+    };
+    let mut resp = resp;
+    // On 404 too: a CDN may keep the refusal as long as the body.
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, cache_control);
+    Ok(resp)
+}
+
+/// `Cache-Control` of a campaign read: `public, max-age=<whole seconds of
+/// the TTL>`, `no-cache` when under a second.
+fn cache_control(ttl: Duration) -> HeaderValue {
+    match ttl.as_secs() {
+        0 => HeaderValue::from_static("no-cache"),
+        s => HeaderValue::from_str(&format!("public, max-age={s}")).expect("a valid header"),
+    }
+}
+
+/// Whether `If-None-Match` names `etag` (or is `*`); weak tags compare by
+/// their opaque part, as RFC 9110 asks for GET.
+fn matches_etag(headers: &HeaderMap, etag: &HeaderValue) -> bool {
+    let Ok(ours) = etag.to_str() else {
+        return false;
+    };
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|t| t == "*" || t.trim_start_matches("W/") == ours)
 }
 
 /// Exports active grants, paged.

@@ -23,11 +23,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::responses::{
-    CampaignErrors, ClaimPathErrors, JsonBodyErrors, StoreErrors, UserCallErrors,
+    CampaignErrors, ClaimPathErrors, IpLimitErrors, JsonBodyErrors, StoreErrors, UserCallErrors,
 };
 use super::{
     answers::{answer, settled, ClaimAnswer, ClaimRequest},
-    auth::Caller,
+    auth::{Caller, Confirmer},
     error::{ApiError, Problem, PROBLEM_JSON},
     ApiJson, AppState,
 };
@@ -123,9 +123,11 @@ pub async fn claim(
     Path(id): Path<String>,
     body: Result<ApiJson<ClaimRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let c = state.campaign(&id).await?;
+    // The user (token subject, rate limit) before the campaign, as every
+    // user call: a flood naming unknown campaigns is limited like any other.
     let ApiJson(req) = body?;
     let user = caller.user(&state, req.user_id)?;
+    let c = state.campaign(&id).await?;
     let pool_name = req.pool.map(PoolName::parse).transpose()?;
     let pool = c.pool(pool_name.as_ref()).ok_or_else(|| match &pool_name {
         Some(p) => ApiError::unprocessable("unknown_pool", format!("campaign has no pool {p}")),
@@ -215,22 +217,27 @@ pub async fn cancel(
     }
 }
 
-/// Confirms a held grant (payment done): it will not expire.
+/// Confirms a held grant (payment done): it will not expire. A call of the
+/// payment service (or the admin), never of the user.
 #[utoipa::path(post, path = "/v1/campaigns/{id}/claims/{user_id}/confirm",
-    params(("id" = i64, Path, description = "Campaign id"), ("user_id" = String, Path, description = "User id")),
+    security(("payment" = []), ("admin" = [])),
+    params(ClaimPath),
     responses(
         (status = 200, description = "Confirmed (or already confirmed)", body = ClaimAnswer),
-        (status = 404, body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, description = "Neither the payment service's token nor the admin token: unauthorized", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "A user's own token: forbidden_confirm", body = Problem, content_type = PROBLEM_JSON),
         (status = 409, description = "No hold in this campaign, not granted, or expired", body = Problem, content_type = PROBLEM_JSON),
-        (status = 422, body = Problem, content_type = PROBLEM_JSON),
-        (status = 503, body = Problem, content_type = PROBLEM_JSON),
+        ClaimPathErrors, IpLimitErrors, StoreErrors,
     ))]
 pub async fn confirm(
     State(state): State<AppState>,
-    caller: Caller,
     Path(p): Path<ClaimPath>,
+    _: Confirmer,
 ) -> Result<Json<ClaimAnswer>, ApiError> {
-    let (c, user) = target(&state, &caller, p).await?;
+    // No per-user limit: the payment service is trusted, and the per-IP
+    // limit still applies.
+    let user = UserId::parse(p.user_id)?;
+    let c = state.campaign(&p.id).await?;
     if c.confirm_within_secs.is_none() {
         return Err(ApiError::conflict(
             "no_hold",

@@ -23,6 +23,13 @@ use crate::{
 /// Seconds a client should wait before retrying a 503.
 pub const RETRY_AFTER_SECS: u64 = 1;
 
+/// The detail of every 503 `database_unavailable`: fixed, the cause is
+/// logged, never answered.
+pub const DATABASE_UNAVAILABLE: &str = "the database is unavailable; retry shortly";
+
+/// The detail of every 503 `redis_unavailable`: fixed, the cause is logged.
+pub const REDIS_UNAVAILABLE: &str = "redis is unavailable; retry shortly";
+
 /// Media type of every error answer.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -302,10 +309,12 @@ impl From<PgError> for ApiError {
             e if e.is_unique_violation() => {
                 Self::conflict("conflict", "the request collides with existing data")
             }
-            e => Self::unavailable(
-                "database_unavailable",
-                format!("the database is unavailable ({e})"),
-            ),
+            e => {
+                // The cause stays in the log: driver text names databases,
+                // hosts and statements.
+                tracing::warn!(error = %e, "database unavailable");
+                Self::unavailable("database_unavailable", DATABASE_UNAVAILABLE)
+            }
         }
     }
 }
@@ -314,7 +323,10 @@ impl From<RedisStoreError> for ApiError {
     fn from(e: RedisStoreError) -> Self {
         match e {
             RedisStoreError::Protocol(m) => Self::Internal(m),
-            e => Self::unavailable("redis_unavailable", format!("redis is unavailable ({e})")),
+            e => {
+                tracing::warn!(error = %e, "redis unavailable");
+                Self::unavailable("redis_unavailable", REDIS_UNAVAILABLE)
+            }
         }
     }
 }
@@ -327,5 +339,25 @@ impl From<AdmissionError> for ApiError {
             AdmissionError::Rebuilding => Self::unavailable("rebuilding", e.to_string()),
             AdmissionError::Pending => Self::unavailable("pending", e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_redis_failure_answers_the_fixed_detail() {
+        let cause = redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "connection refused",
+            "redis://10.1.2.3:6379".to_string(),
+        ));
+        let resp = ApiError::from(RedisStoreError::Redis(cause)).into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["code"], "redis_unavailable");
+        assert_eq!(v["detail"], REDIS_UNAVAILABLE);
     }
 }

@@ -14,9 +14,10 @@ use std::{
 };
 
 use axum::{
-    extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request},
+    extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State},
+    http::Method,
     middleware::{self, Next},
-    response::Response,
+    response::{IntoResponse, Response},
     Router,
 };
 use sqlx::PgPool;
@@ -29,6 +30,7 @@ use crate::{
 
 pub mod answers;
 pub mod auth;
+pub mod campaign_cache;
 pub mod campaigns;
 pub mod claims;
 pub mod error;
@@ -36,6 +38,7 @@ pub mod limits;
 pub mod openapi;
 pub mod ops;
 pub mod responses;
+pub mod serve;
 
 pub use error::ApiError;
 
@@ -52,8 +55,12 @@ pub struct AppState {
     pub redis: RedisStore,
     /// The admission modes.
     pub admissions: Arc<Admissions>,
-    /// Bearer token of admin calls.
-    pub admin_token: Arc<str>,
+    /// SHA-256 of the bearer token of admin calls: the token itself is not
+    /// kept, and comparing digests hides its length (`auth::AdminToken`).
+    pub admin_token_digest: [u8; 32],
+    /// SHA-256 of the payment service's bearer token, which may confirm
+    /// holds and nothing else; `None` leaves confirming to the admin.
+    pub confirm_token_digest: Option<[u8; 32]>,
     /// Campaigns are immutable once created, so they are cached forever:
     /// a claim never reads PostgreSQL to find its campaign.
     pub campaigns: Arc<RwLock<HashMap<CampaignId, Arc<Campaign>>>>,
@@ -65,6 +72,10 @@ pub struct AppState {
     pub jwt: Option<Arc<auth::JwtVerifier>>,
     /// Rate limits per user and per client IP.
     pub limits: limits::RateLimits,
+    /// Longest a request may take (SSE streams excluded).
+    pub request_timeout: Duration,
+    /// Answers of `GET /v1/campaigns/{id}`, kept about a second.
+    pub campaign_bodies: campaign_cache::BodyCache,
 }
 
 impl AppState {
@@ -124,6 +135,7 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::router())
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
+        .route_layer(middleware::from_fn_with_state(state.clone(), timeout))
         .route_layer(middleware::from_fn(track))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
@@ -134,7 +146,51 @@ pub fn router(state: AppState) -> Router {
 
 /// The routes of a worker-only process: health, readiness, metrics.
 pub fn ops_router(state: AppState) -> Router {
-    ops::router().fallback(ops::not_found).with_state(state)
+    ops::router()
+        .route_layer(middleware::from_fn_with_state(state.clone(), timeout))
+        .fallback(ops::not_found)
+        .with_state(state)
+}
+
+/// The route of the SSE stream, which ends at `sse_max` rather than at the
+/// request timeout.
+const EVENTS_ROUTE: &str = "/v1/campaigns/{id}/claims/{user_id}/events";
+
+/// Middleware: a request (body read included) that takes longer than
+/// `request_timeout` is dropped and answered 503 `request_timeout`, so a
+/// slow client or a stuck store cannot hold a task forever. Dropping a
+/// handler is what a client disconnect does already: the modes settle
+/// abandoned work (e.g. gate's orphan sweeper).
+async fn timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let stream = req
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|p| p.as_str() == EVENTS_ROUTE);
+    if stream {
+        return next.run(req).await;
+    }
+    match tokio::time::timeout(state.request_timeout, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::unavailable("request_timeout", "the request took too long; retry")
+            .into_response(),
+    }
+}
+
+/// The `method` label of a request: the standard methods by name, anything
+/// else `other`, so a client cannot create series by inventing methods.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }
 
 /// Records the request latency histogram and count per route and status.
@@ -145,7 +201,7 @@ async fn track(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
     metrics::histogram!(

@@ -31,7 +31,8 @@ pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
 
-/// The two bearer schemes: the admin token and user JWTs.
+/// The bearer schemes: the admin token, the payment service's token and
+/// user JWTs.
 struct Auth;
 
 impl Modify for Auth {
@@ -43,6 +44,18 @@ impl Modify for Auth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some("The admin token (FIRSTCOME_ADMIN_TOKEN)"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "payment",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The payment service's token (FIRSTCOME_CONFIRM_TOKEN): it may only \
+                         confirm holds",
+                    ))
                     .build(),
             ),
         );

@@ -1,17 +1,24 @@
 //! Recovery: holds that expire unless confirmed, the reconciler repairing
 //! drift between Redis and PostgreSQL, dead-letter replay.
 
-use crate::common::{common_for, eventually, redis_conn, spawn_app, TestApp};
+use crate::common::{common_for, eventually, redis_conn, spawn_app, TestApp, TOKEN};
 use firstcome::{domain::CampaignId, storage::pg, tasks::reconcile};
 use serde_json::{json, Value};
 
+/// Confirms `user`'s hold as the admin (the payment service's stand-in).
 async fn confirm(app: &TestApp, id: i64, user: &str) -> (u16, Value) {
-    app.send(
-        reqwest::Method::POST,
-        &format!("/v1/campaigns/{id}/claims/{user}/confirm"),
-        None,
-    )
-    .await
+    let r = app
+        .http
+        .post(format!(
+            "{}/v1/campaigns/{id}/claims/{user}/confirm",
+            app.base
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("request");
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

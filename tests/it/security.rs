@@ -398,6 +398,10 @@ fn the_production_profile_refuses_to_start_half_configured() {
     a.admin_token = Some("short".into());
     assert_eq!(a.validate(), Err(ConfigError::ProductionWithoutAdminToken));
     a.admin_token = Some("a-long-enough-admin-token".into());
+    assert_eq!(a.validate(), Err(ConfigError::ProductionWithoutAudience));
+    a.jwt_audience = Some("firstcome".into());
+    assert_eq!(a.validate(), Err(ConfigError::ProductionWithoutIssuer));
+    a.jwt_issuer = Some("https://id.example".into());
     assert_eq!(a.validate(), Ok(()));
     a.jwt_secret = None;
     assert_eq!(a.validate(), Err(ConfigError::ProductionWithoutJwtKey));
@@ -446,4 +450,545 @@ mod base64_like {
         }
         out
     }
+}
+
+/// Reads from `s` until the server closes the connection (EOF or reset);
+/// returns what was read, or `None` if it is still open at `deadline`.
+async fn read_until_closed(s: &mut tokio::net::TcpStream, deadline: Duration) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout_at(until, s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_sending_half_a_request_line_is_disconnected() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn(|a| a.header_read_timeout_secs = 1).await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    // Slow headers: half a request line, then nothing.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HT").await.unwrap();
+    let got = read_until_closed(&mut slow, Duration::from_secs(10)).await;
+    assert!(
+        got.is_some(),
+        "a slow-headers connection was still open after 10 s"
+    );
+    // Nothing at all after connecting: closed too.
+    let mut mute = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let got = read_until_closed(&mut mute, Duration::from_secs(10)).await;
+    assert!(
+        got.is_some(),
+        "a silent connection was still open after 10 s"
+    );
+    // The service still answers.
+    assert_eq!(call(&app, Method::GET, "/healthz", None, None).await.0, 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_whose_body_never_comes_gets_503_at_the_request_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn(|a| a.request_timeout_secs = 1).await;
+    let id = app.campaign("gate", &[("main", 5)]).await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // A complete head announcing a body that never arrives.
+    let head = format!(
+        "POST /v1/campaigns/{id}/claims HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"user_id\""
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // Read until the answer's code shows up (the connection may stay open).
+    use tokio::io::AsyncReadExt;
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("request_timeout") {
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout_at(until, s.read(&mut buf)).await {
+            Err(_) => panic!("no answer within 10 s: {}", String::from_utf8_lossy(&got)),
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+    app.stop().await;
+}
+
+#[test]
+fn connection_limits_are_checked_at_startup() {
+    let mut a = ServeArgs::for_tests("postgres://x/y", "redis://x", "fc", "t");
+    assert_eq!(a.validate(), Ok(()));
+    a.idle_timeout_secs = a.request_timeout_secs;
+    assert_eq!(a.validate(), Err(ConfigError::BadTimeouts));
+    a.idle_timeout_secs = 15;
+    a.request_timeout_secs = 5;
+    assert_eq!(a.validate(), Err(ConfigError::BadTimeouts));
+    a.idle_timeout_secs = 16;
+    assert_eq!(a.validate(), Ok(()));
+    a.header_read_timeout_secs = 0;
+    assert_eq!(a.validate(), Err(ConfigError::BadTimeouts));
+    a.header_read_timeout_secs = 1;
+    a.max_connections = 0;
+    assert_eq!(a.validate(), Err(ConfigError::NoConnections));
+}
+
+#[tokio::test]
+async fn request_metrics_label_unknown_methods_as_other() {
+    let app = common::spawn_app().await;
+    let id = app.campaign("gate", &[("main", 1)]).await;
+    // Methods a client makes up must not become label values: each would
+    // be a new series for as long as the process lives.
+    let made_up = Method::from_bytes(b"FOOBARSEC").unwrap();
+    for path in [format!("/v1/campaigns/{id}"), "/healthz".to_string()] {
+        let (s, _) = app.send(made_up.clone(), &path, None).await;
+        assert_eq!(s, 405, "{path}");
+    }
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!metrics.contains("FOOBARSEC"), "{metrics}");
+    assert!(
+        metrics.contains(r#"method="other",route="/v1/campaigns/{id}",status="405""#),
+        "{metrics}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_not_valid_yet_is_refused() {
+    let app = spawn(|a| a.jwt_secret = Some(SECRET.into())).await;
+    let id = app.campaign("gate", &[("main", 5)]).await;
+    // nbf an hour ahead: far beyond the clock-skew leeway.
+    let early = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": "gina", "exp": now() + 7200, "nbf": now() + 3600}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let (s, _, v) = claim(&app, id, Some(&early), "gina").await;
+    assert_eq!((s, v["code"].as_str()), (401, Some("invalid_token")), "{v}");
+    // Within the leeway it is accepted.
+    let skewed = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": "gina", "exp": now() + 7200, "nbf": now() + 5}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let (s, _, v) = claim(&app, id, Some(&skewed), "gina").await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("granted")), "{v}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_store_failure_answers_a_fixed_detail_without_driver_text() {
+    let name = common::unique("sec");
+    let db_url = common::fresh_database(&name).await;
+    let app = common::spawn_app_on(&db_url, &name, |_| {})
+        .await
+        .owning_database();
+    // Take the database away under the running app.
+    let server = db_url.rsplit_once('/').unwrap().0;
+    let mut admin =
+        <sqlx::PgConnection as sqlx::Connection>::connect(&format!("{server}/postgres"))
+            .await
+            .unwrap();
+    sqlx::query(&format!(r#"DROP DATABASE "{name}" WITH (FORCE)"#))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    app.db.close().await;
+    for path in ["/readyz", "/v1/campaigns/424242"] {
+        let (s, ra, v) = call(&app, Method::GET, path, None, None).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (503, Some("database_unavailable")),
+            "{path}: {v}"
+        );
+        assert!(ra.is_some(), "{path}: Retry-After");
+        let detail = v["detail"].as_str().unwrap();
+        for leak in [name.as_str(), "postgres", "sqlx", "pool", "error returned"] {
+            assert!(
+                !detail.contains(leak),
+                "{path}: the detail leaks {leak:?}: {detail}"
+            );
+        }
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn create_checks_the_admin_token_before_the_body() {
+    let app = common::spawn_app().await;
+    let url = format!("{}/v1/campaigns", app.base);
+    for token in [
+        None,
+        Some("wrong-token"),
+        Some("test-admin-token-but-longer"),
+    ] {
+        for body in ["{not json", r#"{"name": 1}"#] {
+            let mut r = app
+                .http
+                .post(&url)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body);
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            let r = r.send().await.unwrap();
+            let s = r.status().as_u16();
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(
+                (s, v["code"].as_str()),
+                (401, Some("unauthorized")),
+                "{token:?} {body}"
+            );
+        }
+    }
+    // Without a content type, too: the token comes first.
+    let r = app.http.post(&url).body("x").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    // With the token, the body is judged.
+    let r = app
+        .http
+        .post(&url)
+        .bearer_auth(common::TOKEN)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn claims_to_an_unknown_campaign_count_against_the_user_limit() {
+    let app = spawn(|a| {
+        a.rate_per_user = 1;
+        a.rate_per_user_burst = 3;
+    })
+    .await;
+    // Each of these used to cost a PostgreSQL lookup and no token of the
+    // limit: a free flood.
+    let mut codes = Vec::new();
+    for _ in 0..200 {
+        let (s, _, v) = claim(&app, 987_654_321, None, "mallory").await;
+        codes.push(s);
+        if s == 429 {
+            assert_eq!(v["code"], "rate_limited");
+            break;
+        }
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (404, Some("campaign_not_found")),
+            "{v}"
+        );
+    }
+    assert_eq!(codes.last(), Some(&429), "never limited: {codes:?}");
+    app.stop().await;
+}
+
+/// `firstcome_campaign_reads_from_db_total` of public reads, from the
+/// (process-wide) metrics.
+async fn campaign_db_reads(app: &common::TestApp) -> f64 {
+    let text = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(r#"firstcome_campaign_reads_from_db_total{by="public"} "#))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+/// `n` concurrent GETs of `path` (50 at a time); their statuses.
+async fn flood_get(app: &common::TestApp, path: &str, n: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    for _ in 0..n / 50 {
+        let batch = (0..50).map(|_| async {
+            let r = app.http.get(format!("{}{path}", app.base)).send().await;
+            r.expect("request").status().as_u16()
+        });
+        out.extend(futures::future::join_all(batch).await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn campaign_reads_are_cached_with_an_etag_and_spare_postgresql() {
+    let app = common::spawn_app().await;
+    let id = app.campaign("gate", &[("main", 5)]).await;
+    let path = format!("/v1/campaigns/{id}");
+    let url = format!("{}{path}", app.base);
+    let r = app.http.get(&url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()[header::CACHE_CONTROL], "public, max-age=1");
+    let etag = r.headers()[header::ETAG].clone();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["id"], id);
+    // Nothing changed, so whether the body was refilled or not, the tag
+    // still matches: 304 without a body.
+    let r = app
+        .http
+        .get(&url)
+        .header(header::IF_NONE_MATCH, etag.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 304);
+    assert_eq!(r.headers()[header::ETAG], etag);
+    assert!(r.bytes().await.unwrap().is_empty());
+    let r = app
+        .http
+        .get(&url)
+        .header(header::IF_NONE_MATCH, "\"another\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+
+    // A flood of reads of one campaign, then of an unknown one: each read
+    // used to cost a PostgreSQL query; now one per second per id. The
+    // counter is process-wide (other tests read campaigns too), hence the
+    // loose bound: without the cache it grows by at least n.
+    let n = 400;
+    for (path, want) in [(path.as_str(), 200), ("/v1/campaigns/987654321", 404)] {
+        let before = campaign_db_reads(&app).await;
+        let statuses = flood_get(&app, path, n).await;
+        assert!(statuses.iter().all(|s| *s == want), "{path}: {statuses:?}");
+        let reads = campaign_db_reads(&app).await - before;
+        assert!(
+            reads < (n / 4) as f64,
+            "{path}: {n} reads cost {reads} PostgreSQL reads"
+        );
+    }
+    // A claim is seen by the public within the TTL, by the admin at once.
+    let (s, _) = app.claim(id, "ida", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(common::total_granted(&app.campaign_body(id).await), 1);
+    common::until("the public read counts the grant", || async {
+        common::total_granted(&app.send(Method::GET, &path, None).await.1) == 1
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn only_the_payment_service_or_the_admin_confirms_a_hold() {
+    const PAYMENT: &str = "the-payment-service-token";
+    let app = spawn(|a| {
+        a.jwt_secret = Some(SECRET.into());
+        a.confirm_token = Some(PAYMENT.into());
+    })
+    .await;
+    let id = app
+        .create_campaign(json!({"name":"seats","mode":"gate",
+            "pools":[{"name":"hall","stock":3}],"confirm_within_secs":600}))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let alice = hs256("alice", now() + 600, SECRET);
+    let (s, _, v) = claim(&app, id, Some(&alice), "alice").await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("granted")), "{v}");
+    let path = format!("/v1/campaigns/{id}/claims/alice/confirm");
+    // Her own token cannot vouch for her payment.
+    let (s, _, v) = call(&app, Method::POST, &path, Some(&alice), None).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (403, Some("forbidden_confirm")),
+        "{v}"
+    );
+    for token in [None, Some("wrong"), Some(SECRET)] {
+        let (s, _, v) = call(&app, Method::POST, &path, token, None).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{token:?}: {v}"
+        );
+    }
+    let (s, _, v) = call(
+        &app,
+        Method::GET,
+        &format!("/v1/campaigns/{id}/claims/alice"),
+        Some(&alice),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, v["hold"].as_str()),
+        (200, Some("held")),
+        "still held: {v}"
+    );
+    // The payment service confirms; the admin may too (idempotent).
+    let (s, _, v) = call(&app, Method::POST, &path, Some(PAYMENT), None).await;
+    assert_eq!((s, v["hold"].as_str()), (200, Some("confirmed")), "{v}");
+    let (s, _, v) = call(&app, Method::POST, &path, Some(common::TOKEN), None).await;
+    assert_eq!((s, v["hold"].as_str()), (200, Some("confirmed")), "{v}");
+    // The payment token is good for nothing else.
+    let (s, _, _) = call(
+        &app,
+        Method::GET,
+        &format!("/v1/campaigns/{id}/grants"),
+        Some(PAYMENT),
+        None,
+    )
+    .await;
+    assert_eq!(s, 401);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_finishes_requests_in_flight_and_closes_the_rest() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn(|a| a.header_read_timeout_secs = 2).await;
+    let id = app.campaign("gate", &[("main", 5)]).await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let connect = || tokio::net::TcpStream::connect(addr.clone());
+    // Reads until `needle` shows up (deadline 10 s); what was read.
+    async fn read_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains(needle) {
+            let mut buf = [0u8; 1024];
+            match tokio::time::timeout_at(until, s.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                other => panic!(
+                    "{needle:?} not read ({other:?}): {}",
+                    String::from_utf8_lossy(&got)
+                ),
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+    // An idle keep-alive connection, and one stuck in its request line.
+    let mut idle = connect().await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut idle, "ok").await;
+    let mut slow = connect().await.unwrap();
+    slow.write_all(b"GET /healthz HT").await.unwrap();
+    // A claim in flight: its handler is reading the body (100 Continue
+    // says so) when the shutdown comes.
+    let body = r#"{"user_id":"late"}"#;
+    let mut busy = connect().await.unwrap();
+    busy.write_all(
+        format!(
+            "POST /v1/campaigns/{id}/claims HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nexpect: 100-continue\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    read_until(&mut busy, "100 Continue").await;
+    let stopping = tokio::spawn(app.stop());
+    // The idle connection is closed at once, the slow one at its header
+    // timeout; the claim in flight still gets its answer.
+    assert!(
+        read_until_closed(&mut idle, Duration::from_secs(10))
+            .await
+            .is_some(),
+        "the idle connection stayed open"
+    );
+    busy.write_all(body.as_bytes()).await.unwrap();
+    let answer = read_until(&mut busy, "granted").await;
+    assert!(answer.contains("HTTP/1.1 200"), "{answer}");
+    assert!(
+        read_until_closed(&mut slow, Duration::from_secs(10))
+            .await
+            .is_some(),
+        "the slow connection stayed open"
+    );
+    stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn beyond_the_connection_cap_a_client_waits_for_a_free_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn(|a| {
+        a.max_connections = 1;
+        a.header_read_timeout_secs = 1;
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    // The one slot: a client that says nothing (closed at its header
+    // timeout).
+    let first = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // The next one is accepted by the kernel's backlog, served later.
+    let mut second = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    second
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), second.read_to_end(&mut got))
+        .await
+        .expect("served within 10 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    // It was served only once the first had been closed: the first's end
+    // of stream was already there (loopback delivers the server's FIN
+    // before the second connection could even be accepted).
+    let mut buf = [0u8; 16];
+    match first.try_read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => {
+            panic!("the first connection was still open when the second was served: {other:?}")
+        }
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_without_traffic_is_closed_at_the_idle_timeout() {
+    use tokio::io::AsyncWriteExt;
+    // The header timeout out of the way: only the idle timeout (the
+    // shortest allowed, 16 s) can close these.
+    let app = spawn(|a| {
+        a.header_read_timeout_secs = 3600;
+        a.request_timeout_secs = 1;
+        a.idle_timeout_secs = 16;
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut kept = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut kept, Duration::from_secs(40))
+        .await
+        .expect("the kept-alive connection was closed within 40 s");
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    assert!(
+        read_until_closed(&mut silent, Duration::from_secs(10))
+            .await
+            .is_some(),
+        "the silent connection was still open"
+    );
+    app.stop().await;
 }

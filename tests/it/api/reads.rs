@@ -32,9 +32,7 @@ trait WaitGet {
 impl WaitGet for common::TestApp {
     async fn wait_durable_then_get(&self, id: i64, n: i64) -> Value {
         self.wait_durable(id, n).await;
-        self.send(reqwest::Method::GET, &format!("/v1/campaigns/{id}"), None)
-            .await
-            .1
+        self.campaign_body(id).await
     }
 }
 
