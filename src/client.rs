@@ -30,8 +30,12 @@ impl Client {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(Duration::from_secs(5)));
+        // Idle connections are dropped before the server's header-read
+        // timeout (10 s by default) closes them, so a request is never sent
+        // on a connection the server is closing.
         let inner = HyperClient::builder(TokioExecutor::new())
             .pool_max_idle_per_host(max_idle)
+            .pool_idle_timeout(Duration::from_secs(5))
             .build(conn);
         Self {
             inner,

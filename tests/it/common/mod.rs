@@ -144,6 +144,8 @@ pub async fn spawn_app_on(
         base,
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(256)
+            // Below the server's header-read timeout (see src/client.rs).
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .expect("client"),
         db,
