@@ -302,6 +302,15 @@ impl From<IdError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// A store is down: 503 `code` with a fixed `detail`; the cause stays
+    /// in the log (driver text names databases, hosts and statements).
+    fn store_down(code: &'static str, detail: &'static str, cause: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(error = %cause, code, "store unavailable");
+        Self::unavailable(code, detail)
+    }
+}
+
 impl From<PgError> for ApiError {
     fn from(e: PgError) -> Self {
         match e {
@@ -309,12 +318,7 @@ impl From<PgError> for ApiError {
             e if e.is_unique_violation() => {
                 Self::conflict("conflict", "the request collides with existing data")
             }
-            e => {
-                // The cause stays in the log: driver text names databases,
-                // hosts and statements.
-                tracing::warn!(error = %e, "database unavailable");
-                Self::unavailable("database_unavailable", DATABASE_UNAVAILABLE)
-            }
+            e => Self::store_down("database_unavailable", DATABASE_UNAVAILABLE, &e),
         }
     }
 }
@@ -323,10 +327,7 @@ impl From<RedisStoreError> for ApiError {
     fn from(e: RedisStoreError) -> Self {
         match e {
             RedisStoreError::Protocol(m) => Self::Internal(m),
-            e => {
-                tracing::warn!(error = %e, "redis unavailable");
-                Self::unavailable("redis_unavailable", REDIS_UNAVAILABLE)
-            }
+            e => Self::store_down("redis_unavailable", REDIS_UNAVAILABLE, &e),
         }
     }
 }

@@ -197,11 +197,7 @@ async fn a_lost_state_is_rebuilt_by_the_reconciler() {
     let common = common_for(&app).await;
     let id = app.campaign("gate", &[("main", 5)]).await;
     app.claim(id, "x", None).await;
-    let c = pg::load_campaign(&common.db, CampaignId(id))
-        .await
-        .unwrap()
-        .unwrap();
-    let k = common.keys(&c);
+    let (_, c, k) = app.redis_side(id).await;
     let mut r = redis_conn().await;
     let _: () = redis::cmd("DEL")
         .arg(&k.meta)

@@ -17,7 +17,7 @@ use crate::{
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Most reservations settled per sweep.
-pub const SWEEP_BATCH: usize = 200;
+pub const SWEEP_BATCH: isize = 200;
 
 /// Runs for one gate campaign until shutdown or its keys expire.
 pub async fn run(common: RedisCommon, c: Campaign, mut shutdown: watch::Receiver<bool>) {
@@ -43,21 +43,7 @@ pub async fn sweep_once(common: &RedisCommon, c: &Campaign) -> anyhow::Result<us
     // skewed app host settles neither too early nor never. (Settling early
     // would cost liveness only: the void row fences a late commit.)
     let cutoff = common.redis_now_ms(c).await? - common.orphan_after_ms;
-    let key = k.pending.clone();
-    let users: Vec<String> = common
-        .redis
-        .run(|mut conn| async move {
-            redis::cmd("ZRANGEBYSCORE")
-                .arg(&key)
-                .arg("-inf")
-                .arg(cutoff)
-                .arg("LIMIT")
-                .arg(0)
-                .arg(SWEEP_BATCH)
-                .query_async(&mut conn)
-                .await
-        })
-        .await?;
+    let users = common.redis.pending_before(&k, cutoff, SWEEP_BATCH).await?;
     let mut settled = 0;
     for u in users {
         let user = UserId::parse(u.clone())?;
@@ -69,17 +55,7 @@ pub async fn sweep_once(common: &RedisCommon, c: &Campaign) -> anyhow::Result<us
             }
             _ => {
                 // Already settled by its request: only the index entry is left.
-                let key = k.pending.clone();
-                common
-                    .redis
-                    .run(|mut conn| async move {
-                        redis::cmd("ZREM")
-                            .arg(&key)
-                            .arg(&u)
-                            .query_async::<i64>(&mut conn)
-                            .await
-                    })
-                    .await?;
+                common.redis.forget_pending(&k, &u).await?;
             }
         }
     }

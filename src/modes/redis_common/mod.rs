@@ -11,7 +11,7 @@ mod state;
 
 pub use answer::{pool_index, Stored, Truth};
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -20,7 +20,7 @@ use super::error::{AdmissionError, CancelOutcome};
 use crate::{
     domain::{Campaign, ClaimOutcome, RejectReason, UserId},
     storage::redis::{
-        stream::{self, Handler, TaskEnv},
+        stream::{self, Entry, Handler, TaskEnv},
         CampaignKeys, RedisStore, ScriptMode,
     },
 };
@@ -64,6 +64,48 @@ impl<'a> Release<'a> {
             },
             ..Release::back(slot)
         }
+    }
+}
+
+/// What a campaign's stream consumer does with each batch (the flusher,
+/// the drainer). Idempotent, as [`Handler::handle`].
+pub trait Batches: Send + Sync + 'static {
+    /// Processes entries in stream order; `Err` leaves them pending.
+    fn handle(&mut self, entries: &[Entry]) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// A campaign's stream consumer: `batches` handles the entries; the
+/// campaign's key lifetime says when it is finished, and a lost stream or
+/// state is recovered here, the same for every mode.
+struct Consumer<B> {
+    /// Redis and PostgreSQL.
+    common: RedisCommon,
+    /// The campaign.
+    campaign: Campaign,
+    /// Whose stream: the outbox (write-behind) or the queue (enqueue).
+    mode: ScriptMode,
+    /// What handles the entries.
+    batches: B,
+}
+
+impl<B: Batches> Handler for Consumer<B> {
+    async fn handle(&mut self, entries: &[Entry]) -> anyhow::Result<()> {
+        self.batches.handle(entries).await
+    }
+
+    fn finished(&self) -> bool {
+        RedisCommon::keys_expired(&self.campaign, Utc::now())
+    }
+
+    /// The stream may have been created again without its group (a write
+    /// racing a partial expiry) while the state lives: give it one; then
+    /// rebuild the state from PostgreSQL if it is lost.
+    async fn recover(&mut self) -> anyhow::Result<()> {
+        let (c, common) = (&self.campaign, &self.common);
+        common
+            .ensure_group(self.mode.stream(&common.keys(c)))
+            .await?;
+        Ok(common.rebuild(c).await?)
     }
 }
 
@@ -147,26 +189,25 @@ impl RedisCommon {
         (end + chrono::Duration::seconds(jitter)).timestamp_millis()
     }
 
-    /// The campaign's stream consumer (flusher, drainer): `handler` over
-    /// the stream `mode`'s claims feed, under the campaign's lease.
-    pub fn spawn_consumer<H: Handler>(
+    /// The campaign's stream consumer: `batches` (the flusher, the
+    /// drainer) over the stream `mode`'s claims feed, under the campaign's
+    /// lease; when it ends and how it recovers is the campaign's
+    /// ([`Consumer`]).
+    pub fn spawn_consumer<B: Batches>(
         &self,
         c: &Campaign,
         mode: ScriptMode,
         env: TaskEnv,
-        handler: H,
+        batches: B,
     ) -> JoinHandle<()> {
         let k = self.keys(c);
-        stream::spawn(&self.redis, mode.stream(&k), &k.lease, env, handler)
-    }
-
-    /// A stream consumer's recovery when its stream or group is gone: the
-    /// stream may have been created again without its group (a write
-    /// racing a partial expiry) while the state lives, so give it one;
-    /// then rebuild the state from PostgreSQL if it is lost.
-    pub async fn recover_consumer(&self, c: &Campaign, mode: ScriptMode) -> anyhow::Result<()> {
-        self.ensure_group(mode.stream(&self.keys(c))).await?;
-        Ok(self.rebuild(c).await?)
+        let consumer = Consumer {
+            common: self.clone(),
+            campaign: c.clone(),
+            mode,
+            batches,
+        };
+        stream::spawn(&self.redis, mode.stream(&k), &k.lease, env, consumer)
     }
 
     /// Whether the campaign's keys are past their life: Redis no longer

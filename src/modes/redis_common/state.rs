@@ -219,17 +219,7 @@ impl RedisCommon {
             // A state appeared while we held the lock: a rebuilder paused
             // past its lock loaded it, of an older generation than ours
             // (the newest). Drop it; the next claim rebuilds.
-            let meta = k.meta.clone();
-            let other: Option<i64> = self
-                .redis
-                .run(|mut conn| async move {
-                    redis::cmd("HGET")
-                        .arg(&meta)
-                        .arg("gen")
-                        .query_async(&mut conn)
-                        .await
-                })
-                .await?;
+            let other = self.redis.state_generation(k).await?;
             if let Some(other) = other.filter(|g| *g != gen) {
                 self.drop_stale(c, other).await?;
             }

@@ -4,13 +4,10 @@
 
 use sqlx::PgPool;
 
-use crate::storage::redis::{
-    stream::{Entry, Handler},
-    ScriptMode,
-};
+use crate::storage::redis::stream::Entry;
 use crate::{
     domain::Campaign,
-    modes::redis_common::RedisCommon,
+    modes::redis_common::{Batches, RedisCommon},
     storage::pg::{self, NewGrant, NewRejection, PgError},
 };
 
@@ -24,7 +21,7 @@ pub struct Flusher {
     pub common: RedisCommon,
 }
 
-impl Handler for Flusher {
+impl Batches for Flusher {
     async fn handle(&mut self, entries: &[Entry]) -> anyhow::Result<()> {
         let mut tx = self.db.begin().await.map_err(PgError::from)?;
         let locked = pg::lock_generations(&mut tx, &[self.campaign.id.0]).await?;
@@ -129,14 +126,5 @@ impl Handler for Flusher {
         }
         metrics::counter!("firstcome_flushed_total").increment(expected as u64);
         Ok(())
-    }
-
-    fn finished(&self) -> bool {
-        RedisCommon::keys_expired(&self.campaign, chrono::Utc::now())
-    }
-
-    async fn recover(&mut self) -> anyhow::Result<()> {
-        let mode = ScriptMode::WriteBehind;
-        self.common.recover_consumer(&self.campaign, mode).await
     }
 }

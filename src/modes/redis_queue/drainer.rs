@@ -8,13 +8,10 @@ use std::collections::HashMap;
 
 use sqlx::PgPool;
 
-use crate::storage::redis::{
-    stream::{Entry, Handler},
-    ScriptMode,
-};
+use crate::storage::redis::stream::Entry;
 use crate::{
     domain::{generate_code, Campaign, UserId},
-    modes::redis_common::{RedisCommon, Release, Stored},
+    modes::redis_common::{Batches, RedisCommon, Release, Stored},
     storage::pg::{self, NewGrant, NewRejection},
 };
 
@@ -39,7 +36,7 @@ pub struct Drainer {
     pub attempts: HashMap<String, u32>,
 }
 
-impl Handler for Drainer {
+impl Batches for Drainer {
     async fn handle(&mut self, entries: &[Entry]) -> anyhow::Result<()> {
         let c = &self.campaign;
         let k = self.common.keys(c);
@@ -246,14 +243,5 @@ impl Handler for Drainer {
         }
         metrics::counter!("firstcome_drained_total").increment(triples.len() as u64);
         Ok(())
-    }
-
-    fn finished(&self) -> bool {
-        RedisCommon::keys_expired(&self.campaign, chrono::Utc::now())
-    }
-
-    async fn recover(&mut self) -> anyhow::Result<()> {
-        let mode = ScriptMode::Enqueue;
-        self.common.recover_consumer(&self.campaign, mode).await
     }
 }

@@ -1,7 +1,11 @@
 //! The Lua scripts (`lua/*.lua`, compiled in) and one typed call per
 //! script: each takes the campaign's [`CampaignKeys`] and builds its KEYS
 //! list here, in the order the script's header documents, so no caller
-//! writes a KEYS list by hand.
+//! writes a KEYS list by hand. The few plain commands on a campaign's keys
+//! (dead letters, the reservations index, the state's generation) are typed
+//! here too.
+
+use redis::AsyncCommands;
 
 use super::{
     AnswerSwap, CampaignKeys, InitState, PoolKeys, RedisStore, RedisStoreError, ScriptMode,
@@ -206,6 +210,40 @@ impl RedisStore {
         let keys: [&str; 6] = [&k.ans, &p.left, &k.queue, &k.queued, &k.dlq, &k.meta];
         let args = [user, &pidx.to_string(), seq, id];
         self.eval(&self.scripts().replay, &keys, &args).await
+    }
+
+    /// The generation of the campaign's loaded state (`None`: no state).
+    pub async fn state_generation(&self, k: &CampaignKeys) -> Result<Option<i64>, RedisStoreError> {
+        let meta = k.meta.clone();
+        self.run(|mut c| async move { c.hget(&meta, "gen").await })
+            .await
+    }
+
+    /// Up to `limit` users whose gate reservation was made before
+    /// `cutoff_ms` (Redis time), oldest first.
+    pub async fn pending_before(
+        &self,
+        k: &CampaignKeys,
+        cutoff_ms: i64,
+        limit: isize,
+    ) -> Result<Vec<String>, RedisStoreError> {
+        let pending = k.pending.clone();
+        self.run(|mut c| async move {
+            c.zrangebyscore_limit(&pending, "-inf", cutoff_ms, 0, limit)
+                .await
+        })
+        .await
+    }
+
+    /// Drops `user` from the reservations index (its reservation settled).
+    pub async fn forget_pending(
+        &self,
+        k: &CampaignKeys,
+        user: &str,
+    ) -> Result<(), RedisStoreError> {
+        let (pending, user) = (k.pending.clone(), user.to_string());
+        self.run(|mut c| async move { c.zrem(&pending, &user).await })
+            .await
     }
 
     /// Appends a dead letter (user, pool index, arrival number) to the

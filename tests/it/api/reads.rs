@@ -133,15 +133,7 @@ async fn ops_endpoints_answer() {
     );
     let (s, v) = app.send(reqwest::Method::GET, "/readyz", None).await;
     assert_eq!((s, &v), (200, &json!({"postgres":"ok","redis":"ok"})));
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("firstcome_claims_total{mode=\"gate\",outcome=\"granted\"}"),
         "{metrics}"

@@ -104,8 +104,7 @@ async fn take_over(app: &TestApp, id: i64, n: i64, field: &str) -> (TestApp, Has
 /// A campaign in `mode` with stock 100 rushed (300 users, 1,000 claims)
 /// while no worker runs.
 async fn rush_without_worker(mode: &str) -> (Arc<TestApp>, i64, Vec<(String, u16, Value)>) {
-    let app = Arc::new(spawn_app().await);
-    app.stop_worker.send(true).unwrap();
+    let app = Arc::new(common::spawn_app_without_worker().await);
     let id = app.campaign(mode, &[("main", 100)]).await;
     let answers = rush(&app, id, 300, 1000).await;
     (app, id, answers)

@@ -197,10 +197,7 @@ async fn the_reconciler_never_undoes_a_cancel_in_flight() {
         assert_eq!(app.claim(id, &format!("u{i}"), None).await.0, 200);
     }
     app.wait_durable(id, 60).await;
-    let c = pg::load_campaign(&app.db, CampaignId(id))
-        .await
-        .unwrap()
-        .unwrap();
+    let (_, c, _) = app.redis_side(id).await;
 
     // The state between the two reads: Redis says cancelled, the outbox
     // holds the cancel, PostgreSQL still says active.
@@ -290,18 +287,12 @@ async fn the_reconciler_never_undoes_a_cancel_in_flight() {
 /// back in the queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dead_letters_survive_a_rebuild() {
-    let app = spawn_app().await;
-    app.stop_worker.send(true).unwrap();
+    let app = common::spawn_app_without_worker().await;
     let id = app.campaign("redis-queue", &[("main", 2)]).await;
     let (s, v) = app.claim(id, "a", None).await;
     assert_eq!(s, 202, "{v}");
     let seq = v["seq"].as_i64().unwrap();
-    let common = common_for(&app).await;
-    let c = pg::load_campaign(&app.db, CampaignId(id))
-        .await
-        .unwrap()
-        .unwrap();
-    let k = common.keys(&c);
+    let (common, c, k) = app.redis_side(id).await;
     // What the drainer does to a claim that fails for good.
     common.redis.add_dead_letter(&k, "a", 0, seq).await.unwrap();
     let mut r = redis_conn().await;
@@ -334,15 +325,9 @@ async fn dead_letters_survive_a_rebuild() {
 /// another try.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_state_loaded_behind_a_rebuild_is_dropped() {
-    let app = spawn_app().await;
-    app.stop_worker.send(true).unwrap();
+    let app = common::spawn_app_without_worker().await;
     let id = app.campaign("gate", &[("main", 3)]).await;
-    let common = common_for(&app).await;
-    let c = pg::load_campaign(&app.db, CampaignId(id))
-        .await
-        .unwrap()
-        .unwrap();
-    let k = common.keys(&c);
+    let (common, c, k) = app.redis_side(id).await;
     let old = pg::generation(&app.db, CampaignId(id)).await.unwrap();
     let mut r = redis_conn().await;
     let _: () = redis::cmd("DEL")

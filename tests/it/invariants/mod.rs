@@ -255,14 +255,9 @@ async fn slow_commits_never_turn_a_grant_into_a_404() {
 /// released (and its code voided for good) if not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_uncertain_commit_is_settled_by_postgres() {
-    let app = spawn_app().await;
-    app.stop_worker.send(true).unwrap();
+    let app = common::spawn_app_without_worker().await;
     let id = app.campaign("gate", &[("main", 5)]).await;
-    let common = common_for(&app).await;
-    let c = pg::load_campaign(&app.db, CampaignId(id))
-        .await
-        .unwrap()
-        .unwrap();
+    let (common, c, _) = app.redis_side(id).await;
     let pool = &c.pools[0];
     let reserve = |user: &'static str| {
         let (common, c, pool) = (common.clone(), c.clone(), pool.clone());

@@ -312,41 +312,23 @@ async fn a_rebuild_waits_for_an_outbox_a_flusher_is_writing() {
     let wait = |age_limit_ms: i64| f.store.outbox_to_flush(k, age_limit_ms);
     assert_eq!(wait(120_000).await.unwrap(), 0, "an empty outbox");
     // An entry appended at 1970-01-01T00:00:01Z: older than any limit.
-    let _: String = redis::cmd("XADD")
-        .arg(&k.outbox)
-        .arg("1000-0")
-        .arg("u")
-        .arg("a")
+    let _: () = redis::pipe()
+        .xadd(&k.outbox, "1000-0", &[("u", "a")])
         .query_async(&mut c)
         .await
         .unwrap();
     assert_eq!(wait(120_000).await.unwrap(), 0, "nobody flushes it");
-    let _: () = redis::cmd("SET")
-        .arg(&k.lease)
-        .arg("a-worker")
-        .arg("PX")
-        .arg(60_000)
+    let _: () = redis::pipe()
+        .pset_ex(&k.lease, "a-worker", 60_000)
         .query_async(&mut c)
         .await
         .unwrap();
     assert_eq!(wait(120_000).await.unwrap(), 1, "a flusher is at work");
     // A fresh entry is waited for even without a flusher (one may start).
-    let _: () = redis::cmd("DEL")
-        .arg(&k.lease)
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    let _: String = redis::cmd("XADD")
-        .arg(&k.outbox)
-        .arg("*")
-        .arg("u")
-        .arg("b")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    let _: i64 = redis::cmd("XDEL")
-        .arg(&k.outbox)
-        .arg("1000-0")
+    let _: () = redis::pipe()
+        .del(&k.lease)
+        .xadd(&k.outbox, "*", &[("u", "b")])
+        .xdel(&k.outbox, &["1000-0"])
         .query_async(&mut c)
         .await
         .unwrap();

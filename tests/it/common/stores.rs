@@ -1,0 +1,108 @@
+//! The stores tests run against: the URLs `scripts/services.sh` printed,
+//! a fresh database per test, the local Redis Cluster, direct Redis access.
+
+use super::*;
+
+/// The base database URL (the one `scripts/services.sh` prints).
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/firstcome".into())
+}
+
+/// The Redis URL.
+/// The local Redis Cluster's node URLs, comma-separated: `REDIS_CLUSTER_URL`
+/// if set, else `scripts/services.sh cluster` brings one up (once per run;
+/// it keeps running until `scripts/services.sh cluster-stop`).
+pub fn cluster_url() -> String {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| match std::env::var("REDIS_CLUSTER_URL") {
+        Ok(u) if !u.is_empty() => u,
+        _ => start_cluster(None),
+    })
+    .clone()
+}
+
+/// Runs `scripts/services.sh cluster` (with `FIRSTCOME_DATA_DIR` = `dir`
+/// when given: a cluster of its own) and returns its node URLs.
+pub fn start_cluster(dir: Option<&std::path::Path>) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = std::process::Command::new(root.join("scripts/services.sh"));
+    cmd.arg("cluster").stderr(std::process::Stdio::inherit());
+    if let Some(d) = dir {
+        cmd.env("FIRSTCOME_DATA_DIR", d);
+    }
+    let out = cmd.output().expect("scripts/services.sh cluster");
+    assert!(out.status.success(), "scripts/services.sh cluster failed");
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.trim()
+        .strip_prefix("export REDIS_CLUSTER_URL='")
+        .and_then(|u| u.strip_suffix('\''))
+        .unwrap_or_else(|| panic!("unexpected output: {text}"))
+        .to_string()
+}
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A unique name for this test's database and Redis prefix.
+pub fn unique(tag: &str) -> String {
+    format!(
+        "fc_test_{tag}_{}",
+        firstcome::domain::generate_code().to_lowercase()
+    )
+}
+
+/// Creates a fresh database; returns its URL.
+pub async fn fresh_database(name: &str) -> String {
+    let base = database_url();
+    let server = base
+        .rsplit_once('/')
+        .map(|(s, _)| s.to_string())
+        .expect("url has a database");
+    let mut admin = PgConnection::connect(&format!("{server}/postgres"))
+        .await
+        .expect("connect to postgres");
+    sqlx::query(&format!(r#"CREATE DATABASE "{name}""#))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+    format!("{server}/{name}")
+}
+
+/// A Redis connection for direct checks.
+pub async fn redis_conn() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// A fresh campaign state for the Lua scripts: one pool per stock entry,
+/// the window in ms ('' for none), keys alive for an hour.
+pub fn init_state(
+    mode: &str,
+    stocks: &[i64],
+    opens_ms: &str,
+    closes_ms: &str,
+) -> firstcome::storage::redis::InitState {
+    use firstcome::storage::redis::{InitState, PoolState};
+    InitState {
+        expire_at_ms: (chrono::Utc::now() + chrono::Duration::hours(1)).timestamp_millis(),
+        opens_ms: opens_ms.parse().ok(),
+        closes_ms: closes_ms.parse().ok(),
+        mode: mode.into(),
+        seq: 0,
+        queued: 0,
+        gen: 0,
+        pools: stocks
+            .iter()
+            .map(|&left| PoolState {
+                left,
+                ..Default::default()
+            })
+            .collect(),
+        answers: Vec::new(),
+    }
+}
