@@ -139,6 +139,7 @@ impl Application {
                 .map(http::auth::token_digest),
             campaigns: Arc::new(RwLock::new(HashMap::new())),
             sse_max: args.sse_max,
+            streams: http::streams::StreamSlots::new(args.stream_caps),
             worker_wakeup,
             jwt,
             limits,

@@ -51,6 +51,9 @@ pub enum ConfigError {
     /// A connection cap of zero would serve nobody.
     #[error("--max-connections must be at least 1")]
     NoConnections,
+    /// A stream cap of zero would refuse every stream.
+    #[error("--sse-max-streams, --sse-per-user and --sse-per-ip must be at least 1")]
+    NoStreams,
 }
 
 /// Shortest admin token accepted by the production profile.
@@ -122,6 +125,17 @@ pub struct RateConfig {
     pub per_user_burst: u32,
 }
 
+/// Caps on open SSE streams per process (`http::streams`).
+#[derive(Debug, Clone, Copy)]
+pub struct StreamCaps {
+    /// In all.
+    pub total: usize,
+    /// Per user id.
+    pub per_user: u32,
+    /// Per client address.
+    pub per_ip: u32,
+}
+
 /// Everything a serving process needs.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -150,6 +164,8 @@ pub struct ServeConfig {
     pub orphan_after: Duration,
     /// Longest a server-sent event stream stays open.
     pub sse_max: Duration,
+    /// Caps on open SSE streams.
+    pub stream_caps: StreamCaps,
     /// Period of the worker's drift check; zero turns it off.
     pub reconcile_interval: Duration,
     /// User JWTs.
@@ -189,6 +205,10 @@ impl ServeConfig {
         }
         if c.max_connections == 0 {
             return Err(ConfigError::NoConnections);
+        }
+        let caps = &self.stream_caps;
+        if caps.total == 0 || caps.per_user == 0 || caps.per_ip == 0 {
+            return Err(ConfigError::NoStreams);
         }
         if self.production {
             if self
@@ -241,6 +261,11 @@ mod tests {
             pending_wait: Duration::ZERO,
             orphan_after: Duration::ZERO,
             sse_max: Duration::from_secs(1),
+            stream_caps: StreamCaps {
+                total: 1,
+                per_user: 1,
+                per_ip: 1,
+            },
             reconcile_interval: Duration::ZERO,
             jwt: JwtConfig {
                 secret: Some("s".repeat(MIN_JWT_SECRET_LEN)),

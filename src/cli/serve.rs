@@ -12,7 +12,9 @@ use clap::{
 };
 
 use super::stores::StoreArgs;
-use crate::config::{ConfigError, ConnConfig, JwtConfig, RateConfig, Role, ServeConfig};
+use crate::config::{
+    ConfigError, ConnConfig, JwtConfig, RateConfig, Role, ServeConfig, StreamCaps,
+};
 
 /// The command-line face of [`Role`]: its names and help text.
 #[derive(Debug, Clone, Copy)]
@@ -90,6 +92,17 @@ pub struct ServeArgs {
     /// Longest a server-sent event stream stays open, in seconds.
     #[arg(long, env = "FIRSTCOME_SSE_MAX_SECS", default_value_t = 600)]
     pub sse_max_secs: u64,
+    /// Most SSE streams one process keeps open; beyond, 503
+    /// `stream_capacity` (clients poll instead).
+    #[arg(long, env = "FIRSTCOME_SSE_MAX_STREAMS", default_value_t = 10_000)]
+    pub sse_max_streams: usize,
+    /// Most SSE streams open at once for one user; beyond, 429.
+    #[arg(long, env = "FIRSTCOME_SSE_PER_USER", default_value_t = 2)]
+    pub sse_per_user: u32,
+    /// Most SSE streams open at once from one client address (IPv6: its
+    /// /64); beyond, 429.
+    #[arg(long, env = "FIRSTCOME_SSE_PER_IP", default_value_t = 100)]
+    pub sse_per_ip: u32,
     /// How often the worker looks for drift between Redis and PostgreSQL,
     /// in seconds: counters first, every answer only on drift (0 turns the
     /// periodic pass off).
@@ -211,6 +224,11 @@ impl From<ServeArgs> for ServeConfig {
             pending_wait: Duration::from_millis(a.pending_wait_ms),
             orphan_after: Duration::from_millis(a.orphan_after_ms),
             sse_max: Duration::from_secs(a.sse_max_secs),
+            stream_caps: StreamCaps {
+                total: a.sse_max_streams,
+                per_user: a.sse_per_user,
+                per_ip: a.sse_per_ip,
+            },
             reconcile_interval: Duration::from_secs(a.reconcile_interval_secs),
             jwt: JwtConfig {
                 secret: a.jwt_secret,

@@ -53,6 +53,8 @@ pub struct JwtVerifier {
 struct Claims {
     /// The user.
     sub: String,
+    /// Expiry, seconds since the epoch (required by the validation).
+    exp: i64,
 }
 
 impl JwtVerifier {
@@ -135,7 +137,8 @@ impl JwtVerifier {
     }
 
     /// The user a token speaks for; 401 with a stable code otherwise.
-    pub fn verify(&self, token: &str) -> Result<UserId, ApiError> {
+    /// The token's user and expiry (seconds since the epoch).
+    pub fn verify(&self, token: &str) -> Result<(UserId, i64), ApiError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
             |e| match e.kind() {
                 ErrorKind::ExpiredSignature => {
@@ -155,9 +158,10 @@ impl JwtVerifier {
                 _ => ApiError::unauthenticated("invalid_token", "the token is not valid"),
             },
         )?;
-        UserId::parse(data.claims.sub).map_err(|_| {
+        let user = UserId::parse(data.claims.sub).map_err(|_| {
             ApiError::unauthenticated("invalid_token", "the token's sub is not a valid user id")
-        })
+        })?;
+        Ok((user, data.claims.exp))
     }
 }
 
@@ -258,6 +262,9 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 pub struct Caller {
     /// The token's subject; `None` when no JWT key is configured.
     pub subject: Option<UserId>,
+    /// The token's expiry (seconds since the epoch): what the token allows
+    /// ends there, an event stream included.
+    pub expires_at: Option<i64>,
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -265,7 +272,10 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let Some(verifier) = &state.jwt else {
-            return Ok(Caller { subject: None });
+            return Ok(Caller {
+                subject: None,
+                expires_at: None,
+            });
         };
         let token = bearer(&parts.headers).ok_or_else(|| {
             ApiError::unauthenticated(
@@ -273,8 +283,10 @@ impl FromRequestParts<AppState> for Caller {
                 "user calls need Authorization: Bearer <jwt>",
             )
         })?;
+        let (user, exp) = verifier.verify(token)?;
         Ok(Caller {
-            subject: Some(verifier.verify(token)?),
+            subject: Some(user),
+            expires_at: Some(exp),
         })
     }
 }

@@ -39,6 +39,7 @@ pub mod openapi;
 pub mod ops;
 pub mod responses;
 pub mod serve;
+pub mod streams;
 
 pub use error::ApiError;
 
@@ -66,6 +67,8 @@ pub struct AppState {
     pub campaigns: Arc<RwLock<HashMap<CampaignId, Arc<Campaign>>>>,
     /// Longest an SSE stream stays open.
     pub sse_max: Duration,
+    /// Open SSE streams, capped in total, per user and per address.
+    pub streams: Arc<streams::StreamSlots>,
     /// Wakes this process' worker when a campaign is created.
     pub worker_wakeup: Arc<tokio::sync::Notify>,
     /// Verifier of user JWTs; `None` trusts the user id of the request.

@@ -4,6 +4,7 @@
 
 mod connections;
 mod limits;
+mod streams;
 
 use crate::common;
 
