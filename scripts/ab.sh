@@ -33,7 +33,8 @@ mkdir -p bench-out/ab
 
 serve_bin() { # serve_bin BIN ADDR LOG: like start_serve, with a given binary
   fresh_bench_db firstcome_ab
-  export FIRSTCOME_ADMIN_TOKEN="ab-$$-$RANDOM$RANDOM" FIRSTCOME_ADDR=$2 FIRSTCOME_RATE_PER_USER=0 RUST_LOG=warn
+  export FIRSTCOME_ADMIN_TOKEN="ab-$$-$RANDOM$RANDOM" FIRSTCOME_ADDR=$2 FIRSTCOME_RATE_PER_USER=0 RUST_LOG=warn \
+    FIRSTCOME_INSECURE_TRUST_USER_ID=true
   URL="http://$2"
   "$1" serve >"bench-out/ab/$3" 2>&1 &
   SERVE_PID=$!

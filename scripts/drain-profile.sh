@@ -91,7 +91,7 @@ PIDS=()
 # 2. The schema's cost on the grant INSERT.
 psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $SCRATCH WITH (FORCE)" -c "CREATE DATABASE $SCRATCH" >/dev/null
 # `serve` migrates the database it starts on.
-DATABASE_URL="$SCRATCH_URL" FIRSTCOME_ROLE=api FIRSTCOME_ADDR=127.0.0.1:18283 FIRSTCOME_REDIS_PREFIX=fcprofile \
+DATABASE_URL="$SCRATCH_URL" FIRSTCOME_INSECURE_TRUST_USER_ID=true FIRSTCOME_ROLE=api FIRSTCOME_ADDR=127.0.0.1:18283 FIRSTCOME_REDIS_PREFIX=fcprofile \
   "$BIN" serve >"$OUT/profile-scratch.log" 2>&1 &
 SCRATCH_PID=$!; PIDS+=("$SCRATCH_PID")
 wait_ready http://127.0.0.1:18283 "$SCRATCH_PID" "$OUT/profile-scratch.log" || exit 1

@@ -21,7 +21,8 @@ cargo build --release --locked --workspace
 bin="${CARGO_TARGET_DIR:-target}/release/firstcome"
 bench_bin="${CARGO_TARGET_DIR:-target}/release/firstcome-bench"
 
-"$bin" serve &
+# The demo names its users (no JWT key): trusting them is explicit.
+FIRSTCOME_INSECURE_TRUST_USER_ID="${FIRSTCOME_INSECURE_TRUST_USER_ID:-true}" "$bin" serve &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true' EXIT INT TERM
 

@@ -51,8 +51,8 @@ impl Application {
         let jwt = http::auth::JwtVerifier::from_config(&args.jwt)?.map(Arc::new);
         if jwt.is_none() {
             tracing::warn!(
-                "no JWT key (FIRSTCOME_JWT_SECRET / FIRSTCOME_JWT_PUBLIC_KEY): user calls are NOT \
-                 authenticated, the user_id in each request is trusted as is"
+                "--insecure-trust-user-id and no JWT key: user calls are NOT authenticated, the \
+                 user_id in each request is trusted as is"
             );
         }
         let limits = http::limits::RateLimits::from_config(&args.rates);

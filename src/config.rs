@@ -51,6 +51,9 @@ pub enum ConfigError {
     /// A connection cap of zero would serve nobody.
     #[error("--max-connections must be at least 1")]
     NoConnections,
+    /// No JWT key and no explicit trust in the request's user id.
+    #[error("no JWT key for user calls (--jwt-secret/FIRSTCOME_JWT_SECRET or --jwt-public-key/FIRSTCOME_JWT_PUBLIC_KEY): anyone could act as anyone; give a key, or --insecure-trust-user-id (FIRSTCOME_INSECURE_TRUST_USER_ID=true) behind a gateway that sets user ids, or for demos and load tests")]
+    NoJwtKey,
     /// A stream cap of zero would refuse every stream.
     #[error("--sse-max-streams, --sse-per-user and --sse-per-ip must be at least 1")]
     NoStreams,
@@ -109,6 +112,11 @@ pub struct JwtConfig {
     pub audience: Option<String>,
     /// Required `iss`, if set.
     pub issuer: Option<String>,
+    /// Without a key, trust the user id each request names
+    /// (`--insecure-trust-user-id`: demos, load tests, a gateway that
+    /// rewrites user ids); without it and without a key the service refuses
+    /// to start.
+    pub trust_user_id: bool,
 }
 
 /// Rate limits in requests per second (0 = off), each with its burst
@@ -233,6 +241,9 @@ impl ServeConfig {
                 return Err(ConfigError::ProductionWithoutIssuer);
             }
         }
+        if secret.is_none() && public.is_none() && !self.jwt.trust_user_id {
+            return Err(ConfigError::NoJwtKey);
+        }
         Ok(())
     }
 }
@@ -272,6 +283,7 @@ mod tests {
                 public_key: None,
                 audience: Some("firstcome".into()),
                 issuer: Some("https://id.example".into()),
+                trust_user_id: false,
             },
             production: true,
             rates: RateConfig {

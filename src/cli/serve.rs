@@ -122,6 +122,16 @@ pub struct ServeArgs {
     /// Required `iss` of user JWTs, if set.
     #[arg(long, env = "FIRSTCOME_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
+    /// Without a JWT key, trust the user id each request names: anyone can
+    /// act as anyone. For demos, load tests, or behind a gateway that
+    /// authenticates users and sets the user id; without a key and without
+    /// this flag the service refuses to start.
+    #[arg(
+        long,
+        env = "FIRSTCOME_INSECURE_TRUST_USER_ID",
+        default_value_t = false
+    )]
+    pub insecure_trust_user_id: bool,
     /// Production profile: refuse to start without an admin token, a JWT
     /// key, `--jwt-audience` and `--jwt-issuer`.
     #[arg(long, env = "FIRSTCOME_PRODUCTION", default_value_t = false)]
@@ -197,6 +207,8 @@ impl ServeArgs {
                 "--reconcile-interval-secs=0".into(),
                 "--rate-per-user=0".into(),
                 "--rate-per-user-burst=0".into(),
+                // The tests name users; those about JWTs set a key.
+                "--insecure-trust-user-id".into(),
             ])
             .expect("the test flags parse");
         Self::from_arg_matches(&matches).expect("the test flags make ServeArgs")
@@ -235,6 +247,7 @@ impl From<ServeArgs> for ServeConfig {
                 public_key: a.jwt_public_key,
                 audience: a.jwt_audience,
                 issuer: a.jwt_issuer,
+                trust_user_id: a.insecure_trust_user_id,
             },
             production: a.production,
             rates: RateConfig {

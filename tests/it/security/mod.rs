@@ -279,6 +279,18 @@ fn the_production_profile_refuses_to_start_half_configured() {
     assert_eq!(a.validate(), Ok(()));
 }
 
+/// Issue 19 item 7: no key and no explicit trust in the request's user id
+/// refuses to start; the flag (or a key) lets it.
+#[test]
+fn without_a_key_the_service_refuses_to_start_unless_told() {
+    let mut a = ServeArgs::for_tests("postgres://x/y", "redis://x", "fc", "token");
+    assert_eq!(a.validate(), Ok(()), "the tests trust user ids explicitly");
+    a.insecure_trust_user_id = false;
+    assert_eq!(a.validate(), Err(ConfigError::NoJwtKey));
+    a.jwt_secret = Some(SECRET.into());
+    assert_eq!(a.validate(), Ok(()));
+}
+
 #[tokio::test]
 async fn the_production_profile_stops_the_build() {
     let mut a = ServeArgs::for_tests(&common::database_url(), &common::redis_url(), "fc", "token");
