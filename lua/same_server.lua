@@ -14,14 +14,26 @@
 -- KEYS[1] meta
 -- ARGV none
 -- Returns 1 when the state was dropped, 0 when it is absent or this
--- server's own.
+-- server's own (its marker renewed after a replication id change that
+-- moved no data).
 local run = redis.call('HGET', KEYS[1], 'run')
 if run == false and redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
-local me = (string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '?') .. ':' ..
-  (string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or '?')
+local id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '?'
+local repl = redis.call('INFO', 'replication')
+local me = id .. ':' .. (string.match(repl, 'master_replid:(%x+)') or '?')
 if run == me then
+  return 0
+end
+-- Same process, a new replication id and no previous one: the first
+-- replica attached, or the backlog was freed after an hour without
+-- replicas. The data did not change, only its history's name: keep the
+-- state under the new marker. (A promotion keeps the old id as
+-- master_replid2, so it is never taken for this.)
+local replid2 = string.match(repl, 'master_replid2:(%x+)') or ''
+if run and string.sub(run, 1, #id + 1) == id .. ':' and string.match(replid2, '^0+$') then
+  redis.call('HSET', KEYS[1], 'run', me)
   return 0
 end
 redis.call('DEL', KEYS[1])

@@ -40,6 +40,9 @@ pub struct Application {
     role: Role,
     /// Connection timeouts and cap.
     conns: ConnConfig,
+    /// Flips to true when shutdown starts: event streams end at once
+    /// rather than keep the server waiting up to `sse_max`.
+    closing_tx: watch::Sender<bool>,
 }
 
 impl Application {
@@ -92,6 +95,7 @@ impl Application {
             }
         };
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (closing_tx, closing_rx) = watch::channel(false);
         if limits.enabled() {
             tokio::spawn(
                 limits
@@ -139,7 +143,8 @@ impl Application {
                 .map(http::auth::token_digest),
             campaigns: Arc::new(RwLock::new(HashMap::new())),
             sse_max: args.sse_max,
-            streams: http::streams::StreamSlots::new(args.stream_caps),
+            closing: closing_rx,
+            streams: http::streams::StreamSlots::new(args.effective_stream_caps()),
             worker_wakeup,
             jwt,
             limits,
@@ -151,6 +156,7 @@ impl Application {
             listener,
             state,
             stop_tx,
+            closing_tx,
             worker,
             role: args.role,
             conns: args.conns,
@@ -179,6 +185,11 @@ impl Application {
             http::ops_router(self.state)
         } else {
             http::router(self.state)
+        };
+        let closing = self.closing_tx;
+        let shutdown = async move {
+            shutdown.await;
+            let _ = closing.send(true);
         };
         // Not axum::serve: it sets no hyper timer, so no header timeout.
         http::serve::serve(self.listener, app, self.conns, shutdown).await;

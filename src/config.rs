@@ -191,6 +191,16 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// The stream caps in force: streams never take more than 90% of the
+    /// connection cap, so probes and claims always find a connection.
+    pub fn effective_stream_caps(&self) -> StreamCaps {
+        let room = (self.conns.max_connections * 9 / 10).max(1);
+        StreamCaps {
+            total: self.stream_caps.total.min(room),
+            ..self.stream_caps
+        }
+    }
+
     /// Checks the settings that must hold before anything starts: the
     /// production profile needs an admin token, a JWT key, and the `aud`
     /// and `iss` tokens must carry.
@@ -218,6 +228,7 @@ impl ServeConfig {
         if caps.total == 0 || caps.per_user == 0 || caps.per_ip == 0 {
             return Err(ConfigError::NoStreams);
         }
+
         if self.production {
             if self
                 .admin_token
@@ -325,5 +336,17 @@ mod tests {
         c.production = false;
         c.jwt.audience = None;
         assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn streams_leave_connections_free() {
+        let mut c = production();
+        c.conns.max_connections = 100;
+        c.stream_caps.total = 5_000;
+        assert_eq!(c.effective_stream_caps().total, 90);
+        c.stream_caps.total = 10;
+        assert_eq!(c.effective_stream_caps().total, 10);
+        c.conns.max_connections = 1;
+        assert_eq!(c.effective_stream_caps().total, 1);
     }
 }

@@ -288,12 +288,16 @@ pub(crate) fn verify(
             }
         }
     }
-    for (s, now) in seen.iter().zip(finals) {
+    for (user, (s, now)) in seen.iter().zip(finals).enumerate() {
         if now.kind != SeenKind::None && changed(s, now) {
             if exposed(s) && matches!(s.kind, SeenKind::Granted | SeenKind::SoldOut) {
                 e.lua_changed += 1;
             } else {
                 v.changed += 1;
+                // A few examples, to find the cause from the round's log.
+                if v.changed <= 5 {
+                    eprintln!("changed answer: user #{user} was told {s:?}, now {now:?}");
+                }
             }
         }
     }

@@ -93,8 +93,9 @@ pub struct ServeArgs {
     #[arg(long, env = "FIRSTCOME_SSE_MAX_SECS", default_value_t = 600)]
     pub sse_max_secs: u64,
     /// Most SSE streams one process keeps open; beyond, 503
-    /// `stream_capacity` (clients poll instead).
-    #[arg(long, env = "FIRSTCOME_SSE_MAX_STREAMS", default_value_t = 10_000)]
+    /// `stream_capacity` (clients poll instead). At most 90% of
+    /// `--max-connections`, so streams never hold every connection.
+    #[arg(long, env = "FIRSTCOME_SSE_MAX_STREAMS", default_value_t = 5_000)]
     pub sse_max_streams: usize,
     /// Most SSE streams open at once for one user; beyond, 429.
     #[arg(long, env = "FIRSTCOME_SSE_PER_USER", default_value_t = 2)]

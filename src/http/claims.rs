@@ -320,7 +320,8 @@ pub async fn events(
     let (c, user) = target(&state, &caller, p).await?;
     let slot = state.streams.acquire(&user, ip)?;
     let first = current(&state, &c, &user).await?;
-    // The stream ends at `sse_max`, or when the caller's token expires.
+    // The stream ends at `sse_max`, when the caller's token expires, or
+    // within a poll when the server shuts down.
     let mut deadline = tokio::time::Instant::now() + state.sse_max;
     if let Some(exp) = caller.expires_at {
         let left = u64::try_from(exp - Utc::now().timestamp()).unwrap_or(0);
@@ -336,7 +337,7 @@ pub async fn events(
         while !done {
             let wake = (tokio::time::Instant::now() + SSE_POLL).min(deadline);
             tokio::time::sleep_until(wake).await;
-            if tokio::time::Instant::now() >= deadline {
+            if tokio::time::Instant::now() >= deadline || *state.closing.borrow() {
                 break;
             }
             let Ok(Some(now)) = state.admissions.status(&c, &user).await else { continue };

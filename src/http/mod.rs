@@ -67,6 +67,8 @@ pub struct AppState {
     pub campaigns: Arc<RwLock<HashMap<CampaignId, Arc<Campaign>>>>,
     /// Longest an SSE stream stays open.
     pub sse_max: Duration,
+    /// True once shutdown started: event streams end.
+    pub closing: tokio::sync::watch::Receiver<bool>,
     /// Open SSE streams, capped in total, per user and per address.
     pub streams: Arc<streams::StreamSlots>,
     /// Wakes this process' worker when a campaign is created.

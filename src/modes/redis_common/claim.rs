@@ -229,6 +229,13 @@ impl RedisCommon {
                 .transpose()
                 .map_err(Into::into);
         }
+        // No meta but the user's answer is there: a state being replaced
+        // (dropped by the server check, or meta lost alone). Its answers
+        // may not be durable yet (redis-lua's outbox), so PostgreSQL could
+        // contradict them: wait for the rebuild instead.
+        if ans.is_some() {
+            return Err(AdmissionError::Rebuilding);
+        }
         let durable = match pg::grant_answer(&self.db, c, user).await? {
             Some(a) => Some(a),
             None => pg::rejection_answer(&self.db, c.id, user).await?,

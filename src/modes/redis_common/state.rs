@@ -84,8 +84,16 @@ impl RedisCommon {
         if got.is_none() {
             return Err(AdmissionError::Rebuilding);
         }
-        let result = self.rebuild_locked(c, &k).await;
-        let _ = self.redis.unlock(&k.rebuild_lock, &token).await;
+        // In a task of its own: a caller dropped mid-way (a request cut by
+        // its timeout) must not leave the lock held for REBUILD_LOCK_MS.
+        let (me, c2, k2) = (self.clone(), c.clone(), k.clone());
+        let result = tokio::spawn(async move {
+            let result = me.rebuild_locked(&c2, &k2).await;
+            let _ = me.redis.unlock(&k2.rebuild_lock, &token).await;
+            result
+        })
+        .await
+        .unwrap_or(Err(AdmissionError::Rebuilding));
         if result.is_ok() {
             metrics::counter!("firstcome_redis_rebuilds_total").increment(1);
         }

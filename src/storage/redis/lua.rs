@@ -5,18 +5,53 @@ use redis::Script;
 
 /// One Lua script: its SHA-cached handle and its source.
 pub struct Lua {
-    /// Runs by SHA, loading on NOSCRIPT.
+    /// Its SHA (the handle computes it once).
     pub script: Script,
-    /// The source, for a plain EVAL when the cache is flushed again between
-    /// the load and the EVALSHA (SCRIPT FLUSH in a loop, failover storms).
+    /// The source, for the EVAL after a NOSCRIPT.
     pub src: &'static str,
 }
 
 impl Lua {
-    fn new(src: &'static str) -> Self {
+    /// The script of `src`.
+    pub(crate) fn new(src: &'static str) -> Self {
         Self {
             script: Script::new(src),
             src,
+        }
+    }
+
+    /// Runs the script on `conn`: EVALSHA, then on NOSCRIPT (a restart, a
+    /// failover, SCRIPT FLUSH) a plain EVAL, which caches it again. Both are
+    /// routed by key on a cluster; redis-rs' own reload sends SCRIPT LOAD to
+    /// every master instead, and fails while any one of them is down.
+    pub async fn run<T, C>(
+        &self,
+        conn: &mut C,
+        keys: &[&str],
+        args: &[&str],
+    ) -> redis::RedisResult<T>
+    where
+        T: redis::FromRedisValue,
+        C: redis::aio::ConnectionLike + Send,
+    {
+        let by_sha = redis::cmd("EVALSHA")
+            .arg(self.script.get_hash())
+            .arg(keys.len())
+            .arg(keys)
+            .arg(args)
+            .query_async(conn)
+            .await;
+        match by_sha {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                redis::cmd("EVAL")
+                    .arg(self.src)
+                    .arg(keys.len())
+                    .arg(keys)
+                    .arg(args)
+                    .query_async(conn)
+                    .await
+            }
+            other => other,
         }
     }
 }

@@ -306,10 +306,15 @@ impl RedisStore {
                 // up after a few attempts, which makes the client read the
                 // topology again; by default it would retry the dead node
                 // for ever and never learn of the promotion.
+                // No retries: the client would send a command again after
+                // a lost reply, and a claim script, a SET NX or a blocking
+                // stream read is not safe to repeat (the read's entries
+                // would sit in the pending list unseen). A failed call is
+                // a 503 the client retries, as on one server.
                 let client = ClusterClient::builder(nodes)
                     .connection_timeout(timeout)
                     .response_timeout(timeout)
-                    .retries(2)
+                    .retries(0)
                     .max_connection_attempts(CLUSTER_NODE_ATTEMPTS)
                     .build()?;
                 let conn = client.get_async_connection().await?;
@@ -400,37 +405,15 @@ impl RedisStore {
             .map_err(Into::into)
     }
 
-    /// Runs a script by SHA (loading it on NOSCRIPT), bounded by the timeout.
+    /// Runs a script (by SHA, by source on NOSCRIPT), bounded by the timeout.
     pub async fn eval<T: FromRedisValue>(
         &self,
         lua: &Lua,
         keys: &[&str],
         args: &[&str],
     ) -> Result<T, RedisStoreError> {
-        let mut inv = lua.script.prepare_invoke();
-        for k in keys {
-            inv.key(*k);
-        }
-        for a in args {
-            inv.arg(*a);
-        }
         let mut conn = self.conn.clone();
-        let call = async {
-            match inv.invoke_async(&mut conn).await {
-                Err(e)
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    redis::cmd("EVAL")
-                        .arg(lua.src)
-                        .arg(keys.len())
-                        .arg(keys)
-                        .arg(args)
-                        .query_async(&mut conn)
-                        .await
-                }
-                other => other,
-            }
-        };
+        let call = lua.run(&mut conn, keys, args);
         tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| RedisStoreError::Timeout(self.timeout))?

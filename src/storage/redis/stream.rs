@@ -8,7 +8,7 @@ use std::{collections::HashMap, future::Future, time::Duration};
 use redis::{streams::StreamReadReply, Value};
 use tokio::sync::watch;
 
-use crate::storage::redis::{RedisConn, RedisStore, GROUP};
+use crate::storage::redis::{Lua, RedisConn, RedisStore, GROUP};
 
 /// One stream entry: its id and fields.
 #[derive(Debug, Clone)]
@@ -118,6 +118,7 @@ pub async fn run<H: Handler>(
     let mut st = LoopState {
         leader: false,
         dirty: true,
+        checked_pending: tokio::time::Instant::now(),
     };
     while !*shutdown.borrow() {
         if handler.finished() {
@@ -160,14 +161,8 @@ pub async fn run<H: Handler>(
     // Hand the lease over at once rather than after its TTL.
     if st.leader {
         if let Some(c) = conn.as_mut() {
-            let _: Result<i64, _> = store
-                .scripts()
-                .unlock
-                .script
-                .key(&lease)
-                .arg(&me)
-                .invoke_async(c)
-                .await;
+            let unlock = &store.scripts().unlock;
+            let _: Result<i64, _> = unlock.run(c, &[&lease], &[&me]).await;
         }
     }
 }
@@ -183,12 +178,19 @@ struct LoopState {
     /// Whether entries of ours may be pending (then read from id 0 first):
     /// after a takeover or a failed batch.
     dirty: bool,
+    /// When our pending entries were last read (see [`PENDING_RECHECK`]).
+    checked_pending: tokio::time::Instant,
 }
 
 /// `lua/lease.lua`: takes or keeps the lease (run on the loop's own
 /// connection, not the shared one).
-static LEASE: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(include_str!("../../../lua/lease.lua")));
+static LEASE: std::sync::LazyLock<Lua> =
+    std::sync::LazyLock::new(|| Lua::new(include_str!("../../../lua/lease.lua")));
+
+/// How often a leader reads its own pending entries even when no batch
+/// failed: entries delivered to it whose reply never arrived (a reset
+/// connection) would otherwise wait for the next failure or takeover.
+const PENDING_RECHECK: Duration = Duration::from_secs(5);
 
 /// One iteration; `Ok(false)` when not the lease holder.
 async fn step<H: Handler>(
@@ -200,13 +202,13 @@ async fn step<H: Handler>(
     handler: &mut H,
     st: &mut LoopState,
 ) -> anyhow::Result<bool> {
-    let LoopState { leader, dirty } = st;
-    let held: i64 = LEASE
-        .key(lease)
-        .arg(me)
-        .arg(cfg.lease_ttl.as_millis() as u64)
-        .invoke_async(c)
-        .await?;
+    let LoopState {
+        leader,
+        dirty,
+        checked_pending,
+    } = st;
+    let ttl = cfg.lease_ttl.as_millis().to_string();
+    let held: i64 = LEASE.run(c, &[lease], &[me, &ttl]).await?;
     if held == 0 {
         *leader = false;
         return Ok(false);
@@ -221,8 +223,9 @@ async fn step<H: Handler>(
     // taken over), then new ones. Only after a failure or a takeover can
     // there be any, which saves a round trip per batch otherwise.
     let mut entries = Vec::new();
-    if *dirty {
+    if *dirty || checked_pending.elapsed() >= PENDING_RECHECK {
         entries = read(c, stream, me, "0", cfg.batch, None).await?;
+        *checked_pending = tokio::time::Instant::now();
     }
     // More than a batch may be pending (a takeover): come back until the
     // pending read finds none.

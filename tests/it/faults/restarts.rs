@@ -416,6 +416,8 @@ where
 /// Red-team B2: a server that was made a replica of a lagging server and
 /// then promoted again keeps its run_id but serves the other server's
 /// (older) history; its replication id tells, and the state is dropped.
+/// A replica attaching to it, which renames its history but moves no data,
+/// does not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_state_that_came_back_through_a_failover_is_dropped() {
     let free_port = || {
@@ -471,6 +473,12 @@ async fn a_state_that_came_back_through_a_failover_is_dropped() {
     // B copies A's state, then takes over (A's later writes would be lost).
     replica_of(&mut cb, Some(pa)).await;
     synced(&cb).await;
+    // A's first replica renamed A's history (a new master_replid) without
+    // changing its data: the state is kept (red-team C2).
+    assert!(
+        !store.forget_if_moved(&k).await.unwrap(),
+        "a replica attaching moves no data: kept"
+    );
     replica_of(&mut cb, None).await;
     // A follows B, then becomes the master again: same process, B's data.
     replica_of(&mut ca, Some(pb)).await;

@@ -364,3 +364,23 @@ async fn a_state_loaded_behind_a_rebuild_is_dropped() {
         .unwrap();
     assert_ne!(gen, Some(old), "the older generation's state is dropped");
 }
+
+/// Red-team C3: while a dropped state waits for its rebuild (here: meta
+/// gone, a redis-lua grant still in the outbox, not in PostgreSQL), the
+/// answer is "retry" (503), never PostgreSQL's 404 contradicting the grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_state_being_replaced_answers_retry_not_postgres() {
+    let app = common::spawn_app_without_worker().await;
+    let id = app.campaign("redis-lua", &[("main", 5)]).await;
+    let (s, granted) = app.claim(id, "w", None).await;
+    assert_eq!(s, 200, "{granted}");
+    let (_, _, k) = app.redis_side(id).await;
+    let mut r = redis_conn().await;
+    let _: () = redis::cmd("DEL")
+        .arg(&k.meta)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let (s, v) = app.status(id, "w").await;
+    assert_eq!((s, v["code"].as_str()), (503, Some("rebuilding")), "{v}");
+}

@@ -92,3 +92,21 @@ async fn a_stream_ends_when_its_token_expires() {
     assert!(ended.is_ok(), "the stream outlived its token");
     app.stop().await;
 }
+
+/// Red-team C4: shutting down ends open streams at once, rather than
+/// waiting up to `--sse-max-secs` for them.
+#[tokio::test]
+async fn shutdown_ends_open_streams() {
+    let app = spawn(|_| {}).await;
+    let id = queued(&app, &["s"], None).await;
+    let mut stream = open(&app, id, "s", None).await;
+    assert_eq!(stream.status(), 200);
+    let stopping = tokio::spawn(app.stop());
+    // The test app's streams last 60 s; this one must end with the server.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream held the shutdown");
+    stopping.await.unwrap();
+}
