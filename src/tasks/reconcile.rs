@@ -297,20 +297,24 @@ async fn read_redis(
     let k = common.keys(c);
     let stream = work_stream(c, &k);
     let k2 = k.clone();
-    let (gen, seq, queued, stream_len): (Option<i64>, Option<i64>, Option<i64>, i64) = common
-        .redis
-        .run(|mut conn| async move {
-            redis::pipe()
-                .hget(&k2.meta, "gen")
-                .get(&k2.seq)
-                .get(&k2.queued)
-                .cmd("XLEN")
-                .arg(&stream)
-                .query_async(&mut conn)
-                .await
-        })
-        .await?;
-    let Some(gen) = gen else {
+    let (gen, seq, queued, stream_len, whole): (Option<i64>, Option<i64>, Option<i64>, i64, bool) =
+        common
+            .redis
+            .run(|mut conn| async move {
+                redis::pipe()
+                    .hget(&k2.meta, "gen")
+                    .get(&k2.seq)
+                    .get(&k2.queued)
+                    .cmd("XLEN")
+                    .arg(&stream)
+                    .hexists(&k2.ans, "#")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+    // A state without its answers hash (keys expiring one by one) is a lost
+    // one: comparing it would "repair" answers into a hash with no expiry.
+    let Some(gen) = gen.filter(|_| whole) else {
         return Ok(None);
     };
     let mut left = Vec::new();

@@ -210,30 +210,18 @@ impl RedisCommon {
         user: &UserId,
     ) -> Result<Option<(Stored, Option<i64>)>, AdmissionError> {
         let k = self.keys(c);
-        let u = user.as_str().to_string();
-        // The generation first: an answer read after it belongs to that
-        // state or a newer one, never an older one.
-        let (gen, ans): (Option<i64>, Option<String>) = self
-            .redis
-            .run(|mut conn| async move {
-                redis::pipe()
-                    .hget(&k.meta, "gen")
-                    .hget(&k.ans, &u)
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?;
+        let (gen, ans, unflushed) = self.redis.read_answer(&k, user.as_str()).await?;
         if let Some(g) = gen {
             return ans
                 .map(|a| Stored::parse(&a).map(|s| (s, Some(g))))
                 .transpose()
                 .map_err(Into::into);
         }
-        // No meta but the user's answer is there: a state being replaced
-        // (dropped by the server check, or meta lost alone). Its answers
-        // may not be durable yet (redis-lua's outbox), so PostgreSQL could
-        // contradict them: wait for the rebuild instead.
-        if ans.is_some() {
+        // No whole state, but the user's answer is there (a state dropped
+        // by the server check, or meta lost alone), or answers wait in the
+        // outbox (redis-lua): they may not be in PostgreSQL yet, which
+        // would contradict them. Wait for the rebuild instead.
+        if ans.is_some() || unflushed > 0 {
             return Err(AdmissionError::Rebuilding);
         }
         let durable = match pg::grant_answer(&self.db, c, user).await? {

@@ -107,4 +107,6 @@ scripts! {
     outbox_to_flush;
     /// Redis' clock on the campaign's node.
     time;
+    /// One user's answer, and whether the state holding it is whole.
+    answer;
 }

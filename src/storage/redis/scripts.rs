@@ -336,6 +336,32 @@ impl RedisStore {
         .await
     }
 
+    /// `answer.lua`: `user`'s answer for a status read: (the generation of
+    /// the whole state holding it, if one is loaded; the answer, if Redis
+    /// has one; how many entries wait in the outbox). A partial state is
+    /// forgotten on the way.
+    pub async fn read_answer(
+        &self,
+        k: &CampaignKeys,
+        user: &str,
+    ) -> Result<(Option<i64>, Option<String>, i64), RedisStoreError> {
+        let (gen, ans, outbox): (String, String, i64) = self
+            .eval(
+                &self.scripts().answer,
+                &[&k.meta, &k.ans, &k.outbox],
+                &[user],
+            )
+            .await?;
+        let gen = match gen.as_str() {
+            "" => None,
+            g => Some(
+                g.parse()
+                    .map_err(|_| RedisStoreError::Protocol(format!("bad gen {g}")))?,
+            ),
+        };
+        Ok((gen, Some(ans).filter(|a| !a.is_empty()), outbox))
+    }
+
     /// `time.lua`: Redis' clock (ms since epoch) on the node holding the
     /// campaign's keys.
     pub async fn now_ms(&self, k: &CampaignKeys) -> Result<i64, RedisStoreError> {

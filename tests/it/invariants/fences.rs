@@ -384,3 +384,36 @@ async fn a_state_being_replaced_answers_retry_not_postgres() {
     let (s, v) = app.status(id, "w").await;
     assert_eq!((s, v["code"].as_str()), (503, Some("rebuilding")), "{v}");
 }
+
+/// The expire fault's race (a CI chaos round): the answers hash expired
+/// while meta still stood. A status read then said 404 to users told
+/// granted or sold out; now gate answers from PostgreSQL (where every
+/// told answer is) and redis-lua, whose grants may still wait in the
+/// outbox, says "retry".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_state_missing_its_answers_never_answers_404() {
+    let app = common::spawn_app_without_worker().await;
+    for mode in ["gate", "redis-lua"] {
+        let id = app.campaign(mode, &[("main", 1)]).await;
+        let (sw, w) = app.claim(id, "w", None).await;
+        let (sl, l) = app.claim(id, "l", None).await;
+        assert_eq!((sw, sl), (200, 409), "{mode}: {w} {l}");
+        let (_, _, k) = app.redis_side(id).await;
+        let mut r = redis_conn().await;
+        let _: () = redis::cmd("DEL")
+            .arg(&k.ans)
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        for (u, told) in [("w", &w), ("l", &l)] {
+            // (A status read answers 200 with the claim's state.)
+            let (s, v) = app.status(id, u).await;
+            if mode == "gate" {
+                assert_eq!((s, &v), (200, told), "{mode} {u}");
+            } else {
+                let code = v["code"].as_str();
+                assert_eq!((s, code), (503, Some("rebuilding")), "{mode} {u}: {v}");
+            }
+        }
+    }
+}

@@ -334,3 +334,29 @@ async fn a_rebuild_waits_for_an_outbox_a_flusher_is_writing() {
         .unwrap();
     assert_eq!(wait(120_000).await.unwrap(), 1, "a young entry");
 }
+
+/// `answer.lua`: a state whose answers hash went before meta (keys expiring
+/// one by one) is not read as "never claimed": it is forgotten, and the
+/// read is told there is no whole state.
+#[tokio::test]
+async fn a_status_read_never_trusts_a_state_without_its_answers() {
+    let f = Fixture::new(&[2], "", "").await;
+    assert_eq!(f.claim("a", 0, "lua").await[0], "new");
+    let (gen, ans, outbox) = f.store.read_answer(&f.k, "a").await.unwrap();
+    assert!(gen.is_some() && ans.is_some(), "a whole state answers");
+    assert_eq!(outbox, 1, "the grant waits in the outbox");
+    let mut c = common::redis_conn().await;
+    let _: () = redis::cmd("DEL")
+        .arg(&f.k.ans)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let (gen, ans, _) = f.store.read_answer(&f.k, "a").await.unwrap();
+    assert_eq!((gen, ans), (None, None), "no whole state");
+    let meta: bool = redis::cmd("EXISTS")
+        .arg(&f.k.meta)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(!meta, "the partial state is forgotten");
+}
