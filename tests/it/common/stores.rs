@@ -106,3 +106,23 @@ pub fn init_state(
         answers: Vec::new(),
     }
 }
+
+/// Deletes `keys` on the tests' Redis (a key lost, evicted or expired).
+pub async fn del(keys: impl redis::ToRedisArgs) {
+    let mut c = redis_conn().await;
+    let _: () = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+}
+
+/// Whether `key` exists on the tests' Redis.
+pub async fn exists(key: &str) -> bool {
+    let mut c = redis_conn().await;
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .unwrap()
+}

@@ -203,11 +203,7 @@ async fn delete_campaign_keys(prefix: &str, id: i64) -> usize {
         .await
         .unwrap();
     if !keys.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(&keys)
-            .query_async(&mut c)
-            .await
-            .unwrap();
+        common::del(&keys).await;
     }
     keys.len()
 }

@@ -241,14 +241,9 @@ async fn a_worker_rebuilds_a_lost_state_without_waiting_for_a_claim() {
         app.wait_durable(id, 1).await;
         assert!(delete_campaign_keys(&app.prefix, id).await > 0);
         let meta = format!("{}:{{c{id}}}:meta", app.prefix);
-        let mut c = redis_conn().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let exists: bool = redis::cmd("EXISTS")
-                .arg(&meta)
-                .query_async(&mut c)
-                .await
-                .unwrap();
+            let exists = common::exists(&meta).await;
             if exists {
                 break;
             }

@@ -31,11 +31,7 @@ async fn lose_redis_state(app: &TestApp, id: i64) {
         .await
         .unwrap();
     assert!(!keys.is_empty());
-    let _: () = redis::cmd("DEL")
-        .arg(&keys)
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    common::del(&keys).await;
 }
 
 /// Stores a grant of `slot` for `user` straight in PostgreSQL, behind

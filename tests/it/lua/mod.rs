@@ -289,12 +289,7 @@ async fn scripts_reload_after_script_flush() {
 #[tokio::test]
 async fn a_lost_state_is_reported_not_guessed() {
     let f = Fixture::new(&[10], "", "").await;
-    let mut c = common::redis_conn().await;
-    let _: () = redis::cmd("DEL")
-        .arg(&f.k.meta)
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    common::del(&f.k.meta).await;
     assert_eq!(f.claim("a", 0, "gate").await, vec!["noinit"]);
 }
 

@@ -246,18 +246,9 @@ async fn a_partial_state_is_forgotten_not_used() {
             "hw" => f.k.pools[0].hw.clone(),
             _ => f.k.ans.clone(),
         };
-        let mut c = common::redis_conn().await;
-        let _: () = redis::cmd("DEL")
-            .arg(&key)
-            .query_async(&mut c)
-            .await
-            .unwrap();
+        common::del(&key).await;
         assert_eq!(f.claim("a", 0, "gate").await, vec!["noinit"], "{gone}");
-        let meta: bool = redis::cmd("EXISTS")
-            .arg(&f.k.meta)
-            .query_async(&mut c)
-            .await
-            .unwrap();
+        let meta = common::exists(&f.k.meta).await;
         assert!(!meta, "{gone}: the partial state is dropped");
     }
 }
@@ -345,18 +336,9 @@ async fn a_status_read_never_trusts_a_state_without_its_answers() {
     let (gen, ans, outbox) = f.store.read_answer(&f.k, "a").await.unwrap();
     assert!(gen.is_some() && ans.is_some(), "a whole state answers");
     assert_eq!(outbox, 1, "the grant waits in the outbox");
-    let mut c = common::redis_conn().await;
-    let _: () = redis::cmd("DEL")
-        .arg(&f.k.ans)
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    common::del(&f.k.ans).await;
     let (gen, ans, _) = f.store.read_answer(&f.k, "a").await.unwrap();
     assert_eq!((gen, ans), (None, None), "no whole state");
-    let meta: bool = redis::cmd("EXISTS")
-        .arg(&f.k.meta)
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let meta = common::exists(&f.k.meta).await;
     assert!(!meta, "the partial state is forgotten");
 }
