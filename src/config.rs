@@ -51,6 +51,12 @@ pub enum ConfigError {
     /// A connection cap of zero would serve nobody.
     #[error("--max-connections must be at least 1")]
     NoConnections,
+    /// `--production` with an admin token anyone could guess.
+    #[error("--production needs an admin token of at least {MIN_ADMIN_TOKEN_DISTINCT} different characters (a long run of one character is guessable)")]
+    WeakAdminToken,
+    /// `--production` without a per-user rate limit.
+    #[error("--production needs a per-user rate limit (--rate-per-user / FIRSTCOME_RATE_PER_USER above 0)")]
+    ProductionWithoutUserLimit,
     /// No JWT key and no explicit trust in the request's user id.
     #[error("no JWT key for user calls (--jwt-secret/FIRSTCOME_JWT_SECRET or --jwt-public-key/FIRSTCOME_JWT_PUBLIC_KEY): anyone could act as anyone; give a key, or --insecure-trust-user-id (FIRSTCOME_INSECURE_TRUST_USER_ID=true) behind a gateway that sets user ids, or for demos and load tests")]
     NoJwtKey,
@@ -58,6 +64,10 @@ pub enum ConfigError {
     #[error("--sse-max-streams, --sse-per-user and --sse-per-ip must be at least 1")]
     NoStreams,
 }
+
+/// Fewest different characters in an admin token the production profile
+/// accepts.
+pub const MIN_ADMIN_TOKEN_DISTINCT: usize = 10;
 
 /// Shortest admin token accepted by the production profile.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
@@ -237,6 +247,11 @@ impl ServeConfig {
             {
                 return Err(ConfigError::ProductionWithoutAdminToken);
             }
+            let token = self.admin_token.as_deref().unwrap_or_default();
+            let distinct: std::collections::HashSet<char> = token.chars().collect();
+            if distinct.len() < MIN_ADMIN_TOKEN_DISTINCT {
+                return Err(ConfigError::WeakAdminToken);
+            }
             if secret.is_none() && public.is_none() {
                 return Err(ConfigError::ProductionWithoutJwtKey);
             }
@@ -250,6 +265,9 @@ impl ServeConfig {
             }
             if self.jwt.issuer.as_deref().is_none_or(str::is_empty) {
                 return Err(ConfigError::ProductionWithoutIssuer);
+            }
+            if self.rates.per_user == 0 {
+                return Err(ConfigError::ProductionWithoutUserLimit);
             }
         }
         if secret.is_none() && public.is_none() && !self.jwt.trust_user_id {
@@ -300,8 +318,8 @@ mod tests {
             rates: RateConfig {
                 per_ip: 0,
                 per_ip_burst: 0,
-                per_user: 0,
-                per_user_burst: 0,
+                per_user: 20,
+                per_user_burst: 40,
             },
             conns: ConnConfig {
                 header_read_timeout: Duration::from_secs(10),

@@ -251,17 +251,23 @@ async fn without_a_key_the_request_user_id_is_trusted() {
 fn the_production_profile_refuses_to_start_half_configured() {
     let mut a = ServeArgs::for_tests("postgres://x/y", "redis://x", "fc", "");
     a.production = true;
+    a.rate_per_user = 20;
     a.admin_token = None;
     a.jwt_secret = Some(SECRET.into());
     assert_eq!(a.validate(), Err(ConfigError::ProductionWithoutAdminToken));
     a.admin_token = Some("short".into());
     assert_eq!(a.validate(), Err(ConfigError::ProductionWithoutAdminToken));
+    a.admin_token = Some("x".repeat(40));
+    assert_eq!(a.validate(), Err(ConfigError::WeakAdminToken));
     a.admin_token = Some("a-long-enough-admin-token".into());
     assert_eq!(a.validate(), Err(ConfigError::ProductionWithoutAudience));
     a.jwt_audience = Some("firstcome".into());
     assert_eq!(a.validate(), Err(ConfigError::ProductionWithoutIssuer));
     a.jwt_issuer = Some("https://id.example".into());
     assert_eq!(a.validate(), Ok(()));
+    a.rate_per_user = 0;
+    assert_eq!(a.validate(), Err(ConfigError::ProductionWithoutUserLimit));
+    a.rate_per_user = 20;
     a.jwt_secret = None;
     assert_eq!(a.validate(), Err(ConfigError::ProductionWithoutJwtKey));
     a.jwt_public_key = Some(EC_PUBLIC.into());
