@@ -276,8 +276,8 @@ pub struct ClaimEvent {
 
 /// How often an SSE stream reads the claim's state (from Redis, or from
 /// PostgreSQL when Redis no longer holds the campaign), so a change made
-/// through another API process is seen too. With the default cap of 10,000
-/// streams per process this bounds their reads at 40,000 a second; a
+/// through another API process is seen too. With the default cap of 5,000
+/// streams per process this bounds their reads at 20,000 a second; a
 /// push-driven fan-out (one watcher per campaign) is the next step.
 pub const SSE_POLL: Duration = Duration::from_millis(250);
 
