@@ -346,11 +346,6 @@ impl RedisStore {
         })
     }
 
-    /// Whether this store talks to a Redis Cluster.
-    pub fn is_cluster(&self) -> bool {
-        matches!(self.conn, RedisConn::Cluster(_))
-    }
-
     /// The key names of a campaign.
     pub fn keys(&self, id: CampaignId, npools: usize) -> Arc<CampaignKeys> {
         let k = (id.0, npools);
