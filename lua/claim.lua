@@ -11,15 +11,25 @@
 -- KEYS[8] queued  number of queued claims (redis-queue)
 -- KEYS[9] pending zset user -> reservation time (gate), so a worker can
 --         settle reservations whose API process died
+-- KEYS[10] sx     sharded pools: hash ver, so (sold-out mark), retn
+-- KEYS[11] xf     sharded pools: transfers given and not yet confirmed
 -- ARGV[1] user, ARGV[2] pool index, ARGV[3] fresh coupon code,
 -- ARGV[4] how to decide (storage::redis::ScriptMode): 'reserve' (gate: a
 --         pending reservation, committed by the caller), 'write-behind'
 --         (redis-lua: granted now, the outbox carries it to PostgreSQL) or
 --         'enqueue' (redis-queue: an arrival number, the drainer allocates);
--- ARGV[5] the pool's stock
+-- ARGV[5] the last slot of this shard's range (the pool's stock when
+--         unsharded), ARGV[6] the number of shards (the arrival counter's
+--         step, so shards never share a number), ARGV[7] for a sharded
+--         pool found dry: the `ver` seen dry by the caller's sold-out check
+--         (docs/ARCHITECTURE.md, "Shards"), '' otherwise, and ARGV[8] the
+--         generation that proof was made in
 --
 -- Returns {'noinit'} when the campaign's state is not loaded (Redis lost it
--- or it was never built), {'dup', answer, gen} for a repeated claim,
+-- or it was never built), {'dry', ver, gen, retn, out, held} when a sharded
+-- pool's shard has no stock and the pool is not known to be sold out (the
+-- caller moves stock here from another shard, or proves the whole pool
+-- sold out and calls again with ARGV[7] = ver), {'dup', answer, gen} for a repeated claim,
 -- {'not_open'} / {'closed'} outside the window (not remembered), or
 -- {'new', answer, gen}; gen is the state's generation (see the migration
 -- answers_that_never_change), which every durable write derived from this
@@ -66,15 +76,36 @@ if mode ~= 'reserve' and mode ~= 'write-behind' and mode ~= 'enqueue' then
   -- A caller speaking another version's words must not decide anything.
   return redis.error_reply('claim.lua: unknown script mode ' .. tostring(mode))
 end
-local seq = redis.call('INCR', KEYS[3])
 -- A slot beyond the stock is never handed out: if the counter says stock
--- is left but every slot 1..stock is taken, the counter is wrong (drift);
--- it is set to what the slots say, and the claim is refused.
+-- is left but every slot of the range is taken, the counter is wrong
+-- (drift); it is set to what the slots say, and the claim is refused.
 if left > 0 and mode ~= 'enqueue' and redis.call('ZCARD', KEYS[6]) == 0
   and tonumber(redis.call('GET', KEYS[5]) or '0') >= tonumber(ARGV[5]) then
   redis.call('SET', KEYS[4], '0', 'KEEPTTL')
   left = 0
 end
+local step = tonumber(ARGV[6]) or 1
+if left <= 0 and step > 1 then
+  -- A dry shard refuses only when the pool is marked sold out, or the
+  -- caller proved it sold out, in this generation, since `ver` (nothing
+  -- arrived here since); never while units come back here (retn: given
+  -- back, held: a cancel not yet flushed) or leave it (out): a mark left
+  -- by a caller that died before publishing must not hide them.
+  local x = redis.call('HMGET', KEYS[10], 'ver', 'so', 'retn', 'held')
+  local ver, retn, held = x[1] or '0', tonumber(x[3] or '0'), tonumber(x[4] or '0')
+  local out = redis.call('HLEN', KEYS[11])
+  local busy = retn > 0 or out > 0 or held > 0
+  if not x[2] or busy then
+    if ARGV[7] ~= ver or ARGV[8] ~= gen or busy then
+      return {'dry', ver, gen, tostring(retn), tostring(out), tostring(held)}
+    end
+    redis.call('HSET', KEYS[10], 'so', '1')
+    if w[3] then
+      redis.call('PEXPIREAT', KEYS[10], w[3])
+    end
+  end
+end
+local seq = redis.call('INCRBY', KEYS[3], step)
 if left <= 0 then
   local a
   if mode == 'write-behind' then

@@ -4,8 +4,9 @@
 -- Streams are kept if they survived; their consumer group is created.
 --
 -- KEYS[1] meta, [2] ans, [3] seq, [4] queued, [5] outbox, [6] queue, then per
--- pool i (0-based): KEYS[7 + 3i] left, [8 + 3i] hw, [9 + 3i] free, and last
--- the pending zset (gate reservations died with the old state)
+-- pool i (0-based): KEYS[7 + 6i] left, [8 + 6i] hw, [9 + 6i] free, [10 + 6i]
+-- sx, [11 + 6i] xf, [12 + 6i] got (the last three: sharded pools), and
+-- last the pending zset (gate reservations died with the old state)
 -- ARGV[1] expire-at (ms), [2] opens (ms or ''), [3] closes (ms or ''),
 -- [4] mode, [5] number of pools, [6] seq, [7] queued, [8] generation,
 -- then per pool: left, hw, number of free slots, the free slots...,
@@ -17,7 +18,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 local exp = ARGV[1]
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
-if #KEYS > 6 + 3 * tonumber(ARGV[5]) then
+if #KEYS > 6 + 6 * tonumber(ARGV[5]) then
   redis.call('DEL', KEYS[#KEYS])
 end
 -- Keeps the answers hash (and so its expiry) in existence while empty.
@@ -35,8 +36,9 @@ end
 local np = tonumber(ARGV[5])
 local a = 9
 for i = 0, np - 1 do
-  local k = 7 + 3 * i
-  redis.call('DEL', KEYS[k], KEYS[k + 1], KEYS[k + 2])
+  local k = 7 + 6 * i
+  redis.call('DEL', KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5])
+  redis.call('HSET', KEYS[k + 3], 'ver', '0', 'retn', '0', 'held', '0')
   redis.call('SET', KEYS[k], ARGV[a])
   redis.call('SET', KEYS[k + 1], ARGV[a + 1])
   local nfree = tonumber(ARGV[a + 2])
@@ -45,7 +47,7 @@ for i = 0, np - 1 do
     redis.call('ZADD', KEYS[k + 2], ARGV[a + j], ARGV[a + j])
   end
   a = a + nfree
-  for j = 0, 2 do
+  for j = 0, 3 do
     redis.call('PEXPIREAT', KEYS[k + j], exp)
   end
 end

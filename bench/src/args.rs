@@ -92,6 +92,10 @@ pub struct BenchArgs {
     /// Stock of the coupon pool.
     #[arg(long, default_value_t = 100)]
     pub stock: i64,
+    /// Redis shards each campaign's pools are spread over (`"shards"`;
+    /// gate and redis-lua only; worth it on a Redis Cluster).
+    #[arg(long, default_value_t = 1)]
+    pub shards: u16,
     /// Concurrent connections; a comma-separated list runs each.
     #[arg(long, value_delimiter = ',', default_value = "64")]
     pub concurrency: Vec<usize>,

@@ -221,11 +221,14 @@ async fn create_campaign(
     pools: &[(String, i64, f64)],
     admin_secs: f64,
 ) -> anyhow::Result<i64> {
-    let spec = json!({
+    let mut spec = json!({
         "name": format!("bench {mode} {:?} c{conc}", args.scenario),
         "mode": mode,
         "pools": pools.iter().map(|(n, s, _)| json!({"name": n, "stock": s})).collect::<Vec<_>>(),
     });
+    if args.shards > 1 {
+        spec["shards"] = json!(args.shards);
+    }
     let (s, campaign) = api
         .call_any(
             0,

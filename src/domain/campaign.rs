@@ -19,6 +19,8 @@ pub const MAX_HOLD_SECS: i64 = 30 * 24 * 3600;
 pub const MAX_CONFIRM_SECS: i64 = 7 * 24 * 3600;
 /// Default hold after closing, as seed 004 keeps seats for compensation.
 pub const DEFAULT_HOLD_SECS: i64 = 2 * 3600;
+/// Most Redis shards a campaign's pools may be spread over.
+pub const MAX_SHARDS: u16 = 64;
 /// Latest `closes_at`, counted from now: 400 days. `closes_at` decides how
 /// long Redis keeps a campaign's keys, so it must not be absurdly far.
 pub const MAX_CLOSES_AHEAD_SECS: i64 = 400 * 24 * 3600;
@@ -59,6 +61,8 @@ pub struct NewCampaign {
     /// When set, a grant is held until confirmed (payment done) and expires
     /// this many seconds after it was made.
     pub confirm_within_secs: Option<i64>,
+    /// Redis shards each pool's stock is spread over (1 = unsharded).
+    pub shards: u16,
 }
 
 /// Why a campaign definition was refused. Each maps to a stable error code.
@@ -97,6 +101,12 @@ pub enum NewCampaignError {
     /// confirm_within_secs out of range.
     #[error("confirm_within_secs must be between 1 and {MAX_CONFIRM_SECS}, got {0}")]
     BadConfirm(i64),
+    /// shards out of range.
+    #[error("shards must be between 1 and {MAX_SHARDS}, got {0}")]
+    BadShards(i64),
+    /// shards > 1 in a mode that cannot spread its stock.
+    #[error("mode {0} cannot spread a pool over shards (only gate and redis-lua can; redis-queue's single arrival order needs one queue)")]
+    ShardsUnsupported(Mode),
 }
 
 impl NewCampaignError {
@@ -114,6 +124,8 @@ impl NewCampaignError {
             Self::BadSchedule(_) => "invalid_schedule",
             Self::BadHold(_) => "invalid_hold",
             Self::BadConfirm(_) => "invalid_confirm_within",
+            Self::BadShards(_) => "invalid_shards",
+            Self::ShardsUnsupported(_) => "shards_unsupported",
         }
     }
 }
@@ -130,6 +142,7 @@ impl NewCampaign {
             closes_at,
             hold_secs,
             confirm_within_secs,
+            shards,
         } = raw;
         let name = name.trim().to_string();
         // Control characters would forge lines in logs and terminals.
@@ -178,15 +191,24 @@ impl NewCampaign {
                 return Err(NewCampaignError::BadConfirm(c));
             }
         }
+        let mode = mode.unwrap_or(Mode::Gate);
+        let shards = shards.unwrap_or(1);
+        if !(1..=i64::from(MAX_SHARDS)).contains(&shards) {
+            return Err(NewCampaignError::BadShards(shards));
+        }
+        if shards > 1 && !matches!(mode, Mode::Gate | Mode::RedisLua) {
+            return Err(NewCampaignError::ShardsUnsupported(mode));
+        }
         Ok(Self {
             name,
-            mode: mode.unwrap_or(Mode::Gate),
+            mode,
             pools: parsed,
             per_user_limit: per_user_limit as i32,
             opens_at,
             closes_at,
             hold_secs,
             confirm_within_secs,
+            shards: shards as u16,
         })
     }
 }
@@ -210,6 +232,8 @@ pub struct RawCampaign {
     pub hold_secs: Option<i64>,
     /// Confirmation deadline of held grants.
     pub confirm_within_secs: Option<i64>,
+    /// Redis shards per pool.
+    pub shards: Option<i64>,
 }
 
 /// Bounds of `opens_at` and `closes_at` as seen at `now`.
@@ -273,6 +297,9 @@ pub struct Campaign {
     pub created_at: DateTime<Utc>,
     /// Seconds a grant is held before it must be confirmed, if any.
     pub confirm_within_secs: Option<i64>,
+    /// Redis shards each pool's stock is spread over (1 = unsharded); see
+    /// [`super::shard`].
+    pub shards: u16,
     /// Pools in creation order.
     pub pools: Vec<Pool>,
 }
@@ -409,6 +436,7 @@ mod tests {
             hold_secs: 0,
             created_at: now,
             confirm_within_secs: None,
+            shards: 1,
             pools: vec![],
         };
         assert_eq!(

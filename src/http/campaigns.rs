@@ -73,6 +73,13 @@ pub struct CreateCampaign {
     /// and expire (slot back to stock) this many seconds after they were made.
     #[serde(default)]
     pub confirm_within_secs: Option<i64>,
+    /// Redis shards each pool's stock is spread over (default 1; gate and
+    /// redis-lua only). Worth it only on a Redis Cluster, for a campaign
+    /// whose claims one node's thread cannot serve; it never undersells
+    /// (docs/ARCHITECTURE.md, "Shards").
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 64)]
+    pub shards: Option<i64>,
 }
 
 /// A pool to create.
@@ -106,6 +113,8 @@ pub struct CampaignBody {
     pub hold_secs: i64,
     /// Grants are held this long for confirmation, if set.
     pub confirm_within_secs: Option<i64>,
+    /// Redis shards each pool's stock is spread over.
+    pub shards: i64,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Pools with their counts.
@@ -183,6 +192,7 @@ async fn body(state: &AppState, c: &Campaign) -> Result<CampaignBody, ApiError> 
         closes_at: c.closes_at,
         hold_secs: c.hold_secs,
         confirm_within_secs: c.confirm_within_secs,
+        shards: i64::from(c.shards),
         created_at: c.created_at,
         pools,
         queued: counters.map(|(_, q)| q).unwrap_or(0),
@@ -219,6 +229,7 @@ pub async fn create(
         closes_at: req.closes_at,
         hold_secs: req.hold_secs,
         confirm_within_secs: req.confirm_within_secs,
+        shards: req.shards,
     })?;
     let c = pg::create_campaign(&state.db, &new).await?;
     // If Redis is down, the first claim rebuilds the state from PostgreSQL.

@@ -7,4 +7,5 @@
 
 pub mod confirmations;
 pub mod reconcile;
+mod sharded;
 pub mod worker;

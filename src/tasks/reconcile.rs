@@ -74,6 +74,9 @@ pub async fn reconcile(
         r.skipped = Some("expired".into());
         return Ok(r);
     }
+    if c.shards > 1 {
+        return super::sharded::reconcile(common, c, repair, r).await;
+    }
     let k = common.keys(c);
     let snapshot = read_redis(common, c).await?;
     let Some(snap) = snapshot else {
@@ -217,6 +220,9 @@ pub async fn reconcile(
 /// that matters moves a counter (a lost grant, a cancel Redis missed, a
 /// slot taken twice), so only then does the full pass read every answer.
 pub async fn counters_agree(common: &RedisCommon, c: &Campaign) -> Result<bool, AdmissionError> {
+    if c.shards > 1 {
+        return super::sharded::counters_agree(common, c).await;
+    }
     let k = common.keys(c);
     let stream = work_stream(c, &k);
     // One round trip: whether the state exists and the campaign is quiet

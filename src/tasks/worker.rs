@@ -127,13 +127,22 @@ async fn server_checks(
 /// rebuild must not delay another's drop.
 async fn check_servers<'a>(common: &RedisCommon, campaigns: impl Iterator<Item = &'a Campaign>) {
     let mut dropped = Vec::new();
+    let mut healthy = Vec::new();
     for c in campaigns {
         match common.forget_if_server_changed(c).await {
             Ok(true) => dropped.push(c.clone()),
+            Ok(false) if c.shards > 1 => healthy.push(c),
             Ok(false) => {}
             Err(e) => {
                 tracing::warn!(error = %e, campaign = %c.id, "could not check the redis server")
             }
+        }
+    }
+    // After every check: a sharded campaign's units given back but not
+    // published, and its transfers left half done (RedisCommon::heal_shards).
+    for c in healthy {
+        if let Err(e) = common.heal_shards(c).await {
+            tracing::debug!(error = %e, campaign = %c.id, "could not look after the shards");
         }
     }
     for c in dropped {

@@ -14,3 +14,4 @@ mod properties;
 mod recovery;
 mod rush;
 mod security;
+mod shards;

@@ -152,7 +152,7 @@ async fn fresh_state(stock: &[i64]) -> (RedisStore, std::sync::Arc<CampaignKeys>
     let store = RedisStore::connect(&common::redis_url(), &prefix, Duration::from_secs(5))
         .await
         .expect("redis");
-    let k = store.keys(CampaignId(1), stock.len());
+    let k = store.keys(CampaignId(1), stock.len(), 1)[0].clone();
     let st = common::init_state("redis-lua", stock, "", "");
     assert!(store.init_state(&k, &st).await.expect("init"));
     (store, k)

@@ -24,7 +24,7 @@ async fn scratch_state(
         firstcome::domain::generate_code().to_lowercase()
     );
     let store = RedisStore::connect(redis_url, &prefix, Duration::from_secs(5)).await?;
-    let k = store.keys(CampaignId(1), 1);
+    let k = store.keys(CampaignId(1), 1, 1)[0].clone();
     let st = InitState {
         expire_at_ms: (chrono::Utc::now() + chrono::Duration::minutes(30)).timestamp_millis(),
         opens_ms: None,

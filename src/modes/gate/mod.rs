@@ -71,7 +71,7 @@ impl Gate {
             seq,
         };
         let promotion = Promotion {
-            keys: common.keys(&campaign),
+            keys: common.keys_for(&campaign, &user),
             from: pending.encode(),
             to: g.encode(),
         };

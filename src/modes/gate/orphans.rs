@@ -38,24 +38,25 @@ pub async fn run(common: RedisCommon, c: Campaign, mut shutdown: watch::Receiver
 /// Settles the reservations older than `orphan_after_ms`; returns how
 /// many were settled.
 pub async fn sweep_once(common: &RedisCommon, c: &Campaign) -> anyhow::Result<usize> {
-    let k = common.keys(c);
     // Reservations carry Redis' clock: their age is measured on it, so a
     // skewed app host settles neither too early nor never. (Settling early
     // would cost liveness only: the void row fences a late commit.)
     let cutoff = common.redis_now_ms(c).await? - common.orphan_after_ms;
-    let users = common.redis.pending_before(&k, cutoff, SWEEP_BATCH).await?;
     let mut settled = 0;
-    for u in users {
-        let user = UserId::parse(u.clone())?;
-        match common.stored(c, &user).await? {
-            Some(s @ Stored::Pending { .. }) => {
-                common.resolve_orphan(c, &user, &s).await?;
-                metrics::counter!("firstcome_orphans_settled_total").increment(1);
-                settled += 1;
-            }
-            _ => {
-                // Already settled by its request: only the index entry is left.
-                common.redis.forget_pending(&k, &u).await?;
+    for k in common.shards(c).iter() {
+        let users = common.redis.pending_before(k, cutoff, SWEEP_BATCH).await?;
+        for u in users {
+            let user = UserId::parse(u.clone())?;
+            match common.stored(c, &user).await? {
+                Some(s @ Stored::Pending { .. }) => {
+                    common.resolve_orphan(c, &user, &s).await?;
+                    metrics::counter!("firstcome_orphans_settled_total").increment(1);
+                    settled += 1;
+                }
+                _ => {
+                    // Already settled by its request: only the index entry is left.
+                    common.redis.forget_pending(k, &u).await?;
+                }
             }
         }
     }

@@ -22,10 +22,16 @@ impl RedisCommon {
         code: Option<&str>,
         outbox: bool,
     ) -> Result<Vec<String>, AdmissionError> {
-        Ok(self
+        let k = self.keys_for(c, user);
+        let r = self
             .redis
-            .cancel(&self.keys(c), pidx as usize, user.as_str(), code, outbox)
-            .await?)
+            .cancel(&k, pidx as usize, user.as_str(), code, outbox)
+            .await?;
+        if k.sharded() && r.first().map(String::as_str) == Some("cancelled") {
+            // The slot waits in this shard's `retn`: make it claimable.
+            self.publish_returned(c, pidx as usize, k.shard).await?;
+        }
+        Ok(r)
     }
 
     /// Mirrors in Redis a release PostgreSQL already made (a cancellation,

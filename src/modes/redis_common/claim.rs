@@ -3,10 +3,14 @@
 
 use std::time::Duration;
 
-use super::{window_rejection, AdmissionError, RedisCommon, ScriptReply, Stored};
+use super::{shards::Dry, window_rejection, AdmissionError, RedisCommon, ScriptReply, Stored};
 use crate::storage::redis::ScriptMode;
 use crate::{
-    domain::{generate_code, Campaign, ClaimOutcome, Pool, RejectReason, UserId},
+    domain::{
+        generate_code,
+        shard::{home_shard, shard_range},
+        Campaign, ClaimOutcome, Pool, RejectReason, UserId,
+    },
     modes::redis_common::committer::{
         CommitError, CommitterHandle, Promotion, Row as CommitRow, Verdict,
     },
@@ -35,7 +39,9 @@ impl RedisCommon {
         user: &UserId,
         mode: ScriptMode,
     ) -> Result<ScriptReply, AdmissionError> {
-        let k = self.keys(c);
+        let h = home_shard(user, c.shards);
+        let k = self.shards(c)[usize::from(h)].clone();
+        let (_, hi) = shard_range(pool.stock, h, c.shards);
         // The queue's drainer draws codes when it allocates slots.
         let code = if mode == ScriptMode::Enqueue {
             String::new()
@@ -43,8 +49,11 @@ impl RedisCommon {
             generate_code()
         };
         // A claim that finds the state missing rebuilds it, or waits a
-        // little for whoever is rebuilding it, before answering 503.
+        // little for whoever is rebuilding it, before answering 503. One
+        // that finds its shard dry moves stock there or proves the pool
+        // sold out (shards.rs), within the same bound.
         let deadline = tokio::time::Instant::now() + REBUILD_WAIT;
+        let mut proven: Option<(String, i64)> = None;
         loop {
             let r = self
                 .redis
@@ -54,7 +63,8 @@ impl RedisCommon {
                     user.as_str(),
                     &code,
                     mode,
-                    pool.stock as i64,
+                    i64::from(hi),
+                    proven.as_ref().map(|(v, g)| (v.as_str(), *g)),
                 )
                 .await?;
             let gen = || -> Result<i64, RedisStoreError> {
@@ -64,6 +74,8 @@ impl RedisCommon {
             };
             match r.first().map(String::as_str) {
                 Some("noinit") => {
+                    // A proof holds in its generation only.
+                    proven = None;
                     match self.rebuild(c).await {
                         Ok(()) => {}
                         Err(AdmissionError::Rebuilding)
@@ -76,6 +88,14 @@ impl RedisCommon {
                     if tokio::time::Instant::now() >= deadline {
                         return Err(AdmissionError::Rebuilding);
                     }
+                    continue;
+                }
+                Some("dry") => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(AdmissionError::Pending);
+                    }
+                    let dry = Dry::parse(h, &r)?;
+                    proven = self.find_stock(c, pool, &dry).await?;
                     continue;
                 }
                 Some("dup") => return Ok(ScriptReply::Dup(Stored::parse(second(&r)?)?, gen()?)),
@@ -148,7 +168,7 @@ impl RedisCommon {
                 seq,
             });
             let promotion = Promotion {
-                keys: common.keys(&c),
+                keys: common.keys_for(&c, &user),
                 from: x.encode(),
                 to: r.encode(),
             };
@@ -209,7 +229,7 @@ impl RedisCommon {
         c: &Campaign,
         user: &UserId,
     ) -> Result<Option<(Stored, Option<i64>)>, AdmissionError> {
-        let k = self.keys(c);
+        let k = self.keys_for(c, user);
         let (gen, ans, unflushed) = self.redis.read_answer(&k, user.as_str()).await?;
         if let Some(g) = gen {
             return ans

@@ -7,18 +7,19 @@ mod cancel;
 mod claim;
 pub mod committer;
 mod settle;
+mod shards;
 mod state;
 
 pub use answer::{pool_index, Stored, Truth};
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::error::{AdmissionError, CancelOutcome};
 use crate::{
-    domain::{Campaign, ClaimOutcome, RejectReason, UserId},
+    domain::{shard::home_shard, Campaign, ClaimOutcome, RejectReason, UserId},
     storage::redis::{
         stream::{self, Entry, Handler, TaskEnv},
         CampaignKeys, RedisStore, ScriptMode,
@@ -82,6 +83,8 @@ struct Consumer<B> {
     common: RedisCommon,
     /// The campaign.
     campaign: Campaign,
+    /// The shard whose stream it reads.
+    keys: Arc<CampaignKeys>,
     /// Whose stream: the outbox (write-behind) or the queue (enqueue).
     mode: ScriptMode,
     /// What handles the entries.
@@ -102,9 +105,7 @@ impl<B: Batches> Handler for Consumer<B> {
     /// rebuild the state from PostgreSQL if it is lost.
     async fn recover(&mut self) -> anyhow::Result<()> {
         let (c, common) = (&self.campaign, &self.common);
-        common
-            .ensure_group(self.mode.stream(&common.keys(c)))
-            .await?;
+        common.ensure_group(self.mode.stream(&self.keys)).await?;
         Ok(common.rebuild(c).await?)
     }
 }
@@ -173,9 +174,21 @@ impl RedisCommon {
         self
     }
 
-    /// The campaign's key names.
-    pub fn keys(&self, c: &Campaign) -> std::sync::Arc<CampaignKeys> {
-        self.redis.keys(c.id, c.pools.len())
+    /// The key names of the campaign's first shard, home of the
+    /// campaign-wide keys (rebuild lock, queue, dead letters); the only
+    /// shard of an unsharded campaign.
+    pub fn keys(&self, c: &Campaign) -> Arc<CampaignKeys> {
+        self.shards(c)[0].clone()
+    }
+
+    /// The key names of every shard of the campaign (index = shard).
+    pub fn shards(&self, c: &Campaign) -> Arc<Vec<Arc<CampaignKeys>>> {
+        self.redis.keys(c.id, c.pools.len(), c.shards)
+    }
+
+    /// The key names of the shard holding `user`'s answer.
+    pub fn keys_for(&self, c: &Campaign, user: &UserId) -> Arc<CampaignKeys> {
+        self.shards(c)[usize::from(home_shard(user, c.shards))].clone()
     }
 
     /// When the campaign's keys expire, jitter included (ms since epoch).
@@ -189,25 +202,37 @@ impl RedisCommon {
         (end + chrono::Duration::seconds(jitter)).timestamp_millis()
     }
 
-    /// The campaign's stream consumer: `batches` (the flusher, the
-    /// drainer) over the stream `mode`'s claims feed, under the campaign's
-    /// lease; when it ends and how it recovers is the campaign's
-    /// ([`Consumer`]).
+    /// The campaign's stream consumers, one per shard: each a `batches()`
+    /// (the flusher, the drainer) over that shard's stream of `mode`'s
+    /// claims feed, under that shard's lease; when they end and how they
+    /// recover is the campaign's ([`Consumer`]). The handle ends when all
+    /// of them have.
     pub fn spawn_consumer<B: Batches>(
         &self,
         c: &Campaign,
         mode: ScriptMode,
         env: TaskEnv,
-        batches: B,
+        batches: impl Fn() -> B,
     ) -> JoinHandle<()> {
-        let k = self.keys(c);
-        let consumer = Consumer {
-            common: self.clone(),
-            campaign: c.clone(),
-            mode,
-            batches,
-        };
-        stream::spawn(&self.redis, mode.stream(&k), &k.lease, env, consumer)
+        let handles: Vec<JoinHandle<()>> = self
+            .shards(c)
+            .iter()
+            .map(|k| {
+                let consumer = Consumer {
+                    common: self.clone(),
+                    campaign: c.clone(),
+                    keys: k.clone(),
+                    mode,
+                    batches: batches(),
+                };
+                stream::spawn(&self.redis, mode.stream(k), &k.lease, env.clone(), consumer)
+            })
+            .collect();
+        tokio::spawn(async move {
+            for h in handles {
+                let _ = h.await;
+            }
+        })
     }
 
     /// Whether the campaign's keys are past their life: Redis no longer

@@ -7,7 +7,10 @@ use std::time::Duration;
 use super::{AdmissionError, RedisCommon, Release, Stored};
 use crate::storage::redis::scripts::ReleaseArgs;
 use crate::{
-    domain::{Campaign, ClaimOutcome, UserId},
+    domain::{
+        shard::{home_shard, shard_range},
+        Campaign, ClaimOutcome, UserId,
+    },
     storage::{
         pg::{self, NewGrant, NewRejection},
         redis::RedisStoreError,
@@ -172,10 +175,28 @@ impl RedisCommon {
         triples: &[(String, String, String)],
         decrement_queued: bool,
     ) -> Result<i64, AdmissionError> {
-        Ok(self
-            .redis
-            .promote(&self.keys(c), triples, decrement_queued)
-            .await?)
+        if c.shards <= 1 {
+            return Ok(self
+                .redis
+                .promote(&self.keys(c), triples, decrement_queued)
+                .await?);
+        }
+        // Each answer lives on its user's home shard.
+        let ks = self.shards(c);
+        let mut by_shard: Vec<Vec<(String, String, String)>> = vec![Vec::new(); ks.len()];
+        for t in triples {
+            let h = UserId::parse(t.0.clone())
+                .map(|u| home_shard(&u, c.shards))
+                .unwrap_or(0);
+            by_shard[usize::from(h)].push(t.clone());
+        }
+        let mut n = 0;
+        for (k, ts) in ks.iter().zip(by_shard) {
+            if !ts.is_empty() {
+                n += self.redis.promote(k, &ts, decrement_queued).await?;
+            }
+        }
+        Ok(n)
     }
 
     /// The compensating action on a reservation whose answer is still
@@ -202,10 +223,21 @@ impl RedisCommon {
             queued_delta: r.queued_delta,
             give_back: r.give_back,
             mark_taken: r.mark_taken,
+            range: (c.shards > 1).then(|| {
+                let pool = c.pool_at(pidx).map(|p| p.stock).unwrap_or(0);
+                shard_range(pool, home_shard(user, c.shards), c.shards)
+            }),
         };
-        Ok(self
-            .redis
-            .release(&self.keys(c), pidx as usize, &args)
-            .await?)
+        let k = self.keys_for(c, user);
+        let done = self.redis.release(&k, pidx as usize, &args).await?;
+        if done == 2 {
+            // A slot PostgreSQL holds sits somewhere this shard cannot see:
+            // the shards start again from PostgreSQL.
+            let gen = self.redis.state_generation(&k).await?.unwrap_or(0);
+            self.drop_all(c, gen).await?;
+        } else if done == 1 && r.give_back && c.shards > 1 {
+            self.publish_returned(c, pidx as usize, k.shard).await?;
+        }
+        Ok(done >= 1)
     }
 }

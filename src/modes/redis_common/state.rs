@@ -7,7 +7,11 @@ use chrono::Utc;
 
 use super::{AdmissionError, RedisCommon, Stored, Truth};
 use crate::{
-    domain::{generate_code, Campaign},
+    domain::{
+        generate_code,
+        shard::{home_shard, shard_range},
+        Campaign, UserId,
+    },
     storage::{
         pg::{self},
         redis::{CampaignKeys, InitState, PoolState, RedisStoreError},
@@ -29,8 +33,26 @@ impl RedisCommon {
     /// Forgets the campaign's Redis state if it is still of generation
     /// `gen`, which PostgreSQL has moved past: the next claim rebuilds.
     pub async fn drop_stale(&self, c: &Campaign, gen: i64) -> Result<(), AdmissionError> {
-        if self.redis.drop_stale(&self.keys(c), gen).await? {
-            tracing::warn!(campaign = %c.id, gen, "dropped a redis state older than postgres' generation");
+        for k in self.shards(c).iter() {
+            if self.redis.drop_stale(k, gen).await? {
+                tracing::warn!(campaign = %c.id, shard = k.shard, gen, "dropped a redis state older than postgres' generation");
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets every shard's state of generation `gen`, and any of a
+    /// generation other than PostgreSQL's: a sharded campaign's shards
+    /// that no longer add up (one lost, or of another generation) start
+    /// again together from PostgreSQL.
+    pub async fn drop_all(&self, c: &Campaign, gen: i64) -> Result<(), AdmissionError> {
+        let now = pg::generation(&self.db, c.id).await?;
+        for k in self.shards(c).iter() {
+            if let Some(g) = self.redis.state_generation(k).await? {
+                if (g == gen || g != now) && self.redis.drop_stale(k, g).await? {
+                    tracing::warn!(campaign = %c.id, shard = k.shard, gen = g, "dropped a shard's state: the shards no longer add up");
+                }
+            }
         }
         Ok(())
     }
@@ -39,7 +61,10 @@ impl RedisCommon {
     /// not load it (a restart or failover may have lost its last writes);
     /// `true` when it did. The caller rebuilds.
     pub async fn forget_if_server_changed(&self, c: &Campaign) -> Result<bool, AdmissionError> {
-        let dropped = self.redis.forget_if_moved(&self.keys(c)).await?;
+        let mut dropped = false;
+        for k in self.shards(c).iter() {
+            dropped |= self.redis.forget_if_moved(k).await?;
+        }
         if dropped {
             metrics::counter!("firstcome_redis_server_changes_total").increment(1);
             tracing::warn!(campaign = %c.id, "redis state loaded by another server (restart or failover): dropped, rebuilding from postgres");
@@ -157,30 +182,38 @@ impl RedisCommon {
     }
 
     async fn rebuild_locked(&self, c: &Campaign, k: &CampaignKeys) -> Result<(), AdmissionError> {
-        // Only rebuilders (holding the lock) load a state: if one is there,
-        // a racing rebuilder loaded it, and a new generation would only
-        // fence off its live writes.
-        let meta = k.meta.clone();
-        let present: bool =
-            self.redis
-                .run(|mut conn| async move {
-                    redis::cmd("EXISTS").arg(&meta).query_async(&mut conn).await
-                })
-                .await?;
-        if present {
+        let ks = self.shards(c);
+        // Only rebuilders (holding the lock) load a state: if every shard
+        // is there, of one generation, a racing rebuilder loaded it, and a
+        // new generation would only fence off its live writes.
+        let mut gens = Vec::with_capacity(ks.len());
+        for s in ks.iter() {
+            gens.push(self.redis.state_generation(s).await?);
+        }
+        if gens.iter().all(|g| g.is_some() && *g == gens[0]) {
             return Ok(());
+        }
+        // Some shard lost its state: the others are dropped too (their
+        // stock and the lost one's are recounted together; their writes in
+        // flight are fenced by the new generation).
+        for (s, g) in ks.iter().zip(&gens) {
+            if let Some(g) = g {
+                self.redis.drop_stale(s, *g).await?;
+            }
         }
         // An outbox that outlived its state (only meta lost) holds answers
         // already told (redis-lua writes behind through it; the other modes
         // leave it empty, so this costs them one call); the flusher needs
         // no meta, so it writes them first, and the rebuild then reads them.
-        if self.redis.outbox_to_flush(k, OUTBOX_WAIT_MS).await? > 0 {
-            return Err(AdmissionError::Rebuilding);
+        for s in ks.iter() {
+            if self.redis.outbox_to_flush(s, OUTBOX_WAIT_MS).await? > 0 {
+                return Err(AdmissionError::Rebuilding);
+            }
         }
         let gen = pg::bump_generation(&self.db, c.id).await?;
         let Truth {
             mut answers,
-            mut active,
+            active,
             mut max_seq,
         } = self.truth(c).await?;
         // Dead letters outlive the state (their stream is not part of it):
@@ -198,40 +231,43 @@ impl RedisCommon {
                 answers.push((d.user, s));
             }
         }
-        let st = InitState {
-            expire_at_ms: Self::expire_at_ms(c, Utc::now()),
-            opens_ms: c.opens_at.map(|t| t.timestamp_millis()),
-            closes_ms: c.closes_at.map(|t| t.timestamp_millis()),
-            mode: c.mode.as_str().to_string(),
-            seq: max_seq,
-            queued: 0,
-            gen,
-            pools: c
-                .pools
-                .iter()
-                .zip(active.iter_mut())
-                .map(|(pool, slots)| {
-                    let hw = slots.last().copied().unwrap_or(0);
-                    PoolState {
-                        left: (pool.stock as i64 - slots.len() as i64).max(0),
-                        hw,
-                        free: (1..=hw)
-                            .filter(|s| slots.binary_search(s).is_err())
-                            .collect(),
-                    }
-                })
-                .collect(),
-            answers: answers.into_iter().map(|(u, a)| (u, a.encode())).collect(),
-        };
-        if !self.redis.init_state(k, &st).await? {
-            // A state appeared while we held the lock: a rebuilder paused
-            // past its lock loaded it, of an older generation than ours
-            // (the newest). Drop it; the next claim rebuilds.
-            let other = self.redis.state_generation(k).await?;
-            if let Some(other) = other.filter(|g| *g != gen) {
-                self.drop_stale(c, other).await?;
+        let n = c.shards.max(1);
+        let mut by_shard: Vec<Vec<(String, String)>> = vec![Vec::new(); usize::from(n)];
+        for (u, a) in answers {
+            let h = match UserId::parse(u.clone()) {
+                Ok(user) => home_shard(&user, n),
+                Err(_) => 0,
+            };
+            by_shard[usize::from(h)].push((u, a.encode()));
+        }
+        for (s, answers) in by_shard.into_iter().enumerate() {
+            let shard = s as u16;
+            let st = InitState {
+                expire_at_ms: Self::expire_at_ms(c, Utc::now()),
+                opens_ms: c.opens_at.map(|t| t.timestamp_millis()),
+                closes_ms: c.closes_at.map(|t| t.timestamp_millis()),
+                mode: c.mode.as_str().to_string(),
+                seq: first_seq(max_seq, shard, n),
+                queued: 0,
+                gen,
+                pools: c
+                    .pools
+                    .iter()
+                    .zip(active.iter())
+                    .map(|(pool, slots)| pool_state(pool.stock, slots, shard, n))
+                    .collect(),
+                answers,
+            };
+            if !self.redis.init_state(&ks[s], &st).await? {
+                // A state appeared while we held the lock: a rebuilder
+                // paused past its lock loaded it, of an older generation
+                // than ours (the newest). Drop it; the next claim rebuilds.
+                let other = self.redis.state_generation(&ks[s]).await?;
+                if let Some(other) = other.filter(|g| *g != gen) {
+                    self.drop_stale(c, other).await?;
+                }
+                return Err(AdmissionError::Rebuilding);
             }
-            return Err(AdmissionError::Rebuilding);
         }
         // A rebuilder paused past its lock may have loaded an older
         // generation than PostgreSQL's: drop it, the next claim rebuilds.
@@ -272,40 +308,111 @@ impl RedisCommon {
             return Ok(false);
         }
         let now = Utc::now();
-        let k = self.keys(c);
         let half = chrono::Duration::seconds(crate::domain::OPEN_ENDED_KEY_LIFETIME_SECS / 2);
-        Ok(self
-            .redis
-            .refresh(
-                &k,
-                Self::expire_at_ms(c, now),
-                (now + half).timestamp_millis(),
-            )
-            .await?)
+        let mut did = false;
+        for k in self.shards(c).iter() {
+            did |= self
+                .redis
+                .refresh(
+                    k,
+                    Self::expire_at_ms(c, now),
+                    (now + half).timestamp_millis(),
+                )
+                .await?;
+        }
+        Ok(did)
     }
 
-    /// Stock left at the door per pool, and the queued count.
+    /// Stock left at the door per pool (summed over the shards' doors: a
+    /// unit given back but not yet published, or moving between shards, is
+    /// not counted until it is claimable), and the queued count.
     pub async fn counters(&self, c: &Campaign) -> Result<Option<(Vec<i64>, i64)>, AdmissionError> {
-        let k = self.keys(c);
-        let (exists, left, queued): (bool, Vec<Option<i64>>, Option<i64>) = self
-            .redis
-            .run(|mut conn| async move {
-                let lefts: Vec<&String> = k.pools.iter().map(|p| &p.left).collect();
-                redis::pipe()
-                    .exists(&k.meta)
-                    .cmd("MGET")
-                    .arg(lefts)
-                    .get(&k.queued)
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?;
-        if !exists {
-            return Ok(None);
+        let mut total = vec![0; c.pools.len()];
+        let mut queued_total = 0;
+        for k in self.shards(c).iter().cloned() {
+            let (exists, left, queued): (bool, Vec<Option<i64>>, Option<i64>) = self
+                .redis
+                .run(|mut conn| async move {
+                    let lefts: Vec<&String> = k.pools.iter().map(|p| &p.left).collect();
+                    redis::pipe()
+                        .exists(&k.meta)
+                        .cmd("MGET")
+                        .arg(lefts)
+                        .get(&k.queued)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+            if !exists {
+                return Ok(None);
+            }
+            for (t, l) in total.iter_mut().zip(left) {
+                *t += l.unwrap_or(0).max(0);
+            }
+            queued_total += queued.unwrap_or(0);
         }
-        Ok(Some((
-            left.into_iter().map(|x| x.unwrap_or(0)).collect(),
-            queued.unwrap_or(0),
-        )))
+        Ok(Some((total, queued_total)))
+    }
+}
+
+/// The first arrival number shard `shard` of `n` hands out after a rebuild
+/// whose highest known one is `max_seq`, minus its step: each shard counts
+/// in steps of `n` from its own residue, so no two shards share a number.
+fn first_seq(max_seq: i64, shard: u16, n: u16) -> i64 {
+    let n = i64::from(n.max(1));
+    (max_seq.div_euclid(n) + 1) * n + i64::from(shard) - n
+}
+
+/// Pool state of shard `shard` of `n`, from the pool's active slots
+/// (sorted): its starting range, less the slots held in it.
+fn pool_state(stock: i32, active: &[i32], shard: u16, n: u16) -> PoolState {
+    let (lo, hi) = shard_range(stock, shard, n);
+    let held: Vec<i32> = active
+        .iter()
+        .copied()
+        .filter(|s| (lo..=hi).contains(s))
+        .collect();
+    let hw = held.last().copied().unwrap_or(lo - 1);
+    let free: Vec<i32> = (lo..=hw)
+        .filter(|s| held.binary_search(s).is_err())
+        .collect();
+    PoolState {
+        left: i64::from(hi - hw) + free.len() as i64,
+        hw,
+        free,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_never_share_an_arrival_number() {
+        for n in [1_u16, 2, 3, 8] {
+            for max in [0_i64, 1, 7, 100] {
+                let mut all = std::collections::HashSet::new();
+                for s in 0..n {
+                    let first = first_seq(max, s, n) + i64::from(n);
+                    assert!(first > max, "n {n}, max {max}, shard {s}");
+                    for k in 0..5 {
+                        assert!(all.insert(first + k * i64::from(n)));
+                    }
+                }
+            }
+        }
+        assert_eq!(first_seq(41, 0, 1), 41);
+    }
+
+    #[test]
+    fn a_shard_state_counts_its_range() {
+        // Unsharded: as before (stock 10, slots 2 and 5 held).
+        let p = pool_state(10, &[2, 5], 0, 1);
+        assert_eq!((p.left, p.hw, p.free), (8, 5, vec![1, 3, 4]));
+        // Shard 1 of 2 owns 6..=10; slots 7 held, 3 (shard 0's) ignored.
+        let p = pool_state(10, &[3, 7], 1, 2);
+        assert_eq!((p.left, p.hw, p.free), (4, 7, vec![6]));
+        let p = pool_state(10, &[], 1, 2);
+        assert_eq!((p.left, p.hw, p.free), (5, 5, vec![]));
     }
 }

@@ -6,7 +6,7 @@ use sqlx::PgPool;
 
 use crate::storage::redis::stream::Entry;
 use crate::{
-    domain::Campaign,
+    domain::{Campaign, UserId},
     modes::redis_common::{Batches, RedisCommon},
     storage::pg::{self, NewGrant, NewRejection, PgError},
 };
@@ -19,6 +19,38 @@ pub struct Flusher {
     pub campaign: Campaign,
     /// Redis, to rebuild the state if it is lost.
     pub common: RedisCommon,
+}
+
+impl Flusher {
+    /// A sharded pool's cancels hold their slot back until they are durable
+    /// (cancel.lua): now that they are, the slots go back to their shard and
+    /// are published. A failure leaves the batch pending; it is delivered
+    /// again, and `returned.lua` gives each cancel back once.
+    async fn give_back_cancelled(&self, entries: &[Entry], gen_now: i64) -> anyhow::Result<()> {
+        for e in entries {
+            if e.get("op") != "c" || e.get("sl").is_empty() {
+                continue;
+            }
+            let gen: i64 = e.get("g").parse().unwrap_or(0);
+            if gen != gen_now {
+                continue;
+            }
+            let (pidx, slot): (usize, i32) = (e.get("p").parse()?, e.get("sl").parse()?);
+            let user = UserId::parse(e.get("u").to_string())?;
+            let k = self.common.keys_for(&self.campaign, &user);
+            // Published even when this delivery did not give it back (a
+            // redelivery after a failed publish): the unit must not stay
+            // behind the other shards' sold-out marks.
+            self.common
+                .redis
+                .returned(&k, pidx, slot, gen, e.get("c"))
+                .await?;
+            self.common
+                .publish_returned(&self.campaign, pidx, k.shard)
+                .await?;
+        }
+        Ok(())
+    }
 }
 
 impl Batches for Flusher {
@@ -92,6 +124,7 @@ impl Batches for Flusher {
             .len();
         pg::insert_rejections_in(&mut tx, &refusals, &any(refusals.len())).await?;
         tx.commit().await.map_err(PgError::from)?;
+        self.give_back_cancelled(entries, gen_now).await?;
         if stale > 0 {
             tracing::error!(stale, campaign = %self.campaign.id, "flush: outbox entries of a replaced redis state dropped");
             metrics::counter!("firstcome_flush_stale_total").increment(stale as u64);

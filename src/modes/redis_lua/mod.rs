@@ -43,7 +43,8 @@ impl Admission for RedisLua {
     /// The flusher: writes the outbox to PostgreSQL behind the answers.
     fn background(&self, campaign: Campaign, env: TaskEnv) -> Option<JoinHandle<()>> {
         let c = &self.common;
-        let handler = flusher::Flusher {
+        // One per shard: each shard has its own outbox.
+        let handler = || flusher::Flusher {
             common: c.clone(),
             db: c.db.clone(),
             campaign: campaign.clone(),

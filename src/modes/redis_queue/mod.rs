@@ -45,7 +45,7 @@ impl Admission for RedisQueue {
     /// The drainer: grants the queue in arrival order, durably.
     fn background(&self, campaign: Campaign, env: TaskEnv) -> Option<JoinHandle<()>> {
         let c = &self.common;
-        let handler = drainer::Drainer {
+        let handler = || drainer::Drainer {
             common: c.clone(),
             db: c.db.clone(),
             campaign: campaign.clone(),

@@ -9,8 +9,8 @@ use crate::domain::{Campaign, CampaignId, Mode, NewCampaign, Pool, PoolName};
 pub async fn create_campaign(db: &PgPool, new: &NewCampaign) -> Result<Campaign, PgError> {
     let mut tx = db.begin().await?;
     let row = sqlx::query(
-        "INSERT INTO campaigns (name, mode, per_user_limit, opens_at, closes_at, hold_secs, confirm_within_secs)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        "INSERT INTO campaigns (name, mode, per_user_limit, opens_at, closes_at, hold_secs, confirm_within_secs, shards)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
     )
     .bind(&new.name)
     .bind(new.mode.as_str())
@@ -19,6 +19,7 @@ pub async fn create_campaign(db: &PgPool, new: &NewCampaign) -> Result<Campaign,
     .bind(new.closes_at)
     .bind(new.hold_secs)
     .bind(new.confirm_within_secs)
+    .bind(i32::from(new.shards))
     .fetch_one(&mut *tx)
     .await?;
     let id: i64 = row.get(0);
@@ -44,7 +45,7 @@ pub async fn create_campaign(db: &PgPool, new: &NewCampaign) -> Result<Campaign,
 /// Loads a campaign with its pools; `None` when it does not exist.
 pub async fn load_campaign(db: &PgPool, id: CampaignId) -> Result<Option<Campaign>, PgError> {
     let Some(row) = sqlx::query(
-        "SELECT id, name, mode, per_user_limit, opens_at, closes_at, hold_secs, created_at, confirm_within_secs
+        "SELECT id, name, mode, per_user_limit, opens_at, closes_at, hold_secs, created_at, confirm_within_secs, shards
          FROM campaigns WHERE id = $1",
     )
     .bind(id.0)
@@ -80,6 +81,8 @@ pub async fn load_campaign(db: &PgPool, id: CampaignId) -> Result<Option<Campaig
         hold_secs: row.get("hold_secs"),
         created_at: row.get("created_at"),
         confirm_within_secs: row.get("confirm_within_secs"),
+        shards: u16::try_from(row.get::<i32, _>("shards"))
+            .map_err(|e| PgError::Corrupt(e.to_string()))?,
         pools,
     }))
 }

@@ -109,4 +109,14 @@ scripts! {
     time;
     /// One user's answer, and whether the state holding it is whole.
     answer;
+    /// A sharded pool's shard gives stock to a dry one.
+    give;
+    /// A dry shard receives the stock given to it.
+    take;
+    /// A shard makes the units it got back claimable.
+    publish;
+    /// A shard's sold-out mark: set after a proof, cleared before a publish.
+    marks;
+    /// A sharded redis-lua pool gets back a cancel's slot once it is durable.
+    returned;
 }

@@ -7,10 +7,13 @@
 //! `Script::invoke_async` does that) after a restart, failover or
 //! `SCRIPT FLUSH`.
 
+mod keys;
 mod lua;
 pub mod scripts;
+pub mod shards;
 pub mod stream;
 
+pub use keys::{key_slot, shard_tag, CampaignKeys, PoolKeys};
 pub use lua::{Lua, Scripts};
 
 use std::{
@@ -75,88 +78,6 @@ impl ScriptMode {
             ScriptMode::Enqueue => &k.queue,
             _ => &k.outbox,
         }
-    }
-}
-
-/// Names of one pool's keys.
-#[derive(Debug, Clone)]
-pub struct PoolKeys {
-    /// Stock still available at the door.
-    pub left: String,
-    /// Highest slot ever handed out.
-    pub hw: String,
-    /// Released slots (zset, score = slot).
-    pub free: String,
-}
-
-/// Names of one campaign's keys.
-#[derive(Debug, Clone)]
-pub struct CampaignKeys {
-    /// Window and expiry; its presence means the state is loaded.
-    pub meta: String,
-    /// user -> answer.
-    pub ans: String,
-    /// Arrival counter.
-    pub seq: String,
-    /// Claims waiting in the queue (redis-queue).
-    pub queued: String,
-    /// Write-behind outbox stream (redis-lua).
-    pub outbox: String,
-    /// Arrival queue stream (redis-queue).
-    pub queue: String,
-    /// Dead letters (redis-queue).
-    pub dlq: String,
-    /// Held while the state is rebuilt from PostgreSQL.
-    pub rebuild_lock: String,
-    /// Held by the one worker that flushes or drains this campaign.
-    pub lease: String,
-    /// Gate reservations in flight: user -> reservation time (ms).
-    pub pending: String,
-    /// Per pool, by index.
-    pub pools: Vec<PoolKeys>,
-}
-
-impl CampaignKeys {
-    /// The keys of campaign `id` with `npools` pools under `prefix`.
-    pub fn new(prefix: &str, id: CampaignId, npools: usize) -> Self {
-        let base = format!("{prefix}:{{c{}}}", id.0);
-        Self {
-            meta: format!("{base}:meta"),
-            ans: format!("{base}:ans"),
-            seq: format!("{base}:seq"),
-            queued: format!("{base}:queued"),
-            outbox: format!("{base}:outbox"),
-            queue: format!("{base}:queue"),
-            dlq: format!("{base}:dlq"),
-            rebuild_lock: format!("{base}:lock:rebuild"),
-            lease: format!("{base}:lease"),
-            pending: format!("{base}:pending"),
-            pools: (0..npools)
-                .map(|i| PoolKeys {
-                    left: format!("{base}:p{i}:left"),
-                    hw: format!("{base}:p{i}:hw"),
-                    free: format!("{base}:p{i}:free"),
-                })
-                .collect(),
-        }
-    }
-
-    /// Every key name of the campaign that carries its expiry, meta first.
-    pub fn all(&self) -> Vec<&str> {
-        let mut v = vec![
-            self.meta.as_str(),
-            &self.ans,
-            &self.seq,
-            &self.queued,
-            &self.outbox,
-            &self.queue,
-            &self.dlq,
-            &self.pending,
-        ];
-        for p in &self.pools {
-            v.extend([p.left.as_str(), &p.hw, &p.free]);
-        }
-        v
     }
 }
 
@@ -275,8 +196,9 @@ pub struct RedisStore {
     keys: Arc<KeyCache>,
 }
 
-/// Key names by (campaign id, number of pools).
-type KeyCache = RwLock<HashMap<(i64, usize), Arc<CampaignKeys>>>;
+/// Key names by (campaign id, number of pools, number of shards): one
+/// entry per shard.
+type KeyCache = RwLock<HashMap<(i64, usize, u16), Arc<Vec<Arc<CampaignKeys>>>>>;
 
 /// One answer swap of `promote.lua`: (user, expected answer, new answer).
 pub type AnswerSwap = (String, String, String);
@@ -346,13 +268,18 @@ impl RedisStore {
         })
     }
 
-    /// The key names of a campaign.
-    pub fn keys(&self, id: CampaignId, npools: usize) -> Arc<CampaignKeys> {
-        let k = (id.0, npools);
+    /// The key names of a campaign's shards (index = shard).
+    pub fn keys(&self, id: CampaignId, npools: usize, nshards: u16) -> Arc<Vec<Arc<CampaignKeys>>> {
+        let k = (id.0, npools, nshards);
         if let Some(v) = self.keys.read().expect("key cache lock").get(&k) {
             return v.clone();
         }
-        let v = Arc::new(CampaignKeys::new(&self.prefix, id, npools));
+        let n = nshards.max(1);
+        let v: Arc<Vec<Arc<CampaignKeys>>> = Arc::new(
+            (0..n)
+                .map(|s| Arc::new(CampaignKeys::new(&self.prefix, id.0, npools, s, n)))
+                .collect(),
+        );
         let mut m = self.keys.write().expect("key cache lock");
         if m.len() >= KEY_CACHE_MAX {
             m.clear();

@@ -29,6 +29,9 @@ pub struct ReleaseArgs<'a> {
     pub give_back: bool,
     /// A slot PostgreSQL says is held, to mark taken.
     pub mark_taken: Option<i32>,
+    /// Sharded pools: this shard's starting range `(lo, hi)`; a unit given
+    /// back then waits to be published.
+    pub range: Option<(i32, i32)>,
 }
 
 /// A dead-lettered redis-queue claim, as its `dlq` stream entry holds it.
@@ -70,7 +73,11 @@ impl RedisStore {
         Ok(self.eval::<i64>(lua, keys, args).await? == 1)
     }
 
-    /// `claim.lua`: one admission decision for `user` in pool `pidx`.
+    /// `claim.lua`: one admission decision for `user` in pool `pidx`;
+    /// `hi` is the last slot of this shard's range (the stock when
+    /// unsharded), `proof` the `ver` and generation a sold-out proof saw
+    /// (sharded).
+    #[allow(clippy::too_many_arguments)]
     pub async fn claim(
         &self,
         k: &CampaignKeys,
@@ -78,10 +85,11 @@ impl RedisStore {
         user: &str,
         code: &str,
         mode: ScriptMode,
-        stock: i64,
+        hi: i64,
+        proof: Option<(&str, i64)>,
     ) -> Result<Vec<String>, RedisStoreError> {
         let p = k.pool(pidx)?;
-        let keys: [&str; 9] = [
+        let keys: [&str; 11] = [
             &k.meta,
             &k.ans,
             &k.seq,
@@ -91,29 +99,40 @@ impl RedisStore {
             mode.stream(k),
             &k.queued,
             &k.pending,
+            &p.sx,
+            &p.xf,
         ];
         let args = [
             user,
             &pidx.to_string(),
             code,
             mode.as_arg(),
-            &stock.to_string(),
+            &hi.to_string(),
+            &k.nshards.max(1).to_string(),
+            proof.map_or("", |p| p.0),
+            &proof.map(|p| p.1.to_string()).unwrap_or_default(),
         ];
         self.eval(&self.scripts().claim, &keys, &args).await
     }
 
     /// `release.lua`: gives a reservation back (compare-and-set on the
-    /// answer); `true` when it did.
+    /// answer): 1 when it did, 0 when the answer had changed, 2 when it did
+    /// but a slot to mark taken is outside this shard's range and not
+    /// free here (the caller drops the state).
     pub async fn release(
         &self,
         k: &CampaignKeys,
         pidx: usize,
         r: &ReleaseArgs<'_>,
-    ) -> Result<bool, RedisStoreError> {
+    ) -> Result<i64, RedisStoreError> {
         let p = k.pool(pidx)?;
-        let keys: [&str; 7] = [
-            &k.meta, &k.ans, &p.left, &p.free, &k.queued, &k.pending, &p.hw,
+        let keys: [&str; 8] = [
+            &k.meta, &k.ans, &p.left, &p.free, &k.queued, &k.pending, &p.hw, &p.sx,
         ];
+        let range = r
+            .range
+            .map(|(lo, hi)| format!("{lo}|{hi}"))
+            .unwrap_or_default();
         let args = [
             r.user,
             r.expected,
@@ -122,8 +141,9 @@ impl RedisStore {
             &r.queued_delta.to_string(),
             if r.give_back { "1" } else { "0" },
             &opt(r.mark_taken),
+            &range,
         ];
-        self.eval_did(&self.scripts().release, &keys, &args).await
+        self.eval(&self.scripts().release, &keys, &args).await
     }
 
     /// `cancel.lua`: turns `user`'s grant in pool `pidx` into a cancelled
@@ -138,13 +158,14 @@ impl RedisStore {
         write_behind: bool,
     ) -> Result<Vec<String>, RedisStoreError> {
         let p = k.pool(pidx)?;
-        let keys: [&str; 5] = [&k.meta, &k.ans, &p.left, &p.free, &k.outbox];
+        let keys: [&str; 6] = [&k.meta, &k.ans, &p.left, &p.free, &k.outbox, &p.sx];
         let behind = if write_behind {
             ScriptMode::WriteBehind.as_arg()
         } else {
             ""
         };
-        let args = [user, behind, code.unwrap_or(""), &pidx.to_string()];
+        let sharded = if k.sharded() { "1" } else { "" };
+        let args = [user, behind, code.unwrap_or(""), &pidx.to_string(), sharded];
         self.eval(&self.scripts().cancel, &keys, &args).await
     }
 
@@ -436,7 +457,14 @@ impl RedisStore {
         }
         let mut keys: Vec<&str> = vec![&k.meta, &k.ans, &k.seq, &k.queued, &k.outbox, &k.queue];
         for p in &k.pools {
-            keys.extend([p.left.as_str(), p.hw.as_str(), p.free.as_str()]);
+            keys.extend([
+                p.left.as_str(),
+                p.hw.as_str(),
+                p.free.as_str(),
+                p.sx.as_str(),
+                p.xf.as_str(),
+                p.got.as_str(),
+            ]);
         }
         keys.push(&k.pending);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -432,7 +432,7 @@ async fn a_state_that_came_back_through_a_failover_is_dropped() {
     let store = firstcome::storage::redis::RedisStore::connect(&url(pa), &prefix, timeout)
         .await
         .unwrap();
-    let k = store.keys(firstcome::domain::CampaignId(1), 1);
+    let k = store.keys(firstcome::domain::CampaignId(1), 1, 1)[0].clone();
     let st = common::init_state("gate", &[3], "", "");
     assert!(store.init_state(&k, &st).await.unwrap());
     assert!(

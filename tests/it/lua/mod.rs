@@ -25,7 +25,7 @@ impl Fixture {
         let store = RedisStore::connect(&common::redis_url(), &prefix, Duration::from_secs(2))
             .await
             .unwrap();
-        let k = store.keys(CampaignId(1), stocks.len());
+        let k = store.keys(CampaignId(1), stocks.len(), 1)[0].clone();
         let st = common::init_state("gate", stocks, opens_ms, closes_ms);
         assert!(store.init_state(&k, &st).await.unwrap());
         // A second init must not clobber the live state.
