@@ -16,6 +16,13 @@
 #   stop       kill -STOP one API process for 28 s, then kill -CONT
 #   reconcile  `firstcome reconcile` in a loop during a cancel storm (20% of
 #              the granted users cancel: bench --cancel-frac 0.2)
+#   master     kill -9 the Redis Cluster master holding the round's campaign
+#              (its replica is promoted), then start it again (it rejoins as
+#              a replica). Runs the whole harness on a private Redis Cluster
+#              (3 masters, 3 replicas, scripts/services.sh cluster), so it
+#              goes only with worker, api and postgres in one run;
+#              CHAOS_SHARDS=n spreads gate and redis-lua campaigns over n
+#              shards (so over the masters)
 # For every fault x mode, --rounds rounds (default 10). --quick: 1 round,
 # and `stop`/`slowpg` only in the modes of CHAOS_STOP_MODES (gate,redis-queue)
 # and CHAOS_SLOWPG_MODES (gate).
@@ -30,7 +37,7 @@
 # Environment: CHAOS_USERS, CHAOS_STOCK, CHAOS_RATE, CHAOS_CONCURRENCY,
 # CHAOS_RETRY_SECS (sizes of a round), CHAOS_STOP_SECS, CHAOS_SLOWPG_SECS,
 # CHAOS_CANCEL_FRAC, CHAOS_LOSS_WINDOW_MS, CHAOS_STOP_MODES,
-# CHAOS_SLOWPG_MODES, CHAOS_OUT (output dir), FIRSTCOME_BIN or
+# CHAOS_SLOWPG_MODES, CHAOS_SHARDS, CHAOS_OUT (output dir), FIRSTCOME_BIN or
 # CARGO_TARGET_DIR (where the release binary is), FIRSTCOME_BENCH_BIN
 # (default: firstcome-bench in the same directory as the service binary).
 # Output: a table per fault x mode on stdout, target/chaos/summary.md and
@@ -54,7 +61,7 @@ while [ $# -gt 0 ]; do
     --modes) MODES="$2"; shift ;;
     --faults) FAULTS="$2"; shift ;;
     --bin) BIN="$2"; shift ;;
-    -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,48p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -133,6 +140,15 @@ as_pg() { stores_as_pg "$@"; }
 TMP="$(mktemp -d /tmp/firstcome-chaos.XXXXXX)"
 chmod 755 "$TMP"
 REDIS_PID=""; API1_PID=""; API2_PID=""; WORKER_PID=""; BENCH_PID=""; PG_STARTED=0
+CLUSTER=0; [[ ",$FAULTS," == *",master,"* ]] && CLUSTER=1
+if [ "$CLUSTER" = 1 ]; then
+  for f in ${FAULTS//,/ }; do
+    case "$f" in master|worker|api|postgres) ;;
+      *) echo "fault $f needs the single redis-server; run it apart from master" >&2; exit 2 ;;
+    esac
+  done
+fi
+SHARDS="${CHAOS_SHARDS:-1}"
 RECONCILE_PID=""
 API_ENV=()  # extra environment of the API processes (slowpg rounds)
 
@@ -144,6 +160,7 @@ cleanup() {
   for p in "$BENCH_PID" "$API1_PID" "$API2_PID" "$WORKER_PID" "$REDIS_PID" "${RECONCILE_PID:-}"; do
     [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true
   done
+  [ "$CLUSTER" = 1 ] && FIRSTCOME_DATA_DIR="$TMP/cl" "$ROOT/scripts/services.sh" cluster-stop >/dev/null 2>&1
   if [ "$PG_STARTED" = 1 ]; then
     local pm; pm="$(pg_postmaster_pid)"
     as_pg "$PGBIN/pg_ctl" -D "$TMP/pg" -m immediate -w -t 10 stop >/dev/null 2>&1 ||
@@ -185,6 +202,52 @@ start_redis() {
   REDIS_PID=$STORES_REDIS_PID
 }
 
+# ------------------------------------------------- Redis Cluster (master)
+CL_DIR="$TMP/cl/cluster"
+cluster_whole() { # every node up, every node sees the cluster ok
+  local p
+  for p in $(cat "$CL_DIR/ports"); do
+    redis-cli -p "$p" cluster info 2>/dev/null | grep -q '^cluster_state:ok' || return 1
+  done
+}
+start_cluster() {
+  local out
+  out="$(FIRSTCOME_DATA_DIR="$TMP/cl" "$ROOT/scripts/services.sh" cluster 2>>"$LOGS/cluster.log")" || return 1
+  REDIS_URL="${out#export REDIS_CLUSTER_URL=\'}"; REDIS_URL="${REDIS_URL%\'}"
+  export REDIS_URL
+  REDIS_FIRST="${REDIS_URL%%,*}"
+}
+kill_master() { # kill_master CAMPAIGN: the master of its first shard; restarts it as a replica
+  local id="$1" any slot port pid
+  any="$(head -1 "$CL_DIR/ports")"
+  slot="$(redis-cli -p "$any" cluster keyslot "c$id")"
+  port="$(redis-cli -p "$any" cluster nodes | python3 -c '
+import sys
+slot = int(sys.argv[1])
+for line in sys.stdin:
+    f = line.split()
+    if "master" not in f[2] or "fail" in f[2]:
+        continue
+    for r in f[8:]:
+        lo, _, hi = r.partition("-")
+        if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+            print(f[1].split("@")[0].split(":")[1])
+' "$slot")"
+  [ -n "$port" ] || return 1
+  pid="$(cat "$CL_DIR/$port/redis.pid")"
+  kill -9 "$pid" || return 1
+  # Its replica is promoted after the node timeout (2 s); the node comes
+  # back with its nodes.conf and rejoins as the new master's replica.
+  wait_for 20 sh -c "! kill -0 $pid"
+  sleep 3
+  redis-server --bind 127.0.0.1 --port "$port" --cluster-enabled yes \
+    --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
+    --cluster-replica-validity-factor 0 --save '' --appendonly no \
+    --dir "$CL_DIR/$port" --daemonize yes --pidfile "$CL_DIR/$port/redis.pid" \
+    --logfile "$CL_DIR/$port/redis.log" </dev/null >/dev/null 2>&1 || return 1
+  echo "master :$port (slot $slot of campaign $id) kill -9, replica promoted, restarted"
+}
+
 # ----------------------------------------------------------- PostgreSQL
 PG_OPTS="-p $PG_PORT -k $TMP/pg -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
 pg_ok() { stores_pg_ok "$PG_PORT"; }
@@ -209,7 +272,11 @@ start_service() { # start_service NAME ROLE PORT -> sets <NAME>_PID
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 ensure_up() { # restarts whatever died outside a fault; returns 1 if something had
   local bad=0
-  alive "$REDIS_PID" || { log "redis-server died unexpectedly"; bad=1; start_redis; }
+  if [ "$CLUSTER" = 1 ]; then
+    wait_for 30 cluster_whole || { log "the Redis Cluster is not whole"; bad=1; }
+  else
+    alive "$REDIS_PID" || { log "redis-server died unexpectedly"; bad=1; start_redis; }
+  fi
   pg_ok || { log "PostgreSQL down unexpectedly"; bad=1;
     as_pg "$PGBIN/pg_ctl" -D "$TMP/pg" -o "$PG_OPTS" -l "$LOGS/postgres.log" -w -t 30 start >/dev/null || true; }
   alive "$API1_PID" || { log "api1 died unexpectedly"; bad=1; start_service api1 api "$API1_PORT"; }
@@ -322,6 +389,11 @@ inject() { # inject FAULT ROUND LOSSFILE: prints what it did
       as_pg "$PGBIN/pg_ctl" -D "$TMP/pg" -o "$PG_OPTS" -l "$LOGS/postgres.log" -m "$how" -w -t 30 restart >/dev/null
       wait_for 20 pg_ok
       echo "postgres restart -m $how" ;;
+    master)
+      id="$(round_campaign)" || return 1
+      t0="$(now_ms)"
+      kill_master "$id" || return 1
+      echo "$t0 $(now_ms)" >"$lossfile" ;;
     api)
       if [ $((round % 2)) = 1 ]; then
         kill9 "$API1_PID"; API1_PID=""; sleep 0.3; start_service api1 api "$API1_PORT"; echo "api1 kill -9, restarted"
@@ -333,7 +405,13 @@ inject() { # inject FAULT ROUND LOSSFILE: prints what it did
 
 # ----------------------------------------------------------------- run
 log "private redis :$REDIS_PORT, postgres :$PG_PORT, api :$API1_PORT :$API2_PORT, worker :$WORKER_PORT (tmp $TMP)"
-start_redis
+if [ "$CLUSTER" = 1 ]; then
+  start_cluster || { log "could not start a Redis Cluster (see $LOGS/cluster.log)"; exit 1; }
+  log "private redis cluster $REDIS_URL"
+else
+  start_redis
+  REDIS_FIRST="$REDIS_URL"
+fi
 start_pg
 start_service api1 api "$API1_PORT"
 start_service api2 api "$API2_PORT"
@@ -346,7 +424,7 @@ IFS=',' read -r -a mode_list <<<"$MODES"
 in_list() { [[ ",$2," == *",$1,"* ]]; }
 for fault in "${fault_list[@]}"; do
   case "$fault" in
-    redis|worker|postgres|api|flush|expire|slowpg|stop|reconcile) ;;
+    redis|worker|postgres|api|flush|expire|slowpg|stop|reconcile|master) ;;
     *) log "unknown fault $fault"; exit 2 ;;
   esac
   fault_modes=()
@@ -372,7 +450,7 @@ for fault in "${fault_list[@]}"; do
       lossfile="$OUT/runs/$fault-$mode-$round.loss"
       extra=(); conc="$CONC"; max_secs="$MAX_SECS"; drain="$DRAIN_SECS"
       case "$fault" in
-        redis|flush|expire)
+        redis|flush|expire|master)
           extra=(--allow-redis-loss --loss-at-file "$lossfile" --loss-window-ms "$LOSS_WINDOW_MS"
                  --metrics-url "http://127.0.0.1:$WORKER_PORT") ;;
         reconcile) extra=(--cancel-frac "$CANCEL_FRAC") ;;
@@ -380,6 +458,7 @@ for fault in "${fault_list[@]}"; do
         # grants after the rush, each insert 6 s while the trigger is on.
         slowpg) conc="$SLOWPG_CONC"; max_secs="$SLOWPG_MAX_SECS"; drain=$((DRAIN_SECS + SLOWPG_SECS)) ;;
       esac
+      case "$mode" in gate|redis-lua) extra+=(--shards "$SHARDS") ;; esac
       round_timeout=$((max_secs + RETRY_SECS + drain + 60))
       PREV_ID="$(latest_campaign)"
       SOLD_BASE="$(sold_out_answers)"
@@ -389,6 +468,7 @@ for fault in "${fault_list[@]}"; do
         --users "$USERS" --stock "$STOCK" --concurrency "$conc" --rate "$RATE" \
         --limit-secs 0 --max-secs "$max_secs" --drain-secs "$drain" \
         --retry-secs "$RETRY_SECS" --request-timeout-secs "$REQUEST_TIMEOUT" \
+        --redis-url "$REDIS_FIRST" \
         "${extra[@]}" --json "$json" >"$blog" 2>&1 &
       BENCH_PID=$!
       # A Redis state loss in odd rounds lands just after the sell-out (once
