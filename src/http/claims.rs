@@ -29,6 +29,7 @@ use super::{
     answers::{answer, settled, ClaimAnswer, ClaimRequest},
     auth::{Caller, Confirmer},
     error::{ApiError, Problem, PROBLEM_JSON},
+    limits::ClientIp,
     ApiJson, AppState,
 };
 use crate::{
@@ -286,7 +287,9 @@ pub const SSE_POLL: Duration = Duration::from_millis(250);
 /// once.
 pub const SSE_HOLD_POLL: Duration = Duration::from_secs(2);
 
-/// The client address the server saw (none when it did not say).
+/// The client address as the per-address limits see it ([`ClientIp`], set
+/// by `limits::limit_ip`), else the TCP peer; none when the server did not
+/// say.
 pub struct PeerIp(Option<std::net::IpAddr>);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerIp {
@@ -296,6 +299,9 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerIp {
         parts: &mut axum::http::request::Parts,
         _: &S,
     ) -> Result<Self, Infallible> {
+        if let Some(ClientIp(ip)) = parts.extensions.get::<ClientIp>() {
+            return Ok(PeerIp(*ip));
+        }
         let peer = parts
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();

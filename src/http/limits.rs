@@ -2,7 +2,8 @@
 //! process): the 429 answers of the API.
 //!
 //! [`RateLimits`] is built from [`RateConfig`]; the per-IP limit is the
-//! [`limit_ip`] middleware, the per-user one is applied by
+//! [`limit_ip`] middleware (keyed by [`client_ip`]: the TCP peer, or the
+//! header a trusted proxy sets), the per-user one is applied by
 //! `auth::Caller::user`. Nothing here reads tokens or knows handlers.
 
 use std::{
@@ -15,6 +16,7 @@ use std::{
 
 use axum::{
     extract::{ConnectInfo, Request, State},
+    http::{HeaderMap, HeaderName},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -137,14 +139,55 @@ fn ip_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Middleware: the per-IP limit, keyed by the TCP peer address (not
-/// `X-Forwarded-For`, which any client can write).
-pub async fn limit_ip(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
-        if let Err(e) = state.limits.check_ip(addr.ip()) {
+/// The client address of a request as the per-address limits see it (set
+/// by [`limit_ip`] for the routes behind it; `None` when the server did not
+/// say).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub Option<IpAddr>);
+
+/// The client's address: with `proxy_header` (`--behind-proxy`), the last
+/// address of the last such header, i.e. the hop our proxy appended (the
+/// ones before it are whatever the client wrote, so reading the first would
+/// let anyone pick their bucket); else, or when that header is missing or
+/// unreadable, the TCP peer (then the proxy itself).
+pub fn client_ip(
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    proxy_header: Option<&HeaderName>,
+) -> Option<IpAddr> {
+    let forwarded = proxy_header
+        .and_then(|h| headers.get_all(h).iter().next_back())
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|hop| parse_hop(hop.trim()));
+    forwarded.or(peer.map(|p| p.ip()))
+}
+
+/// An address as proxies write it: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1`
+/// or `[2001:db8::1]:5678`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    hop.parse::<SocketAddr>().ok().map(|s| s.ip())
+}
+
+/// Middleware: the per-address limit, in front of every `/v1` handler and
+/// therefore before any JWT is verified (a flood of forged tokens from one
+/// address is refused 429 without a signature check). Keyed by
+/// [`client_ip`], which it leaves in the request as [`ClientIp`].
+pub async fn limit_ip(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let ip = client_ip(req.headers(), peer, state.proxy_header.as_ref());
+    if let Some(ip) = ip {
+        if let Err(e) = state.limits.check_ip(ip) {
             return e.into_response();
         }
     }
+    req.extensions_mut().insert(ClientIp(ip));
     next.run(req).await
 }
 
@@ -159,6 +202,29 @@ mod tests {
         assert_eq!(ip_key(a), ip_key(b));
         let m: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
         assert_eq!(ip_key(m), "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn behind_a_proxy_the_last_hop_is_the_client() {
+        let peer: SocketAddr = "10.0.0.9:4000".parse().unwrap();
+        let xff = HeaderName::from_static("x-forwarded-for");
+        let mut h = HeaderMap::new();
+        assert_eq!(client_ip(&h, Some(peer), Some(&xff)), Some(peer.ip()));
+        h.append(&xff, "6.6.6.6, 1.2.3.4".parse().unwrap());
+        assert_eq!(
+            client_ip(&h, Some(peer), Some(&xff)),
+            Some("1.2.3.4".parse().unwrap())
+        );
+        h.append(&xff, "[2001:db8::1]:443".parse().unwrap());
+        assert_eq!(
+            client_ip(&h, Some(peer), Some(&xff)),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        // Without --behind-proxy the header is not read at all.
+        assert_eq!(client_ip(&h, Some(peer), None), Some(peer.ip()));
+        let mut junk = HeaderMap::new();
+        junk.insert(&xff, "not an address".parse().unwrap());
+        assert_eq!(client_ip(&junk, Some(peer), Some(&xff)), Some(peer.ip()));
     }
 
     #[test]

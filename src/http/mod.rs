@@ -81,6 +81,14 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// Answers of `GET /v1/campaigns/{id}`, kept about a second.
     pub campaign_bodies: campaign_cache::BodyCache,
+    /// The header a trusted proxy writes the client address into
+    /// (`--behind-proxy`); `None` keys per-address limits by the TCP peer.
+    pub proxy_header: Option<axum::http::HeaderName>,
+    /// Whether `/metrics`, `/readyz` and `/openapi.json` have a listener of
+    /// their own (`--ops-addr`), and so leave the public router.
+    pub ops_apart: bool,
+    /// The last readiness answer, reused for about a second.
+    pub readiness: ops::Readiness,
 }
 
 impl AppState {
@@ -124,7 +132,9 @@ where
     }
 }
 
-/// The application's routes.
+/// The routes of the public listener: the API, `/healthz`, and, unless
+/// they have a listener of their own, `/readyz`, `/metrics` and
+/// `/openapi.json`.
 pub fn router(state: AppState) -> Router {
     // The per-IP limit guards the API, not the probes of an orchestrator.
     let api =
@@ -134,10 +144,34 @@ pub fn router(state: AppState) -> Router {
                 state.clone(),
                 limits::limit_ip,
             ));
-    Router::new()
-        .merge(api)
-        .merge(ops::router())
-        .merge(openapi::router())
+    let ops = if state.ops_apart {
+        ops::health_router()
+    } else {
+        ops::router().merge(openapi::router())
+    };
+    finish(Router::new().merge(api).merge(ops), state)
+}
+
+/// The routes of a worker-only process: health, readiness, metrics (only
+/// health when they have a listener of their own).
+pub fn worker_router(state: AppState) -> Router {
+    let ops = if state.ops_apart {
+        ops::health_router()
+    } else {
+        ops::router()
+    };
+    finish(ops, state)
+}
+
+/// The routes of the `--ops-addr` listener: health, readiness, metrics and
+/// the OpenAPI document, for operators and scrapers only.
+pub fn ops_router(state: AppState) -> Router {
+    finish(ops::router().merge(openapi::router()), state)
+}
+
+/// The fallbacks and layers every listener shares.
+fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .route_layer(middleware::from_fn_with_state(state.clone(), timeout))
@@ -146,14 +180,6 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             ops::panic_response,
         ))
-        .with_state(state)
-}
-
-/// The routes of a worker-only process: health, readiness, metrics.
-pub fn ops_router(state: AppState) -> Router {
-    ops::router()
-        .route_layer(middleware::from_fn_with_state(state.clone(), timeout))
-        .fallback(ops::not_found)
         .with_state(state)
 }
 
