@@ -146,7 +146,7 @@ impl Application {
         let state = AppState {
             db,
             redis,
-            admissions,
+            admissions: admissions.clone(),
             admin_token_digest: http::auth::token_digest(&admin_token),
             confirm_token_digest: args
                 .confirm_token
@@ -170,6 +170,7 @@ impl Application {
                 .context("--behind-proxy")?,
             ops_apart: ops.is_some(),
             readiness: http::ops::Readiness::default(),
+            fanout: http::fanout::Fanout::new(admissions.clone()),
         };
         Ok(Self {
             addr,

@@ -275,16 +275,10 @@ pub struct ClaimEvent {
     pub data: String,
 }
 
-/// How often an SSE stream reads the claim's state (from Redis, or from
-/// PostgreSQL when Redis no longer holds the campaign), so a change made
-/// through another API process is seen too. With the default cap of 5,000
-/// streams per process this bounds their reads at 20,000 a second; a
-/// push-driven fan-out (one watcher per campaign) is the next step.
-pub const SSE_POLL: Duration = Duration::from_millis(250);
-
 /// How often a stream re-reads a held grant's confirmation (PostgreSQL)
-/// while its answer in Redis does not change; a changed answer is read at
-/// once.
+/// while the watcher announces no change of its answer (a confirmation is
+/// written to PostgreSQL only, which the Redis modes' watcher does not
+/// read); a changed answer is read at once.
 pub const SSE_HOLD_POLL: Duration = Duration::from_secs(2);
 
 /// The client address as the per-address limits see it ([`ClientIp`], set
@@ -325,15 +319,18 @@ pub async fn events(
 ) -> Result<Response, ApiError> {
     let (c, user) = target(&state, &caller, p).await?;
     let slot = state.streams.acquire(&user, ip)?;
+    // Before the first read: a change after it is then announced.
+    let mut feed = state.fanout.subscribe(&c, &user);
     let first = current(&state, &c, &user).await?;
     // The stream ends at `sse_max`, when the caller's token expires, or
-    // within a poll when the server shuts down.
+    // at once when the server shuts down.
     let mut deadline = tokio::time::Instant::now() + state.sse_max;
     if let Some(exp) = caller.expires_at {
         let left = u64::try_from(exp - Utc::now().timestamp()).unwrap_or(0);
         deadline = deadline.min(tokio::time::Instant::now() + Duration::from_secs(left));
     }
     let first_answer = answer(&state, &c, &first).await?;
+    let mut closing = state.closing.clone();
     let stream = async_stream::stream! {
         let _slot = slot;
         let mut done = settled(&first_answer);
@@ -341,11 +338,19 @@ pub async fn events(
         let (mut last, mut last_outcome) = (first_answer, first);
         let mut read_at = tokio::time::Instant::now();
         while !done {
-            let wake = (tokio::time::Instant::now() + SSE_POLL).min(deadline);
-            tokio::time::sleep_until(wake).await;
-            if tokio::time::Instant::now() >= deadline || *state.closing.borrow() {
+            // Woken by the campaign's watcher when the answer changed, or,
+            // for a held grant, every SSE_HOLD_POLL for its confirmation.
+            let held = last.hold.as_deref() == Some("held");
+            let wake = if held { (read_at + SSE_HOLD_POLL).min(deadline) } else { deadline };
+            tokio::select! {
+                () = feed.changed() => {}
+                _ = closing.wait_for(|c| *c) => break,
+                () = tokio::time::sleep_until(wake) => {}
+            }
+            if tokio::time::Instant::now() >= deadline || *closing.borrow() {
                 break;
             }
+            metrics::counter!("firstcome_stream_reads_total").increment(1);
             let Ok(Some(now)) = state.admissions.status(&c, &user).await else { continue };
             // PostgreSQL (a hold's confirmation) only when the answer moved,
             // or now and then while a grant is held.
@@ -361,6 +366,7 @@ pub async fn events(
             }
             last_outcome = now;
         }
+        drop(feed);
     };
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())

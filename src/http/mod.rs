@@ -34,6 +34,7 @@ pub mod campaign_cache;
 pub mod campaigns;
 pub mod claims;
 pub mod error;
+pub mod fanout;
 pub mod limits;
 pub mod openapi;
 pub mod ops;
@@ -89,6 +90,8 @@ pub struct AppState {
     pub ops_apart: bool,
     /// The last readiness answer, reused for about a second.
     pub readiness: ops::Readiness,
+    /// One watcher per campaign that wakes its event streams on a change.
+    pub fanout: fanout::Fanout,
 }
 
 impl AppState {

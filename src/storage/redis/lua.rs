@@ -109,4 +109,6 @@ scripts! {
     time;
     /// One user's answer, and whether the state holding it is whole.
     answer;
+    /// Many users' raw answers at once (the event streams' watcher).
+    answers;
 }
