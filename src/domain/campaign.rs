@@ -275,6 +275,9 @@ pub struct Campaign {
     pub confirm_within_secs: Option<i64>,
     /// Pools in creation order.
     pub pools: Vec<Pool>,
+    /// Whether anyone may see it; unpublished, it answers like an unknown
+    /// id to all but the admin.
+    pub published: bool,
 }
 
 /// Sliding lifetime of an open-ended campaign's Redis keys (no
@@ -410,6 +413,7 @@ mod tests {
             created_at: now,
             confirm_within_secs: None,
             pools: vec![],
+            published: true,
         };
         assert_eq!(
             c.keys_expire_at(),

@@ -63,8 +63,9 @@ pub struct AppState {
     /// SHA-256 of the payment service's bearer token, which may confirm
     /// holds and nothing else; `None` leaves confirming to the admin.
     pub confirm_token_digest: Option<[u8; 32]>,
-    /// Campaigns are immutable once created, so they are cached forever:
-    /// a claim never reads PostgreSQL to find its campaign.
+    /// Published campaigns are immutable, so they are cached forever: a
+    /// claim never reads PostgreSQL to find its campaign. Unpublished ones
+    /// are not cached (they may be published by another process).
     pub campaigns: Arc<RwLock<HashMap<CampaignId, Arc<Campaign>>>>,
     /// Longest an SSE stream stays open.
     pub sse_max: Duration,
@@ -95,8 +96,20 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The campaign, from the cache or PostgreSQL; 404 if unknown.
+    /// The campaign as the public sees it, from the cache or PostgreSQL:
+    /// 404 if unknown or unpublished (the same answer, from the same
+    /// lookup: an unpublished campaign is never cached, like an unknown id).
     pub async fn campaign(&self, raw_id: &str) -> Result<Arc<Campaign>, ApiError> {
+        self.campaign_as(raw_id, false).await
+    }
+
+    /// The campaign, published or not, for the admin.
+    pub async fn campaign_for_admin(&self, raw_id: &str) -> Result<Arc<Campaign>, ApiError> {
+        self.campaign_as(raw_id, true).await
+    }
+
+    /// The campaign; an unpublished one only for `admin`.
+    async fn campaign_as(&self, raw_id: &str, admin: bool) -> Result<Arc<Campaign>, ApiError> {
         let id = raw_id
             .parse::<i64>()
             .map(CampaignId)
@@ -109,10 +122,16 @@ impl AppState {
                 .await?
                 .ok_or_else(ApiError::campaign_not_found)?,
         );
-        self.campaigns
-            .write()
-            .expect("cache lock")
-            .insert(id, c.clone());
+        // Published is final (there is no unpublish), so only a published
+        // campaign is cached: one published since is seen at its next call.
+        if c.published {
+            self.campaigns
+                .write()
+                .expect("cache lock")
+                .insert(id, c.clone());
+        } else if !admin {
+            return Err(ApiError::campaign_not_found());
+        }
         Ok(c)
     }
 }

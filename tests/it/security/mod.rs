@@ -5,6 +5,7 @@
 mod addresses;
 mod connections;
 mod limits;
+mod published;
 mod streams;
 
 use crate::common;
