@@ -275,11 +275,10 @@ pub struct ClaimEvent {
     pub data: String,
 }
 
-/// How often a stream re-reads a held grant's confirmation (PostgreSQL)
-/// while the watcher announces no change of its answer (a confirmation is
-/// written to PostgreSQL only, which the Redis modes' watcher does not
-/// read); a changed answer is read at once.
-pub const SSE_HOLD_POLL: Duration = Duration::from_secs(2);
+/// How long a stream waits before it reads its claim again after a failed
+/// read (a store down, a state being rebuilt), whether or not its watcher
+/// announced a change.
+pub const SSE_RETRY: Duration = Duration::from_millis(250);
 
 /// The client address as the per-address limits see it ([`ClientIp`], set
 /// by `limits::limit_ip`), else the TCP peer; none when the server did not
@@ -335,36 +334,31 @@ pub async fn events(
         let _slot = slot;
         let mut done = settled(&first_answer);
         yield Ok::<Event, Infallible>(event(&first_answer));
-        let (mut last, mut last_outcome) = (first_answer, first);
-        let mut read_at = tokio::time::Instant::now();
+        let mut last = first_answer;
+        // Set after a failed read: it is retried then, change or not.
+        let mut retry_at: Option<tokio::time::Instant> = None;
         while !done {
-            // Woken by the campaign's watcher when the answer changed, or,
-            // for a held grant, every SSE_HOLD_POLL for its confirmation.
-            let held = last.hold.as_deref() == Some("held");
-            let wake = if held { (read_at + SSE_HOLD_POLL).min(deadline) } else { deadline };
+            // Woken by the campaign's watcher when the answer (or a hold's
+            // confirmation) changed: one read per change, not per tick.
+            let wake = retry_at.map_or(deadline, |r| r.min(deadline));
             tokio::select! {
                 () = feed.changed() => {}
                 _ = closing.wait_for(|c| *c) => break,
                 () = tokio::time::sleep_until(wake) => {}
             }
-            if tokio::time::Instant::now() >= deadline || *closing.borrow() {
+            if tokio::time::Instant::now() >= deadline {
                 break;
             }
             metrics::counter!("firstcome_stream_reads_total").increment(1);
+            retry_at = Some(tokio::time::Instant::now() + SSE_RETRY);
             let Ok(Some(now)) = state.admissions.status(&c, &user).await else { continue };
-            // PostgreSQL (a hold's confirmation) only when the answer moved,
-            // or now and then while a grant is held.
-            if now == last_outcome && read_at.elapsed() < SSE_HOLD_POLL {
-                continue;
-            }
             let Ok(a) = answer(&state, &c, &now).await else { continue };
-            read_at = tokio::time::Instant::now();
+            retry_at = None;
             done = settled(&a);
             if a != last {
                 yield Ok(event(&a));
                 last = a;
             }
-            last_outcome = now;
         }
         drop(feed);
     };

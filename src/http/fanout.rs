@@ -7,8 +7,9 @@
 //!
 //! The Redis modes are watched in Redis (`answers.lua`: the state's
 //! generation and an HMGET of the answers hash), every [`SSE_POLL`]. The
-//! PostgreSQL modes, and a Redis campaign whose state is not loaded, are
-//! watched in PostgreSQL (one query for all users), every
+//! PostgreSQL modes, a Redis campaign whose state is not loaded, and a
+//! campaign with holds (a confirmation is written to PostgreSQL only) are
+//! watched in PostgreSQL too (one query for all users), every
 //! [`PG_WATCH_POLL`]. A watcher starts with its campaign's first stream and
 //! stops at the first tick after its last stream ended.
 
@@ -22,7 +23,7 @@ use tokio::sync::watch;
 
 use crate::{
     domain::{Campaign, CampaignId, UserId},
-    modes::Admissions,
+    modes::{redis_common::RedisCommon, Admissions},
     storage::pg,
 };
 
@@ -41,6 +42,32 @@ pub struct Fanout {
     admissions: Arc<Admissions>,
     /// The watched campaigns and their subscribers.
     watched: Arc<Mutex<HashMap<CampaignId, Subscribers>>>,
+}
+
+/// One signature per user of `users`, read from Redis in one call:
+/// `Ok(None)` when Redis holds no whole state for the campaign (PostgreSQL
+/// answers then), `Err` when Redis failed (the tick is skipped).
+async fn read_redis(
+    r: &RedisCommon,
+    campaign: &Campaign,
+    users: &[String],
+) -> Result<Option<Vec<String>>, ()> {
+    let keys = r.keys(campaign);
+    let names: Vec<&str> = users.iter().map(String::as_str).collect();
+    metrics::counter!("firstcome_stream_polls_total", "store" => "redis").increment(1);
+    match r.redis.read_answers(&keys, &names).await {
+        Ok((Some(gen), answers)) => Ok(Some(
+            answers
+                .into_iter()
+                .map(|a| format!("{gen}|{}", a.unwrap_or_default()))
+                .collect(),
+        )),
+        Ok((None, _)) => Ok(None),
+        Err(e) => {
+            tracing::debug!(error = %e, campaign = %campaign.id, "stream watcher: redis read failed");
+            Err(())
+        }
+    }
 }
 
 /// The users of one campaign with an open stream here.
@@ -132,66 +159,52 @@ impl Fanout {
     async fn watch(self, campaign: Arc<Campaign>) {
         metrics::gauge!("firstcome_stream_watchers").increment(1.0);
         let redis = self.admissions.redis_of(campaign.mode).cloned();
+        // A hold's confirmation is written to PostgreSQL only: campaigns
+        // with holds are also read there, whatever the mode.
+        let holds = campaign.confirm_within_secs.is_some();
         let mut seen: HashMap<String, String> = HashMap::new();
+        let mut pg_sigs: HashMap<String, String> = HashMap::new();
+        let mut pg_read_at: Option<tokio::time::Instant> = None;
         let mut tick = tokio::time::interval(SSE_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut pg_read_at: Option<tokio::time::Instant> = None;
         loop {
             tick.tick().await;
-            let users: Vec<String> = {
-                let mut watched = self.watched.lock().expect("fanout lock");
-                match watched.get(&campaign.id) {
-                    Some(subs) if !subs.is_empty() => subs.keys().cloned().collect(),
-                    _ => {
-                        watched.remove(&campaign.id);
-                        break;
-                    }
-                }
+            let Some(users) = self.users_or_leave(campaign.id) else {
+                break;
             };
-            // Redis first (the Redis modes); PostgreSQL when the mode
-            // decides there or Redis has no whole state, at its own pace.
-            let mut sigs = None;
-            if let Some(r) = &redis {
-                let keys = r.keys(&campaign);
-                let names: Vec<&str> = users.iter().map(String::as_str).collect();
-                metrics::counter!("firstcome_stream_polls_total", "store" => "redis").increment(1);
-                match r.redis.read_answers(&keys, &names).await {
-                    Ok((Some(gen), answers)) => {
-                        sigs = Some(
-                            answers
-                                .into_iter()
-                                .map(|a| format!("r{gen}|{}", a.unwrap_or_default()))
-                                .collect::<Vec<_>>(),
-                        )
+            let redis_sigs = match &redis {
+                Some(r) => match read_redis(r, &campaign, &users).await {
+                    Ok(s) => s,
+                    Err(()) => continue,
+                },
+                None => None,
+            };
+            let pg_due = pg_read_at.is_none_or(|at| at.elapsed() >= PG_WATCH_POLL);
+            if redis_sigs.is_none() || holds {
+                if pg_due {
+                    pg_read_at = Some(tokio::time::Instant::now());
+                    metrics::counter!("firstcome_stream_polls_total", "store" => "postgres")
+                        .increment(1);
+                    match pg::answer_signatures(&self.db(), campaign.id, &users).await {
+                        Ok(s) => pg_sigs = users.iter().cloned().zip(s).collect(),
+                        Err(e) => {
+                            tracing::debug!(error = %e, campaign = %campaign.id, "stream watcher: postgres read failed");
+                            continue;
+                        }
                     }
-                    Ok((None, _)) => {}
-                    Err(e) => {
-                        tracing::debug!(error = %e, campaign = %campaign.id, "stream watcher: redis read failed");
-                        continue;
-                    }
-                }
-            }
-            if sigs.is_none() {
-                if pg_read_at.is_some_and(|at| at.elapsed() < PG_WATCH_POLL) {
+                } else if redis_sigs.is_none() {
+                    // Nothing new to compare before PostgreSQL is due.
                     continue;
                 }
-                pg_read_at = Some(tokio::time::Instant::now());
-                metrics::counter!("firstcome_stream_polls_total", "store" => "postgres")
-                    .increment(1);
-                match pg::answer_signatures(&self.db(), campaign.id, &users).await {
-                    Ok(s) => sigs = Some(s.into_iter().map(|s| format!("p|{s}")).collect()),
-                    Err(e) => {
-                        tracing::debug!(error = %e, campaign = %campaign.id, "stream watcher: postgres read failed");
-                        continue;
-                    }
-                }
             }
-            let Some(sigs) = sigs else { continue };
             let watched = self.watched.lock().expect("fanout lock");
             let Some(subs) = watched.get(&campaign.id) else {
                 continue;
             };
-            for (user, sig) in users.into_iter().zip(sigs) {
+            for (i, user) in users.into_iter().enumerate() {
+                let r = redis_sigs.as_ref().map_or("-", |s| s[i].as_str());
+                let p = pg_sigs.get(&user).map_or("-", String::as_str);
+                let sig = format!("{r}#{p}");
                 if seen.get(&user) == Some(&sig) {
                     continue;
                 }
@@ -202,8 +215,23 @@ impl Fanout {
             }
             // Forget the users who left, so a returning one is announced.
             seen.retain(|u, _| subs.contains_key(u));
+            pg_sigs.retain(|u, _| subs.contains_key(u));
         }
         metrics::gauge!("firstcome_stream_watchers").decrement(1.0);
+    }
+
+    /// The users with an open stream on `campaign`; `None` (and the
+    /// campaign forgotten, under the lock subscribers take) when none is
+    /// left.
+    fn users_or_leave(&self, campaign: CampaignId) -> Option<Vec<String>> {
+        let mut watched = self.watched.lock().expect("fanout lock");
+        match watched.get(&campaign) {
+            Some(subs) if !subs.is_empty() => Some(subs.keys().cloned().collect()),
+            _ => {
+                watched.remove(&campaign);
+                None
+            }
+        }
     }
 
     /// The PostgreSQL pool the modes read.

@@ -195,39 +195,48 @@ async fn many_streams_of_a_campaign_share_one_reader_and_still_follow_their_clai
 }
 
 /// The PostgreSQL modes are watched in PostgreSQL (one query for every
-/// user of the campaign): a held grant's stream sees its confirmation and
-/// closes.
+/// user of the campaign), and so are holds in any mode (a confirmation is
+/// written to PostgreSQL only): a held grant's stream sees its
+/// confirmation and closes.
 #[tokio::test]
-async fn a_postgresql_mode_stream_follows_a_held_grant_to_its_confirmation() {
+async fn a_held_grant_stream_follows_it_to_its_confirmation_in_every_kind_of_mode() {
     let app = spawn(|_| {}).await;
-    let id = app
-        .create_campaign(json!({"name":"seats","mode":"db-atomic",
-            "pools":[{"name":"hall","stock":3}],"confirm_within_secs":600}))
-        .await["id"]
-        .as_i64()
-        .unwrap();
-    assert_eq!(claim(&app, id, None, "held").await.0, 200);
-    let mut s = open(&app, id, "held", None).await;
-    assert_eq!(s.status(), 200);
-    let follower = tokio::spawn(async move {
-        let mut body = String::new();
-        while let Ok(Some(chunk)) = s.chunk().await {
-            body.push_str(&String::from_utf8_lossy(&chunk));
-        }
-        body
-    });
-    let path = format!("/v1/campaigns/{id}/claims/held/confirm");
-    let (s, _, v) = call(&app, Method::POST, &path, Some(common::TOKEN), None).await;
-    assert_eq!(s, 200, "{v}");
-    let body = tokio::time::timeout(Duration::from_secs(30), follower)
-        .await
-        .expect("the stream closes once confirmed")
-        .unwrap();
-    let holds: Vec<Value> = body
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .map(|d| serde_json::from_str::<Value>(d).unwrap()["hold"].clone())
-        .collect();
-    assert_eq!(holds.last(), Some(&json!("confirmed")), "{body}");
+    for mode in ["db-atomic", "gate"] {
+        let id = app
+            .create_campaign(json!({"name":"seats","mode":mode,
+                "pools":[{"name":"hall","stock":3}],"confirm_within_secs":600}))
+            .await["id"]
+            .as_i64()
+            .unwrap();
+        assert_eq!(claim(&app, id, None, "held").await.0, 200);
+        let mut s = open(&app, id, "held", None).await;
+        assert_eq!(s.status(), 200);
+        let follower = tokio::spawn(async move {
+            let mut body = String::new();
+            while let Ok(Some(chunk)) = s.chunk().await {
+                body.push_str(&String::from_utf8_lossy(&chunk));
+            }
+            body
+        });
+        let path = format!("/v1/campaigns/{id}/claims/held/confirm");
+        common::until("the grant is durable and confirmed", || async {
+            call(&app, Method::POST, &path, Some(common::TOKEN), None)
+                .await
+                .0
+                == 200
+        })
+        .await;
+        let body = tokio::time::timeout(Duration::from_secs(30), follower)
+            .await
+            .expect("the stream closes once confirmed")
+            .unwrap();
+        let holds: Vec<Value> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str::<Value>(d).unwrap()["hold"].clone())
+            .collect();
+        assert_eq!(holds.first(), Some(&json!("held")), "{mode}: {body}");
+        assert_eq!(holds.last(), Some(&json!("confirmed")), "{mode}: {body}");
+    }
     app.stop().await;
 }
