@@ -4,6 +4,7 @@
 
 mod addresses;
 mod connections;
+mod flood;
 mod limits;
 mod published;
 mod streams;
