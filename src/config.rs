@@ -66,6 +66,9 @@ pub enum ConfigError {
     /// `--production` without a per-address rate limit.
     #[error("--production needs a per-address rate limit (--rate-per-ip / FIRSTCOME_RATE_PER_IP above 0; behind a proxy, with --behind-proxy naming the header it sets)")]
     ProductionWithoutIpLimit,
+    /// `--production` without a limit on failed token checks per address.
+    #[error("--production needs --bad-tokens-per-ip (FIRSTCOME_BAD_TOKENS_PER_IP) above 0: failed token checks from one address must be limited before more are verified")]
+    ProductionWithoutBadTokenLimit,
     /// `--production` with the operations endpoints on the public listener.
     #[error("--production needs --ops-addr (FIRSTCOME_OPS_ADDR): /metrics, /readyz and /openapi.json must not be served on the public address")]
     ProductionWithoutOpsAddr,
@@ -153,6 +156,10 @@ pub struct RateConfig {
     pub per_user: u32,
     /// Burst above `per_user`.
     pub per_user_burst: u32,
+    /// Failed token verifications per client address and second, beyond
+    /// which the address' user calls get 429 before any verification
+    /// (0 = off).
+    pub bad_tokens_per_ip: u32,
 }
 
 /// Caps on open SSE streams per process (`http::streams`).
@@ -303,6 +310,9 @@ impl ServeConfig {
             if self.rates.per_ip == 0 {
                 return Err(ConfigError::ProductionWithoutIpLimit);
             }
+            if self.rates.bad_tokens_per_ip == 0 {
+                return Err(ConfigError::ProductionWithoutBadTokenLimit);
+            }
             if self.ops_addr.is_none() {
                 return Err(ConfigError::ProductionWithoutOpsAddr);
             }
@@ -357,6 +367,7 @@ mod tests {
                 per_ip_burst: 100,
                 per_user: 20,
                 per_user_burst: 40,
+                bad_tokens_per_ip: 10,
             },
             conns: ConnConfig {
                 header_read_timeout: Duration::from_secs(10),
@@ -401,6 +412,12 @@ mod tests {
         c.rates.per_ip = 0;
         assert_eq!(c.validate(), Err(ConfigError::ProductionWithoutIpLimit));
         c.rates.per_ip = 50;
+        c.rates.bad_tokens_per_ip = 0;
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::ProductionWithoutBadTokenLimit)
+        );
+        c.rates.bad_tokens_per_ip = 10;
         c.ops_addr = None;
         assert_eq!(c.validate(), Err(ConfigError::ProductionWithoutOpsAddr));
         c.ops_addr = Some("127.0.0.1:9090".parse().unwrap());

@@ -135,7 +135,7 @@ pub struct ServeArgs {
     pub insecure_trust_user_id: bool,
     /// Production profile: refuse to start without an admin token, a JWT
     /// key, `--jwt-audience`, `--jwt-issuer`, per-user and per-address rate
-    /// limits, and `--ops-addr`.
+    /// limits, a limit on failed token checks, and `--ops-addr`.
     #[arg(long, env = "FIRSTCOME_PRODUCTION", default_value_t = false)]
     pub production: bool,
     /// Requests per second per client IP on the /v1 API (0 = no limit).
@@ -152,6 +152,13 @@ pub struct ServeArgs {
     /// Burst allowed above `--rate-per-user` (0 = same as the rate).
     #[arg(long, env = "FIRSTCOME_RATE_PER_USER_BURST", default_value_t = 40)]
     pub rate_per_user_burst: u32,
+    /// Failed user-token checks (bad signature, expired, malformed...) per
+    /// client address and second; beyond, that address' user calls get 429
+    /// before their token is verified, for the rest of the second (0 = no
+    /// limit). Valid tokens never count, so a rush from one address is not
+    /// slowed. Required by `--production`.
+    #[arg(long, env = "FIRSTCOME_BAD_TOKENS_PER_IP", default_value_t = 0)]
+    pub bad_tokens_per_ip: u32,
     /// Seconds a client has to send a complete request head, from the
     /// connection's opening or from the end of its previous response;
     /// then the connection is closed (slow headers, idle keep-alives).
@@ -269,6 +276,7 @@ impl From<ServeArgs> for ServeConfig {
                 per_ip_burst: a.rate_per_ip_burst,
                 per_user: a.rate_per_user,
                 per_user_burst: a.rate_per_user_burst,
+                bad_tokens_per_ip: a.bad_tokens_per_ip,
             },
             conns: ConnConfig {
                 header_read_timeout: Duration::from_secs(a.header_read_timeout_secs),

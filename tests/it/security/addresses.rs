@@ -74,6 +74,37 @@ async fn the_address_limit_comes_before_token_verification() {
     app.stop().await;
 }
 
+/// Without a request limit per address (a rush's load test), failed token
+/// checks still are: beyond `--bad-tokens-per-ip` in a second, the
+/// address' user calls are refused 429 before any verification.
+#[tokio::test]
+async fn failed_token_checks_close_the_address_before_more_are_verified() {
+    const PER_SEC: usize = 5;
+    let app = spawn(|a| {
+        a.jwt_public_key = Some(EC_PUBLIC.into());
+        a.bad_tokens_per_ip = PER_SEC as u32;
+    })
+    .await;
+    let forged = hs256("mallory", now() + 600, SECRET);
+    let path = common::claim_path(1, "mallory");
+    let start = tokio::time::Instant::now();
+    let mut codes = Vec::new();
+    for _ in 0..60 {
+        let (s, _, _) = call(&app, Method::GET, &path, Some(&forged), None).await;
+        codes.push(s);
+    }
+    // At most PER_SEC verified (401) per second the flood spanned.
+    let windows = start.elapsed().as_secs() as usize + 2;
+    let verified = codes.iter().filter(|s| **s == 401).count();
+    assert!(
+        verified <= PER_SEC * windows,
+        "{verified} verified: {codes:?}"
+    );
+    assert!(codes.iter().all(|s| matches!(s, 401 | 429)), "{codes:?}");
+    assert!(codes.contains(&429), "never limited: {codes:?}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn ops_endpoints_leave_the_public_listener_for_the_ops_address() {
     let app = spawn(|a| a.ops_addr = Some("127.0.0.1:0".parse().unwrap())).await;

@@ -269,6 +269,11 @@ fn the_production_profile_refuses_to_start_half_configured() {
     a.jwt_issuer = Some("https://id.example".into());
     assert_eq!(a.validate(), Err(ConfigError::ProductionWithoutIpLimit));
     a.rate_per_ip = 50;
+    assert_eq!(
+        a.validate(),
+        Err(ConfigError::ProductionWithoutBadTokenLimit)
+    );
+    a.bad_tokens_per_ip = 10;
     assert_eq!(a.validate(), Err(ConfigError::ProductionWithoutOpsAddr));
     a.ops_addr = Some("127.0.0.1:0".parse().unwrap());
     assert_eq!(a.validate(), Ok(()));
