@@ -97,8 +97,8 @@ pub struct AppState {
 
 impl AppState {
     /// The campaign as the public sees it, from the cache or PostgreSQL:
-    /// 404 if unknown or unpublished (the same answer, from the same
-    /// lookup: an unpublished campaign is never cached, like an unknown id).
+    /// 404 if unknown or unpublished (the same answer after the same one
+    /// query: an unpublished campaign is never cached, like an unknown id).
     pub async fn campaign(&self, raw_id: &str) -> Result<Arc<Campaign>, ApiError> {
         self.campaign_as(raw_id, false).await
     }
@@ -118,7 +118,7 @@ impl AppState {
             return Ok(c.clone());
         }
         let c = Arc::new(
-            pg::load_campaign(&self.db, id)
+            pg::load_campaign_seen_by(&self.db, id, admin)
                 .await?
                 .ok_or_else(ApiError::campaign_not_found)?,
         );
@@ -129,8 +129,6 @@ impl AppState {
                 .write()
                 .expect("cache lock")
                 .insert(id, c.clone());
-        } else if !admin {
-            return Err(ApiError::campaign_not_found());
         }
         Ok(c)
     }

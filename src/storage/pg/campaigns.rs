@@ -49,11 +49,24 @@ pub async fn create_campaign(
 
 /// Loads a campaign with its pools; `None` when it does not exist.
 pub async fn load_campaign(db: &PgPool, id: CampaignId) -> Result<Option<Campaign>, PgError> {
+    load_campaign_seen_by(db, id, true).await
+}
+
+/// Loads a campaign with its pools as the public (`admin` false) or the
+/// admin sees it: `None` when it does not exist, or, for the public, is
+/// not published; either way after the same one query, so an unpublished
+/// campaign costs what an unknown id does.
+pub async fn load_campaign_seen_by(
+    db: &PgPool,
+    id: CampaignId,
+    admin: bool,
+) -> Result<Option<Campaign>, PgError> {
     let Some(row) = sqlx::query(
         "SELECT id, name, mode, per_user_limit, opens_at, closes_at, hold_secs, created_at, confirm_within_secs, published
-         FROM campaigns WHERE id = $1",
+         FROM campaigns WHERE id = $1 AND (published OR $2)",
     )
     .bind(id.0)
+    .bind(admin)
     .fetch_optional(db)
     .await?
     else {
