@@ -30,6 +30,8 @@ pub struct Application {
     addr: SocketAddr,
     /// The bound listener.
     listener: TcpListener,
+    /// The `--ops-addr` listener and its address, when there is one.
+    ops: Option<(TcpListener, SocketAddr)>,
     /// Shared state of the handlers.
     state: AppState,
     /// Flips to true to stop the background tasks.
@@ -131,10 +133,20 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", args.addr))?;
         let addr = listener.local_addr()?;
+        let ops = match args.ops_addr {
+            Some(a) => {
+                let l = TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("binding the ops address {a}"))?;
+                let a = l.local_addr()?;
+                Some((l, a))
+            }
+            None => None,
+        };
         let state = AppState {
             db,
             redis,
-            admissions,
+            admissions: admissions.clone(),
             admin_token_digest: http::auth::token_digest(&admin_token),
             confirm_token_digest: args
                 .confirm_token
@@ -150,10 +162,20 @@ impl Application {
             limits,
             request_timeout: args.conns.request_timeout,
             campaign_bodies: http::campaign_cache::BodyCache::new(args.campaign_cache),
+            proxy_header: args
+                .behind_proxy
+                .as_deref()
+                .map(|h| axum::http::HeaderName::from_bytes(h.as_bytes()))
+                .transpose()
+                .context("--behind-proxy")?,
+            ops_apart: ops.is_some(),
+            readiness: http::ops::Readiness::default(),
+            fanout: http::fanout::Fanout::new(admissions.clone()),
         };
         Ok(Self {
             addr,
             listener,
+            ops,
             state,
             stop_tx,
             closing_tx,
@@ -168,6 +190,11 @@ impl Application {
         self.addr
     }
 
+    /// The bound address of the `--ops-addr` listener, if any.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops.as_ref().map(|(_, a)| *a)
+    }
+
     /// A handle that stops the background tasks (tests use it to kill a
     /// worker mid-run).
     pub fn stopper(&self) -> watch::Sender<bool> {
@@ -180,19 +207,34 @@ impl Application {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        tracing::info!(addr = %self.addr, role = ?self.role, "firstcome listening");
+        tracing::info!(addr = %self.addr, ops_addr = ?self.ops_addr(), role = ?self.role, "firstcome listening");
         let app = if self.role == Role::Worker {
-            http::ops_router(self.state)
+            http::worker_router(self.state.clone())
         } else {
-            http::router(self.state)
+            http::router(self.state.clone())
         };
+        let ops = self
+            .ops
+            .map(|(l, _)| (l, http::ops_router(self.state.clone())));
         let closing = self.closing_tx;
-        let shutdown = async move {
+        // Both listeners stop on the same signal: the one that flips
+        // `closing` (which also ends the event streams).
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|c| *c).await;
+        };
+        let (public_stop, ops_stop) = (closing.subscribe(), closing.subscribe());
+        let trigger = async move {
             shutdown.await;
             let _ = closing.send(true);
         };
         // Not axum::serve: it sets no hyper timer, so no header timeout.
-        http::serve::serve(self.listener, app, self.conns, shutdown).await;
+        let public = http::serve::serve(self.listener, app, self.conns, stopped(public_stop));
+        let ops = async move {
+            if let Some((l, r)) = ops {
+                http::serve::serve(l, r, self.conns, stopped(ops_stop)).await;
+            }
+        };
+        tokio::join!(trigger, public, ops);
         let _ = self.stop_tx.send(true);
         for w in self.worker {
             let _ = w.await;

@@ -63,6 +63,21 @@ pub enum ConfigError {
     /// A stream cap of zero would refuse every stream.
     #[error("--sse-max-streams, --sse-per-user and --sse-per-ip must be at least 1")]
     NoStreams,
+    /// `--production` without a per-address rate limit.
+    #[error("--production needs a per-address rate limit (--rate-per-ip / FIRSTCOME_RATE_PER_IP above 0; behind a proxy, with --behind-proxy naming the header it sets)")]
+    ProductionWithoutIpLimit,
+    /// `--production` without a limit on failed token checks per address.
+    #[error("--production needs --bad-tokens-per-ip (FIRSTCOME_BAD_TOKENS_PER_IP) above 0: failed token checks from one address must be limited before more are verified")]
+    ProductionWithoutBadTokenLimit,
+    /// `--production` with the operations endpoints on the public listener.
+    #[error("--production needs --ops-addr (FIRSTCOME_OPS_ADDR): /metrics, /readyz and /openapi.json must not be served on the public address")]
+    ProductionWithoutOpsAddr,
+    /// `--behind-proxy` names something that is not a header name.
+    #[error("--behind-proxy must name an HTTP header (e.g. x-forwarded-for)")]
+    BadProxyHeader,
+    /// `--ops-addr` is the public address.
+    #[error("--ops-addr must differ from --addr")]
+    OpsAddrIsPublic,
 }
 
 /// Fewest different characters in an admin token the production profile
@@ -141,6 +156,10 @@ pub struct RateConfig {
     pub per_user: u32,
     /// Burst above `per_user`.
     pub per_user_burst: u32,
+    /// Failed token verifications per client address and second, beyond
+    /// which the address' user calls get 429 before any verification
+    /// (0 = off).
+    pub bad_tokens_per_ip: u32,
 }
 
 /// Caps on open SSE streams per process (`http::streams`).
@@ -198,6 +217,13 @@ pub struct ServeConfig {
     /// How long a `GET /v1/campaigns/{id}` answer is served from memory
     /// (and may be by a CDN); zero turns the cache off.
     pub campaign_cache: Duration,
+    /// The header a trusted reverse proxy writes the client's address into
+    /// (its last value is taken: the hop the proxy appended); `None` keys
+    /// per-address limits by the TCP peer.
+    pub behind_proxy: Option<String>,
+    /// Second listener for `/metrics`, `/readyz` and `/openapi.json`, which
+    /// then leave the public one; `None` serves them on `addr`.
+    pub ops_addr: Option<SocketAddr>,
 }
 
 impl ServeConfig {
@@ -238,6 +264,16 @@ impl ServeConfig {
         if caps.total == 0 || caps.per_user == 0 || caps.per_ip == 0 {
             return Err(ConfigError::NoStreams);
         }
+        if let Some(h) = &self.behind_proxy {
+            // RFC 9110 token characters: what a header name may hold.
+            let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            if h.is_empty() || !h.bytes().all(tchar) {
+                return Err(ConfigError::BadProxyHeader);
+            }
+        }
+        if self.ops_addr == Some(self.addr) && self.addr.port() != 0 {
+            return Err(ConfigError::OpsAddrIsPublic);
+        }
 
         if self.production {
             if self
@@ -268,6 +304,17 @@ impl ServeConfig {
             }
             if self.rates.per_user == 0 {
                 return Err(ConfigError::ProductionWithoutUserLimit);
+            }
+            // Also the brake in front of JWT verification (`limits::limit_ip`
+            // runs before any extractor), and on ids invented per request.
+            if self.rates.per_ip == 0 {
+                return Err(ConfigError::ProductionWithoutIpLimit);
+            }
+            if self.rates.bad_tokens_per_ip == 0 {
+                return Err(ConfigError::ProductionWithoutBadTokenLimit);
+            }
+            if self.ops_addr.is_none() {
+                return Err(ConfigError::ProductionWithoutOpsAddr);
             }
         }
         if secret.is_none() && public.is_none() && !self.jwt.trust_user_id {
@@ -316,10 +363,11 @@ mod tests {
             },
             production: true,
             rates: RateConfig {
-                per_ip: 0,
-                per_ip_burst: 0,
+                per_ip: 50,
+                per_ip_burst: 100,
                 per_user: 20,
                 per_user_burst: 40,
+                bad_tokens_per_ip: 10,
             },
             conns: ConnConfig {
                 header_read_timeout: Duration::from_secs(10),
@@ -328,6 +376,8 @@ mod tests {
                 max_connections: 1,
             },
             campaign_cache: Duration::from_secs(1),
+            behind_proxy: None,
+            ops_addr: Some("127.0.0.1:9090".parse().unwrap()),
         }
     }
 
@@ -354,6 +404,29 @@ mod tests {
         c.production = false;
         c.jwt.audience = None;
         assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn production_requires_an_address_limit_and_an_ops_listener() {
+        let mut c = production();
+        c.rates.per_ip = 0;
+        assert_eq!(c.validate(), Err(ConfigError::ProductionWithoutIpLimit));
+        c.rates.per_ip = 50;
+        c.rates.bad_tokens_per_ip = 0;
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::ProductionWithoutBadTokenLimit)
+        );
+        c.rates.bad_tokens_per_ip = 10;
+        c.ops_addr = None;
+        assert_eq!(c.validate(), Err(ConfigError::ProductionWithoutOpsAddr));
+        c.ops_addr = Some("127.0.0.1:9090".parse().unwrap());
+        c.behind_proxy = Some("x forwarded".into());
+        assert_eq!(c.validate(), Err(ConfigError::BadProxyHeader));
+        c.behind_proxy = Some("x-forwarded-for".into());
+        assert_eq!(c.validate(), Ok(()));
+        c.addr = "127.0.0.1:9090".parse().unwrap();
+        assert_eq!(c.validate(), Err(ConfigError::OpsAddrIsPublic));
     }
 
     #[test]

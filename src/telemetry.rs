@@ -54,6 +54,8 @@ pub fn memory() -> Option<(f64, f64)> {
 /// The metrics in Prometheus' text format, with the process' memory.
 pub fn render_metrics() -> String {
     let handle = init_metrics();
+    metrics::counter!("firstcome_redis_calls_total")
+        .absolute(crate::storage::redis::CALLS.load(std::sync::atomic::Ordering::Relaxed));
     if let Some((rss, peak)) = memory() {
         metrics::gauge!("firstcome_process_resident_bytes").set(rss);
         metrics::gauge!("firstcome_process_peak_resident_bytes").set(peak);

@@ -134,7 +134,8 @@ pub struct ServeArgs {
     )]
     pub insecure_trust_user_id: bool,
     /// Production profile: refuse to start without an admin token, a JWT
-    /// key, `--jwt-audience` and `--jwt-issuer`.
+    /// key, `--jwt-audience`, `--jwt-issuer`, per-user and per-address rate
+    /// limits, a limit on failed token checks, and `--ops-addr`.
     #[arg(long, env = "FIRSTCOME_PRODUCTION", default_value_t = false)]
     pub production: bool,
     /// Requests per second per client IP on the /v1 API (0 = no limit).
@@ -151,6 +152,13 @@ pub struct ServeArgs {
     /// Burst allowed above `--rate-per-user` (0 = same as the rate).
     #[arg(long, env = "FIRSTCOME_RATE_PER_USER_BURST", default_value_t = 40)]
     pub rate_per_user_burst: u32,
+    /// Failed user-token checks (bad signature, expired, malformed...) per
+    /// client address and second; beyond, that address' user calls get 429
+    /// before their token is verified, for the rest of the second (0 = no
+    /// limit). Valid tokens never count, so a rush from one address is not
+    /// slowed. Required by `--production`.
+    #[arg(long, env = "FIRSTCOME_BAD_TOKENS_PER_IP", default_value_t = 0)]
+    pub bad_tokens_per_ip: u32,
     /// Seconds a client has to send a complete request head, from the
     /// connection's opening or from the end of its previous response;
     /// then the connection is closed (slow headers, idle keep-alives).
@@ -175,6 +183,18 @@ pub struct ServeArgs {
     /// seconds); 0 turns the cache off. Counts are at most this stale.
     #[arg(long, env = "FIRSTCOME_CAMPAIGN_CACHE_MS", default_value_t = 1000)]
     pub campaign_cache_ms: u64,
+    /// Behind a reverse proxy: the header it writes the client's address
+    /// into (e.g. `x-forwarded-for`). Per-address limits then key by the
+    /// last address of that header, the one the proxy appended (earlier
+    /// ones are the client's to write). Without it, the TCP peer address.
+    /// Only set it when every request comes through the proxy.
+    #[arg(long, env = "FIRSTCOME_BEHIND_PROXY", value_name = "HEADER")]
+    pub behind_proxy: Option<String>,
+    /// Address of a second listener for `/metrics`, `/readyz` and
+    /// `/openapi.json` (and `/healthz`), which then answer 404 on `--addr`.
+    /// Required by `--production`.
+    #[arg(long, env = "FIRSTCOME_OPS_ADDR")]
+    pub ops_addr: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -256,6 +276,7 @@ impl From<ServeArgs> for ServeConfig {
                 per_ip_burst: a.rate_per_ip_burst,
                 per_user: a.rate_per_user,
                 per_user_burst: a.rate_per_user_burst,
+                bad_tokens_per_ip: a.bad_tokens_per_ip,
             },
             conns: ConnConfig {
                 header_read_timeout: Duration::from_secs(a.header_read_timeout_secs),
@@ -264,6 +285,11 @@ impl From<ServeArgs> for ServeConfig {
                 max_connections: a.max_connections,
             },
             campaign_cache: Duration::from_millis(a.campaign_cache_ms),
+            behind_proxy: a
+                .behind_proxy
+                .filter(|h| !h.is_empty())
+                .map(|h| h.to_ascii_lowercase()),
+            ops_addr: a.ops_addr,
         }
     }
 }

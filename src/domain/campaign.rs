@@ -302,6 +302,9 @@ pub struct Campaign {
     pub shards: u16,
     /// Pools in creation order.
     pub pools: Vec<Pool>,
+    /// Whether anyone may see it; unpublished, it answers like an unknown
+    /// id to all but the admin.
+    pub published: bool,
 }
 
 /// Sliding lifetime of an open-ended campaign's Redis keys (no
@@ -438,6 +441,7 @@ mod tests {
             confirm_within_secs: None,
             shards: 1,
             pools: vec![],
+            published: true,
         };
         assert_eq!(
             c.keys_expire_at(),

@@ -206,9 +206,19 @@ impl FromRequestParts<AppState> for Confirmer {
         if payment || is_admin(&parts.headers, state) {
             return Ok(Confirmer);
         }
-        let user_token = bearer(&parts.headers)
-            .zip(state.jwt.as_deref())
-            .is_some_and(|(t, v)| v.verify(t).is_ok());
+        let ip = client_ip(parts);
+        let user_token = match bearer(&parts.headers).zip(state.jwt.as_deref()) {
+            Some((t, v)) => {
+                state.limits.check_bad_tokens(ip)?;
+                let ok = v.verify(t).is_ok();
+                // Not the payment service's, not the admin's, not a user's.
+                if !ok {
+                    state.limits.bad_token(ip);
+                }
+                ok
+            }
+            None => false,
+        };
         if user_token {
             return Err(ApiError::Forbidden {
                 code: "forbidden_confirm",
@@ -244,6 +254,15 @@ pub fn token_digest(token: &str) -> [u8; 32] {
 fn admin_token_matches(given: &str, expected: &[u8; 32]) -> bool {
     use subtle::ConstantTimeEq;
     token_digest(given).ct_eq(expected).into()
+}
+
+/// The client address the per-address limits key by (set by
+/// `limits::limit_ip` on every `/v1` route).
+fn client_ip(parts: &Parts) -> Option<std::net::IpAddr> {
+    parts
+        .extensions
+        .get::<super::limits::ClientIp>()
+        .and_then(|c| c.0)
 }
 
 /// The bearer token of `Authorization`, if any.
@@ -283,7 +302,13 @@ impl FromRequestParts<AppState> for Caller {
                 "user calls need Authorization: Bearer <jwt>",
             )
         })?;
-        let (user, exp) = verifier.verify(token)?;
+        // An address that sent too many bad tokens this second is refused
+        // before its next one costs a signature check.
+        let ip = client_ip(parts);
+        state.limits.check_bad_tokens(ip)?;
+        let (user, exp) = verifier.verify(token).inspect_err(|_| {
+            state.limits.bad_token(ip);
+        })?;
         Ok(Caller {
             subject: Some(user),
             expires_at: Some(exp),

@@ -36,6 +36,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/campaigns", post(create))
         .route("/v1/campaigns/{id}", routing::get(get))
         .route("/v1/campaigns/{id}/grants", routing::get(grants))
+        .route("/v1/campaigns/{id}/publish", post(publish))
 }
 
 /// Body of `POST /v1/campaigns`.
@@ -80,6 +81,11 @@ pub struct CreateCampaign {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 64)]
     pub shards: Option<i64>,
+    /// `false` keeps the campaign hidden (404 `campaign_not_found` to all
+    /// but the admin, like an unknown id) until
+    /// `POST /v1/campaigns/{id}/publish`. Default `true`.
+    #[serde(default)]
+    pub published: Option<bool>,
 }
 
 /// A pool to create.
@@ -121,6 +127,9 @@ pub struct CampaignBody {
     pub pools: Vec<PoolBody>,
     /// Claims accepted and waiting for the drainer (redis-queue).
     pub queued: i64,
+    /// Whether the public sees it (only the admin reads an unpublished
+    /// campaign; everyone else gets 404 `campaign_not_found`).
+    pub published: bool,
 }
 
 /// A pool with its counts.
@@ -196,6 +205,7 @@ async fn body(state: &AppState, c: &Campaign) -> Result<CampaignBody, ApiError> 
         created_at: c.created_at,
         pools,
         queued: counters.map(|(_, q)| q).unwrap_or(0),
+        published: c.published,
     })
 }
 
@@ -231,7 +241,7 @@ pub async fn create(
         confirm_within_secs: req.confirm_within_secs,
         shards: req.shards,
     })?;
-    let c = pg::create_campaign(&state.db, &new).await?;
+    let c = pg::create_campaign(&state.db, &new, req.published.unwrap_or(true)).await?;
     // If Redis is down, the first claim rebuilds the state from PostgreSQL.
     if let Err(e) = state.admissions.on_create(&c).await {
         tracing::warn!(error = %e, campaign = %c.id, "could not prepare the new campaign (redis state)");
@@ -242,6 +252,34 @@ pub async fn create(
     tracing::info!(campaign = %c.id, mode = %c.mode, pools = c.pools.len(), "campaign created");
     let b = body(&state, &c).await?;
     Ok((StatusCode::CREATED, Json(b)))
+}
+
+/// Publishes a campaign created with `"published": false`: from now on
+/// everyone sees it. Idempotent.
+#[utoipa::path(post, path = "/v1/campaigns/{id}/publish",
+    params(("id" = i64, Path, description = "Campaign id")),
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "Published (or already)", body = CampaignBody),
+        AdminErrors, CampaignErrors, IpLimitErrors, StoreErrors,
+    ))]
+pub async fn publish(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    _: AdminToken,
+) -> Result<Json<CampaignBody>, ApiError> {
+    let c = state.campaign_for_admin(&id).await?;
+    if !c.published {
+        if !pg::publish_campaign(&state.db, c.id).await? {
+            return Err(ApiError::campaign_not_found());
+        }
+        // Another reader of this process may have cached its 404; other
+        // processes' caches keep it at most their TTL.
+        state.campaign_bodies.forget(c.id.0);
+        tracing::info!(campaign = %c.id, "campaign published");
+    }
+    let c = state.campaign(&id).await?;
+    Ok(Json(body(&state, &c).await?))
 }
 
 /// Reads a campaign with its counts. The answer (a 404 too) is cached
@@ -268,6 +306,20 @@ pub async fn get(
     };
     // The admin (operators, the bench's drain probe) reads fresh counts.
     let fresh = is_admin(&headers, &state);
+    if fresh {
+        // An unpublished campaign bypasses the cache, which holds what the
+        // public sees (a 404 for it).
+        let c = state.campaign_for_admin(&id).await?;
+        if !c.published {
+            let b = body(&state, &c).await?;
+            let mut resp = Json(b).into_response();
+            resp.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("private, no-store"),
+            );
+            return Ok(resp);
+        }
+    }
     let fill = || async {
         let by = if fresh { "admin" } else { "public" };
         metrics::counter!("firstcome_campaign_reads_from_db_total", "by" => by).increment(1);
@@ -351,7 +403,7 @@ pub async fn grants(
     query: Result<Query<GrantsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<GrantsPage>, ApiError> {
     let Query(q) = query?;
-    let c = state.campaign(&id).await?;
+    let c = state.campaign_for_admin(&id).await?;
     let after = match q.after.as_deref() {
         None | Some("") => 0,
         Some(s) => s.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {

@@ -29,6 +29,7 @@ use super::{
     answers::{answer, settled, ClaimAnswer, ClaimRequest},
     auth::{Caller, Confirmer},
     error::{ApiError, Problem, PROBLEM_JSON},
+    limits::ClientIp,
     ApiJson, AppState,
 };
 use crate::{
@@ -274,19 +275,14 @@ pub struct ClaimEvent {
     pub data: String,
 }
 
-/// How often an SSE stream reads the claim's state (from Redis, or from
-/// PostgreSQL when Redis no longer holds the campaign), so a change made
-/// through another API process is seen too. With the default cap of 5,000
-/// streams per process this bounds their reads at 20,000 a second; a
-/// push-driven fan-out (one watcher per campaign) is the next step.
-pub const SSE_POLL: Duration = Duration::from_millis(250);
+/// How long a stream waits before it reads its claim again after a failed
+/// read (a store down, a state being rebuilt), whether or not its watcher
+/// announced a change.
+pub const SSE_RETRY: Duration = Duration::from_millis(250);
 
-/// How often a stream re-reads a held grant's confirmation (PostgreSQL)
-/// while its answer in Redis does not change; a changed answer is read at
-/// once.
-pub const SSE_HOLD_POLL: Duration = Duration::from_secs(2);
-
-/// The client address the server saw (none when it did not say).
+/// The client address as the per-address limits see it ([`ClientIp`], set
+/// by `limits::limit_ip`), else the TCP peer; none when the server did not
+/// say.
 pub struct PeerIp(Option<std::net::IpAddr>);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerIp {
@@ -296,6 +292,9 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerIp {
         parts: &mut axum::http::request::Parts,
         _: &S,
     ) -> Result<Self, Infallible> {
+        if let Some(ClientIp(ip)) = parts.extensions.get::<ClientIp>() {
+            return Ok(PeerIp(*ip));
+        }
         let peer = parts
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
@@ -319,42 +318,49 @@ pub async fn events(
 ) -> Result<Response, ApiError> {
     let (c, user) = target(&state, &caller, p).await?;
     let slot = state.streams.acquire(&user, ip)?;
+    // Before the first read: a change after it is then announced.
+    let mut feed = state.fanout.subscribe(&c, &user);
     let first = current(&state, &c, &user).await?;
     // The stream ends at `sse_max`, when the caller's token expires, or
-    // within a poll when the server shuts down.
+    // at once when the server shuts down.
     let mut deadline = tokio::time::Instant::now() + state.sse_max;
     if let Some(exp) = caller.expires_at {
         let left = u64::try_from(exp - Utc::now().timestamp()).unwrap_or(0);
         deadline = deadline.min(tokio::time::Instant::now() + Duration::from_secs(left));
     }
     let first_answer = answer(&state, &c, &first).await?;
+    let mut closing = state.closing.clone();
     let stream = async_stream::stream! {
         let _slot = slot;
         let mut done = settled(&first_answer);
         yield Ok::<Event, Infallible>(event(&first_answer));
-        let (mut last, mut last_outcome) = (first_answer, first);
-        let mut read_at = tokio::time::Instant::now();
+        let mut last = first_answer;
+        // Set after a failed read: it is retried then, change or not.
+        let mut retry_at: Option<tokio::time::Instant> = None;
         while !done {
-            let wake = (tokio::time::Instant::now() + SSE_POLL).min(deadline);
-            tokio::time::sleep_until(wake).await;
-            if tokio::time::Instant::now() >= deadline || *state.closing.borrow() {
+            // Woken by the campaign's watcher when the answer (or a hold's
+            // confirmation) changed: one read per change, not per tick.
+            let wake = retry_at.map_or(deadline, |r| r.min(deadline));
+            tokio::select! {
+                () = feed.changed() => {}
+                _ = closing.wait_for(|c| *c) => break,
+                () = tokio::time::sleep_until(wake) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
                 break;
             }
+            metrics::counter!("firstcome_stream_reads_total").increment(1);
+            retry_at = Some(tokio::time::Instant::now() + SSE_RETRY);
             let Ok(Some(now)) = state.admissions.status(&c, &user).await else { continue };
-            // PostgreSQL (a hold's confirmation) only when the answer moved,
-            // or now and then while a grant is held.
-            if now == last_outcome && read_at.elapsed() < SSE_HOLD_POLL {
-                continue;
-            }
             let Ok(a) = answer(&state, &c, &now).await else { continue };
-            read_at = tokio::time::Instant::now();
+            retry_at = None;
             done = settled(&a);
             if a != last {
                 yield Ok(event(&a));
                 last = a;
             }
-            last_outcome = now;
         }
+        drop(feed);
     };
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())

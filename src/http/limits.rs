@@ -2,7 +2,8 @@
 //! process): the 429 answers of the API.
 //!
 //! [`RateLimits`] is built from [`RateConfig`]; the per-IP limit is the
-//! [`limit_ip`] middleware, the per-user one is applied by
+//! [`limit_ip`] middleware (keyed by [`client_ip`]: the TCP peer, or the
+//! header a trusted proxy sets), the per-user one is applied by
 //! `auth::Caller::user`. Nothing here reads tokens or knows handlers.
 
 use std::{
@@ -15,6 +16,7 @@ use std::{
 
 use axum::{
     extract::{ConnectInfo, Request, State},
+    http::{HeaderMap, HeaderName},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -56,11 +58,70 @@ impl<K: Hash + Eq + Clone> Keyed<K> {
     }
 }
 
+/// Failed token verifications per client address, in windows of a whole
+/// second: once an address failed `per_sec` of them in the current second,
+/// its user calls are refused before their token is verified until the
+/// second ends. Only failures count, so it can be far stricter than the
+/// per-address request limit: a client with a valid token rarely fails.
+/// (A fixed window, not GCRA: governor has no check that does not spend,
+/// and the check before verifying must not spend.)
+struct BadTokens {
+    /// Failures allowed per address and second.
+    per_sec: u32,
+    /// Start of the windows.
+    epoch: std::time::Instant,
+    /// Per address: (its window, as seconds since `epoch`; failures in it).
+    seen: std::sync::Mutex<std::collections::HashMap<IpAddr, (u64, u32)>>,
+}
+
+impl BadTokens {
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_secs()
+    }
+
+    /// 429 when `ip` used up its failures of this second.
+    fn check(&self, ip: IpAddr) -> Result<(), ApiError> {
+        let now = self.now();
+        let seen = self.seen.lock().expect("bad tokens lock");
+        match seen.get(&ip_key(ip)) {
+            Some((w, n)) if *w == now && *n >= self.per_sec => {
+                metrics::counter!("firstcome_rate_limited_total", "key" => "bad token")
+                    .increment(1);
+                Err(ApiError::RateLimited {
+                    retry_after_secs: 1,
+                    detail: "too many invalid tokens from this client address; retry later".into(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a failed verification from `ip`.
+    fn failed(&self, ip: IpAddr) {
+        let now = self.now();
+        let mut seen = self.seen.lock().expect("bad tokens lock");
+        let e = seen.entry(ip_key(ip)).or_insert((now, 0));
+        if e.0 != now {
+            *e = (now, 0);
+        }
+        e.1 = e.1.saturating_add(1);
+    }
+
+    /// Drops past windows.
+    fn forget_idle(&self) {
+        let now = self.now();
+        let mut seen = self.seen.lock().expect("bad tokens lock");
+        seen.retain(|_, (w, _)| *w == now);
+        seen.shrink_to_fit();
+    }
+}
+
 /// The rate limits of a process. Each is `None` when disabled (rate 0).
 #[derive(Clone, Default)]
 pub struct RateLimits {
     per_ip: Option<Arc<Keyed<IpAddr>>>,
     per_user: Option<Arc<Keyed<UserId>>>,
+    bad_tokens: Option<Arc<BadTokens>>,
 }
 
 impl RateLimits {
@@ -70,17 +131,48 @@ impl RateLimits {
         Self {
             per_ip: Keyed::new(per_ip.0, per_ip.1).map(Arc::new),
             per_user: Keyed::new(per_user.0, per_user.1).map(Arc::new),
+            bad_tokens: None,
         }
+    }
+
+    /// Also limits failed token verifications to `per_sec` per address and
+    /// second (0 = no limit).
+    pub fn with_bad_tokens(mut self, per_sec: u32) -> Self {
+        self.bad_tokens = (per_sec > 0).then(|| {
+            Arc::new(BadTokens {
+                per_sec,
+                epoch: std::time::Instant::now(),
+                seen: Default::default(),
+            })
+        });
+        self
     }
 
     /// The limits the settings ask for.
     pub fn from_config(c: &RateConfig) -> Self {
         Self::new((c.per_ip, c.per_ip_burst), (c.per_user, c.per_user_burst))
+            .with_bad_tokens(c.bad_tokens_per_ip)
     }
 
     /// Whether any limit is on.
     pub fn enabled(&self) -> bool {
-        self.per_ip.is_some() || self.per_user.is_some()
+        self.per_ip.is_some() || self.per_user.is_some() || self.bad_tokens.is_some()
+    }
+
+    /// Before verifying a token from `ip`: 429 when the address failed too
+    /// many verifications this second.
+    pub fn check_bad_tokens(&self, ip: Option<IpAddr>) -> Result<(), ApiError> {
+        match (&self.bad_tokens, ip) {
+            (Some(b), Some(ip)) => b.check(ip),
+            _ => Ok(()),
+        }
+    }
+
+    /// After a failed token verification from `ip`.
+    pub fn bad_token(&self, ip: Option<IpAddr>) {
+        if let (Some(b), Some(ip)) = (&self.bad_tokens, ip) {
+            b.failed(ip);
+        }
     }
 
     /// Counts one request of `user`; 429 when over the limit.
@@ -108,6 +200,9 @@ impl RateLimits {
         }
         if let Some(l) = &self.per_user {
             l.forget_idle();
+        }
+        if let Some(b) = &self.bad_tokens {
+            b.forget_idle();
         }
     }
 
@@ -137,14 +232,55 @@ fn ip_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Middleware: the per-IP limit, keyed by the TCP peer address (not
-/// `X-Forwarded-For`, which any client can write).
-pub async fn limit_ip(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
-        if let Err(e) = state.limits.check_ip(addr.ip()) {
+/// The client address of a request as the per-address limits see it (set
+/// by [`limit_ip`] for the routes behind it; `None` when the server did not
+/// say).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub Option<IpAddr>);
+
+/// The client's address: with `proxy_header` (`--behind-proxy`), the last
+/// address of the last such header, i.e. the hop our proxy appended (the
+/// ones before it are whatever the client wrote, so reading the first would
+/// let anyone pick their bucket); else, or when that header is missing or
+/// unreadable, the TCP peer (then the proxy itself).
+pub fn client_ip(
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    proxy_header: Option<&HeaderName>,
+) -> Option<IpAddr> {
+    let forwarded = proxy_header
+        .and_then(|h| headers.get_all(h).iter().next_back())
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|hop| parse_hop(hop.trim()));
+    forwarded.or(peer.map(|p| p.ip()))
+}
+
+/// An address as proxies write it: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1`
+/// or `[2001:db8::1]:5678`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    hop.parse::<SocketAddr>().ok().map(|s| s.ip())
+}
+
+/// Middleware: the per-address limit, in front of every `/v1` handler and
+/// therefore before any JWT is verified (a flood of forged tokens from one
+/// address is refused 429 without a signature check). Keyed by
+/// [`client_ip`], which it leaves in the request as [`ClientIp`].
+pub async fn limit_ip(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let ip = client_ip(req.headers(), peer, state.proxy_header.as_ref());
+    if let Some(ip) = ip {
+        if let Err(e) = state.limits.check_ip(ip) {
             return e.into_response();
         }
     }
+    req.extensions_mut().insert(ClientIp(ip));
     next.run(req).await
 }
 
@@ -159,6 +295,48 @@ mod tests {
         assert_eq!(ip_key(a), ip_key(b));
         let m: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
         assert_eq!(ip_key(m), "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn behind_a_proxy_the_last_hop_is_the_client() {
+        let peer: SocketAddr = "10.0.0.9:4000".parse().unwrap();
+        let xff = HeaderName::from_static("x-forwarded-for");
+        let mut h = HeaderMap::new();
+        assert_eq!(client_ip(&h, Some(peer), Some(&xff)), Some(peer.ip()));
+        h.append(&xff, "6.6.6.6, 1.2.3.4".parse().unwrap());
+        assert_eq!(
+            client_ip(&h, Some(peer), Some(&xff)),
+            Some("1.2.3.4".parse().unwrap())
+        );
+        h.append(&xff, "[2001:db8::1]:443".parse().unwrap());
+        assert_eq!(
+            client_ip(&h, Some(peer), Some(&xff)),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        // Without --behind-proxy the header is not read at all.
+        assert_eq!(client_ip(&h, Some(peer), None), Some(peer.ip()));
+        let mut junk = HeaderMap::new();
+        junk.insert(&xff, "not an address".parse().unwrap());
+        assert_eq!(client_ip(&junk, Some(peer), Some(&xff)), Some(peer.ip()));
+    }
+
+    #[test]
+    fn failed_tokens_close_the_address_for_the_second() {
+        let l = RateLimits::default().with_bad_tokens(2);
+        let (a, b) = (
+            Some("10.0.0.1".parse().unwrap()),
+            Some("10.0.0.2".parse().unwrap()),
+        );
+        l.bad_token(a);
+        assert!(l.check_bad_tokens(a).is_ok());
+        l.bad_token(a);
+        // Unless the second turned in between, `a` is closed; `b` is not.
+        assert!(l.check_bad_tokens(b).is_ok());
+        let bt = l.bad_tokens.as_ref().unwrap();
+        if bt.now() == bt.seen.lock().unwrap()[&a.unwrap()].0 {
+            assert!(l.check_bad_tokens(a).is_err());
+        }
+        assert!(RateLimits::default().check_bad_tokens(a).is_ok());
     }
 
     #[test]

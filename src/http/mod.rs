@@ -34,6 +34,7 @@ pub mod campaign_cache;
 pub mod campaigns;
 pub mod claims;
 pub mod error;
+pub mod fanout;
 pub mod limits;
 pub mod openapi;
 pub mod ops;
@@ -62,8 +63,9 @@ pub struct AppState {
     /// SHA-256 of the payment service's bearer token, which may confirm
     /// holds and nothing else; `None` leaves confirming to the admin.
     pub confirm_token_digest: Option<[u8; 32]>,
-    /// Campaigns are immutable once created, so they are cached forever:
-    /// a claim never reads PostgreSQL to find its campaign.
+    /// Published campaigns are immutable, so they are cached forever: a
+    /// claim never reads PostgreSQL to find its campaign. Unpublished ones
+    /// are not cached (they may be published by another process).
     pub campaigns: Arc<RwLock<HashMap<CampaignId, Arc<Campaign>>>>,
     /// Longest an SSE stream stays open.
     pub sse_max: Duration,
@@ -81,11 +83,33 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// Answers of `GET /v1/campaigns/{id}`, kept about a second.
     pub campaign_bodies: campaign_cache::BodyCache,
+    /// The header a trusted proxy writes the client address into
+    /// (`--behind-proxy`); `None` keys per-address limits by the TCP peer.
+    pub proxy_header: Option<axum::http::HeaderName>,
+    /// Whether `/metrics`, `/readyz` and `/openapi.json` have a listener of
+    /// their own (`--ops-addr`), and so leave the public router.
+    pub ops_apart: bool,
+    /// The last readiness answer, reused for about a second.
+    pub readiness: ops::Readiness,
+    /// One watcher per campaign that wakes its event streams on a change.
+    pub fanout: fanout::Fanout,
 }
 
 impl AppState {
-    /// The campaign, from the cache or PostgreSQL; 404 if unknown.
+    /// The campaign as the public sees it, from the cache or PostgreSQL:
+    /// 404 if unknown or unpublished (the same answer after the same one
+    /// query: an unpublished campaign is never cached, like an unknown id).
     pub async fn campaign(&self, raw_id: &str) -> Result<Arc<Campaign>, ApiError> {
+        self.campaign_as(raw_id, false).await
+    }
+
+    /// The campaign, published or not, for the admin.
+    pub async fn campaign_for_admin(&self, raw_id: &str) -> Result<Arc<Campaign>, ApiError> {
+        self.campaign_as(raw_id, true).await
+    }
+
+    /// The campaign; an unpublished one only for `admin`.
+    async fn campaign_as(&self, raw_id: &str, admin: bool) -> Result<Arc<Campaign>, ApiError> {
         let id = raw_id
             .parse::<i64>()
             .map(CampaignId)
@@ -94,14 +118,18 @@ impl AppState {
             return Ok(c.clone());
         }
         let c = Arc::new(
-            pg::load_campaign(&self.db, id)
+            pg::load_campaign_seen_by(&self.db, id, admin)
                 .await?
                 .ok_or_else(ApiError::campaign_not_found)?,
         );
-        self.campaigns
-            .write()
-            .expect("cache lock")
-            .insert(id, c.clone());
+        // Published is final (there is no unpublish), so only a published
+        // campaign is cached: one published since is seen at its next call.
+        if c.published {
+            self.campaigns
+                .write()
+                .expect("cache lock")
+                .insert(id, c.clone());
+        }
         Ok(c)
     }
 }
@@ -124,7 +152,9 @@ where
     }
 }
 
-/// The application's routes.
+/// The routes of the public listener: the API, `/healthz`, and, unless
+/// they have a listener of their own, `/readyz`, `/metrics` and
+/// `/openapi.json`.
 pub fn router(state: AppState) -> Router {
     // The per-IP limit guards the API, not the probes of an orchestrator.
     let api =
@@ -134,10 +164,34 @@ pub fn router(state: AppState) -> Router {
                 state.clone(),
                 limits::limit_ip,
             ));
-    Router::new()
-        .merge(api)
-        .merge(ops::router())
-        .merge(openapi::router())
+    let ops = if state.ops_apart {
+        ops::health_router()
+    } else {
+        ops::router().merge(openapi::router())
+    };
+    finish(Router::new().merge(api).merge(ops), state)
+}
+
+/// The routes of a worker-only process: health, readiness, metrics (only
+/// health when they have a listener of their own).
+pub fn worker_router(state: AppState) -> Router {
+    let ops = if state.ops_apart {
+        ops::health_router()
+    } else {
+        ops::router()
+    };
+    finish(ops, state)
+}
+
+/// The routes of the `--ops-addr` listener: health, readiness, metrics and
+/// the OpenAPI document, for operators and scrapers only.
+pub fn ops_router(state: AppState) -> Router {
+    finish(ops::router().merge(openapi::router()), state)
+}
+
+/// The fallbacks and layers every listener shares.
+fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .route_layer(middleware::from_fn_with_state(state.clone(), timeout))
@@ -146,14 +200,6 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             ops::panic_response,
         ))
-        .with_state(state)
-}
-
-/// The routes of a worker-only process: health, readiness, metrics.
-pub fn ops_router(state: AppState) -> Router {
-    ops::router()
-        .route_layer(middleware::from_fn_with_state(state.clone(), timeout))
-        .fallback(ops::not_found)
         .with_state(state)
 }
 

@@ -84,6 +84,7 @@ impl Modify for Auth {
         super::campaigns::create,
         super::campaigns::get,
         super::campaigns::grants,
+        super::campaigns::publish,
         super::claims::claim,
         super::claims::status,
         super::claims::cancel,

@@ -4,7 +4,7 @@
 //! Nothing here knows the /v1 resources: a worker-only process serves
 //! [`router`] alone. The OpenAPI document lives in `openapi`.
 
-use std::any::Any;
+use std::{any::Any, sync::Arc, time::Duration};
 
 use axum::{
     extract::State,
@@ -23,10 +23,54 @@ use crate::storage::pg;
 
 /// `/healthz`, `/readyz` and `/metrics`.
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
+    health_router()
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+}
+
+/// `/healthz` alone: what the public listener keeps when the others moved
+/// to `--ops-addr`.
+pub fn health_router() -> Router<AppState> {
+    Router::new().route("/healthz", get(healthz))
+}
+
+/// How long a readiness answer is reused: a probe (or a flood of them)
+/// costs at most one PostgreSQL connection and one Redis PING per period.
+pub const READY_TTL: Duration = Duration::from_secs(1);
+
+/// The last readiness answer and when it was checked: `None` for ready,
+/// else the 503's code and detail (fixed texts, see `error`).
+type ReadyAnswer = Option<(&'static str, String)>;
+
+/// The readiness check's cache; concurrent probes wait for the check in
+/// progress rather than start their own.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<tokio::sync::Mutex<Option<(tokio::time::Instant, ReadyAnswer)>>>);
+
+impl Readiness {
+    /// The answer, checked at most once per [`READY_TTL`].
+    async fn check(&self, state: &AppState) -> Result<(), ApiError> {
+        let mut slot = self.0.lock().await;
+        let answer = match slot.as_ref() {
+            Some((at, a)) if at.elapsed() < READY_TTL => a.clone(),
+            _ => {
+                metrics::counter!("firstcome_ready_checks_total").increment(1);
+                let (p, r) = tokio::join!(pg::ping(&state.db), state.redis.ping());
+                let a = match p.map_err(ApiError::from).and(r.map_err(ApiError::from)) {
+                    Ok(()) => None,
+                    Err(ApiError::Unavailable { code, detail }) => Some((code, detail)),
+                    // Not a store being down (a bug): answered, not kept.
+                    Err(e) => return Err(e),
+                };
+                *slot = Some((tokio::time::Instant::now(), a.clone()));
+                a
+            }
+        };
+        match answer {
+            None => Ok(()),
+            Some((code, detail)) => Err(ApiError::unavailable(code, detail)),
+        }
+    }
 }
 
 /// Liveness: the process answers.
@@ -35,15 +79,14 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Readiness: Redis and PostgreSQL both answer.
+/// Readiness: Redis and PostgreSQL both answer (checked at most once a
+/// second, see [`READY_TTL`]).
 #[utoipa::path(get, path = "/readyz", responses(
     (status = 200, description = "Ready: `{\"postgres\":\"ok\",\"redis\":\"ok\"}`", body = Object),
     (status = 503, description = "A store is unreachable", body = Problem, content_type = PROBLEM_JSON),
 ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let (p, r) = tokio::join!(pg::ping(&state.db), state.redis.ping());
-    p?;
-    r?;
+    state.readiness.check(&state).await?;
     Ok(Json(json!({"postgres": "ok", "redis": "ok"})))
 }
 

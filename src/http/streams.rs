@@ -1,8 +1,9 @@
 //! Caps on open SSE streams (`GET .../claims/{user}/events`): in total, per
-//! user and per client address. A stream costs a status read every
-//! [`super::claims::SSE_POLL`] for as long as it is open, and the rate
-//! limit counts only the request that opens it, so without caps one token
-//! could hold thousands of streams (issue 19, item 1).
+//! user and per client address. A stream holds a connection, a task and a
+//! place in its campaign's watcher ([`super::fanout`]) for as long as it is
+//! open, and the rate limit counts only the request that opens it, so
+//! without caps one token could hold thousands of streams (issue 19,
+//! item 1).
 //!
 //! A [`Slot`] is taken before the stream starts and given back when the
 //! stream ends (it lives inside the stream), however it ends.

@@ -5,12 +5,17 @@ use sqlx::{PgPool, Row};
 use super::error::PgError;
 use crate::domain::{Campaign, CampaignId, Mode, NewCampaign, Pool, PoolName};
 
-/// Inserts a campaign and its pools in one transaction.
-pub async fn create_campaign(db: &PgPool, new: &NewCampaign) -> Result<Campaign, PgError> {
+/// Inserts a campaign and its pools in one transaction; unless
+/// `published`, only the admin sees it until [`publish_campaign`].
+pub async fn create_campaign(
+    db: &PgPool,
+    new: &NewCampaign,
+    published: bool,
+) -> Result<Campaign, PgError> {
     let mut tx = db.begin().await?;
     let row = sqlx::query(
-        "INSERT INTO campaigns (name, mode, per_user_limit, opens_at, closes_at, hold_secs, confirm_within_secs, shards)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        "INSERT INTO campaigns (name, mode, per_user_limit, opens_at, closes_at, hold_secs, confirm_within_secs, published, shards)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
     )
     .bind(&new.name)
     .bind(new.mode.as_str())
@@ -19,6 +24,7 @@ pub async fn create_campaign(db: &PgPool, new: &NewCampaign) -> Result<Campaign,
     .bind(new.closes_at)
     .bind(new.hold_secs)
     .bind(new.confirm_within_secs)
+    .bind(published)
     .bind(i32::from(new.shards))
     .fetch_one(&mut *tx)
     .await?;
@@ -44,11 +50,24 @@ pub async fn create_campaign(db: &PgPool, new: &NewCampaign) -> Result<Campaign,
 
 /// Loads a campaign with its pools; `None` when it does not exist.
 pub async fn load_campaign(db: &PgPool, id: CampaignId) -> Result<Option<Campaign>, PgError> {
+    load_campaign_seen_by(db, id, true).await
+}
+
+/// Loads a campaign with its pools as the public (`admin` false) or the
+/// admin sees it: `None` when it does not exist, or, for the public, is
+/// not published; either way after the same one query, so an unpublished
+/// campaign costs what an unknown id does.
+pub async fn load_campaign_seen_by(
+    db: &PgPool,
+    id: CampaignId,
+    admin: bool,
+) -> Result<Option<Campaign>, PgError> {
     let Some(row) = sqlx::query(
-        "SELECT id, name, mode, per_user_limit, opens_at, closes_at, hold_secs, created_at, confirm_within_secs, shards
-         FROM campaigns WHERE id = $1",
+        "SELECT id, name, mode, per_user_limit, opens_at, closes_at, hold_secs, created_at, confirm_within_secs, published, shards
+         FROM campaigns WHERE id = $1 AND (published OR $2)",
     )
     .bind(id.0)
+    .bind(admin)
     .fetch_optional(db)
     .await?
     else {
@@ -84,7 +103,18 @@ pub async fn load_campaign(db: &PgPool, id: CampaignId) -> Result<Option<Campaig
         shards: u16::try_from(row.get::<i32, _>("shards"))
             .map_err(|e| PgError::Corrupt(e.to_string()))?,
         pools,
+        published: row.get("published"),
     }))
+}
+
+/// Publishes a campaign; `false` when no campaign has this id.
+/// Idempotent.
+pub async fn publish_campaign(db: &PgPool, id: CampaignId) -> Result<bool, PgError> {
+    let r = sqlx::query("UPDATE campaigns SET published = true WHERE id = $1")
+        .bind(id.0)
+        .execute(db)
+        .await?;
+    Ok(r.rows_affected() == 1)
 }
 
 /// Campaigns of the given modes whose keys may still be live: the worker

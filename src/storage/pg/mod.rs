@@ -12,12 +12,14 @@ pub mod db_modes;
 mod error;
 mod generation;
 mod grants;
+mod signatures;
 
 pub use campaigns::*;
 pub use confirmations::*;
 pub use error::{PgError, STATEMENT_TIMEOUT_MS};
 pub use generation::*;
 pub use grants::*;
+pub use signatures::*;
 
 /// Opens a pool and applies migrations.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {

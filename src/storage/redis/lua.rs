@@ -119,4 +119,6 @@ scripts! {
     marks;
     /// A sharded redis-lua pool gets back a cancel's slot once it is durable.
     returned;
+    /// Many users' raw answers at once (the event streams' watcher).
+    answers;
 }

@@ -18,7 +18,10 @@ pub use lua::{Lua, Scripts};
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, RwLock,
+    },
     time::Duration,
 };
 
@@ -30,6 +33,14 @@ use redis::{
 };
 
 use crate::domain::CampaignId;
+
+/// Round trips to Redis of this process (a command, a script call or a
+/// pipeline counts once; through [`RedisConn`], which every call takes),
+/// exported
+/// as `firstcome_redis_calls_total`: the flood test and SECURITY.md's
+/// figures bound Redis work with it. A plain atomic, not a `metrics`
+/// counter, so the claim path pays an add, not a registry lookup.
+pub static CALLS: AtomicU64 = AtomicU64::new(0);
 
 /// Errors of the Redis boundary.
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +145,7 @@ pub enum RedisConn {
 
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        CALLS.fetch_add(1, Ordering::Relaxed);
         match self {
             RedisConn::Node(c) => c.req_packed_command(cmd),
             RedisConn::Dedicated(c) => c.req_packed_command(cmd),
@@ -147,6 +159,7 @@ impl ConnectionLike for RedisConn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
+        CALLS.fetch_add(1, Ordering::Relaxed);
         match self {
             RedisConn::Node(c) => c.req_packed_commands(pipeline, offset, count),
             RedisConn::Dedicated(c) => c.req_packed_commands(pipeline, offset, count),

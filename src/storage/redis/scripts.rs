@@ -383,6 +383,40 @@ impl RedisStore {
         Ok((gen, Some(ans).filter(|a| !a.is_empty()), outbox))
     }
 
+    /// `answers.lua`: the raw answers of `users` in one call (the event
+    /// streams' watcher): the generation of the whole state holding them
+    /// (`None` when none is loaded), then each user's answer in order.
+    pub async fn read_answers(
+        &self,
+        k: &CampaignKeys,
+        users: &[&str],
+    ) -> Result<(Option<i64>, Vec<Option<String>>), RedisStoreError> {
+        let mut out: Vec<redis::Value> = self
+            .eval(
+                &self.scripts().answers,
+                &[&k.meta, &k.ans, &k.outbox],
+                users,
+            )
+            .await?;
+        let bad = || RedisStoreError::Protocol("bad answers.lua reply".into());
+        if out.len() != users.len() + 2 {
+            return Err(bad());
+        }
+        let text = |v: redis::Value| -> Result<String, RedisStoreError> {
+            redis::from_redis_value(v).map_err(|_| bad())
+        };
+        let answers = out
+            .split_off(2)
+            .into_iter()
+            .map(|v| text(v).map(|a| Some(a).filter(|a| !a.is_empty())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let gen = match text(out.swap_remove(0))?.as_str() {
+            "" => None,
+            g => Some(g.parse().map_err(|_| bad())?),
+        };
+        Ok((gen, answers))
+    }
+
     /// `time.lua`: Redis' clock (ms since epoch) on the node holding the
     /// campaign's keys.
     pub async fn now_ms(&self, k: &CampaignKeys) -> Result<i64, RedisStoreError> {

@@ -26,6 +26,8 @@ pub fn claim_path(id: i64, user: &str) -> String {
 pub struct TestApp {
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// The `--ops-addr` listener's `http://127.0.0.1:PORT`, if any.
+    pub ops_base: Option<String>,
     /// HTTP client.
     pub http: reqwest::Client,
     /// Direct access to the app's database, for assertions.
@@ -74,6 +76,7 @@ pub async fn spawn_app_on(
     let app_redis_url = args.stores.redis_url.clone();
     let app = Application::build(args).await.expect("build app");
     let base = format!("http://{}", app.addr());
+    let ops_base = app.ops_addr().map(|a| format!("http://{a}"));
     let stop_worker = app.stopper();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -86,6 +89,7 @@ pub async fn spawn_app_on(
     let db = PgPool::connect(db_url).await.expect("connect test db");
     TestApp {
         base,
+        ops_base,
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             // Below the server's header-read timeout (see src/client.rs).
@@ -108,6 +112,7 @@ impl TestApp {
     pub fn client_only(base: &str) -> TestApp {
         TestApp {
             base: base.to_string(),
+            ops_base: None,
             http: reqwest::Client::new(),
             db: PgPool::connect_lazy(&database_url()).expect("lazy pool"),
             db_url: String::new(),

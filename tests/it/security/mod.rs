@@ -2,8 +2,11 @@
 //! expiry, algorithm), rate limits with Retry-After, input bounds, and the
 //! production profile's refusal to start half-configured.
 
+mod addresses;
 mod connections;
+mod flood;
 mod limits;
+mod published;
 mod streams;
 
 use crate::common;
@@ -264,6 +267,15 @@ fn the_production_profile_refuses_to_start_half_configured() {
     a.jwt_audience = Some("firstcome".into());
     assert_eq!(a.validate(), Err(ConfigError::ProductionWithoutIssuer));
     a.jwt_issuer = Some("https://id.example".into());
+    assert_eq!(a.validate(), Err(ConfigError::ProductionWithoutIpLimit));
+    a.rate_per_ip = 50;
+    assert_eq!(
+        a.validate(),
+        Err(ConfigError::ProductionWithoutBadTokenLimit)
+    );
+    a.bad_tokens_per_ip = 10;
+    assert_eq!(a.validate(), Err(ConfigError::ProductionWithoutOpsAddr));
+    a.ops_addr = Some("127.0.0.1:0".parse().unwrap());
     assert_eq!(a.validate(), Ok(()));
     a.rate_per_user = 0;
     assert_eq!(a.validate(), Err(ConfigError::ProductionWithoutUserLimit));

@@ -110,3 +110,133 @@ async fn shutdown_ends_open_streams() {
     assert!(ended.is_ok(), "the stream held the shutdown");
     stopping.await.unwrap();
 }
+
+/// A counter of the (process-wide) metrics, summed over its label sets.
+pub(super) async fn counter(app: &common::TestApp, name: &str) -> f64 {
+    let text = app.metrics().await;
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Issue 19 item 1: the streams of a campaign are fed by one watcher that
+/// reads every user's answer in one call a tick; a stream reads its claim
+/// only when its answer changed. N streams used to cost N reads a tick.
+#[tokio::test]
+async fn many_streams_of_a_campaign_share_one_reader_and_still_follow_their_claim() {
+    const N: usize = 30;
+    let app = spawn(|_| {}).await;
+    let users: Vec<String> = (0..N).map(|i| format!("w{i}")).collect();
+    let names: Vec<&str> = users.iter().map(String::as_str).collect();
+    app.stop_worker.send(true).unwrap();
+    let id = app.campaign("redis-queue", &[("main", N as i64)]).await;
+    for u in &names {
+        assert_eq!(claim(&app, id, None, u).await.0, 202);
+    }
+    let reads_before = counter(&app, "firstcome_stream_reads_total").await;
+    let mut streams = Vec::new();
+    for u in &names {
+        let s = open(&app, id, u, None).await;
+        assert_eq!(s.status(), 200);
+        streams.push(s);
+    }
+    // Let the watcher tick a number of times (at least 12 Redis polls,
+    // the counter being process-wide, and at least 3 s: 12 ticks of our
+    // own), while nothing changes.
+    let polls_before = counter(&app, "firstcome_stream_polls_total").await;
+    let start = tokio::time::Instant::now();
+    common::until("the watchers polled", || async {
+        counter(&app, "firstcome_stream_polls_total").await - polls_before >= 12.0
+            && start.elapsed() >= Duration::from_secs(3)
+    })
+    .await;
+    // Each stream read its claim once when it joined (the watcher announces
+    // a new user once); polling per stream would have cost N per tick, at
+    // least 12 N here. Other tests' streams share the counter: loose bound.
+    let reads = counter(&app, "firstcome_stream_reads_total").await - reads_before;
+    assert!(
+        reads < (3 * N) as f64,
+        "{N} idle streams read their claims {reads} times"
+    );
+    // A change still reaches every stream, which closes on its final answer.
+    let followers: Vec<_> = streams
+        .into_iter()
+        .map(|mut s| {
+            tokio::spawn(async move {
+                let mut body = String::new();
+                while let Ok(Some(chunk)) = s.chunk().await {
+                    body.push_str(&String::from_utf8_lossy(&chunk));
+                }
+                body
+            })
+        })
+        .collect();
+    // A second process with a worker drains the queue.
+    let other = common::spawn_app_on(&app.db_url, &app.prefix, |_| {}).await;
+    for f in followers {
+        let body = tokio::time::timeout(Duration::from_secs(30), f)
+            .await
+            .expect("the stream closes after its final answer")
+            .unwrap();
+        let statuses: Vec<Value> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str::<Value>(d).unwrap()["status"].clone())
+            .collect();
+        assert_eq!(statuses.first(), Some(&json!("queued")), "{body}");
+        assert_eq!(statuses.last(), Some(&json!("granted")), "{body}");
+    }
+    other.stop().await;
+    app.stop().await;
+}
+
+/// The PostgreSQL modes are watched in PostgreSQL (one query for every
+/// user of the campaign), and so are holds in any mode (a confirmation is
+/// written to PostgreSQL only): a held grant's stream sees its
+/// confirmation and closes.
+#[tokio::test]
+async fn a_held_grant_stream_follows_it_to_its_confirmation_in_every_kind_of_mode() {
+    let app = spawn(|_| {}).await;
+    for mode in ["db-atomic", "gate"] {
+        let id = app
+            .create_campaign(json!({"name":"seats","mode":mode,
+                "pools":[{"name":"hall","stock":3}],"confirm_within_secs":600}))
+            .await["id"]
+            .as_i64()
+            .unwrap();
+        assert_eq!(claim(&app, id, None, "held").await.0, 200);
+        let mut s = open(&app, id, "held", None).await;
+        assert_eq!(s.status(), 200);
+        let follower = tokio::spawn(async move {
+            let mut body = String::new();
+            while let Ok(Some(chunk)) = s.chunk().await {
+                body.push_str(&String::from_utf8_lossy(&chunk));
+            }
+            body
+        });
+        let path = format!("/v1/campaigns/{id}/claims/held/confirm");
+        common::until("the grant is durable and confirmed", || async {
+            call(&app, Method::POST, &path, Some(common::TOKEN), None)
+                .await
+                .0
+                == 200
+        })
+        .await;
+        let body = tokio::time::timeout(Duration::from_secs(30), follower)
+            .await
+            .expect("the stream closes once confirmed")
+            .unwrap();
+        let holds: Vec<Value> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str::<Value>(d).unwrap()["hold"].clone())
+            .collect();
+        assert_eq!(holds.first(), Some(&json!("held")), "{mode}: {body}");
+        assert_eq!(holds.last(), Some(&json!("confirmed")), "{mode}: {body}");
+    }
+    app.stop().await;
+}
