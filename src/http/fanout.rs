@@ -22,7 +22,7 @@ use std::{
 use tokio::sync::watch;
 
 use crate::{
-    domain::{Campaign, CampaignId, UserId},
+    domain::{shard::home_shard, Campaign, CampaignId, UserId},
     modes::{redis_common::RedisCommon, Admissions},
     storage::pg,
 };
@@ -52,22 +52,36 @@ async fn read_redis(
     campaign: &Campaign,
     users: &[String],
 ) -> Result<Option<Vec<String>>, ()> {
-    let keys = r.keys(campaign);
-    let names: Vec<&str> = users.iter().map(String::as_str).collect();
-    metrics::counter!("firstcome_stream_polls_total", "store" => "redis").increment(1);
-    match r.redis.read_answers(&keys, &names).await {
-        Ok((Some(gen), answers)) => Ok(Some(
-            answers
-                .into_iter()
-                .map(|a| format!("{gen}|{}", a.unwrap_or_default()))
-                .collect(),
-        )),
-        Ok((None, _)) => Ok(None),
-        Err(e) => {
-            tracing::debug!(error = %e, campaign = %campaign.id, "stream watcher: redis read failed");
-            Err(())
+    // Each answer lives on its user's home shard: one call per shard.
+    let shards = r.shards(campaign);
+    let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); shards.len()];
+    for (i, u) in users.iter().enumerate() {
+        let h = UserId::parse(u.clone())
+            .map(|u| home_shard(&u, campaign.shards))
+            .unwrap_or(0);
+        by_shard[usize::from(h)].push(i);
+    }
+    let mut out = vec![String::new(); users.len()];
+    for (keys, idx) in shards.iter().zip(by_shard) {
+        if idx.is_empty() {
+            continue;
+        }
+        let names: Vec<&str> = idx.iter().map(|&i| users[i].as_str()).collect();
+        metrics::counter!("firstcome_stream_polls_total", "store" => "redis").increment(1);
+        match r.redis.read_answers(keys, &names).await {
+            Ok((Some(gen), answers)) => {
+                for (&i, a) in idx.iter().zip(answers) {
+                    out[i] = format!("{gen}|{}", a.unwrap_or_default());
+                }
+            }
+            Ok((None, _)) => return Ok(None),
+            Err(e) => {
+                tracing::debug!(error = %e, campaign = %campaign.id, "stream watcher: redis read failed");
+                return Err(());
+            }
         }
     }
+    Ok(Some(out))
 }
 
 /// The users of one campaign with an open stream here.
