@@ -217,35 +217,43 @@ start_cluster() {
   export REDIS_URL
   REDIS_FIRST="${REDIS_URL%%,*}"
 }
-kill_master() { # kill_master CAMPAIGN: the master of its first shard; restarts it as a replica
-  local id="$1" any slot port pid
-  any="$(head -1 "$CL_DIR/ports")"
-  slot="$(redis-cli -p "$any" cluster keyslot "c$id")"
-  port="$(redis-cli -p "$any" cluster nodes | python3 -c '
+slot_owner() { # slot_owner SLOT ASKED_PORT: the port of the live master holding SLOT
+  redis-cli -p "$2" cluster nodes 2>/dev/null | python3 -c '
 import sys
 slot = int(sys.argv[1])
 for line in sys.stdin:
     f = line.split()
-    if "master" not in f[2] or "fail" in f[2]:
+    if len(f) < 8 or "master" not in f[2] or "fail" in f[2]:
         continue
     for r in f[8:]:
         lo, _, hi = r.partition("-")
         if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
             print(f[1].split("@")[0].split(":")[1])
-' "$slot")"
+' "$1"
+}
+kill_master() { # kill_master CAMPAIGN: the master of its first shard; restarts it as a replica
+  local id="$1" any slot port pid other p
+  any="$(head -1 "$CL_DIR/ports")"
+  slot="$(redis-cli -p "$any" cluster keyslot "c$id")"
+  port="$(slot_owner "$slot" "$any")"
   [ -n "$port" ] || return 1
   pid="$(cat "$CL_DIR/$port/redis.pid")"
   kill -9 "$pid" || return 1
-  # Its replica is promoted after the node timeout (2 s); the node comes
-  # back with its nodes.conf and rejoins as the new master's replica.
   wait_for 20 sh -c "! kill -0 $pid"
-  sleep 3
+  # Its replica is promoted after the node timeout (2 s); only then does the
+  # node come back (empty, with its nodes.conf), to rejoin as a replica.
+  for p in $(cat "$CL_DIR/ports"); do [ "$p" != "$port" ] && other="$p" && break; done
+  local deadline=$(( $(date +%s) + 20 ))
+  until [ -n "$(slot_owner "$slot" "$other")" ] && [ "$(slot_owner "$slot" "$other")" != "$port" ]; do
+    [ "$(date +%s)" -ge "$deadline" ] && return 1
+    sleep 0.2
+  done
   redis-server --bind 127.0.0.1 --port "$port" --cluster-enabled yes \
     --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
     --cluster-replica-validity-factor 0 --save '' --appendonly no \
     --dir "$CL_DIR/$port" --daemonize yes --pidfile "$CL_DIR/$port/redis.pid" \
     --logfile "$CL_DIR/$port/redis.log" </dev/null >/dev/null 2>&1 || return 1
-  echo "master :$port (slot $slot of campaign $id) kill -9, replica promoted, restarted"
+  echo "master :$port (slot $slot of campaign $id) kill -9, replica :$(slot_owner "$slot" "$other") promoted, node restarted"
 }
 
 # ----------------------------------------------------------- PostgreSQL

@@ -70,9 +70,18 @@ async fn skewed_rush(app: Arc<TestApp>, mode: &str) {
     let pools = [("a", 30_i64), ("b", 17)];
     let id = sharded(&app, mode, 4, &pools).await;
     // 85% of the crowd lives on shard 0: it runs dry first and must find
-    // the rest of the stock on the other three.
-    let mut users = users_on("hot", 4, Some(0), 255);
-    users.extend(users_on("cold", 4, None, 45));
+    // the rest of the stock on the other three. The rest, spread over every shard, interleaved with them: group
+    // commits mix users of several shards.
+    let hot = users_on("hot", 4, Some(0), 255);
+    let mut cold = users_on("cold", 4, None, 45).into_iter();
+    let mut users = Vec::new();
+    for (i, u) in hot.into_iter().enumerate() {
+        if i % 6 == 0 {
+            users.extend(cold.next());
+        }
+        users.push(u);
+    }
+    users.extend(cold);
     let pool_of = |i: usize| if i.is_multiple_of(3) { "b" } else { "a" };
     let answers = rush(&app, id, &users, pool_of).await;
     let mut granted: HashMap<&str, i64> = HashMap::new();
@@ -92,6 +101,25 @@ async fn skewed_rush(app: Arc<TestApp>, mode: &str) {
     }
     app.wait_durable(id, 47).await;
     assert_eq!(app.assert_db_invariants(id).await, 47, "{mode}");
+    // Before any read settles them: every winner's answer was promoted on
+    // its own shard before it was told (a promotion sent to another
+    // shard's hash would leave it pending there, for the orphan sweeper).
+    let (rc, c, _) = app.redis_side(id).await;
+    for (u, _, s, _) in &answers {
+        if *s == 200 {
+            let user = UserId::parse(u.clone()).unwrap();
+            let (_, raw, _) = rc
+                .redis
+                .read_answer(&rc.keys_for(&c, &user), u)
+                .await
+                .unwrap();
+            assert!(
+                raw.as_deref().is_some_and(|a| a.starts_with("G|")),
+                "{mode}: {u}: {raw:?}"
+            );
+        }
+    }
+
     let codes: Vec<String> = app
         .grants(id)
         .await

@@ -271,21 +271,22 @@ async fn stale_generations(
     Ok(out)
 }
 
-/// One `promote.lua` call per campaign for the batch's stored rows.
+/// One `promote.lua` call per campaign shard for the batch's stored rows
+/// (each answer lives on its user's home shard: the promotion's keys).
 async fn promote(redis: &RedisStore, batch: &[Job], stored: &[bool]) {
-    let mut by_campaign: HashMap<i64, (Arc<CampaignKeys>, Vec<AnswerSwap>)> = HashMap::new();
+    let mut by_shard: HashMap<&str, (Arc<CampaignKeys>, Vec<AnswerSwap>)> = HashMap::new();
     for (j, &stored) in batch.iter().zip(stored) {
         let Some(p) = &j.promote else { continue };
         if !stored {
             continue;
         }
-        by_campaign
-            .entry(j.row.campaign_id())
+        by_shard
+            .entry(p.keys.meta.as_str())
             .or_insert_with(|| (p.keys.clone(), Vec::new()))
             .1
             .push((j.row.user_id().to_string(), p.from.clone(), p.to.clone()));
     }
-    for (keys, triples) in by_campaign.into_values() {
+    for (keys, triples) in by_shard.into_values() {
         if let Err(e) = redis.promote(&keys, &triples, false).await {
             // Durable already: a later read or the orphan sweeper settles it.
             tracing::warn!(error = %e, rows = triples.len(), "promote after commit failed");
