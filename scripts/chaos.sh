@@ -231,10 +231,16 @@ for line in sys.stdin:
             print(f[1].split("@")[0].split(":")[1])
 ' "$1"
 }
-kill_master() { # kill_master CAMPAIGN: the master of its first shard; restarts it as a replica
-  local id="$1" any slot port pid other p
+kill_master() { # kill_master CAMPAIGN: the master of its (first) shard; restarts it as a replica
+  local id="$1" any slot port pid other p key=""
   any="$(head -1 "$CL_DIR/ports")"
-  slot="$(redis-cli -p "$any" cluster keyslot "c$id")"
+  for p in $(cat "$CL_DIR/ports"); do
+    key="$(redis-cli -p "$p" --scan --pattern "$FIRSTCOME_REDIS_PREFIX:{c$id}:meta" | head -1)"
+    [ -n "$key" ] || key="$(redis-cli -p "$p" --scan --pattern "$FIRSTCOME_REDIS_PREFIX:{c$id.0.*}:meta" | head -1)"
+    [ -n "$key" ] && break
+  done
+  [ -n "$key" ] || return 1
+  slot="$(redis-cli -p "$any" cluster keyslot "$key")"
   port="$(slot_owner "$slot" "$any")"
   [ -n "$port" ] || return 1
   pid="$(cat "$CL_DIR/$port/redis.pid")"

@@ -1,12 +1,13 @@
 //! The key layout: every key of a campaign's shard carries that shard's
 //! hash tag, so a script only ever touches one cluster slot.
 //!
-//! Shard 0 is tagged `{c42}` (the only shard of an unsharded campaign, and
-//! the home of the campaign-wide keys: the rebuild lock, the queue, the dead
-//! letters). Shard `s > 0` of `n` is tagged `{c42.s.x}`, with the smallest
-//! `x` that puts its cluster slot in the `s`-th of `n` equal arcs of the
-//! slot ring after shard 0's: a cluster created with even slot ranges then
-//! spreads the shards over its masters instead of leaving it to the hash.
+//! An unsharded campaign is tagged `{c42}`. Shard `s` of `n > 1` is tagged
+//! `{c42.s.x}`, with the smallest `x` that puts its cluster slot in a window
+//! a quarter into the `s`-th of `n` equal arcs of the slot ring: a cluster
+//! created with even slot ranges (`redis-cli --cluster create`) then spreads
+//! the shards over its masters instead of leaving it to the hash (three
+//! shards on three masters land one on each). Shard 0 holds the
+//! campaign-wide keys: the rebuild lock, the queue, the dead letters.
 
 /// Number of hash slots of a Redis Cluster.
 const CLUSTER_SLOTS: u32 = 16_384;
@@ -68,15 +69,19 @@ pub struct CampaignKeys {
 /// The hash tag of shard `shard` of `nshards` of campaign `id`.
 pub fn shard_tag(id: i64, shard: u16, nshards: u16) -> String {
     let base = format!("c{id}");
-    if shard == 0 {
+    if nshards <= 1 {
         return base;
     }
-    let arc = CLUSTER_SLOTS / u32::from(nshards.max(1));
-    let start = (key_slot(&base) + u32::from(shard) * arc) % CLUSTER_SLOTS;
+    // A window a quarter of an arc wide, a quarter into the shard's arc:
+    // away from the arcs' ends, where a cluster created with even slot
+    // ranges puts the boundaries between masters.
+    let arc = CLUSTER_SLOTS / u32::from(nshards);
+    let window = (arc / 4).max(1);
+    let start = u32::from(shard) * arc + window;
     (0u32..)
         .map(|x| format!("{base}.{shard}.{x}"))
-        .find(|t| (key_slot(t) + CLUSTER_SLOTS - start) % CLUSTER_SLOTS < arc)
-        .expect("some suffix lands in every arc")
+        .find(|t| (key_slot(t) + CLUSTER_SLOTS - start) % CLUSTER_SLOTS < window)
+        .expect("some suffix lands in every window")
 }
 
 /// The cluster slot of a hash tag (CRC16/XMODEM, as Redis computes it).
@@ -144,11 +149,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shard_zero_keeps_the_unsharded_names() {
+    fn an_unsharded_campaign_keeps_its_names() {
         let k = CampaignKeys::new("fc", 42, 1, 0, 1);
         assert_eq!(k.meta, "fc:{c42}:meta");
         assert_eq!(k.pools[0].left, "fc:{c42}:p0:left");
-        assert_eq!(CampaignKeys::new("fc", 42, 1, 0, 4).meta, k.meta);
     }
 
     #[test]
@@ -156,14 +160,27 @@ mod tests {
         for id in [1_i64, 7, 42, 1000] {
             for n in [2_u16, 3, 4, 8, 64] {
                 let arc = CLUSTER_SLOTS / u32::from(n);
-                let s0 = key_slot(&shard_tag(id, 0, n));
                 let arcs: std::collections::HashSet<u32> = (0..n)
-                    .map(|s| {
-                        (key_slot(&shard_tag(id, s, n)) + CLUSTER_SLOTS - s0) % CLUSTER_SLOTS / arc
-                    })
+                    .map(|s| key_slot(&shard_tag(id, s, n)) / arc)
                     .collect();
                 assert_eq!(arcs.len(), n as usize, "campaign {id}, {n} shards");
             }
+        }
+    }
+
+    #[test]
+    fn three_shards_land_on_three_even_masters() {
+        // redis-cli --cluster create's ranges for three masters.
+        let master = |slot: u32| match slot {
+            0..=5460 => 0,
+            5461..=10922 => 1,
+            _ => 2,
+        };
+        for id in [1_i64, 7, 42, 1000] {
+            let on: std::collections::HashSet<u32> = (0..3)
+                .map(|s| master(key_slot(&shard_tag(id, s, 3))))
+                .collect();
+            assert_eq!(on.len(), 3, "campaign {id}");
         }
     }
 
