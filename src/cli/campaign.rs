@@ -27,6 +27,9 @@ pub enum CampaignCmd {
         /// Pools as NAME=STOCK, repeatable.
         #[arg(long = "pool", required = true)]
         pools: Vec<String>,
+        /// Redis shards each pool is spread over (gate, redis-lua).
+        #[arg(long, default_value_t = 1)]
+        shards: u16,
     },
     /// Show a campaign with its counts.
     Show {
@@ -47,6 +50,7 @@ pub async fn run(cmd: CampaignCmd) -> anyhow::Result<()> {
             name,
             mode,
             pools,
+            shards,
         } => {
             let pools = pools
                 .iter()
@@ -59,7 +63,9 @@ pub async fn run(cmd: CampaignCmd) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let c = Client::new(&url, Some(admin_token), 1);
             let v = c
-                .create_campaign(&json!({"name": name, "mode": mode, "pools": pools}))
+                .create_campaign(
+                    &json!({"name": name, "mode": mode, "pools": pools, "shards": shards}),
+                )
                 .await?;
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(())

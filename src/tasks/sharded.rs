@@ -5,8 +5,11 @@
 //! Drift is repaired by starting every shard again from PostgreSQL.
 
 use crate::{
-    domain::Campaign,
-    modes::{redis_common::RedisCommon, AdmissionError},
+    domain::{Campaign, UserId},
+    modes::{
+        redis_common::{RedisCommon, Stored},
+        AdmissionError,
+    },
     storage::pg,
 };
 
@@ -66,6 +69,50 @@ async fn units(common: &RedisCommon, c: &Campaign) -> Result<Option<Units>, Admi
     Ok(Some(u))
 }
 
+/// Every refusal still `X` (not yet durable) on every shard: (user, seq,
+/// the generation of its shard's state), read without blocking (HSCAN).
+async fn refusals_in_redis(
+    common: &RedisCommon,
+    c: &Campaign,
+) -> Result<Vec<(UserId, i64, i64)>, AdmissionError> {
+    let mut out = Vec::new();
+    for k in common.shards(c).iter() {
+        let Some(gen) = common.redis.state_generation(k).await? else {
+            continue;
+        };
+        let mut cursor: u64 = 0;
+        loop {
+            let ans = k.ans.clone();
+            let (next, items): (u64, Vec<(String, String)>) = common
+                .redis
+                .run(|mut conn| async move {
+                    redis::cmd("HSCAN")
+                        .arg(&ans)
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg("*")
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+            for (u, a) in items {
+                if let (Ok(Stored::Refusing { seq }), Ok(user)) =
+                    (Stored::parse(&a), UserId::parse(u))
+                {
+                    out.push((user, seq, gen));
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    Ok(out)
+}
+
 /// Units per pool PostgreSQL says should be in Redis: stock less active.
 async fn expected(common: &RedisCommon, c: &Campaign) -> Result<Vec<i64>, AdmissionError> {
     let active = pg::active_per_pool(&common.db, c.id).await?;
@@ -94,6 +141,18 @@ pub async fn reconcile(
 ) -> Result<Report, AdmissionError> {
     // A transfer left half done would be counted on both shards.
     common.heal_shards(c).await?;
+    // Refusals whose request died before they were made durable: made so
+    // now (fenced and idempotent), as the unsharded pass does.
+    let refusing = refusals_in_redis(common, c).await?;
+    for (user, seq, gen) in &refusing {
+        if repair && common.resolve_refusal(c, user, *seq, *gen).await.is_ok() {
+            r.answers_repaired += 1;
+        }
+    }
+    if !refusing.is_empty() {
+        r.skipped = Some("busy".into());
+        return Ok(r);
+    }
     let Some(before) = units(common, c).await? else {
         if repair {
             common.rebuild(c).await?;

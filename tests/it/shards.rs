@@ -407,3 +407,56 @@ async fn a_cancel_not_yet_flushed_is_never_answered_sold_out() {
         );
     }
 }
+
+/// A refusal whose request died before it was made durable (`X` on its
+/// shard), and a pool whose sum drifted: the reconciler makes the first
+/// durable and starts the shards again from PostgreSQL for the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_reconciler_settles_refusals_and_drift_on_every_shard() {
+    use firstcome::tasks::reconcile::reconcile;
+    let app = Arc::new(common::spawn_app_without_worker().await);
+    let id = sharded(&app, "gate", 3, &[("main", 6)]).await;
+    sell_out_3(&app, id).await;
+    let (rc, c, _) = app.redis_side(id).await;
+    // A loser on shard 2 whose refusal never reached PostgreSQL.
+    let u = users_on("lost", 3, Some(2), 1).remove(0);
+    let k = rc.keys_for(&c, &UserId::parse(u.clone()).unwrap());
+    let mut conn = common::redis_conn().await;
+    let _: () = redis::cmd("HSET")
+        .arg(&k.ans)
+        .arg(&u)
+        .arg("X|999")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let r = reconcile(&rc, &c, true).await.unwrap();
+    assert_eq!(r.answers_repaired, 1, "{r:?}");
+    let (s, v) = app.status(id, &u).await;
+    assert_eq!(
+        (s, v["reason"].as_str(), v["seq"].as_i64()),
+        (200, Some("sold_out"), Some(999)),
+        "{v}"
+    );
+    // Drift: a unit that is not there appears at one shard's door.
+    let _: () = redis::cmd("INCR")
+        .arg(&k.pools[0].left)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let r = reconcile(&rc, &c, true).await.unwrap();
+    assert_eq!((r.pools_repaired, r.stock_delta), (1, -1), "{r:?}");
+    let (s, v) = app.claim(id, "after-drift", None).await;
+    assert_eq!((s, v["reason"].as_str()), (409, Some("sold_out")), "{v}");
+    assert_eq!(app.assert_db_invariants(id).await, 6);
+}
+
+/// Sells a 3-shard campaign of 6 out, a loser told so on every shard.
+async fn sell_out_3(app: &TestApp, id: i64) {
+    for u in users_on("s3w", 3, None, 6) {
+        assert_eq!(app.claim(id, &u, None).await.0, 200, "{u}");
+    }
+    for s in 0..3 {
+        let u = users_on("s3l", 3, Some(s), 1).remove(0);
+        assert_eq!(app.claim(id, &u, None).await.0, 409, "{u}");
+    }
+}

@@ -41,9 +41,10 @@ pub async fn sweep_once(common: &RedisCommon, c: &Campaign) -> anyhow::Result<us
     // Reservations carry Redis' clock: their age is measured on it, so a
     // skewed app host settles neither too early nor never. (Settling early
     // would cost liveness only: the void row fences a late commit.)
-    let cutoff = common.redis_now_ms(c).await? - common.orphan_after_ms;
     let mut settled = 0;
     for k in common.shards(c).iter() {
+        // Each shard's reservations carry its own node's clock.
+        let cutoff = common.redis.now_ms(k).await? - common.orphan_after_ms;
         let users = common.redis.pending_before(k, cutoff, SWEEP_BATCH).await?;
         for u in users {
             let user = UserId::parse(u.clone())?;

@@ -248,4 +248,14 @@ impl RedisCommon {
     pub async fn redis_now_ms(&self, c: &Campaign) -> Result<i64, AdmissionError> {
         Ok(self.redis.now_ms(&self.keys(c)).await?)
     }
+
+    /// Redis' clock on the node holding `user`'s home shard, the clock its
+    /// reservation was stamped with.
+    pub async fn redis_now_ms_for(
+        &self,
+        c: &Campaign,
+        user: &UserId,
+    ) -> Result<i64, AdmissionError> {
+        Ok(self.redis.now_ms(&self.keys_for(c, user)).await?)
+    }
 }

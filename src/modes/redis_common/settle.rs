@@ -55,8 +55,10 @@ impl RedisCommon {
                 Stored::Pending { at_ms, .. } => {
                     let (r0, t0) = match clock {
                         Some(x) => x,
-                        None => *clock
-                            .insert((self.redis_now_ms(c).await?, tokio::time::Instant::now())),
+                        None => *clock.insert((
+                            self.redis_now_ms_for(c, user).await?,
+                            tokio::time::Instant::now(),
+                        )),
                     };
                     let now_ms = r0 + t0.elapsed().as_millis() as i64;
                     if now_ms - at_ms > self.orphan_after_ms {

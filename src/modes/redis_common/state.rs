@@ -231,6 +231,30 @@ impl RedisCommon {
                 answers.push((d.user, s));
             }
         }
+        // Claims a redis-queue state accepted (202, an arrival number) and
+        // not yet granted: their queue survived the state (a failover, meta
+        // lost alone), so they keep their answer and number, and the units
+        // they took at the door stay taken; new arrivals number after them.
+        let mut queued = 0;
+        let mut at_door = vec![0_i64; c.pools.len()];
+        if c.mode == crate::domain::Mode::RedisQueue {
+            for q in self.redis.queued_claims(k).await? {
+                let p = q.pidx as usize;
+                if p < c.pools.len() && known.insert(q.user.clone()) {
+                    max_seq = max_seq.max(q.seq);
+                    queued += 1;
+                    at_door[p] += 1;
+                    answers.push((
+                        q.user,
+                        Stored::Queued {
+                            pidx: q.pidx,
+                            seq: q.seq,
+                            alloc: None,
+                        },
+                    ));
+                }
+            }
+        }
         let n = c.shards.max(1);
         let mut by_shard: Vec<Vec<(String, String)>> = vec![Vec::new(); usize::from(n)];
         for (u, a) in answers {
@@ -248,13 +272,19 @@ impl RedisCommon {
                 closes_ms: c.closes_at.map(|t| t.timestamp_millis()),
                 mode: c.mode.as_str().to_string(),
                 seq: first_seq(max_seq, shard, n),
-                queued: 0,
+                queued: if s == 0 { queued } else { 0 },
                 gen,
                 pools: c
                     .pools
                     .iter()
-                    .zip(active.iter())
-                    .map(|(pool, slots)| pool_state(pool.stock, slots, shard, n))
+                    .zip(active.iter().zip(&at_door))
+                    .map(|(pool, (slots, door))| {
+                        let mut p = pool_state(pool.stock, slots, shard, n);
+                        if s == 0 {
+                            p.left = (p.left - door).max(0);
+                        }
+                        p
+                    })
                     .collect(),
                 answers,
             };

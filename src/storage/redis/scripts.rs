@@ -292,7 +292,21 @@ impl RedisStore {
 
     /// Every dead letter of the campaign, oldest first.
     pub async fn dead_letters(&self, k: &CampaignKeys) -> Result<Vec<DeadLetter>, RedisStoreError> {
-        let dlq = k.dlq.clone();
+        self.claims_in(&k.dlq).await
+    }
+
+    /// Every claim still in the campaign's queue stream (redis-queue:
+    /// accepted, not yet granted or refused), in arrival order.
+    pub async fn queued_claims(
+        &self,
+        k: &CampaignKeys,
+    ) -> Result<Vec<DeadLetter>, RedisStoreError> {
+        self.claims_in(&k.queue).await
+    }
+
+    /// The claims (user, pool, arrival number) of a stream, oldest first.
+    async fn claims_in(&self, stream: &str) -> Result<Vec<DeadLetter>, RedisStoreError> {
+        let dlq = stream.to_string();
         let reply: redis::streams::StreamRangeReply = self
             .run(|mut conn| async move {
                 redis::cmd("XRANGE")

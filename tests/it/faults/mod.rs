@@ -1,6 +1,7 @@
 //! Faults: a flusher or drainer killed mid-batch, SCRIPT FLUSH during a
 //! rush, Redis losing a campaign's state, Redis going away and coming back.
 
+mod queue;
 mod restarts;
 
 use crate::common;
