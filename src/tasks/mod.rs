@@ -7,5 +7,6 @@
 
 pub mod confirmations;
 pub mod reconcile;
+mod report;
 mod sharded;
 pub mod worker;

@@ -13,7 +13,6 @@ use std::{
 };
 
 use chrono::Utc;
-use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::{
@@ -25,35 +24,7 @@ use crate::{
     storage::{pg, redis::CampaignKeys},
 };
 
-/// What one pass over a campaign found and did.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Report {
-    /// Campaign id.
-    pub campaign: i64,
-    /// Mode.
-    pub mode: String,
-    /// Why nothing was compared: `not a redis mode`, `expired`, `busy`.
-    pub skipped: Option<String>,
-    /// Redis had no state: rebuilt from PostgreSQL.
-    pub rebuilt: bool,
-    /// Users compared.
-    pub users: usize,
-    /// Answers replaced by PostgreSQL's (missing, or cancelled/expired in
-    /// PostgreSQL but still granted in Redis).
-    pub answers_repaired: usize,
-    /// Pools whose stock counter or free slots were corrected.
-    pub pools_repaired: usize,
-    /// Stock returned to (positive) or taken from (negative) the door.
-    pub stock_delta: i64,
-    /// Gate reservations whose API process died, settled from PostgreSQL.
-    pub orphans_settled: usize,
-    /// Redis answers `granted` with no grant in PostgreSQL. In redis-lua
-    /// after the outbox drained these are acknowledged grants that were lost
-    /// (the mode's exposure); elsewhere they are drift. Never handed out again.
-    pub unbacked_grants: usize,
-    /// Stock left per pool after the pass (the final pass reports leftovers).
-    pub remaining: Vec<i64>,
-}
+pub use super::report::Report;
 
 /// Reconciles one campaign. With `repair` false it only reports.
 pub async fn reconcile(
@@ -344,33 +315,9 @@ async fn read_redis(
         free.push(f);
     }
     let mut answers = HashMap::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let ans = k.ans.clone();
-        let (next, items): (u64, Vec<(String, String)>) = common
-            .redis
-            .run(|mut conn| async move {
-                redis::cmd("HSCAN")
-                    .arg(&ans)
-                    .arg(cursor)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?;
-        for (u, a) in items {
-            // The answers hash's placeholder ('_' in states loaded before
-            // it moved out of the user-id alphabet).
-            if u == "#" || (u == "_" && a.is_empty()) {
-                continue;
-            }
-            answers.insert(u, Stored::parse(&a)?);
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
+    for (u, a) in common.redis.scan_answers(&k).await? {
+        let s = Stored::parse(&a)?;
+        answers.insert(u, s);
     }
     Ok(Some(Snapshot {
         gen,

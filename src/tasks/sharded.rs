@@ -13,7 +13,7 @@ use crate::{
     storage::pg,
 };
 
-use super::reconcile::Report;
+use super::report::Report;
 
 /// Redis' side of a sharded campaign: whether nothing is in flight (no
 /// outbox entry, no gate reservation), and the units per pool.
@@ -80,34 +80,11 @@ async fn refusals_in_redis(
         let Some(gen) = common.redis.state_generation(k).await? else {
             continue;
         };
-        let mut cursor: u64 = 0;
-        loop {
-            let ans = k.ans.clone();
-            let (next, items): (u64, Vec<(String, String)>) = common
-                .redis
-                .run(|mut conn| async move {
-                    redis::cmd("HSCAN")
-                        .arg(&ans)
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg("*")
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut conn)
-                        .await
-                })
-                .await?;
-            for (u, a) in items {
-                if let (Ok(Stored::Refusing { seq }), Ok(user)) =
-                    (Stored::parse(&a), UserId::parse(u))
-                {
-                    out.push((user, seq, gen));
-                }
+        for (u, a) in common.redis.scan_answers(k).await? {
+            if let (Ok(Stored::Refusing { seq }), Ok(user)) = (Stored::parse(&a), UserId::parse(u))
+            {
+                out.push((user, seq, gen));
             }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
         }
     }
     Ok(out)

@@ -9,6 +9,7 @@
 
 mod keys;
 mod lua;
+pub mod queue;
 pub mod scripts;
 pub mod shards;
 pub mod stream;

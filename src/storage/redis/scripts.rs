@@ -34,19 +34,6 @@ pub struct ReleaseArgs<'a> {
     pub range: Option<(i32, i32)>,
 }
 
-/// A dead-lettered redis-queue claim, as its `dlq` stream entry holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    /// Stream entry id.
-    pub id: String,
-    /// The user.
-    pub user: String,
-    /// Pool index.
-    pub pidx: i32,
-    /// Arrival number.
-    pub seq: i64,
-}
-
 fn opt(x: Option<i32>) -> String {
     x.map(|s| s.to_string()).unwrap_or_default()
 }
@@ -233,6 +220,41 @@ impl RedisStore {
         self.eval(&self.scripts().replay, &keys, &args).await
     }
 
+    /// Every (user, answer) of the shard's answers hash, read without
+    /// blocking the rush (HSCAN), its placeholder left out ('#', or '_'
+    /// with no answer in states loaded before it left the user-id
+    /// alphabet).
+    pub async fn scan_answers(
+        &self,
+        k: &CampaignKeys,
+    ) -> Result<Vec<(String, String)>, RedisStoreError> {
+        let mut out = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let ans = k.ans.clone();
+            let (next, items): (u64, Vec<(String, String)>) = self
+                .run(|mut conn| async move {
+                    redis::cmd("HSCAN")
+                        .arg(&ans)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+            out.extend(
+                items
+                    .into_iter()
+                    .filter(|(u, a)| u != "#" && !(u == "_" && a.is_empty())),
+            );
+            if next == 0 {
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+
     /// The generation of the campaign's loaded state (`None`: no state).
     pub async fn state_generation(&self, k: &CampaignKeys) -> Result<Option<i64>, RedisStoreError> {
         let meta = k.meta.clone();
@@ -265,72 +287,6 @@ impl RedisStore {
         let (pending, user) = (k.pending.clone(), user.to_string());
         self.run(|mut c| async move { c.zrem(&pending, &user).await })
             .await
-    }
-
-    /// Appends a dead letter (user, pool index, arrival number) to the
-    /// campaign's `dlq` stream.
-    pub async fn add_dead_letter(
-        &self,
-        k: &CampaignKeys,
-        user: &str,
-        pidx: i32,
-        seq: i64,
-    ) -> Result<(), RedisStoreError> {
-        let (dlq, user) = (k.dlq.clone(), user.to_string());
-        let fields = [("u", user), ("p", pidx.to_string()), ("s", seq.to_string())];
-        self.run(|mut conn| async move {
-            redis::cmd("XADD")
-                .arg(&dlq)
-                .arg("*")
-                .arg(&fields)
-                .query_async::<String>(&mut conn)
-                .await
-        })
-        .await?;
-        Ok(())
-    }
-
-    /// Every dead letter of the campaign, oldest first.
-    pub async fn dead_letters(&self, k: &CampaignKeys) -> Result<Vec<DeadLetter>, RedisStoreError> {
-        self.claims_in(&k.dlq).await
-    }
-
-    /// Every claim still in the campaign's queue stream (redis-queue:
-    /// accepted, not yet granted or refused), in arrival order.
-    pub async fn queued_claims(
-        &self,
-        k: &CampaignKeys,
-    ) -> Result<Vec<DeadLetter>, RedisStoreError> {
-        self.claims_in(&k.queue).await
-    }
-
-    /// The claims (user, pool, arrival number) of a stream, oldest first.
-    async fn claims_in(&self, stream: &str) -> Result<Vec<DeadLetter>, RedisStoreError> {
-        let dlq = stream.to_string();
-        let reply: redis::streams::StreamRangeReply = self
-            .run(|mut conn| async move {
-                redis::cmd("XRANGE")
-                    .arg(&dlq)
-                    .arg("-")
-                    .arg("+")
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?;
-        reply
-            .ids
-            .into_iter()
-            .map(|e| {
-                let get = |f: &str| e.get::<String>(f).unwrap_or_default();
-                let bad = || RedisStoreError::Protocol(format!("bad dead letter {}", e.id));
-                Ok(DeadLetter {
-                    user: get("u"),
-                    pidx: get("p").parse().map_err(|_| bad())?,
-                    seq: get("s").parse().map_err(|_| bad())?,
-                    id: e.id.clone(),
-                })
-            })
-            .collect()
     }
 
     /// `drop_stale.lua`: forgets the state if it is still of generation

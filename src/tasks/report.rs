@@ -1,0 +1,35 @@
+//! What the reconciler reports of one pass over a campaign (kept apart so
+//! the sharded pass, `sharded.rs`, and the per-shard pass, `reconcile.rs`,
+//! share it without importing each other).
+
+use serde::Serialize;
+
+/// What one pass over a campaign found and did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// Campaign id.
+    pub campaign: i64,
+    /// Mode.
+    pub mode: String,
+    /// Why nothing was compared: `not a redis mode`, `expired`, `busy`.
+    pub skipped: Option<String>,
+    /// Redis had no state: rebuilt from PostgreSQL.
+    pub rebuilt: bool,
+    /// Users compared.
+    pub users: usize,
+    /// Answers replaced by PostgreSQL's (missing, or cancelled/expired in
+    /// PostgreSQL but still granted in Redis).
+    pub answers_repaired: usize,
+    /// Pools whose stock counter or free slots were corrected.
+    pub pools_repaired: usize,
+    /// Stock returned to (positive) or taken from (negative) the door.
+    pub stock_delta: i64,
+    /// Gate reservations whose API process died, settled from PostgreSQL.
+    pub orphans_settled: usize,
+    /// Redis answers `granted` with no grant in PostgreSQL. In redis-lua
+    /// after the outbox drained these are acknowledged grants that were lost
+    /// (the mode's exposure); elsewhere they are drift. Never handed out again.
+    pub unbacked_grants: usize,
+    /// Stock left per pool after the pass (the final pass reports leftovers).
+    pub remaining: Vec<i64>,
+}
