@@ -231,6 +231,15 @@ for line in sys.stdin:
             print(f[1].split("@")[0].split(":")[1])
 ' "$1"
 }
+master_with_key() { # master_with_key KEY: the port of the node that is a master and holds KEY
+  # Asked of each node itself: right after a restart the first node's view
+  # may still list the restarted (empty) node as the slot's master.
+  local p
+  for p in $(cat "$CL_DIR/ports"); do
+    [ "$(redis-cli -p "$p" role 2>/dev/null | head -1)" = master ] || continue
+    [ "$(redis-cli -p "$p" exists "$1" 2>/dev/null)" = 1 ] && echo "$p" && return
+  done
+}
 kill_master() { # kill_master CAMPAIGN: the master of its (first) shard; restarts it as a replica
   local id="$1" any slot port pid other p key=""
   any="$(head -1 "$CL_DIR/ports")"
@@ -241,7 +250,8 @@ kill_master() { # kill_master CAMPAIGN: the master of its (first) shard; restart
   done
   [ -n "$key" ] || return 1
   slot="$(redis-cli -p "$any" cluster keyslot "$key")"
-  port="$(slot_owner "$slot" "$any")"
+  port="$(master_with_key "$key")"
+  [ -n "$port" ] || port="$(slot_owner "$slot" "$any")"
   [ -n "$port" ] || return 1
   pid="$(cat "$CL_DIR/$port/redis.pid")"
   kill -9 "$pid" || return 1
