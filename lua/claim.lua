@@ -13,6 +13,8 @@
 --         settle reservations whose API process died
 -- KEYS[10] sx     sharded pools: hash ver, so (sold-out mark), retn
 -- KEYS[11] xf     sharded pools: transfers given and not yet confirmed
+-- KEYS[12] pq     fair start (redis-queue): list of the pre-queued claims,
+--                 'pidx|user', in arrival order
 -- ARGV[1] user, ARGV[2] pool index, ARGV[3] fresh coupon code,
 -- ARGV[4] how to decide (storage::redis::ScriptMode): 'reserve' (gate: a
 --         pending reservation, committed by the caller), 'write-behind'
@@ -30,7 +32,9 @@
 -- pool's shard has no stock and the pool is not known to be sold out (the
 -- caller moves stock here from another shard, or proves the whole pool
 -- sold out and calls again with ARGV[7] = ver), {'dup', answer, gen} for a repeated claim,
--- {'not_open'} / {'closed'} outside the window (not remembered), or
+-- {'not_open'} / {'closed'} outside the window (not remembered),
+-- {'unfrozen'} after the opening of a campaign with a pre-queue that is not
+-- yet closed (the caller runs freeze.lua and calls again), or
 -- {'new', answer, gen}; gen is the state's generation (see the migration
 -- answers_that_never_change), which every durable write derived from this
 -- decision must carry.
@@ -43,7 +47,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'noinit'}
 end
 local user = ARGV[1]
-local w = redis.call('HMGET', KEYS[1], 'opens', 'closes', 'exp', 'gen')
+local w = redis.call('HMGET', KEYS[1], 'opens', 'closes', 'exp', 'gen', 'pq', 'pqs')
 local gen = w[4] or '0'
 local prev = redis.call('HGET', KEYS[2], user)
 if prev then
@@ -65,8 +69,26 @@ left = tonumber(left)
 -- Redis' clock, so that every API process agrees on the window.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local pq = w[5] and w[5] ~= ''
 if w[1] and w[1] ~= '' and now < tonumber(w[1]) then
+  if pq and ARGV[4] == 'enqueue' and now >= tonumber(w[5]) then
+    -- Fair start: pre-queued without an arrival number; the draw at
+    -- opening gives it its place (docs/ARCHITECTURE.md, "Fair start").
+    local a = 'W|' .. ARGV[2]
+    redis.call('HSET', KEYS[2], user, a)
+    redis.call('RPUSH', KEYS[12], ARGV[2] .. '|' .. user)
+    redis.call('HINCRBY', KEYS[1], 'pqc:' .. ARGV[2], 1)
+    if w[3] then
+      redis.call('PEXPIREAT', KEYS[12], w[3])
+    end
+    return {'new', a, gen}
+  end
   return {'not_open'}
+end
+if pq and not w[6] then
+  -- Nobody takes an arrival number before the pre-queue's have been set
+  -- aside: they come first.
+  return {'unfrozen'}
 end
 if w[2] and w[2] ~= '' and now >= tonumber(w[2]) then
   return {'closed'}

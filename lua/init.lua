@@ -6,11 +6,13 @@
 -- KEYS[1] meta, [2] ans, [3] seq, [4] queued, [5] outbox, [6] queue, then per
 -- pool i (0-based): KEYS[7 + 6i] left, [8 + 6i] hw, [9 + 6i] free, [10 + 6i]
 -- sx, [11 + 6i] xf, [12 + 6i] got (the last three: sharded pools), and
--- last the pending zset (gate reservations died with the old state)
+-- then the pending zset (gate reservations died with the old state) and
+-- the pre-queue list (fair start: its users' answers died with the state)
 -- ARGV[1] expire-at (ms), [2] opens (ms or ''), [3] closes (ms or ''),
 -- [4] mode, [5] number of pools, [6] seq, [7] queued, [8] generation,
 -- then per pool: left, hw, number of free slots, the free slots...,
--- then the number of answers, then user, answer pairs.
+-- then the number of answers, then user, answer pairs, and last the instant
+-- the pre-queue opens (ms; '' when the campaign has none).
 -- Returns 1 when loaded, 0 when the state was already there. meta records
 -- this server's run_id and replication id (see same_server.lua).
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -18,9 +20,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 local exp = ARGV[1]
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
-if #KEYS > 6 + 6 * tonumber(ARGV[5]) then
-  redis.call('DEL', KEYS[#KEYS])
-end
+redis.call('DEL', KEYS[7 + 6 * tonumber(ARGV[5])], KEYS[8 + 6 * tonumber(ARGV[5])])
 -- Keeps the answers hash (and so its expiry) in existence while empty.
 -- '#' is outside the user-id alphabet, so no user can collide with it.
 redis.call('HSET', KEYS[2], '#', '')
@@ -64,6 +64,6 @@ end
 local run = (string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '?') .. ':' ..
   (string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or '?')
 redis.call('HSET', KEYS[1], 'opens', ARGV[2], 'closes', ARGV[3], 'mode', ARGV[4], 'exp', exp,
-  'gen', ARGV[8], 'run', run)
+  'gen', ARGV[8], 'run', run, 'pq', ARGV[#ARGV])
 redis.call('PEXPIREAT', KEYS[1], exp)
 return 1

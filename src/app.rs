@@ -143,6 +143,7 @@ impl Application {
             }
             None => None,
         };
+        let progress = http::progress::QueueProgress::default();
         let state = AppState {
             db,
             redis,
@@ -170,7 +171,8 @@ impl Application {
                 .context("--behind-proxy")?,
             ops_apart: ops.is_some(),
             readiness: http::ops::Readiness::default(),
-            fanout: http::fanout::Fanout::new(admissions.clone()),
+            progress: progress.clone(),
+            fanout: http::fanout::Fanout::new(admissions.clone(), progress.clone()),
         };
         Ok(Self {
             addr,

@@ -4,7 +4,8 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{CampaignId, IdError, Mode, PoolName};
+use super::draw::MAX_PREQUEUE_SECS;
+use super::{draw::DrawSeed, CampaignId, IdError, Mode, PoolName};
 
 /// Largest stock of one pool. Slots are `i32` in PostgreSQL and the Redis
 /// free-slot sets stay small enough to rebuild in one pass.
@@ -63,6 +64,9 @@ pub struct NewCampaign {
     pub confirm_within_secs: Option<i64>,
     /// Redis shards each pool's stock is spread over (1 = unsharded).
     pub shards: u16,
+    /// Fair start: seconds before `opens_at` during which claims are
+    /// pre-queued, to be admitted at opening in drawn order (redis-queue).
+    pub prequeue_secs: Option<i64>,
 }
 
 /// Why a campaign definition was refused. Each maps to a stable error code.
@@ -107,6 +111,12 @@ pub enum NewCampaignError {
     /// shards > 1 in a mode that cannot spread its stock.
     #[error("mode {0} cannot spread a pool over shards (only gate and redis-lua can; redis-queue's single arrival order needs one queue)")]
     ShardsUnsupported(Mode),
+    /// prequeue_secs out of range, or without opens_at.
+    #[error("prequeue_secs must be between 1 and {MAX_PREQUEUE_SECS} and needs opens_at")]
+    BadPrequeue,
+    /// prequeue_secs in a mode without a queue.
+    #[error("mode {0} cannot pre-queue (only redis-queue admits a queue in drawn order)")]
+    PrequeueUnsupported(Mode),
 }
 
 impl NewCampaignError {
@@ -126,6 +136,8 @@ impl NewCampaignError {
             Self::BadConfirm(_) => "invalid_confirm_within",
             Self::BadShards(_) => "invalid_shards",
             Self::ShardsUnsupported(_) => "shards_unsupported",
+            Self::BadPrequeue => "invalid_prequeue",
+            Self::PrequeueUnsupported(_) => "prequeue_unsupported",
         }
     }
 }
@@ -143,6 +155,7 @@ impl NewCampaign {
             hold_secs,
             confirm_within_secs,
             shards,
+            prequeue_secs,
         } = raw;
         let name = name.trim().to_string();
         // Control characters would forge lines in logs and terminals.
@@ -199,6 +212,14 @@ impl NewCampaign {
         if shards > 1 && !matches!(mode, Mode::Gate | Mode::RedisLua) {
             return Err(NewCampaignError::ShardsUnsupported(mode));
         }
+        if let Some(p) = prequeue_secs {
+            if !(1..=MAX_PREQUEUE_SECS).contains(&p) || opens_at.is_none() {
+                return Err(NewCampaignError::BadPrequeue);
+            }
+            if mode != Mode::RedisQueue {
+                return Err(NewCampaignError::PrequeueUnsupported(mode));
+            }
+        }
         Ok(Self {
             name,
             mode,
@@ -209,6 +230,7 @@ impl NewCampaign {
             hold_secs,
             confirm_within_secs,
             shards: shards as u16,
+            prequeue_secs,
         })
     }
 }
@@ -234,6 +256,8 @@ pub struct RawCampaign {
     pub confirm_within_secs: Option<i64>,
     /// Redis shards per pool.
     pub shards: Option<i64>,
+    /// Fair start: the pre-queue's length before opening.
+    pub prequeue_secs: Option<i64>,
 }
 
 /// Bounds of `opens_at` and `closes_at` as seen at `now`.
@@ -305,6 +329,10 @@ pub struct Campaign {
     /// Whether anyone may see it; unpublished, it answers like an unknown
     /// id to all but the admin.
     pub published: bool,
+    /// Fair start: seconds before `opens_at` claims are pre-queued.
+    pub prequeue_secs: Option<i64>,
+    /// Fair start: the draw's seed (shown from opening only).
+    pub draw_seed: Option<DrawSeed>,
 }
 
 /// Sliding lifetime of an open-ended campaign's Redis keys (no
@@ -359,6 +387,11 @@ impl Campaign {
             }
         }
         Ok(())
+    }
+
+    /// When the pre-queue opens (fair start), if the campaign has one.
+    pub fn prequeue_from(&self) -> Option<DateTime<Utc>> {
+        Some(self.opens_at? - chrono::Duration::seconds(self.prequeue_secs?))
     }
 
     /// The instant until which grants may be cancelled: closes_at + hold.
@@ -442,6 +475,8 @@ mod tests {
             shards: 1,
             pools: vec![],
             published: true,
+            prequeue_secs: None,
+            draw_seed: None,
         };
         assert_eq!(
             c.keys_expire_at(),

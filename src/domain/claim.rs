@@ -60,12 +60,13 @@ pub enum ClaimOutcome {
         /// Arrival sequence number.
         seq: i64,
     },
-    /// Waiting in the queue at position `seq`.
+    /// Waiting in the queue (redis-queue).
     Queued {
         /// Who.
         user_id: UserId,
-        /// Arrival sequence number.
-        seq: i64,
+        /// Arrival sequence number; `None` while pre-queued before the
+        /// draw (fair start), which gives it.
+        seq: Option<i64>,
     },
     /// Refused for `reason`.
     Rejected {
@@ -89,6 +90,14 @@ pub enum ClaimOutcome {
         /// Arrival sequence number.
         seq: i64,
     },
+    /// Left the queue before being admitted (redis-queue): the place was
+    /// given up, nothing was held. Shown as `cancelled`, without a seat.
+    Left {
+        /// Who.
+        user_id: UserId,
+        /// The arrival number the place had, if it had one yet.
+        seq: Option<i64>,
+    },
 }
 
 impl ClaimOutcome {
@@ -98,7 +107,7 @@ impl ClaimOutcome {
             ClaimOutcome::Granted { .. } => ClaimStatus::Granted,
             ClaimOutcome::Queued { .. } => ClaimStatus::Queued,
             ClaimOutcome::Rejected { .. } => ClaimStatus::Rejected,
-            ClaimOutcome::Cancelled { .. } => ClaimStatus::Cancelled,
+            ClaimOutcome::Cancelled { .. } | ClaimOutcome::Left { .. } => ClaimStatus::Cancelled,
         }
     }
 

@@ -6,6 +6,7 @@
 
 mod campaign;
 mod claim;
+pub mod draw;
 mod ids;
 mod mode;
 pub mod shard;

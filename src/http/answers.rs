@@ -9,9 +9,9 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{error::ApiError, AppState};
+use super::{error::ApiError, progress::QueueProgress, AppState};
 use crate::{
-    domain::{Campaign, ClaimOutcome, ClaimStatus, RejectReason, UserId},
+    domain::{Campaign, ClaimOutcome, ClaimStatus, Mode, RejectReason, UserId},
     storage::pg::{self, Confirmation},
 };
 
@@ -64,6 +64,16 @@ pub struct ClaimAnswer {
     /// Deadline of a held grant.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub confirm_by: Option<chrono::DateTime<Utc>>,
+    /// Queued: place among those still waiting (1 = next); `null` while
+    /// unknown (pre-queued before the draw).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(value_type = Option<i64>)]
+    pub position: Option<Option<i64>>,
+    /// Queued: estimated seconds to wait at the measured drain rate; `null`
+    /// while unknown.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(value_type = Option<i64>)]
+    pub eta_secs: Option<Option<i64>>,
 }
 
 /// The answer's body, with the hold state of campaigns that require a
@@ -74,6 +84,20 @@ pub(super) async fn answer(
     o: &ClaimOutcome,
 ) -> Result<ClaimAnswer, ApiError> {
     let mut a = ClaimAnswer::from(o);
+    // Present (maybe null) on every answer queued in redis-queue (gate's
+    // reservation in flight is shown as queued too, but waits for no one).
+    if let (ClaimOutcome::Queued { seq, .. }, Mode::RedisQueue) = (o, c.mode) {
+        let place = match (seq, state.admissions.redis_of(c.mode)) {
+            (Some(seq), Some(r)) => state
+                .progress
+                .get(r, c)
+                .await
+                .map(|(done, rate)| QueueProgress::place(*seq, done, rate)),
+            _ => None,
+        };
+        a.position = Some(place.map(|p| p.position));
+        a.eta_secs = Some(place.and_then(|p| p.eta_secs));
+    }
     if c.confirm_within_secs.is_some()
         && matches!(
             o,
@@ -122,7 +146,9 @@ impl From<&ClaimOutcome> for ClaimAnswer {
                 code,
                 seq,
             } => (user, Some((pool, *slot, code)), None, Some(*seq)),
-            ClaimOutcome::Queued { user_id, seq } => (user_id, None, None, Some(*seq)),
+            ClaimOutcome::Queued { user_id, seq } | ClaimOutcome::Left { user_id, seq } => {
+                (user_id, None, None, *seq)
+            }
             ClaimOutcome::Rejected {
                 user_id,
                 reason,
@@ -139,6 +165,8 @@ impl From<&ClaimOutcome> for ClaimAnswer {
             seq,
             hold: None,
             confirm_by: None,
+            position: None,
+            eta_secs: None,
         }
     }
 }

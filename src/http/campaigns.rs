@@ -86,6 +86,13 @@ pub struct CreateCampaign {
     /// `POST /v1/campaigns/{id}/publish`. Default `true`.
     #[serde(default)]
     pub published: Option<bool>,
+    /// Fair start (redis-queue, with `opens_at`): claims up to this many
+    /// seconds before `opens_at` are queued (202, `position` null) and
+    /// admitted at opening in an order drawn from `draw_seed`; later
+    /// claims queue behind them (docs/ARCHITECTURE.md, "Fair start").
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 604800)]
+    pub prequeue_secs: Option<i64>,
 }
 
 /// A pool to create.
@@ -127,6 +134,15 @@ pub struct CampaignBody {
     pub pools: Vec<PoolBody>,
     /// Claims accepted and waiting for the drainer (redis-queue).
     pub queued: i64,
+    /// Fair start: seconds before `opens_at` claims are pre-queued.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub prequeue_secs: Option<i64>,
+    /// Fair start: `hex(SHA-256(seed))`, shown from creation.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub draw_commitment: Option<String>,
+    /// Fair start: the draw's seed (hex), shown from `opens_at`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub draw_seed: Option<String>,
     /// Whether the public sees it (only the admin reads an unpublished
     /// campaign; everyone else gets 404 `campaign_not_found`).
     pub published: bool,
@@ -206,6 +222,13 @@ async fn body(state: &AppState, c: &Campaign) -> Result<CampaignBody, ApiError> 
         pools,
         queued: counters.map(|(_, q)| q).unwrap_or(0),
         published: c.published,
+        prequeue_secs: c.prequeue_secs,
+        draw_commitment: c.draw_seed.map(|s| s.commitment()),
+        // The list is closed at opening: only then may the seed be known.
+        draw_seed: c
+            .draw_seed
+            .filter(|_| c.opens_at.is_some_and(|o| chrono::Utc::now() >= o))
+            .map(|s| s.hex()),
     })
 }
 
@@ -240,6 +263,7 @@ pub async fn create(
         hold_secs: req.hold_secs,
         confirm_within_secs: req.confirm_within_secs,
         shards: req.shards,
+        prequeue_secs: req.prequeue_secs,
     })?;
     let c = pg::create_campaign(&state.db, &new, req.published.unwrap_or(true)).await?;
     // If Redis is down, the first claim rebuilds the state from PostgreSQL.

@@ -93,7 +93,9 @@ fn claim_status_code(o: &ClaimOutcome) -> StatusCode {
     match o {
         ClaimOutcome::Granted { .. } => StatusCode::OK,
         ClaimOutcome::Queued { .. } => StatusCode::ACCEPTED,
-        ClaimOutcome::Rejected { .. } | ClaimOutcome::Cancelled { .. } => StatusCode::CONFLICT,
+        ClaimOutcome::Rejected { .. }
+        | ClaimOutcome::Cancelled { .. }
+        | ClaimOutcome::Left { .. } => StatusCode::CONFLICT,
     }
 }
 
@@ -102,7 +104,7 @@ fn outcome_label(o: &ClaimOutcome) -> &'static str {
         ClaimOutcome::Granted { .. } => "granted",
         ClaimOutcome::Queued { .. } => "queued",
         ClaimOutcome::Rejected { reason, .. } => reason.as_str(),
-        ClaimOutcome::Cancelled { .. } => "cancelled",
+        ClaimOutcome::Cancelled { .. } | ClaimOutcome::Left { .. } => "cancelled",
     }
 }
 
@@ -136,7 +138,13 @@ pub async fn claim(
             ApiError::unprocessable("pool_required", "this campaign has several pools: name one")
         }
     })?;
-    let outcome = match c.window_check(Utc::now()) {
+    let now = Utc::now();
+    // A fair start's pre-queue is before the window, decided in Redis.
+    let prequeued = c.prequeue_from().is_some_and(|from| now >= from);
+    let outcome = match c.window_check(now).or_else(|r| match r {
+        RejectReason::NotOpen if prequeued => Ok(()),
+        r => Err(r),
+    }) {
         // Outside the window: answer without touching any store. A repeat
         // after closing still finds its first answer (status), but a claim
         // cannot change anything any more.
@@ -155,11 +163,12 @@ pub async fn claim(
     };
     metrics::counter!("firstcome_claims_total", "mode" => c.mode.as_str(), "outcome" => outcome_label(&outcome))
         .increment(1);
-    Ok((
-        claim_status_code(&outcome),
-        Json(ClaimAnswer::from(&outcome)),
-    )
-        .into_response())
+    // A queued answer carries its position (one cached read per second).
+    let body = match outcome {
+        ClaimOutcome::Queued { .. } => answer(&state, &c, &outcome).await?,
+        _ => ClaimAnswer::from(&outcome),
+    };
+    Ok((claim_status_code(&outcome), Json(body)).into_response())
 }
 
 /// The claim's current state.

@@ -21,8 +21,9 @@ use std::{
 
 use tokio::sync::watch;
 
+use super::progress::{bucket, QueueProgress};
 use crate::{
-    domain::{shard::home_shard, Campaign, CampaignId, UserId},
+    domain::{shard::home_shard, Campaign, CampaignId, Mode, UserId},
     modes::{redis_common::RedisCommon, Admissions},
     storage::pg,
 };
@@ -40,6 +41,9 @@ pub const PG_WATCH_POLL: Duration = Duration::from_secs(1);
 pub struct Fanout {
     /// Where answers are read.
     admissions: Arc<Admissions>,
+    /// Queue progress (redis-queue): a queued user's stream is woken when
+    /// their position changes materially ([`bucket`]).
+    progress: QueueProgress,
     /// The watched campaigns and their subscribers.
     watched: Arc<Mutex<HashMap<CampaignId, Subscribers>>>,
 }
@@ -82,6 +86,16 @@ async fn read_redis(
         }
     }
     Ok(Some(out))
+}
+
+/// The arrival number of a queued answer without a slot yet, from its
+/// watcher signature (`gen|Q|pidx|seq`).
+fn queued_seq(sig: &str) -> Option<i64> {
+    let mut f = sig.split('|').skip(1);
+    match (f.next(), f.next(), f.next(), f.next()) {
+        (Some("Q"), Some(_), Some(seq), None) => seq.parse().ok(),
+        _ => None,
+    }
 }
 
 /// The users of one campaign with an open stream here.
@@ -137,9 +151,10 @@ impl Drop for Subscription {
 
 impl Fanout {
     /// No watchers yet.
-    pub fn new(admissions: Arc<Admissions>) -> Self {
+    pub fn new(admissions: Arc<Admissions>, progress: QueueProgress) -> Self {
         Self {
             admissions,
+            progress,
             watched: Arc::default(),
         }
     }
@@ -211,6 +226,12 @@ impl Fanout {
                     continue;
                 }
             }
+            // Queued answers (redis-queue) also change with the queue's
+            // progress: one cached read per tick for the whole campaign.
+            let done = match (&redis, campaign.mode) {
+                (Some(r), Mode::RedisQueue) => self.progress.get(r, &campaign).await.map(|p| p.0),
+                _ => None,
+            };
             let watched = self.watched.lock().expect("fanout lock");
             let Some(subs) = watched.get(&campaign.id) else {
                 continue;
@@ -218,7 +239,8 @@ impl Fanout {
             for (i, user) in users.into_iter().enumerate() {
                 let r = redis_sigs.as_ref().map_or("-", |s| s[i].as_str());
                 let p = pg_sigs.get(&user).map_or("-", String::as_str);
-                let sig = format!("{r}#{p}");
+                let place = done.and_then(|d| queued_seq(r).map(|s| bucket((s - d).max(1))));
+                let sig = format!("{r}#{p}#{}", place.unwrap_or(0));
                 if seen.get(&user) == Some(&sig) {
                     continue;
                 }

@@ -33,11 +33,13 @@ pub mod auth;
 pub mod campaign_cache;
 pub mod campaigns;
 pub mod claims;
+pub mod draws;
 pub mod error;
 pub mod fanout;
 pub mod limits;
 pub mod openapi;
 pub mod ops;
+pub mod progress;
 pub mod responses;
 pub mod serve;
 pub mod streams;
@@ -91,6 +93,9 @@ pub struct AppState {
     pub ops_apart: bool,
     /// The last readiness answer, reused for about a second.
     pub readiness: ops::Readiness,
+    /// Queue progress per campaign (positions and waits), read at most
+    /// once a second.
+    pub progress: progress::QueueProgress,
     /// One watcher per campaign that wakes its event streams on a change.
     pub fanout: fanout::Fanout,
 }
@@ -157,13 +162,13 @@ where
 /// `/openapi.json`.
 pub fn router(state: AppState) -> Router {
     // The per-IP limit guards the API, not the probes of an orchestrator.
-    let api =
-        campaigns::router()
-            .merge(claims::router())
-            .route_layer(middleware::from_fn_with_state(
-                state.clone(),
-                limits::limit_ip,
-            ));
+    let api = campaigns::router()
+        .merge(claims::router())
+        .merge(draws::router())
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::limit_ip,
+        ));
     let ops = if state.ops_apart {
         ops::health_router()
     } else {

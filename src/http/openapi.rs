@@ -85,6 +85,7 @@ impl Modify for Auth {
         super::campaigns::get,
         super::campaigns::grants,
         super::campaigns::publish,
+        super::draws::draw,
         super::claims::claim,
         super::claims::status,
         super::claims::cancel,

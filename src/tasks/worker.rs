@@ -131,7 +131,7 @@ async fn check_servers<'a>(common: &RedisCommon, campaigns: impl Iterator<Item =
     for c in campaigns {
         match common.forget_if_server_changed(c).await {
             Ok(true) => dropped.push(c.clone()),
-            Ok(false) if c.shards > 1 => healthy.push(c),
+            Ok(false) if c.shards > 1 || c.prequeue_secs.is_some() => healthy.push(c),
             Ok(false) => {}
             Err(e) => {
                 tracing::warn!(error = %e, campaign = %c.id, "could not check the redis server")
@@ -140,9 +140,19 @@ async fn check_servers<'a>(common: &RedisCommon, campaigns: impl Iterator<Item =
     }
     // After every check: a sharded campaign's units given back but not
     // published, and its transfers left half done (RedisCommon::heal_shards).
+    // A fair start's pre-queue closes at opening even if no claim comes
+    // (freeze.lua, idempotent), so the drainer admits it in drawn order.
+    let now = chrono::Utc::now();
     for c in healthy {
-        if let Err(e) = common.heal_shards(c).await {
-            tracing::debug!(error = %e, campaign = %c.id, "could not look after the shards");
+        if c.shards > 1 {
+            if let Err(e) = common.heal_shards(c).await {
+                tracing::debug!(error = %e, campaign = %c.id, "could not look after the shards");
+            }
+        }
+        if c.prequeue_secs.is_some() && c.opens_at.is_some_and(|o| o <= now) {
+            if let Err(e) = common.redis.freeze(&common.shards(c)[0]).await {
+                tracing::debug!(error = %e, campaign = %c.id, "could not close the pre-queue");
+            }
         }
     }
     for c in dropped {

@@ -7,6 +7,7 @@ mod common;
 
 mod api;
 mod cluster;
+mod fair_start;
 mod faults;
 mod invariants;
 mod lua;

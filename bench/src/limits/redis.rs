@@ -29,6 +29,7 @@ async fn scratch_state(
         expire_at_ms: (chrono::Utc::now() + chrono::Duration::minutes(30)).timestamp_millis(),
         opens_ms: None,
         closes_ms: None,
+        prequeue_ms: None,
         mode: "gate".into(),
         seq: 0,
         queued: 0,

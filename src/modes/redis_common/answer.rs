@@ -63,6 +63,19 @@ pub enum Stored {
         /// Arrival number.
         seq: i64,
     },
+    /// `W|pidx`: pre-queued before opening (fair start, redis-queue); the
+    /// draw turns it into `Q` with its drawn place as arrival number.
+    PreQueued {
+        /// Pool index.
+        pidx: i32,
+    },
+    /// `L|pidx|seq`: left the queue (seq 0 when it left pre-queued).
+    Left {
+        /// Pool index.
+        pidx: i32,
+        /// Arrival number, 0 when it had none.
+        seq: i64,
+    },
     /// `C|pidx|slot|code|seq`
     Cancelled {
         /// Pool index.
@@ -116,6 +129,13 @@ impl Stored {
                 pidx: int(1)? as i32,
                 seq: int(2)?,
             },
+            Some("W") => Stored::PreQueued {
+                pidx: int(1)? as i32,
+            },
+            Some("L") => Stored::Left {
+                pidx: int(1)? as i32,
+                seq: int(2)?,
+            },
             Some("C") => Stored::Cancelled {
                 pidx: int(1)? as i32,
                 slot: int(2)? as i32,
@@ -155,6 +175,8 @@ impl Stored {
             Stored::Rejected { seq } => format!("R|sold_out|{seq}"),
             Stored::Refusing { seq } => format!("X|{seq}"),
             Stored::DeadLettered { pidx, seq } => format!("D|{pidx}|{seq}"),
+            Stored::PreQueued { pidx } => format!("W|{pidx}"),
+            Stored::Left { pidx, seq } => format!("L|{pidx}|{seq}"),
             Stored::Cancelled {
                 pidx,
                 slot,
@@ -195,7 +217,15 @@ impl Stored {
             | Stored::Refusing { seq }
             | Stored::DeadLettered { seq, .. } => ClaimOutcome::Queued {
                 user_id: user.clone(),
-                seq: *seq,
+                seq: Some(*seq),
+            },
+            Stored::PreQueued { .. } => ClaimOutcome::Queued {
+                user_id: user.clone(),
+                seq: None,
+            },
+            Stored::Left { seq, .. } => ClaimOutcome::Left {
+                user_id: user.clone(),
+                seq: (*seq > 0).then_some(*seq),
             },
             Stored::Rejected { seq } => ClaimOutcome::Rejected {
                 user_id: user.clone(),
@@ -256,8 +286,10 @@ impl Stored {
             ClaimOutcome::Rejected { seq, .. } => Stored::Rejected {
                 seq: seq.unwrap_or(0),
             },
-            ClaimOutcome::Queued { .. } => {
-                return Err(RedisStoreError::Protocol("queued is never durable".into()))
+            ClaimOutcome::Queued { .. } | ClaimOutcome::Left { .. } => {
+                return Err(RedisStoreError::Protocol(
+                    "queued (or left) is never durable".into(),
+                ))
             }
         })
     }

@@ -98,6 +98,15 @@ impl RedisCommon {
                     proven = self.find_stock(c, pool, &dry).await?;
                     continue;
                 }
+                Some("unfrozen") => {
+                    // Fair start: the first claim after opening closes the
+                    // pre-queue (idempotent), then is numbered after it.
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(AdmissionError::Rebuilding);
+                    }
+                    self.redis.freeze(&k).await?;
+                    continue;
+                }
                 Some("dup") => return Ok(ScriptReply::Dup(Stored::parse(second(&r)?)?, gen()?)),
                 Some("new") => return Ok(ScriptReply::New(Stored::parse(second(&r)?)?, gen()?)),
                 Some("not_open") => return Ok(ScriptReply::Window(RejectReason::NotOpen)),

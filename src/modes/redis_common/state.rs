@@ -235,6 +235,11 @@ impl RedisCommon {
         // not yet granted: their queue survived the state (a failover, meta
         // lost alone), so they keep their answer and number, and the units
         // they took at the door stay taken; new arrivals number after them.
+        // A recorded draw numbered its users 1..n: new arrivals after them,
+        // even those whose place this rebuild does not know.
+        if c.prequeue_secs.is_some() {
+            max_seq = max_seq.max(pg::draw_size(&self.db, c.id).await?);
+        }
         let mut queued = 0;
         let mut at_door = vec![0_i64; c.pools.len()];
         if c.mode == crate::domain::Mode::RedisQueue {
@@ -270,6 +275,7 @@ impl RedisCommon {
                 expire_at_ms: Self::expire_at_ms(c, Utc::now()),
                 opens_ms: c.opens_at.map(|t| t.timestamp_millis()),
                 closes_ms: c.closes_at.map(|t| t.timestamp_millis()),
+                prequeue_ms: c.prequeue_from().map(|t| t.timestamp_millis()),
                 mode: c.mode.as_str().to_string(),
                 seq: first_seq(max_seq, shard, n),
                 queued: if s == 0 { queued } else { 0 },

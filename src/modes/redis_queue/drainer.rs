@@ -38,6 +38,24 @@ pub struct Drainer {
 
 impl Batches for Drainer {
     async fn handle(&mut self, entries: &[Entry]) -> anyhow::Result<()> {
+        // The fair start's draw marker (freeze.lua) comes before every claim
+        // after opening: the pre-queue is admitted, in drawn order, first.
+        let mut rest = entries;
+        while let Some(i) = rest.iter().position(|e| !e.get("op").is_empty()) {
+            self.drain(&rest[..i]).await?;
+            self.admit_draw().await?;
+            rest = &rest[i + 1..];
+        }
+        self.drain(rest).await
+    }
+}
+
+impl Drainer {
+    /// Grants (or refuses) queued claims, in the order given.
+    pub(super) async fn drain(&mut self, entries: &[Entry]) -> anyhow::Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         let c = &self.campaign;
         let k = self.common.keys(c);
         // 1. Slots, in arrival order.
@@ -242,6 +260,11 @@ impl Batches for Drainer {
             self.attempts.remove(&e.id);
         }
         metrics::counter!("firstcome_drained_total").increment(triples.len() as u64);
+        // Positions of those still waiting count from here.
+        let last = entries.iter().filter_map(|e| e.get("s").parse().ok()).max();
+        if let Some(last) = last {
+            self.common.redis.record_progress(&k, last).await?;
+        }
         Ok(())
     }
 }

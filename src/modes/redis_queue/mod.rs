@@ -5,12 +5,14 @@
 //! grants in arrival order, durably, and writes final answers back.
 
 pub mod drainer;
+mod draw;
 
 use chrono::{DateTime, Utc};
 
 use super::{
     admission::{Admission, Answer, Cancel, Deps, Status},
-    redis_common::RedisCommon,
+    error::CancelOutcome,
+    redis_common::{RedisCommon, Stored},
 };
 use crate::{
     domain::{Campaign, Pool, UserId},
@@ -69,7 +71,16 @@ impl Admission for RedisQueue {
         self.common.status_settled(campaign, user).await
     }
 
+    /// A user still waiting leaves the queue (their place is skipped, its
+    /// unit freed: `leave.lua`); a grant is cancelled durably.
     async fn cancel(&self, campaign: &Campaign, user: &UserId, now: DateTime<Utc>) -> Cancel {
+        let k = self.common.keys_for(campaign, user);
+        let r = self.common.redis.leave(&k, user.as_str()).await?;
+        if let (Some("left"), Some(a)) = (r.first().map(String::as_str), r.get(1)) {
+            metrics::counter!("firstcome_queue_left_total").increment(1);
+            let left = Stored::parse(a)?.outcome(campaign, user)?;
+            return Ok(CancelOutcome::Cancelled(left));
+        }
         self.common.cancel_durable(campaign, user, now).await
     }
 }

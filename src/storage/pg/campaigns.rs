@@ -3,7 +3,7 @@
 use sqlx::{PgPool, Row};
 
 use super::error::PgError;
-use crate::domain::{Campaign, CampaignId, Mode, NewCampaign, Pool, PoolName};
+use crate::domain::{draw::DrawSeed, Campaign, CampaignId, Mode, NewCampaign, Pool, PoolName};
 
 /// Inserts a campaign and its pools in one transaction; unless
 /// `published`, only the admin sees it until [`publish_campaign`].
@@ -14,8 +14,8 @@ pub async fn create_campaign(
 ) -> Result<Campaign, PgError> {
     let mut tx = db.begin().await?;
     let row = sqlx::query(
-        "INSERT INTO campaigns (name, mode, per_user_limit, opens_at, closes_at, hold_secs, confirm_within_secs, published, shards)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+        "INSERT INTO campaigns (name, mode, per_user_limit, opens_at, closes_at, hold_secs, confirm_within_secs, published, shards, prequeue_secs, draw_seed)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
     )
     .bind(&new.name)
     .bind(new.mode.as_str())
@@ -26,6 +26,9 @@ pub async fn create_campaign(
     .bind(new.confirm_within_secs)
     .bind(published)
     .bind(i32::from(new.shards))
+    .bind(new.prequeue_secs)
+    // The seed is drawn here, once: a campaign's draw can never be re-rolled.
+    .bind(new.prequeue_secs.map(|_| DrawSeed::generate().0.to_vec()))
     .fetch_one(&mut *tx)
     .await?;
     let id: i64 = row.get(0);
@@ -63,7 +66,8 @@ pub async fn load_campaign_seen_by(
     admin: bool,
 ) -> Result<Option<Campaign>, PgError> {
     let Some(row) = sqlx::query(
-        "SELECT id, name, mode, per_user_limit, opens_at, closes_at, hold_secs, created_at, confirm_within_secs, published, shards
+        "SELECT id, name, mode, per_user_limit, opens_at, closes_at, hold_secs, created_at, confirm_within_secs, published, shards,
+                prequeue_secs, draw_seed
          FROM campaigns WHERE id = $1 AND (published OR $2)",
     )
     .bind(id.0)
@@ -104,6 +108,13 @@ pub async fn load_campaign_seen_by(
             .map_err(|e| PgError::Corrupt(e.to_string()))?,
         pools,
         published: row.get("published"),
+        prequeue_secs: row.get("prequeue_secs"),
+        draw_seed: match row.get::<Option<Vec<u8>>, _>("draw_seed") {
+            Some(b) => {
+                Some(DrawSeed::from_slice(&b).ok_or_else(|| PgError::Corrupt("draw_seed".into()))?)
+            }
+            None => None,
+        },
     }))
 }
 

@@ -9,6 +9,7 @@ use sqlx::{postgres::PgPoolOptions, PgPool};
 mod campaigns;
 mod confirmations;
 pub mod db_modes;
+mod draws;
 mod error;
 mod generation;
 mod grants;
@@ -16,6 +17,7 @@ mod signatures;
 
 pub use campaigns::*;
 pub use confirmations::*;
+pub use draws::*;
 pub use error::{PgError, STATEMENT_TIMEOUT_MS};
 pub use generation::*;
 pub use grants::*;

@@ -62,6 +62,8 @@ pub struct CampaignKeys {
     pub lease: String,
     /// Gate reservations in flight: user -> reservation time (ms).
     pub pending: String,
+    /// Fair start (redis-queue): the pre-queued users, in arrival order.
+    pub prequeue: String,
     /// Per pool, by index.
     pub pools: Vec<PoolKeys>,
 }
@@ -107,6 +109,7 @@ impl CampaignKeys {
             rebuild_lock: format!("{base}:lock:rebuild"),
             lease: format!("{base}:lease"),
             pending: format!("{base}:pending"),
+            prequeue: format!("{base}:pq"),
             pools: (0..npools)
                 .map(|i| PoolKeys {
                     left: format!("{base}:p{i}:left"),
@@ -136,6 +139,7 @@ impl CampaignKeys {
             &self.queue,
             &self.dlq,
             &self.pending,
+            &self.prequeue,
         ];
         for p in &self.pools {
             v.extend([p.left.as_str(), &p.hw, &p.free, &p.sx, &p.xf, &p.got]);

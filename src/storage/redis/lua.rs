@@ -121,4 +121,12 @@ scripts! {
     returned;
     /// Many users' raw answers at once (the event streams' watcher).
     answers;
+    /// Fair start: close the pre-queue at opening, ahead of every claim.
+    freeze;
+    /// Fair start: pre-queued users get their drawn place in the queue.
+    drawn;
+    /// A queued user leaves: the place is skipped, its unit freed.
+    leave;
+    /// The drainer's progress: the last arrival number it answered.
+    progress;
 }

@@ -9,6 +9,7 @@
 
 mod keys;
 mod lua;
+pub mod prequeue;
 pub mod queue;
 pub mod scripts;
 pub mod shards;
@@ -114,6 +115,8 @@ pub struct InitState {
     pub opens_ms: Option<i64>,
     /// Window end (ms), if any.
     pub closes_ms: Option<i64>,
+    /// Fair start: when the pre-queue opens (ms), if the campaign has one.
+    pub prequeue_ms: Option<i64>,
     /// Mode name.
     pub mode: String,
     /// Last arrival number handed out.

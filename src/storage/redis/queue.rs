@@ -70,6 +70,8 @@ impl RedisStore {
         reply
             .ids
             .into_iter()
+            // The fair start's draw marker (freeze.lua) is not a claim.
+            .filter(|e| !e.map.contains_key("op"))
             .map(|e| {
                 let get = |f: &str| e.get::<String>(f).unwrap_or_default();
                 let bad = || RedisStoreError::Protocol(format!("bad dead letter {}", e.id));

@@ -76,7 +76,7 @@ impl RedisStore {
         proof: Option<(&str, i64)>,
     ) -> Result<Vec<String>, RedisStoreError> {
         let p = k.pool(pidx)?;
-        let keys: [&str; 11] = [
+        let keys: [&str; 12] = [
             &k.meta,
             &k.ans,
             &k.seq,
@@ -88,6 +88,7 @@ impl RedisStore {
             &k.pending,
             &p.sx,
             &p.xf,
+            &k.prequeue,
         ];
         let args = [
             user,
@@ -459,6 +460,7 @@ impl RedisStore {
         for (u, a) in &st.answers {
             args.extend([u.clone(), a.clone()]);
         }
+        args.push(ms(st.prequeue_ms));
         let mut keys: Vec<&str> = vec![&k.meta, &k.ans, &k.seq, &k.queued, &k.outbox, &k.queue];
         for p in &k.pools {
             keys.extend([
@@ -470,7 +472,7 @@ impl RedisStore {
                 p.got.as_str(),
             ]);
         }
-        keys.push(&k.pending);
+        keys.extend([k.pending.as_str(), &k.prequeue]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.eval_did(&self.scripts().init, &keys, &args).await
     }

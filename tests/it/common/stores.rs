@@ -92,6 +92,7 @@ pub fn init_state(
         expire_at_ms: (chrono::Utc::now() + chrono::Duration::hours(1)).timestamp_millis(),
         opens_ms: opens_ms.parse().ok(),
         closes_ms: closes_ms.parse().ok(),
+        prequeue_ms: None,
         mode: mode.into(),
         seq: 0,
         queued: 0,
