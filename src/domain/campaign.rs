@@ -63,6 +63,9 @@ pub struct NewCampaign {
     pub confirm_within_secs: Option<i64>,
     /// Redis shards each pool's stock is spread over (1 = unsharded).
     pub shards: u16,
+    /// Where events about its grants are POSTed, if anywhere (checked
+    /// apart: the allow list is the service's, see [`super::webhook`]).
+    pub webhook: Option<super::Webhook>,
 }
 
 /// Why a campaign definition was refused. Each maps to a stable error code.
@@ -209,6 +212,7 @@ impl NewCampaign {
             hold_secs,
             confirm_within_secs,
             shards: shards as u16,
+            webhook: None,
         })
     }
 }
@@ -305,6 +309,8 @@ pub struct Campaign {
     /// Whether anyone may see it; unpublished, it answers like an unknown
     /// id to all but the admin.
     pub published: bool,
+    /// Its webhook endpoint, if any (the secret is not loaded with it).
+    pub webhook_url: Option<String>,
 }
 
 /// Sliding lifetime of an open-ended campaign's Redis keys (no
@@ -442,6 +448,7 @@ mod tests {
             shards: 1,
             pools: vec![],
             published: true,
+            webhook_url: None,
         };
         assert_eq!(
             c.keys_expire_at(),

@@ -26,7 +26,7 @@ use super::{
     ApiJson, AppState,
 };
 use crate::{
-    domain::{Campaign, Mode, NewCampaign, RawCampaign},
+    domain::{Campaign, Mode, NewCampaign, RawCampaign, Webhook},
     storage::pg::{self, GrantRow},
 };
 
@@ -86,6 +86,29 @@ pub struct CreateCampaign {
     /// `POST /v1/campaigns/{id}/publish`. Default `true`.
     #[serde(default)]
     pub published: Option<bool>,
+    /// Where events about the campaign's grants are POSTed, signed
+    /// (docs/ARCHITECTURE.md, "Webhooks"). The secret is never shown back.
+    #[serde(default)]
+    pub webhook: Option<WebhookSpec>,
+}
+
+/// A webhook to create.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSpec {
+    /// `http` or `https` URL with a host; when the service has an allow
+    /// list (`--webhook-allow`), its host must be in it.
+    pub url: String,
+    /// `whsec_` followed by the base64 of 24 to 64 random bytes: the
+    /// Standard Webhooks signing key.
+    pub secret: String,
+}
+
+/// A campaign's webhook as answered: the endpoint only.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WebhookBody {
+    /// The endpoint.
+    pub url: String,
 }
 
 /// A pool to create.
@@ -130,6 +153,9 @@ pub struct CampaignBody {
     /// Whether the public sees it (only the admin reads an unpublished
     /// campaign; everyone else gets 404 `campaign_not_found`).
     pub published: bool,
+    /// Its webhook endpoint (never the secret), `null` without one.
+    #[serde(default)]
+    pub webhook: Option<WebhookBody>,
 }
 
 /// A pool with its counts.
@@ -206,6 +232,7 @@ async fn body(state: &AppState, c: &Campaign) -> Result<CampaignBody, ApiError> 
         pools,
         queued: counters.map(|(_, q)| q).unwrap_or(0),
         published: c.published,
+        webhook: c.webhook_url.clone().map(|url| WebhookBody { url }),
     })
 }
 
@@ -230,7 +257,11 @@ pub async fn create(
                 .map_err(|e: String| ApiError::unprocessable("unknown_mode", e))?,
         ),
     };
-    let new = NewCampaign::parse(RawCampaign {
+    let webhook = req
+        .webhook
+        .map(|w| Webhook::parse(&w.url, &w.secret, &state.webhook_allow))
+        .transpose()?;
+    let mut new = NewCampaign::parse(RawCampaign {
         name: req.name,
         mode,
         pools: req.pools.into_iter().map(|p| (p.name, p.stock)).collect(),
@@ -241,6 +272,7 @@ pub async fn create(
         confirm_within_secs: req.confirm_within_secs,
         shards: req.shards,
     })?;
+    new.webhook = webhook;
     let c = pg::create_campaign(&state.db, &new, req.published.unwrap_or(true)).await?;
     // If Redis is down, the first claim rebuilds the state from PostgreSQL.
     if let Err(e) = state.admissions.on_create(&c).await {

@@ -41,6 +41,7 @@ pub mod ops;
 pub mod responses;
 pub mod serve;
 pub mod streams;
+pub mod webhooks;
 
 pub use error::ApiError;
 
@@ -93,6 +94,8 @@ pub struct AppState {
     pub readiness: ops::Readiness,
     /// One watcher per campaign that wakes its event streams on a change.
     pub fanout: fanout::Fanout,
+    /// Hosts a campaign's webhook may name (`--webhook-allow`); empty: any.
+    pub webhook_allow: Arc<crate::domain::WebhookAllow>,
 }
 
 impl AppState {
@@ -157,13 +160,13 @@ where
 /// `/openapi.json`.
 pub fn router(state: AppState) -> Router {
     // The per-IP limit guards the API, not the probes of an orchestrator.
-    let api =
-        campaigns::router()
-            .merge(claims::router())
-            .route_layer(middleware::from_fn_with_state(
-                state.clone(),
-                limits::limit_ip,
-            ));
+    let api = campaigns::router()
+        .merge(claims::router())
+        .merge(webhooks::router())
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::limit_ip,
+        ));
     let ops = if state.ops_apart {
         ops::health_router()
     } else {

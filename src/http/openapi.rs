@@ -90,6 +90,8 @@ impl Modify for Auth {
         super::claims::cancel,
         super::claims::events,
         super::claims::confirm,
+        super::webhooks::list,
+        super::webhooks::redeliver,
         healthz,
         readyz,
         metrics,

@@ -15,3 +15,4 @@ mod recovery;
 mod rush;
 mod security;
 mod shards;
+mod webhooks;

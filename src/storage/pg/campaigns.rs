@@ -14,8 +14,8 @@ pub async fn create_campaign(
 ) -> Result<Campaign, PgError> {
     let mut tx = db.begin().await?;
     let row = sqlx::query(
-        "INSERT INTO campaigns (name, mode, per_user_limit, opens_at, closes_at, hold_secs, confirm_within_secs, published, shards)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+        "INSERT INTO campaigns (name, mode, per_user_limit, opens_at, closes_at, hold_secs, confirm_within_secs, published, shards, webhook_url, webhook_secret)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
     )
     .bind(&new.name)
     .bind(new.mode.as_str())
@@ -26,6 +26,8 @@ pub async fn create_campaign(
     .bind(new.confirm_within_secs)
     .bind(published)
     .bind(i32::from(new.shards))
+    .bind(new.webhook.as_ref().map(|w| w.url.as_str()))
+    .bind(new.webhook.as_ref().map(|w| w.secret.as_str()))
     .fetch_one(&mut *tx)
     .await?;
     let id: i64 = row.get(0);
@@ -63,7 +65,7 @@ pub async fn load_campaign_seen_by(
     admin: bool,
 ) -> Result<Option<Campaign>, PgError> {
     let Some(row) = sqlx::query(
-        "SELECT id, name, mode, per_user_limit, opens_at, closes_at, hold_secs, created_at, confirm_within_secs, published, shards
+        "SELECT id, name, mode, per_user_limit, opens_at, closes_at, hold_secs, created_at, confirm_within_secs, published, shards, webhook_url
          FROM campaigns WHERE id = $1 AND (published OR $2)",
     )
     .bind(id.0)
@@ -104,6 +106,7 @@ pub async fn load_campaign_seen_by(
             .map_err(|e| PgError::Corrupt(e.to_string()))?,
         pools,
         published: row.get("published"),
+        webhook_url: row.get("webhook_url"),
     }))
 }
 
