@@ -6,12 +6,12 @@
 //! its 2xx, so a crash between the two sends it again, with the same
 //! `webhook-id` (receivers deduplicate on it).
 
-use std::time::Duration;
+use std::{collections::HashMap, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
-use futures::future::join_all;
+use futures::FutureExt;
 use rand::Rng;
 use sqlx::PgPool;
-use tokio::sync::watch;
+use tokio::{sync::watch, task::JoinSet};
 
 use crate::{
     config::WebhookConfig,
@@ -22,8 +22,11 @@ use crate::{
 /// How often an idle worker looks for due events.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
-/// Most events claimed per round (at most `per_endpoint` of them per URL).
+/// Most events claimed per round (at most `per_endpoint` in flight per URL).
 pub const BATCH: i64 = 64;
+
+/// Most deliveries one worker has in flight at once, all endpoints together.
+pub const MAX_INFLIGHT: usize = 256;
 
 /// How long past its timeout a claimed attempt stays leased: another
 /// worker takes the event again only once this worker surely gave up.
@@ -32,7 +35,8 @@ pub const LEASE_MARGIN: Duration = Duration::from_secs(30);
 /// How often the outbox lag gauges are refreshed.
 pub const LAG_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Runs until `shutdown` turns true.
+/// Runs until `shutdown` turns true, then waits for the deliveries in
+/// flight (each bounded by the attempt timeout).
 pub async fn run(db: PgPool, cfg: WebhookConfig, mut shutdown: watch::Receiver<bool>) {
     let client = match client(&cfg) {
         Ok(c) => c,
@@ -41,25 +45,84 @@ pub async fn run(db: PgPool, cfg: WebhookConfig, mut shutdown: watch::Receiver<b
             return;
         }
     };
+    let cfg = Arc::new(cfg);
+    // Deliveries in flight, each ending with its endpoint URL, and how many
+    // go to each URL: a slow endpoint holds its own slots, never another's.
+    let mut inflight: JoinSet<String> = JoinSet::new();
+    let mut busy: HashMap<String, i64> = HashMap::new();
     let mut next_lag = tokio::time::Instant::now();
     while !*shutdown.borrow() {
         if tokio::time::Instant::now() >= next_lag {
             next_lag = tokio::time::Instant::now() + LAG_INTERVAL;
-            match pg::webhook_lag(&db).await {
-                Ok((n, age)) => {
-                    metrics::gauge!("firstcome_webhook_pending").set(n as f64);
-                    metrics::gauge!("firstcome_webhook_oldest_pending_seconds").set(age);
+            report_lag(&db).await;
+        }
+        while let Some(done) = inflight.try_join_next() {
+            finished(&mut busy, done);
+        }
+        let room = MAX_INFLIGHT.saturating_sub(inflight.len()) as i64;
+        if room > 0 {
+            let snapshot: Vec<(String, i64)> = busy.iter().map(|(u, n)| (u.clone(), *n)).collect();
+            let lease = cfg.timeout + LEASE_MARGIN;
+            let per = cfg.per_endpoint as i64;
+            match pg::claim_due_events(&db, BATCH.min(room), per, lease, &snapshot).await {
+                Ok(due) if !due.is_empty() => {
+                    for e in due {
+                        *busy.entry(e.url.clone()).or_default() += 1;
+                        let (db, client, cfg) = (db.clone(), client.clone(), cfg.clone());
+                        inflight.spawn(async move {
+                            // A panic (a bug) must still free the slot; the
+                            // event's lease ends and it is due again.
+                            let run = AssertUnwindSafe(attempt(&db, &client, &cfg, &e));
+                            if run.catch_unwind().await.is_err() {
+                                tracing::error!(event = e.id, "webhooks: a delivery panicked");
+                            }
+                            e.url
+                        });
+                    }
+                    // More may be due at once.
+                    continue;
                 }
-                Err(e) => tracing::debug!(error = %e, "webhooks: cannot read the lag"),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhooks: cannot claim due events; will retry")
+                }
             }
         }
-        match deliver_once(&db, &client, &cfg).await {
-            // A full round: more may be due at once.
-            Ok(n) if n > 0 => continue,
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "webhooks: cannot claim due events; will retry"),
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = tokio::time::sleep(POLL_INTERVAL) => {}
+            Some(done) = inflight.join_next(), if !inflight.is_empty() => finished(&mut busy, done),
         }
-        let _ = tokio::time::timeout(POLL_INTERVAL, shutdown.changed()).await;
+    }
+    while let Some(done) = inflight.join_next().await {
+        finished(&mut busy, done);
+    }
+}
+
+/// Frees the endpoint slot of a delivery that ended.
+fn finished(busy: &mut HashMap<String, i64>, done: Result<String, tokio::task::JoinError>) {
+    match done {
+        Ok(url) => {
+            if let Some(n) = busy.get_mut(&url) {
+                *n -= 1;
+                if *n <= 0 {
+                    busy.remove(&url);
+                }
+            }
+        }
+        // Only an aborted task ends without its URL, and none is aborted.
+        Err(e) => tracing::error!(error = %e, "webhooks: a delivery task was lost"),
+    }
+}
+
+/// Refreshes the outbox lag gauges.
+async fn report_lag(db: &PgPool) {
+    match pg::webhook_lag(db).await {
+        Ok((n, age)) => {
+            metrics::gauge!("firstcome_webhook_pending").set(n as f64);
+            metrics::gauge!("firstcome_webhook_oldest_pending_seconds").set(age);
+        }
+        Err(e) => tracing::debug!(error = %e, "webhooks: cannot read the lag"),
     }
 }
 
@@ -72,26 +135,6 @@ pub fn client(cfg: &WebhookConfig) -> reqwest::Result<reqwest::Client> {
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("firstcome-webhooks/", env!("CARGO_PKG_VERSION")))
         .build()
-}
-
-/// Claims one round of due events and attempts each once, all at once
-/// (the claim already capped each endpoint at `per_endpoint`); returns how
-/// many were attempted.
-pub async fn deliver_once(
-    db: &PgPool,
-    client: &reqwest::Client,
-    cfg: &WebhookConfig,
-) -> Result<usize, pg::PgError> {
-    let due = pg::claim_due_events(
-        db,
-        BATCH,
-        cfg.per_endpoint as i64,
-        cfg.timeout + LEASE_MARGIN,
-    )
-    .await?;
-    let n = due.len();
-    join_all(due.iter().map(|e| attempt(db, client, cfg, e))).await;
-    Ok(n)
 }
 
 /// One attempt at one event, and its outcome recorded.

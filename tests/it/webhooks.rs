@@ -49,6 +49,9 @@ struct Receiver {
     failed_once: HashSet<String>,
     /// Endpoints that answer 500 to everything.
     broken: HashSet<String>,
+    /// Deliveries being answered now, and the most there ever were, per
+    /// endpoint (the `slow` one takes 300 ms to answer).
+    open: HashMap<String, (usize, usize)>,
 }
 
 type Shared = Arc<Mutex<Receiver>>;
@@ -78,6 +81,16 @@ async fn receive(
     body: axum::body::Bytes,
 ) -> StatusCode {
     let verified = verify(&headers, &body);
+    if endpoint == "slow" {
+        {
+            let mut r = rx.lock().unwrap();
+            let o = r.open.entry(endpoint.clone()).or_default();
+            o.0 += 1;
+            o.1 = o.1.max(o.0);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        rx.lock().unwrap().open.get_mut(&endpoint).unwrap().0 -= 1;
+    }
     let id = headers
         .get("webhook-id")
         .and_then(|v| v.to_str().ok())
@@ -185,7 +198,7 @@ async fn every_durable_fact_arrives_signed_and_retried_with_its_id() {
     let app = Arc::new(app(3600).await);
     let plain = app.campaign("gate", &[("p", 5)]).await;
     let mut ids = Vec::new();
-    for mode in ["db-atomic", "gate", "redis-queue"] {
+    for mode in ["db-atomic", "gate", "redis-queue", "redis-lua"] {
         let id = hooked(&app, &base, mode, mode, json!({})).await;
         let users = (0..20).map(|i| format!("u{i}"));
         claim_all(&app, id, users, 20).await;
@@ -425,4 +438,24 @@ async fn bad_webhooks_are_refused_and_the_secret_never_shown() {
         .send(Method::GET, &format!("/v1/campaigns/{id}"), None)
         .await;
     assert!(!public.to_string().contains("whsec_"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deliveries_to_one_endpoint_stay_within_its_cap() {
+    let (base, rx) = receiver().await;
+    let app = Arc::new(app(3600).await);
+    let spec = json!({"name": "slow", "mode": "db-atomic", "pools": [{"name": "p", "stock": 12}],
+        "webhook": {"url": format!("{base}/hook/slow"), "secret": SECRET}});
+    let id = app.create_campaign(spec).await["id"].as_i64().unwrap();
+    claim_all(&app, id, (0..12).map(|i| format!("s{i}")), 12).await;
+    app.wait_durable(id, 12).await;
+    until("every grant delivered", || async {
+        delivered(&rx, "slow").len() == 12
+    })
+    .await;
+    let most = rx.lock().unwrap().open["slow"].1;
+    assert!(
+        (1..=4).contains(&most),
+        "at most 4 in flight to one endpoint, saw {most}"
+    );
 }

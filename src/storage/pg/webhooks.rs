@@ -41,37 +41,53 @@ pub fn event_webhook_id(id: i64) -> String {
 }
 
 /// Claims up to `batch` due pending events, at most `per_endpoint` per
-/// endpoint URL, and leases them for `lease` (their next attempt moves
-/// that far ahead, so another worker does not take them meanwhile; a
-/// worker that dies mid-delivery leaves them due again when it ends).
+/// endpoint URL minus what `busy` says is in flight to it already (URL,
+/// deliveries), and leases them for `lease` (their next attempt moves that
+/// far ahead, so another worker does not take them meanwhile; a worker
+/// that dies mid-delivery leaves them due again when it ends).
 /// `FOR UPDATE SKIP LOCKED`: workers claiming at once take different rows.
+/// Endpoints already at their cap are skipped, so their backlog does not
+/// crowd other endpoints out of the batch.
 pub async fn claim_due_events(
     db: &PgPool,
     batch: i64,
     per_endpoint: i64,
     lease: Duration,
+    busy: &[(String, i64)],
 ) -> Result<Vec<DueEvent>, PgError> {
+    let full: Vec<&str> = busy
+        .iter()
+        .filter(|(_, n)| *n >= per_endpoint)
+        .map(|(u, _)| u.as_str())
+        .collect();
+    let urls: Vec<&str> = busy.iter().map(|(u, _)| u.as_str()).collect();
+    let counts: Vec<i64> = busy.iter().map(|(_, n)| *n).collect();
     Ok(sqlx::query_as(
         "WITH due AS (
-             SELECT id, campaign_id FROM webhook_events
-             WHERE state = 'pending' AND next_attempt_at <= now()
-             ORDER BY next_attempt_at LIMIT $1
-             FOR UPDATE SKIP LOCKED),
+             SELECT e.id, c.webhook_url AS url FROM webhook_events e
+             JOIN campaigns c ON c.id = e.campaign_id
+             WHERE e.state = 'pending' AND e.next_attempt_at <= now()
+               AND c.webhook_url IS NOT NULL AND c.webhook_url <> ALL($4::text[])
+             ORDER BY e.next_attempt_at LIMIT $1
+             FOR UPDATE OF e SKIP LOCKED),
          ranked AS (
-             SELECT d.id, row_number() OVER (PARTITION BY c.webhook_url ORDER BY d.id) AS rn
-             FROM due d JOIN campaigns c ON c.id = d.campaign_id)
+             SELECT d.id, row_number() OVER (PARTITION BY d.url ORDER BY d.id)
+                          + coalesce(b.n, 0) AS rn
+             FROM due d LEFT JOIN UNNEST($5::text[], $6::bigint[]) AS b(url, n) ON b.url = d.url)
          UPDATE webhook_events e
          SET attempts = e.attempts + 1,
              next_attempt_at = now() + make_interval(secs => $3)
          FROM ranked r, campaigns c
          WHERE e.id = r.id AND r.rn <= $2 AND c.id = e.campaign_id
-           AND c.webhook_url IS NOT NULL
          RETURNING e.id, e.campaign_id, e.body, e.attempts,
                    c.webhook_url AS url, c.webhook_secret AS secret",
     )
     .bind(batch)
     .bind(per_endpoint)
     .bind(lease.as_secs_f64())
+    .bind(&full)
+    .bind(&urls)
+    .bind(&counts)
     .fetch_all(db)
     .await?)
 }
