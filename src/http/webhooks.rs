@@ -111,13 +111,14 @@ pub async fn list(
 }
 
 /// Puts a delivered or dead event back to pending, due now (with the same
-/// `webhook-id`; its dead-letter clock starts again).
+/// `webhook-id`; its dead-letter clock starts again). A pending event is
+/// answered as it is.
 #[utoipa::path(post, path = "/v1/campaigns/{id}/webhooks/events/{event_id}/redeliver",
     params(("id" = i64, Path, description = "Campaign id"),
            ("event_id" = String, Path, description = "Event id (`evt_<n>`)")),
     security(("admin" = [])),
     responses(
-        (status = 200, description = "The event, pending again", body = WebhookEventRow),
+        (status = 200, description = "The event, pending again (a pending one unchanged)", body = WebhookEventRow),
         (status = 404, description = "Unknown campaign (campaign_not_found) or no such event of it (event_not_found)", body = Problem, content_type = PROBLEM_JSON),
         AdminErrors, IpLimitErrors, StoreErrors,
     ))]

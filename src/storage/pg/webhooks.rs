@@ -190,18 +190,27 @@ pub async fn webhook_events_page(
         .await?)
 }
 
-/// Puts a campaign's event back to pending, due now, its dead-letter
-/// clock restarted; `None` when the campaign has no such event.
+/// Puts a campaign's delivered or dead event back to pending, due now,
+/// its dead-letter clock restarted; a pending one is left as it is (it
+/// may be in flight: making it due now could send it twice at once).
+/// `None` when the campaign has no such event.
 pub async fn redeliver_event(
     db: &PgPool,
     campaign: CampaignId,
     id: i64,
 ) -> Result<Option<WebhookEventRow>, PgError> {
     let sql = format!(
-        "UPDATE webhook_events
-         SET state = 'pending', next_attempt_at = now(), pending_since = now(), delivered_at = NULL
-         WHERE id = $1 AND campaign_id = $2
-         RETURNING {EVENT_COLUMNS}"
+        "WITH again AS (
+             UPDATE webhook_events
+             SET state = 'pending', next_attempt_at = now(), pending_since = now(),
+                 delivered_at = NULL
+             WHERE id = $1 AND campaign_id = $2 AND state <> 'pending'
+             RETURNING *)
+         SELECT {EVENT_COLUMNS} FROM again
+         UNION ALL
+         SELECT {EVENT_COLUMNS} FROM webhook_events
+         WHERE id = $1 AND campaign_id = $2 AND state = 'pending'
+         LIMIT 1"
     );
     Ok(sqlx::query_as(&sql)
         .bind(id)
