@@ -21,7 +21,7 @@ use crate::{
     modes::{redis_common::RedisCommon, Admissions, Deps},
     storage::redis::stream::StreamConfig,
     storage::{pg, redis::RedisStore},
-    tasks::{confirmations, reconcile, worker},
+    tasks::{confirmations, reconcile, webhooks, worker},
 };
 
 /// A built, not yet running, service.
@@ -61,6 +61,8 @@ impl Application {
             );
         }
         let limits = http::limits::RateLimits::from_config(&args.rates);
+        let webhook_allow = crate::domain::WebhookAllow::parse(&args.webhooks.allow)
+            .context("--webhook-allow: each entry must be host or host:port")?;
         crate::telemetry::init_metrics();
         let db = pg::connect(&args.stores.database_url, args.stores.db_max_connections)
             .await
@@ -121,6 +123,11 @@ impl Application {
                 common.clone(),
                 stop_rx.clone(),
             )));
+            worker.push(tokio::spawn(webhooks::run(
+                db.clone(),
+                args.webhooks.clone(),
+                stop_rx.clone(),
+            )));
             if !args.reconcile_interval.is_zero() {
                 worker.push(tokio::spawn(reconcile::run(
                     common,
@@ -173,6 +180,7 @@ impl Application {
             readiness: http::ops::Readiness::default(),
             progress: progress.clone(),
             fanout: http::fanout::Fanout::new(admissions.clone(), progress.clone()),
+            webhook_allow: Arc::new(webhook_allow),
         };
         Ok(Self {
             addr,

@@ -9,6 +9,9 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+mod webhooks;
+pub use webhooks::WebhookConfig;
+
 /// Which parts of the service a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -78,6 +81,12 @@ pub enum ConfigError {
     /// `--ops-addr` is the public address.
     #[error("--ops-addr must differ from --addr")]
     OpsAddrIsPublic,
+    /// `--production` without a list of webhook hosts.
+    #[error("--production needs --webhook-allow (FIRSTCOME_WEBHOOK_ALLOW): without it a campaign's webhook could make the worker call any address it reaches")]
+    ProductionWithoutWebhookAllow,
+    /// A webhook timeout or per-endpoint cap of zero would deliver nothing.
+    #[error("--webhook-timeout-ms and --webhook-per-endpoint must be above zero")]
+    BadWebhookDelivery,
 }
 
 /// Fewest different characters in an admin token the production profile
@@ -224,6 +233,8 @@ pub struct ServeConfig {
     /// Second listener for `/metrics`, `/readyz` and `/openapi.json`, which
     /// then leave the public one; `None` serves them on `addr`.
     pub ops_addr: Option<SocketAddr>,
+    /// Webhook delivery and the hosts webhooks may name.
+    pub webhooks: WebhookConfig,
 }
 
 impl ServeConfig {
@@ -274,6 +285,9 @@ impl ServeConfig {
         if self.ops_addr == Some(self.addr) && self.addr.port() != 0 {
             return Err(ConfigError::OpsAddrIsPublic);
         }
+        if self.webhooks.timeout.is_zero() || self.webhooks.per_endpoint == 0 {
+            return Err(ConfigError::BadWebhookDelivery);
+        }
 
         if self.production {
             if self
@@ -315,6 +329,9 @@ impl ServeConfig {
             }
             if self.ops_addr.is_none() {
                 return Err(ConfigError::ProductionWithoutOpsAddr);
+            }
+            if self.webhooks.allow.iter().all(|h| h.trim().is_empty()) {
+                return Err(ConfigError::ProductionWithoutWebhookAllow);
             }
         }
         if secret.is_none() && public.is_none() && !self.jwt.trust_user_id {
@@ -378,6 +395,14 @@ mod tests {
             campaign_cache: Duration::from_secs(1),
             behind_proxy: None,
             ops_addr: Some("127.0.0.1:9090".parse().unwrap()),
+            webhooks: WebhookConfig {
+                allow: vec!["hooks.example".into()],
+                timeout: Duration::from_secs(10),
+                dead_after: Duration::from_secs(86_400),
+                retry_base: Duration::from_secs(1),
+                retry_max: Duration::from_secs(3600),
+                per_endpoint: 4,
+            },
         }
     }
 
@@ -427,6 +452,24 @@ mod tests {
         assert_eq!(c.validate(), Ok(()));
         c.addr = "127.0.0.1:9090".parse().unwrap();
         assert_eq!(c.validate(), Err(ConfigError::OpsAddrIsPublic));
+    }
+
+    #[test]
+    fn production_requires_a_webhook_allow_list() {
+        let mut c = production();
+        c.webhooks.allow = vec![];
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::ProductionWithoutWebhookAllow)
+        );
+        c.webhooks.allow = vec![" ".into()];
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::ProductionWithoutWebhookAllow)
+        );
+        c.production = false;
+        c.webhooks.per_endpoint = 0;
+        assert_eq!(c.validate(), Err(ConfigError::BadWebhookDelivery));
     }
 
     #[test]

@@ -16,12 +16,14 @@ pub mod dlq;
 pub mod reconcile;
 pub mod serve;
 pub mod stores;
+pub mod webhooks;
 
 pub use campaign::CampaignCmd;
 pub use dlq::DlqCmd;
 pub use reconcile::ReconcileArgs;
 pub use serve::ServeArgs;
 pub use stores::StoreArgs;
+pub use webhooks::WebhookArgs;
 
 /// firstcome: hand a limited stock to whoever asks first.
 #[derive(Debug, Parser)]

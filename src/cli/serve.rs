@@ -11,7 +11,7 @@ use clap::{
     Args, FromArgMatches, ValueEnum,
 };
 
-use super::stores::StoreArgs;
+use super::{stores::StoreArgs, webhooks::WebhookArgs};
 use crate::config::{
     ConfigError, ConnConfig, JwtConfig, RateConfig, Role, ServeConfig, StreamCaps,
 };
@@ -135,7 +135,8 @@ pub struct ServeArgs {
     pub insecure_trust_user_id: bool,
     /// Production profile: refuse to start without an admin token, a JWT
     /// key, `--jwt-audience`, `--jwt-issuer`, per-user and per-address rate
-    /// limits, a limit on failed token checks, and `--ops-addr`.
+    /// limits, a limit on failed token checks, `--ops-addr` and
+    /// `--webhook-allow`.
     #[arg(long, env = "FIRSTCOME_PRODUCTION", default_value_t = false)]
     pub production: bool,
     /// Requests per second per client IP on the /v1 API (0 = no limit).
@@ -195,6 +196,9 @@ pub struct ServeArgs {
     /// Required by `--production`.
     #[arg(long, env = "FIRSTCOME_OPS_ADDR")]
     pub ops_addr: Option<SocketAddr>,
+    /// Webhooks.
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
 }
 
 impl ServeArgs {
@@ -290,6 +294,7 @@ impl From<ServeArgs> for ServeConfig {
                 .filter(|h| !h.is_empty())
                 .map(|h| h.to_ascii_lowercase()),
             ops_addr: a.ops_addr,
+            webhooks: a.webhooks.into(),
         }
     }
 }

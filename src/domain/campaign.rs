@@ -67,6 +67,9 @@ pub struct NewCampaign {
     /// Fair start: seconds before `opens_at` during which claims are
     /// pre-queued, to be admitted at opening in drawn order (redis-queue).
     pub prequeue_secs: Option<i64>,
+    /// Where events about its grants are POSTed, if anywhere (checked
+    /// apart: the allow list is the service's, see [`super::webhook`]).
+    pub webhook: Option<super::Webhook>,
 }
 
 /// Why a campaign definition was refused. Each maps to a stable error code.
@@ -231,6 +234,7 @@ impl NewCampaign {
             confirm_within_secs,
             shards: shards as u16,
             prequeue_secs,
+            webhook: None,
         })
     }
 }
@@ -333,6 +337,8 @@ pub struct Campaign {
     pub prequeue_secs: Option<i64>,
     /// Fair start: the draw's seed (shown from opening only).
     pub draw_seed: Option<DrawSeed>,
+    /// Its webhook endpoint, if any (the secret is not loaded with it).
+    pub webhook_url: Option<String>,
 }
 
 /// Sliding lifetime of an open-ended campaign's Redis keys (no
@@ -477,6 +483,7 @@ mod tests {
             published: true,
             prequeue_secs: None,
             draw_seed: None,
+            webhook_url: None,
         };
         assert_eq!(
             c.keys_expire_at(),

@@ -10,6 +10,7 @@ pub mod draw;
 mod ids;
 mod mode;
 pub mod shard;
+pub mod webhook;
 
 pub use campaign::{
     Campaign, NewCampaign, NewCampaignError, NewPool, Pool, RawCampaign, KEY_GRACE_SECS,
@@ -18,3 +19,4 @@ pub use campaign::{
 pub use claim::{generate_code, ClaimOutcome, ClaimStatus, RejectReason};
 pub use ids::{CampaignId, IdError, PoolName, UserId};
 pub use mode::Mode;
+pub use webhook::{Webhook, WebhookAllow, WebhookError};

@@ -26,7 +26,7 @@ use super::{
     ApiJson, AppState,
 };
 use crate::{
-    domain::{Campaign, Mode, NewCampaign, RawCampaign},
+    domain::{Campaign, Mode, NewCampaign, RawCampaign, Webhook},
     storage::pg::{self, GrantRow},
 };
 
@@ -93,6 +93,29 @@ pub struct CreateCampaign {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 604800)]
     pub prequeue_secs: Option<i64>,
+    /// Where events about the campaign's grants are POSTed, signed
+    /// (docs/ARCHITECTURE.md, "Webhooks"). The secret is never shown back.
+    #[serde(default)]
+    pub webhook: Option<WebhookSpec>,
+}
+
+/// A webhook to create.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSpec {
+    /// `http` or `https` URL with a host; when the service has an allow
+    /// list (`--webhook-allow`), its host must be in it.
+    pub url: String,
+    /// `whsec_` followed by the base64 of 24 to 64 random bytes: the
+    /// Standard Webhooks signing key.
+    pub secret: String,
+}
+
+/// A campaign's webhook as answered: the endpoint only.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WebhookBody {
+    /// The endpoint.
+    pub url: String,
 }
 
 /// A pool to create.
@@ -146,6 +169,9 @@ pub struct CampaignBody {
     /// Whether the public sees it (only the admin reads an unpublished
     /// campaign; everyone else gets 404 `campaign_not_found`).
     pub published: bool,
+    /// Its webhook endpoint (never the secret), `null` without one.
+    #[serde(default)]
+    pub webhook: Option<WebhookBody>,
 }
 
 /// A pool with its counts.
@@ -229,6 +255,7 @@ async fn body(state: &AppState, c: &Campaign) -> Result<CampaignBody, ApiError> 
             .draw_seed
             .filter(|_| c.opens_at.is_some_and(|o| chrono::Utc::now() >= o))
             .map(|s| s.hex()),
+        webhook: c.webhook_url.clone().map(|url| WebhookBody { url }),
     })
 }
 
@@ -253,7 +280,11 @@ pub async fn create(
                 .map_err(|e: String| ApiError::unprocessable("unknown_mode", e))?,
         ),
     };
-    let new = NewCampaign::parse(RawCampaign {
+    let webhook = req
+        .webhook
+        .map(|w| Webhook::parse(&w.url, &w.secret, &state.webhook_allow))
+        .transpose()?;
+    let mut new = NewCampaign::parse(RawCampaign {
         name: req.name,
         mode,
         pools: req.pools.into_iter().map(|p| (p.name, p.stock)).collect(),
@@ -265,6 +296,7 @@ pub async fn create(
         shards: req.shards,
         prequeue_secs: req.prequeue_secs,
     })?;
+    new.webhook = webhook;
     let c = pg::create_campaign(&state.db, &new, req.published.unwrap_or(true)).await?;
     // If Redis is down, the first claim rebuilds the state from PostgreSQL.
     if let Err(e) = state.admissions.on_create(&c).await {

@@ -15,7 +15,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use crate::{
-    domain::{IdError, NewCampaignError},
+    domain::{IdError, NewCampaignError, WebhookError},
     modes::AdmissionError,
     storage::{pg::PgError, redis::RedisStoreError},
 };
@@ -286,6 +286,12 @@ impl From<QueryRejection> for ApiError {
 
 impl From<NewCampaignError> for ApiError {
     fn from(e: NewCampaignError) -> Self {
+        Self::unprocessable(e.code(), e.to_string())
+    }
+}
+
+impl From<WebhookError> for ApiError {
+    fn from(e: WebhookError) -> Self {
         Self::unprocessable(e.code(), e.to_string())
     }
 }

@@ -43,6 +43,7 @@ pub mod progress;
 pub mod responses;
 pub mod serve;
 pub mod streams;
+pub mod webhooks;
 
 pub use error::ApiError;
 
@@ -98,6 +99,8 @@ pub struct AppState {
     pub progress: progress::QueueProgress,
     /// One watcher per campaign that wakes its event streams on a change.
     pub fanout: fanout::Fanout,
+    /// Hosts a campaign's webhook may name (`--webhook-allow`); empty: any.
+    pub webhook_allow: Arc<crate::domain::WebhookAllow>,
 }
 
 impl AppState {
@@ -165,6 +168,7 @@ pub fn router(state: AppState) -> Router {
     let api = campaigns::router()
         .merge(claims::router())
         .merge(draws::router())
+        .merge(webhooks::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             limits::limit_ip,

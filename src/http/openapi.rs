@@ -91,6 +91,8 @@ impl Modify for Auth {
         super::claims::cancel,
         super::claims::events,
         super::claims::confirm,
+        super::webhooks::list,
+        super::webhooks::redeliver,
         healthz,
         readyz,
         metrics,

@@ -16,3 +16,4 @@ mod recovery;
 mod rush;
 mod security;
 mod shards;
+mod webhooks;

@@ -14,8 +14,8 @@ pub async fn create_campaign(
 ) -> Result<Campaign, PgError> {
     let mut tx = db.begin().await?;
     let row = sqlx::query(
-        "INSERT INTO campaigns (name, mode, per_user_limit, opens_at, closes_at, hold_secs, confirm_within_secs, published, shards, prequeue_secs, draw_seed)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+        "INSERT INTO campaigns (name, mode, per_user_limit, opens_at, closes_at, hold_secs, confirm_within_secs, published, shards, prequeue_secs, draw_seed, webhook_url, webhook_secret)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
     )
     .bind(&new.name)
     .bind(new.mode.as_str())
@@ -29,6 +29,8 @@ pub async fn create_campaign(
     .bind(new.prequeue_secs)
     // The seed is drawn here, once: a campaign's draw can never be re-rolled.
     .bind(new.prequeue_secs.map(|_| DrawSeed::generate().0.to_vec()))
+    .bind(new.webhook.as_ref().map(|w| w.url.as_str()))
+    .bind(new.webhook.as_ref().map(|w| w.secret.as_str()))
     .fetch_one(&mut *tx)
     .await?;
     let id: i64 = row.get(0);
@@ -67,7 +69,7 @@ pub async fn load_campaign_seen_by(
 ) -> Result<Option<Campaign>, PgError> {
     let Some(row) = sqlx::query(
         "SELECT id, name, mode, per_user_limit, opens_at, closes_at, hold_secs, created_at, confirm_within_secs, published, shards,
-                prequeue_secs, draw_seed
+                prequeue_secs, draw_seed, webhook_url
          FROM campaigns WHERE id = $1 AND (published OR $2)",
     )
     .bind(id.0)
@@ -115,6 +117,7 @@ pub async fn load_campaign_seen_by(
             }
             None => None,
         },
+        webhook_url: row.get("webhook_url"),
     }))
 }
 

@@ -14,6 +14,7 @@ mod error;
 mod generation;
 mod grants;
 mod signatures;
+mod webhooks;
 
 pub use campaigns::*;
 pub use confirmations::*;
@@ -22,6 +23,7 @@ pub use error::{PgError, STATEMENT_TIMEOUT_MS};
 pub use generation::*;
 pub use grants::*;
 pub use signatures::*;
+pub use webhooks::*;
 
 /// Opens a pool and applies migrations.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {

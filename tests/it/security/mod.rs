@@ -276,6 +276,11 @@ fn the_production_profile_refuses_to_start_half_configured() {
     a.bad_tokens_per_ip = 10;
     assert_eq!(a.validate(), Err(ConfigError::ProductionWithoutOpsAddr));
     a.ops_addr = Some("127.0.0.1:0".parse().unwrap());
+    assert_eq!(
+        a.validate(),
+        Err(ConfigError::ProductionWithoutWebhookAllow)
+    );
+    a.webhooks.webhook_allow = vec!["hooks.example".into()];
     assert_eq!(a.validate(), Ok(()));
     a.rate_per_user = 0;
     assert_eq!(a.validate(), Err(ConfigError::ProductionWithoutUserLimit));
