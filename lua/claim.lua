@@ -1,6 +1,7 @@
 -- claim.lua: one atomic admission decision for the Redis modes.
 --
--- KEYS[1] meta    hash: opens, closes (ms since epoch, '' = none), exp, gen
+-- KEYS[1] meta    hash: opens, closes (ms since epoch, '' = none), exp, gen,
+--                 paused ('1' while an operator paused the campaign)
 -- KEYS[2] ans     hash: user -> answer (the answer forms are listed in
 --                 docs/ARCHITECTURE.md, "Answers in Redis")
 -- KEYS[3] seq     arrival counter
@@ -30,6 +31,8 @@
 -- pool's shard has no stock and the pool is not known to be sold out (the
 -- caller moves stock here from another shard, or proves the whole pool
 -- sold out and calls again with ARGV[7] = ver), {'dup', answer, gen} for a repeated claim,
+-- {'paused'} for a new claim while an operator paused the campaign (nothing
+-- remembered: no arrival number, no answer),
 -- {'not_open'} / {'closed'} outside the window (not remembered), or
 -- {'new', answer, gen}; gen is the state's generation (see the migration
 -- answers_that_never_change), which every durable write derived from this
@@ -43,11 +46,16 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'noinit'}
 end
 local user = ARGV[1]
-local w = redis.call('HMGET', KEYS[1], 'opens', 'closes', 'exp', 'gen')
+local w = redis.call('HMGET', KEYS[1], 'opens', 'closes', 'exp', 'gen', 'paused')
 local gen = w[4] or '0'
 local prev = redis.call('HGET', KEYS[2], user)
 if prev then
   return {'dup', prev, gen}
+end
+-- Operator pause: users with an answer keep it (above), new ones are told
+-- to come back, and nothing is written for them.
+if w[5] == '1' then
+  return {'paused'}
 end
 -- A whole state has its answers hash (with its placeholder '#'), its
 -- arrival counter, its stock counter and its high-water mark. One of them

@@ -305,6 +305,9 @@ pub struct Campaign {
     /// Whether anyone may see it; unpublished, it answers like an unknown
     /// id to all but the admin.
     pub published: bool,
+    /// Whether an operator paused it (as loaded: the stores decide, see
+    /// docs/ARCHITECTURE.md, "Operator controls").
+    pub paused: bool,
 }
 
 /// Sliding lifetime of an open-ended campaign's Redis keys (no
@@ -359,6 +362,19 @@ impl Campaign {
             }
         }
         Ok(())
+    }
+
+    /// Checks a new `closes_at` for this campaign at `now`: after
+    /// `opens_at`, within the bounds a creation has.
+    pub fn check_closes_at(
+        &self,
+        closes_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), NewCampaignError> {
+        if self.opens_at.is_some_and(|o| closes_at <= o) {
+            return Err(NewCampaignError::BadWindow);
+        }
+        check_schedule(now, None, Some(closes_at))
     }
 
     /// The instant until which grants may be cancelled: closes_at + hold.
@@ -442,6 +458,7 @@ mod tests {
             shards: 1,
             pools: vec![],
             published: true,
+            paused: false,
         };
         assert_eq!(
             c.keys_expire_at(),

@@ -10,6 +10,7 @@ mod cluster;
 mod faults;
 mod invariants;
 mod lua;
+mod operator;
 mod properties;
 mod recovery;
 mod rush;

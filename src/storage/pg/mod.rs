@@ -12,6 +12,7 @@ pub mod db_modes;
 mod error;
 mod generation;
 mod grants;
+mod operator;
 mod signatures;
 
 pub use campaigns::*;
@@ -19,6 +20,7 @@ pub use confirmations::*;
 pub use error::{PgError, STATEMENT_TIMEOUT_MS};
 pub use generation::*;
 pub use grants::*;
+pub use operator::*;
 pub use signatures::*;
 
 /// Opens a pool and applies migrations.

@@ -121,4 +121,6 @@ scripts! {
     returned;
     /// Many users' raw answers at once (the event streams' watcher).
     answers;
+    /// An operator's change of a live campaign (pause, window, expiry).
+    settings;
 }
