@@ -3,6 +3,7 @@
 //! holding an older copy of the campaign, refusals of bad input, and the
 //! log of operator actions.
 
+mod cli;
 mod patch;
 mod pause;
 
