@@ -196,7 +196,8 @@ impl<T: TakeUnit> DbMode<T> {
             return Ok(a);
         }
         // An operator's pause or window, as PostgreSQL holds them now (the
-        // process' copy of the campaign may be older): a paused campaign
+        // process' copy of the campaign may be older), ordered with the
+        // operator's change by pg::claim_gate's lock: a paused campaign
         // admits no new user, and nothing is written for them (the
         // transaction rolls back).
         let gate = pg::claim_gate(&mut tx, campaign.id).await?;

@@ -129,7 +129,7 @@ pub async fn load_campaign_seen_by(
 pub async fn publish_campaign(db: &PgPool, id: CampaignId, actor: &str) -> Result<bool, PgError> {
     let mut tx = db.begin().await?;
     let Some(before): Option<bool> =
-        sqlx::query_scalar("SELECT published FROM campaigns WHERE id = $1 FOR UPDATE")
+        sqlx::query_scalar("SELECT published FROM campaigns WHERE id = $1 FOR NO KEY UPDATE")
             .bind(id.0)
             .fetch_optional(&mut *tx)
             .await?

@@ -2,7 +2,11 @@
 //! and stock changed while it runs, and the log of every operator action.
 //! Each change and its log row commit together, under the campaign row's
 //! lock (so two operators' changes of one campaign are ordered, and a
-//! rebuild's generation bump waits for them).
+//! rebuild's generation bump waits for them). The row is taken `FOR NO
+//! KEY UPDATE`, never `FOR UPDATE`: a db-* claim updating its pool row
+//! twice re-checks the pool's foreign key (`FOR KEY SHARE` of the campaign
+//! row), which `FOR UPDATE` blocks — a deadlock with the claims the change
+//! waits for (found by the restock rush test).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -128,9 +132,29 @@ pub async fn list_actions(
         .collect()
 }
 
+/// Advisory lock class of a campaign's operator changes against its db-*
+/// claims: each claim holds it shared for its transaction, a change
+/// exclusively.
+const GATE_LOCK_CLASS: i32 = 1719;
+
+/// Takes the campaign's gate lock exclusively: waits for the db-* claims
+/// in flight to end; the claims after it wait for this transaction, then
+/// read what it committed (see [`claim_gate`]).
+async fn close_gate(
+    tx: &mut Transaction<'_, Postgres>,
+    campaign: CampaignId,
+) -> Result<(), PgError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(GATE_LOCK_CLASS)
+        .bind(campaign.0.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Sets the pause flag and logs the action; the flag it had before, or
-/// `None` when no campaign has this id. The row lock makes the change wait
-/// for the db-* claims in flight (they read the flag `FOR SHARE`).
+/// `None` when no campaign has this id. Under the campaign row's lock and
+/// the gate lock (see [`close_gate`]).
 pub async fn set_paused(
     db: &PgPool,
     campaign: CampaignId,
@@ -139,13 +163,14 @@ pub async fn set_paused(
 ) -> Result<Option<bool>, PgError> {
     let mut tx = db.begin().await?;
     let Some(before): Option<bool> =
-        sqlx::query_scalar("SELECT paused FROM campaigns WHERE id = $1 FOR UPDATE")
+        sqlx::query_scalar("SELECT paused FROM campaigns WHERE id = $1 FOR NO KEY UPDATE")
             .bind(campaign.0)
             .fetch_optional(&mut *tx)
             .await?
     else {
         return Ok(None);
     };
+    close_gate(&mut tx, campaign).await?;
     sqlx::query("UPDATE campaigns SET paused = $2 WHERE id = $1")
         .bind(campaign.0)
         .bind(paused)
@@ -180,17 +205,29 @@ pub struct ClaimGate {
     pub closed: bool,
 }
 
-/// The campaign's pause flag and window, read `FOR SHARE` inside a claim's
-/// transaction: an operator's change (an `UPDATE` of the row) waits for
-/// the claims in flight, and every claim after it sees it.
+/// The campaign's pause flag and window, read inside a claim's
+/// transaction under the campaign's gate lock held shared: an operator's
+/// change (made holding it exclusively) either waited for this claim to
+/// end, or committed before this read began (READ COMMITTED: a statement
+/// sees what committed before it), so it is seen. An advisory lock, not a
+/// `FOR SHARE` of the campaign row: that made a MultiXact per concurrent
+/// claim and starved a rush of connections (503s in the rush tests).
 pub async fn claim_gate(
     tx: &mut Transaction<'_, Postgres>,
     campaign: CampaignId,
 ) -> Result<ClaimGate, PgError> {
+    // A statement of its own: a statement's snapshot is taken before it
+    // runs, so a read in the same statement could predate the change it
+    // waited for.
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1, hashtext($2))")
+        .bind(GATE_LOCK_CLASS)
+        .bind(campaign.0.to_string())
+        .execute(&mut **tx)
+        .await?;
     let r = sqlx::query(
         "SELECT paused, opens_at IS NOT NULL AND now() < opens_at,
                 closes_at IS NOT NULL AND now() >= closes_at
-         FROM campaigns WHERE id = $1 FOR SHARE",
+         FROM campaigns WHERE id = $1",
     )
     .bind(campaign.0)
     .fetch_one(&mut **tx)
@@ -265,13 +302,14 @@ pub async fn patch_campaign(
 ) -> Result<(), PatchError> {
     let mut tx = db.begin().await?;
     let Some(old_closes): Option<Option<DateTime<Utc>>> =
-        sqlx::query_scalar("SELECT closes_at FROM campaigns WHERE id = $1 FOR UPDATE")
+        sqlx::query_scalar("SELECT closes_at FROM campaigns WHERE id = $1 FOR NO KEY UPDATE")
             .bind(campaign.0)
             .fetch_optional(&mut *tx)
             .await?
     else {
         return Err(PatchError::NotFound);
     };
+    close_gate(&mut tx, campaign).await?;
     let mut before = serde_json::Map::new();
     let mut after = serde_json::Map::new();
     if let Some(t) = closes_at {
