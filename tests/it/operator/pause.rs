@@ -224,9 +224,20 @@ mod pause_then_resume_under_a_rush {
 /// the Redis state from PostgreSQL keeps the pause.
 #[tokio::test]
 async fn a_pause_survives_a_rebuild_and_binds_every_process() {
-    for mode in ["gate", "redis-lua", "redis-queue"] {
+    for (mode, shards) in [
+        ("gate", 1),
+        ("redis-lua", 1),
+        ("redis-queue", 1),
+        ("gate", 3),
+    ] {
         let app = spawn_app().await;
-        let id = app.campaign(mode, &[("main", 5)]).await;
+        let v = app
+            .create_campaign(
+                serde_json::json!({"name": "p", "mode": mode, "shards": shards,
+                "pools": [{"name": "main", "stock": 5}]}),
+            )
+            .await;
+        let id = v["id"].as_i64().unwrap();
         let second = spawn_app_on(&app.db_url, &app.prefix, |_| {}).await;
         second.stop_worker.send(true).unwrap();
         let (s, _) = second.claim(id, "before", None).await;
