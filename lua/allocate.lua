@@ -13,8 +13,12 @@
 -- ARGV[1] number of pools n, ARGV[2..n+1] each pool's stock, then pairs:
 --   user, fresh code
 -- Returns the state's generation, then the users' answers after
--- allocation, in order ('' if none).
-local m = redis.call('HMGET', KEYS[2], 'exp', 'gen')
+-- allocation, in order ('' if none); {'paused'} while an operator paused
+-- the campaign (nothing allocated: the queue waits).
+local m = redis.call('HMGET', KEYS[2], 'exp', 'gen', 'paused')
+if m[3] == '1' then
+  return {'paused'}
+end
 local np = tonumber(ARGV[1])
 local out = {m[2] or '0'}
 for i = np + 2, #ARGV, 2 do

@@ -1,6 +1,7 @@
 -- claim.lua: one atomic admission decision for the Redis modes.
 --
--- KEYS[1] meta    hash: opens, closes (ms since epoch, '' = none), exp, gen
+-- KEYS[1] meta    hash: opens, closes (ms since epoch, '' = none), exp, gen,
+--                 paused ('1' while an operator paused the campaign)
 -- KEYS[2] ans     hash: user -> answer (the answer forms are listed in
 --                 docs/ARCHITECTURE.md, "Answers in Redis")
 -- KEYS[3] seq     arrival counter
@@ -35,6 +36,9 @@
 -- {'not_open'} / {'closed'} outside the window (not remembered),
 -- {'unfrozen'} after the opening of a campaign with a pre-queue that is not
 -- yet closed (the caller runs freeze.lua and calls again), or
+-- {'paused'} for a new claim while an operator paused the campaign (nothing
+-- remembered: no arrival number, no answer),
+-- {'not_open'} / {'closed'} outside the window (not remembered), or
 -- {'new', answer, gen}; gen is the state's generation (see the migration
 -- answers_that_never_change), which every durable write derived from this
 -- decision must carry.
@@ -47,11 +51,16 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'noinit'}
 end
 local user = ARGV[1]
-local w = redis.call('HMGET', KEYS[1], 'opens', 'closes', 'exp', 'gen', 'pq', 'pqs')
+local w = redis.call('HMGET', KEYS[1], 'opens', 'closes', 'exp', 'gen', 'paused', 'pq', 'pqs')
 local gen = w[4] or '0'
 local prev = redis.call('HGET', KEYS[2], user)
 if prev then
   return {'dup', prev, gen}
+end
+-- Operator pause: users with an answer keep it (above), new ones are told
+-- to come back, and nothing is written for them.
+if w[5] == '1' then
+  return {'paused'}
 end
 -- A whole state has its answers hash (with its placeholder '#'), its
 -- arrival counter, its stock counter and its high-water mark. One of them
@@ -69,9 +78,9 @@ left = tonumber(left)
 -- Redis' clock, so that every API process agrees on the window.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local pq = w[5] and w[5] ~= ''
+local pq = w[6] and w[6] ~= ''
 if w[1] and w[1] ~= '' and now < tonumber(w[1]) then
-  if pq and ARGV[4] == 'enqueue' and now >= tonumber(w[5]) then
+  if pq and ARGV[4] == 'enqueue' and now >= tonumber(w[6]) then
     -- Fair start: pre-queued without an arrival number; the draw at
     -- opening gives it its place (docs/ARCHITECTURE.md, "Fair start").
     local a = 'W|' .. ARGV[2]
@@ -85,7 +94,7 @@ if w[1] and w[1] ~= '' and now < tonumber(w[1]) then
   end
   return {'not_open'}
 end
-if pq and not w[6] then
+if pq and not w[7] then
   -- Nobody takes an arrival number before the pre-queue's have been set
   -- aside: they come first.
   return {'unfrozen'}

@@ -10,6 +10,7 @@
 -- the pre-queue list (fair start: its users' answers died with the state)
 -- ARGV[1] expire-at (ms), [2] opens (ms or ''), [3] closes (ms or ''),
 -- [4] mode, [5] number of pools, [6] seq, [7] queued, [8] generation,
+-- [9] paused ('1' or '0'),
 -- then per pool: left, hw, number of free slots, the free slots...,
 -- then the number of answers, then user, answer pairs, and last the instant
 -- the pre-queue opens (ms; '' when the campaign has none).
@@ -34,7 +35,7 @@ for _, s in ipairs({KEYS[5], KEYS[6]}) do
   redis.call('PEXPIREAT', s, exp)
 end
 local np = tonumber(ARGV[5])
-local a = 9
+local a = 10
 for i = 0, np - 1 do
   local k = 7 + 6 * i
   redis.call('DEL', KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5])
@@ -64,6 +65,6 @@ end
 local run = (string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '?') .. ':' ..
   (string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or '?')
 redis.call('HSET', KEYS[1], 'opens', ARGV[2], 'closes', ARGV[3], 'mode', ARGV[4], 'exp', exp,
-  'gen', ARGV[8], 'run', run, 'pq', ARGV[#ARGV])
+  'gen', ARGV[8], 'run', run, 'paused', ARGV[9], 'pq', ARGV[#ARGV])
 redis.call('PEXPIREAT', KEYS[1], exp)
 return 1

@@ -22,6 +22,9 @@ pub struct Client {
     base: String,
     /// Admin bearer token, for admin calls.
     token: Option<String>,
+    /// Who acts, sent with admin calls (`X-Firstcome-Actor`) for the log
+    /// of operator actions.
+    actor: Option<String>,
 }
 
 impl Client {
@@ -41,7 +44,14 @@ impl Client {
             inner,
             base: base.trim_end_matches('/').to_string(),
             token,
+            actor: None,
         }
+    }
+
+    /// The same client, naming `actor` in its admin calls.
+    pub fn with_actor(mut self, actor: Option<String>) -> Self {
+        self.actor = actor;
+        self
     }
 
     /// Sends a request; returns the status and the JSON body (`Null` when
@@ -59,6 +69,9 @@ impl Client {
         if admin {
             if let Some(t) = &self.token {
                 req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+            }
+            if let Some(a) = &self.actor {
+                req = req.header("x-firstcome-actor", a);
             }
         }
         let bytes = match body {

@@ -339,6 +339,9 @@ pub struct Campaign {
     pub draw_seed: Option<DrawSeed>,
     /// Its webhook endpoint, if any (the secret is not loaded with it).
     pub webhook_url: Option<String>,
+    /// Whether an operator paused it (as loaded: the stores decide, see
+    /// docs/ARCHITECTURE.md, "Operator controls").
+    pub paused: bool,
 }
 
 /// Sliding lifetime of an open-ended campaign's Redis keys (no
@@ -398,6 +401,19 @@ impl Campaign {
     /// When the pre-queue opens (fair start), if the campaign has one.
     pub fn prequeue_from(&self) -> Option<DateTime<Utc>> {
         Some(self.opens_at? - chrono::Duration::seconds(self.prequeue_secs?))
+    }
+
+    /// Checks a new `closes_at` for this campaign at `now`: after
+    /// `opens_at`, within the bounds a creation has.
+    pub fn check_closes_at(
+        &self,
+        closes_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), NewCampaignError> {
+        if self.opens_at.is_some_and(|o| closes_at <= o) {
+            return Err(NewCampaignError::BadWindow);
+        }
+        check_schedule(now, None, Some(closes_at))
     }
 
     /// The instant until which grants may be cancelled: closes_at + hold.
@@ -484,6 +500,7 @@ mod tests {
             prequeue_secs: None,
             draw_seed: None,
             webhook_url: None,
+            paused: false,
         };
         assert_eq!(
             c.keys_expire_at(),

@@ -14,7 +14,7 @@ pub mod webhook;
 
 pub use campaign::{
     Campaign, NewCampaign, NewCampaignError, NewPool, Pool, RawCampaign, KEY_GRACE_SECS,
-    MAX_SHARDS, OPEN_ENDED_KEY_LIFETIME_SECS,
+    MAX_SHARDS, MAX_STOCK, OPEN_ENDED_KEY_LIFETIME_SECS,
 };
 pub use claim::{generate_code, ClaimOutcome, ClaimStatus, RejectReason};
 pub use ids::{CampaignId, IdError, PoolName, UserId};

@@ -362,3 +362,38 @@ mod tests {
         assert_eq!(bearer(&h), None);
     }
 }
+
+/// Header naming who performs an admin call, for the log of operator
+/// actions.
+pub const ACTOR_HEADER: &str = "x-firstcome-actor";
+
+/// Longest actor name, in characters.
+pub const MAX_ACTOR_LEN: usize = 64;
+
+/// Who performs an operator action: the `X-Firstcome-Actor` header (1..=64
+/// printable characters), else `admin`. A malformed header is refused with
+/// 400 `invalid_actor` rather than logged as something else.
+#[derive(Debug, Clone)]
+pub struct Actor(pub String);
+
+impl FromRequestParts<AppState> for Actor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+        let Some(v) = parts.headers.get(ACTOR_HEADER) else {
+            return Ok(Actor("admin".into()));
+        };
+        let bad = || {
+            ApiError::bad_request(
+                "invalid_actor",
+                format!("{ACTOR_HEADER} must be 1..={MAX_ACTOR_LEN} printable characters"),
+            )
+        };
+        let s = std::str::from_utf8(v.as_bytes()).map_err(|_| bad())?.trim();
+        // Control characters would forge lines in logs and terminals.
+        if s.is_empty() || s.chars().count() > MAX_ACTOR_LEN || s.chars().any(char::is_control) {
+            return Err(bad());
+        }
+        Ok(Actor(s.to_string()))
+    }
+}

@@ -3,7 +3,8 @@
 //!
 //! Handlers take their errors from `error`, their documented refusals from
 //! `responses` and their identity checks from `auth`; they never import
-//! another resource's module or the OpenAPI document.
+//! another resource's module or the OpenAPI document (the operator calls,
+//! `operator.rs`, answer with this module's campaign body).
 
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    auth::{is_admin, AdminToken},
+    auth::{is_admin, Actor, AdminToken},
     campaign_cache::Cached,
     error::{ApiError, Problem, PROBLEM_JSON},
     responses::{AdminErrors, CampaignErrors, IpLimitErrors, JsonBodyErrors, StoreErrors},
@@ -172,6 +173,10 @@ pub struct CampaignBody {
     /// Its webhook endpoint (never the secret), `null` without one.
     #[serde(default)]
     pub webhook: Option<WebhookBody>,
+    /// Whether an operator paused it: claims of users without an answer
+    /// get 409 `paused` until it is resumed.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// A pool with its counts.
@@ -206,7 +211,9 @@ pub struct GrantsQuery {
     pub limit: Option<i64>,
 }
 
-async fn body(state: &AppState, c: &Campaign) -> Result<CampaignBody, ApiError> {
+/// The body of campaign `c` with its counts (also the answer of the
+/// operator calls, `operator.rs`).
+pub(super) async fn body(state: &AppState, c: &Campaign) -> Result<CampaignBody, ApiError> {
     let active = pg::active_counts(&state.db, c.id).await?;
     let granted = |pool_id: i64| {
         active
@@ -256,6 +263,7 @@ async fn body(state: &AppState, c: &Campaign) -> Result<CampaignBody, ApiError> 
             .filter(|_| c.opens_at.is_some_and(|o| chrono::Utc::now() >= o))
             .map(|s| s.hex()),
         webhook: c.webhook_url.clone().map(|url| WebhookBody { url }),
+        paused: c.paused,
     })
 }
 
@@ -271,6 +279,7 @@ async fn body(state: &AppState, c: &Campaign) -> Result<CampaignBody, ApiError> 
 pub async fn create(
     State(state): State<AppState>,
     _: AdminToken,
+    actor: Actor,
     ApiJson(req): ApiJson<CreateCampaign>,
 ) -> Result<impl IntoResponse, ApiError> {
     let mode = match req.mode.as_deref() {
@@ -297,7 +306,7 @@ pub async fn create(
         prequeue_secs: req.prequeue_secs,
     })?;
     new.webhook = webhook;
-    let c = pg::create_campaign(&state.db, &new, req.published.unwrap_or(true)).await?;
+    let c = pg::create_campaign(&state.db, &new, req.published.unwrap_or(true), &actor.0).await?;
     // If Redis is down, the first claim rebuilds the state from PostgreSQL.
     if let Err(e) = state.admissions.on_create(&c).await {
         tracing::warn!(error = %e, campaign = %c.id, "could not prepare the new campaign (redis state)");
@@ -323,10 +332,11 @@ pub async fn publish(
     State(state): State<AppState>,
     Path(id): Path<String>,
     _: AdminToken,
+    actor: Actor,
 ) -> Result<Json<CampaignBody>, ApiError> {
     let c = state.campaign_for_admin(&id).await?;
     if !c.published {
-        if !pg::publish_campaign(&state.db, c.id).await? {
+        if !pg::publish_campaign(&state.db, c.id, &actor.0).await? {
             return Err(ApiError::campaign_not_found());
         }
         // Another reader of this process may have cached its 404; other

@@ -23,6 +23,10 @@ use crate::{
 /// Seconds a client should wait before retrying a 503.
 pub const RETRY_AFTER_SECS: u64 = 1;
 
+/// Seconds a claimant of a paused campaign is asked to wait (409
+/// `paused`): a pause is an operator's act, it lasts longer than a blip.
+pub const PAUSED_RETRY_AFTER_SECS: u64 = 5;
+
 /// The detail of every 503 `database_unavailable`: fixed, the cause is
 /// logged, never answered.
 pub const DATABASE_UNAVAILABLE: &str = "the database is unavailable; retry shortly";
@@ -106,6 +110,10 @@ pub enum ApiError {
         /// Human-readable detail.
         detail: String,
     },
+    /// 409 `paused` with Retry-After: an operator paused the campaign and
+    /// the user has no answer yet (nothing was remembered).
+    #[error("the campaign is paused; retry later")]
+    Paused,
     /// 503 with Retry-After: a store is unreachable or busy.
     #[error("{detail}")]
     Unavailable {
@@ -190,7 +198,7 @@ impl ApiError {
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
-            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Conflict { .. } | Self::Paused => StatusCode::CONFLICT,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -206,6 +214,7 @@ impl ApiError {
             | Self::Unauthenticated { code, .. }
             | Self::Forbidden { code, .. } => code,
             Self::Unauthorized => "unauthorized",
+            Self::Paused => "paused",
             Self::RateLimited { .. } => "rate_limited",
             Self::Internal(_) => "internal",
         }
@@ -236,6 +245,12 @@ impl IntoResponse for ApiError {
         match self {
             Self::Unavailable { .. } => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            Self::Paused => {
+                h.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(PAUSED_RETRY_AFTER_SECS),
+                );
             }
             Self::RateLimited {
                 retry_after_secs, ..
@@ -345,6 +360,7 @@ impl From<AdmissionError> for ApiError {
             AdmissionError::Redis(e) => e.into(),
             AdmissionError::Rebuilding => Self::unavailable("rebuilding", e.to_string()),
             AdmissionError::Pending => Self::unavailable("pending", e.to_string()),
+            AdmissionError::Paused => Self::Paused,
         }
     }
 }

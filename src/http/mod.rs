@@ -38,6 +38,7 @@ pub mod error;
 pub mod fanout;
 pub mod limits;
 pub mod openapi;
+pub mod operator;
 pub mod ops;
 pub mod progress;
 pub mod responses;
@@ -46,6 +47,15 @@ pub mod streams;
 pub mod webhooks;
 
 pub use error::ApiError;
+
+/// This process' copies of published campaigns, each with when it was
+/// loaded.
+pub type CampaignCopies = Arc<RwLock<HashMap<CampaignId, (Instant, Arc<Campaign>)>>>;
+
+/// How long a process keeps its copy of a campaign before reading it
+/// again: another process' operator change (window, stock) reaches its
+/// cheap checks (the window before a store is asked) within this.
+pub const CAMPAIGN_TTL: Duration = Duration::from_secs(1);
 
 /// Largest accepted request body. Claims are tiny; a campaign with 256
 /// pools fits comfortably.
@@ -66,10 +76,13 @@ pub struct AppState {
     /// SHA-256 of the payment service's bearer token, which may confirm
     /// holds and nothing else; `None` leaves confirming to the admin.
     pub confirm_token_digest: Option<[u8; 32]>,
-    /// Published campaigns are immutable, so they are cached forever: a
-    /// claim never reads PostgreSQL to find its campaign. Unpublished ones
-    /// are not cached (they may be published by another process).
-    pub campaigns: Arc<RwLock<HashMap<CampaignId, Arc<Campaign>>>>,
+    /// Published campaigns, each with when it was loaded: a claim reads
+    /// PostgreSQL for its campaign at most once per [`CAMPAIGN_TTL`]. An
+    /// operator may change a campaign (pause, window, stock), so a copy is
+    /// kept only that long; the decisions that must be exact are taken in
+    /// the stores, never on this copy. Unpublished ones are not cached
+    /// (they may be published by another process).
+    pub campaigns: CampaignCopies,
     /// Longest an SSE stream stays open.
     pub sse_max: Duration,
     /// True once shutdown started: event streams end.
@@ -122,8 +135,10 @@ impl AppState {
             .parse::<i64>()
             .map(CampaignId)
             .map_err(|_| ApiError::campaign_not_found())?;
-        if let Some(c) = self.campaigns.read().expect("cache lock").get(&id) {
-            return Ok(c.clone());
+        if let Some((at, c)) = self.campaigns.read().expect("cache lock").get(&id) {
+            if at.elapsed() < CAMPAIGN_TTL {
+                return Ok(c.clone());
+            }
         }
         let c = Arc::new(
             pg::load_campaign_seen_by(&self.db, id, admin)
@@ -136,9 +151,16 @@ impl AppState {
             self.campaigns
                 .write()
                 .expect("cache lock")
-                .insert(id, c.clone());
+                .insert(id, (Instant::now(), c.clone()));
         }
         Ok(c)
+    }
+
+    /// Forgets this process' copies of campaign `id` (an operator just
+    /// changed it here): the next call reads PostgreSQL.
+    pub fn forget_campaign(&self, id: CampaignId) {
+        self.campaigns.write().expect("cache lock").remove(&id);
+        self.campaign_bodies.forget(id.0);
     }
 }
 
@@ -169,6 +191,7 @@ pub fn router(state: AppState) -> Router {
         .merge(claims::router())
         .merge(draws::router())
         .merge(webhooks::router())
+        .merge(operator::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             limits::limit_ip,

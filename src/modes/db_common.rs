@@ -113,7 +113,7 @@ pub async fn claim_with_retry<F, Fut>(
 ) -> Result<ClaimOutcome, AdmissionError>
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<ClaimOutcome, PgError>>,
+    Fut: std::future::Future<Output = Result<ClaimOutcome, AdmissionError>>,
 {
     // Fast path for repeats: no lock taken.
     if let Some(a) = stored_answer(db, campaign, user).await? {
@@ -121,10 +121,12 @@ where
     }
     match attempt().await {
         Ok(a) => Ok(a),
-        Err(e) if e.is_unique_violation() => Ok(stored_answer(db, campaign, user)
-            .await?
-            .ok_or(AdmissionError::Database(e))?),
-        Err(e) => Err(e.into()),
+        Err(AdmissionError::Database(e)) if e.is_unique_violation() => {
+            Ok(stored_answer(db, campaign, user)
+                .await?
+                .ok_or(AdmissionError::Database(e))?)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -187,11 +189,32 @@ impl<T: TakeUnit> DbMode<T> {
         campaign: &Campaign,
         pool: &Pool,
         user: &UserId,
-    ) -> Result<ClaimOutcome, PgError> {
-        let mut tx = self.db.begin().await?;
+    ) -> Result<ClaimOutcome, AdmissionError> {
+        let mut tx = self.db.begin().await.map_err(PgError::from)?;
         // The user's lock first, then the pool's: one order for everyone.
         if let Some(a) = lock_user(&mut tx, campaign, user).await? {
             return Ok(a);
+        }
+        // An operator's pause or window, as PostgreSQL holds them now (the
+        // process' copy of the campaign may be older), ordered with the
+        // operator's change by pg::claim_gate's lock: a paused campaign
+        // admits no new user, and nothing is written for them (the
+        // transaction rolls back).
+        let gate = pg::claim_gate(&mut tx, campaign.id).await?;
+        if gate.paused {
+            return Err(AdmissionError::Paused);
+        }
+        if gate.not_open || gate.closed {
+            let reason = if gate.closed {
+                RejectReason::Closed
+            } else {
+                RejectReason::NotOpen
+            };
+            return Ok(ClaimOutcome::Rejected {
+                user_id: user.clone(),
+                reason,
+                seq: None,
+            });
         }
         let won = T::take(&mut tx, pool.id).await?;
         let seq = db_modes::next_seq(&mut tx).await?;
@@ -201,7 +224,7 @@ impl<T: TakeUnit> DbMode<T> {
         } else {
             reject_sold_out(&mut tx, campaign, user, seq).await?
         };
-        tx.commit().await?;
+        tx.commit().await.map_err(PgError::from)?;
         Ok(answer)
     }
 }

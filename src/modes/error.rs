@@ -6,8 +6,9 @@ use crate::{
     storage::{pg::PgError, redis::RedisStoreError},
 };
 
-/// Why a mode could not give an answer. Every variant is a 5xx-class
-/// condition the client may retry; refusals are answers, not errors.
+/// Why a mode could not give an answer. Every variant is a condition the
+/// client may retry (5xx-class, or an operator's pause); refusals are
+/// answers, not errors.
 #[derive(Debug, thiserror::Error)]
 pub enum AdmissionError {
     /// PostgreSQL failed or is unreachable.
@@ -22,6 +23,10 @@ pub enum AdmissionError {
     /// The answer did not settle in time (a commit in flight elsewhere).
     #[error("the claim is still being processed; retry shortly")]
     Pending,
+    /// An operator paused the campaign: a user without an answer is not
+    /// admitted (nothing is remembered for them) until it is resumed.
+    #[error("the campaign is paused; retry later")]
+    Paused,
 }
 
 /// What a cancellation found.

@@ -74,10 +74,18 @@ pub async fn run(
                 if changed {
                     known_tx.send_replace(known.values().cloned().collect());
                 }
-                for (id, c) in &known {
+                let ids: Vec<CampaignId> = known.keys().copied().collect();
+                for id in &ids {
                     if tasks.contains_key(id) {
                         continue;
                     }
+                    // An operator may have moved the window since it was
+                    // loaded (a task that ended by the old window starts
+                    // again with the new one).
+                    if let Ok(Some(c)) = pg::load_campaign(&db, *id).await {
+                        known.insert(*id, c);
+                    }
+                    let Some(c) = known.get(id) else { continue };
                     let env = TaskEnv {
                         worker: me.clone(),
                         stream: cfg,

@@ -11,6 +11,7 @@ mod fair_start;
 mod faults;
 mod invariants;
 mod lua;
+mod operator;
 mod properties;
 mod recovery;
 mod rush;

@@ -34,6 +34,7 @@ async fn scratch_state(
         seq: 0,
         queued: 0,
         gen: 0,
+        paused: false,
         pools: vec![PoolState {
             left: stock,
             ..Default::default()

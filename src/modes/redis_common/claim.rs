@@ -109,6 +109,7 @@ impl RedisCommon {
                 }
                 Some("dup") => return Ok(ScriptReply::Dup(Stored::parse(second(&r)?)?, gen()?)),
                 Some("new") => return Ok(ScriptReply::New(Stored::parse(second(&r)?)?, gen()?)),
+                Some("paused") => return Err(AdmissionError::Paused),
                 Some("not_open") => return Ok(ScriptReply::Window(RejectReason::NotOpen)),
                 Some("closed") => return Ok(ScriptReply::Window(RejectReason::Closed)),
                 _ => return Err(RedisStoreError::Protocol(format!("claim: {r:?}")).into()),

@@ -6,6 +6,7 @@ mod answer;
 mod cancel;
 mod claim;
 pub mod committer;
+mod settings;
 mod settle;
 mod shards;
 mod state;

@@ -92,21 +92,7 @@ impl RedisCommon {
         // A token of our own: a rebuilder whose lock expired must not
         // release a successor's.
         let token = generate_code();
-        let t = token.clone();
-        let got: Option<String> = self
-            .redis
-            .run(|mut conn| async move {
-                redis::cmd("SET")
-                    .arg(&lock)
-                    .arg(&t)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(REBUILD_LOCK_MS)
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?;
-        if got.is_none() {
+        if !self.try_lock(&lock, &token, REBUILD_LOCK_MS).await? {
             return Err(AdmissionError::Rebuilding);
         }
         // In a task of its own: a caller dropped mid-way (a request cut by
@@ -211,6 +197,13 @@ impl RedisCommon {
             }
         }
         let gen = pg::bump_generation(&self.db, c.id).await?;
+        // The settings an operator may have changed since this process
+        // loaded the campaign (pause, window), read after the bump: with
+        // the rebuild lock held, an operator's change either committed
+        // before this read, or is applied to the loaded state after it
+        // (settings.rs).
+        let now_c = pg::load_campaign(&self.db, c.id).await?;
+        let live = now_c.as_ref().unwrap_or(c);
         let Truth {
             mut answers,
             active,
@@ -272,10 +265,11 @@ impl RedisCommon {
         for (s, answers) in by_shard.into_iter().enumerate() {
             let shard = s as u16;
             let st = InitState {
-                expire_at_ms: Self::expire_at_ms(c, Utc::now()),
-                opens_ms: c.opens_at.map(|t| t.timestamp_millis()),
-                closes_ms: c.closes_at.map(|t| t.timestamp_millis()),
-                prequeue_ms: c.prequeue_from().map(|t| t.timestamp_millis()),
+                expire_at_ms: Self::expire_at_ms(live, Utc::now()),
+                opens_ms: live.opens_at.map(|t| t.timestamp_millis()),
+                closes_ms: live.closes_at.map(|t| t.timestamp_millis()),
+                prequeue_ms: live.prequeue_from().map(|t| t.timestamp_millis()),
+                paused: live.paused,
                 mode: c.mode.as_str().to_string(),
                 seq: first_seq(max_seq, shard, n),
                 queued: if s == 0 { queued } else { 0 },

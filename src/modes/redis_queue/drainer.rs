@@ -24,6 +24,10 @@ pub const MAX_ATTEMPTS: u32 = 5;
 /// `firstcome-bench --scenario drain`, docs/BENCHMARKS.md).
 pub const INSERT_CHUNK: usize = 500;
 
+/// How long a drainer that finds its campaign paused waits before it
+/// leaves the batch pending.
+const PAUSED_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Drains one campaign's queue.
 pub struct Drainer {
     /// Redis and PostgreSQL.
@@ -67,6 +71,13 @@ impl Drainer {
             .map(|(e, code)| (e.get("u"), code.as_str()))
             .collect();
         let reply = self.common.redis.allocate(&k, &stocks, &pairs).await?;
+        if reply.first().map(String::as_str) == Some("paused") {
+            // An operator paused the campaign: nothing was allocated, the
+            // batch stays pending and is tried again (after the consumer's
+            // backoff, at most a couple of seconds after the resume).
+            tokio::time::sleep(PAUSED_POLL).await;
+            anyhow::bail!("campaign {} is paused: the queue waits", c.id);
+        }
         let (gen, answers) = reply
             .split_first()
             .ok_or_else(|| anyhow::anyhow!("allocate: empty reply"))?;

@@ -3,14 +3,17 @@
 use sqlx::{PgPool, Row};
 
 use super::error::PgError;
+use super::operator::{record_action, Action};
 use crate::domain::{draw::DrawSeed, Campaign, CampaignId, Mode, NewCampaign, Pool, PoolName};
 
-/// Inserts a campaign and its pools in one transaction; unless
-/// `published`, only the admin sees it until [`publish_campaign`].
+/// Inserts a campaign and its pools in one transaction, with the log of
+/// the operator action (`actor`); unless `published`, only the admin sees
+/// it until [`publish_campaign`].
 pub async fn create_campaign(
     db: &PgPool,
     new: &NewCampaign,
     published: bool,
+    actor: &str,
 ) -> Result<Campaign, PgError> {
     let mut tx = db.begin().await?;
     let row = sqlx::query(
@@ -47,8 +50,20 @@ pub async fn create_campaign(
     .bind(&stocks)
     .execute(&mut *tx)
     .await?;
+    let pools: Vec<serde_json::Value> = new
+        .pools
+        .iter()
+        .map(|p| serde_json::json!({ "name": p.name.as_str(), "stock": p.stock }))
+        .collect();
+    let after = serde_json::json!({
+        "name": new.name, "mode": new.mode.as_str(), "pools": pools,
+        "opens_at": new.opens_at, "closes_at": new.closes_at,
+        "published": published, "shards": new.shards,
+    });
+    let id = CampaignId(id);
+    record_action(&mut tx, id, actor, Action::Create, None, Some(&after)).await?;
     tx.commit().await?;
-    load_campaign(db, CampaignId(id))
+    load_campaign(db, id)
         .await?
         .ok_or_else(|| PgError::Corrupt("campaign vanished after insert".into()))
 }
@@ -69,7 +84,7 @@ pub async fn load_campaign_seen_by(
 ) -> Result<Option<Campaign>, PgError> {
     let Some(row) = sqlx::query(
         "SELECT id, name, mode, per_user_limit, opens_at, closes_at, hold_secs, created_at, confirm_within_secs, published, shards,
-                prequeue_secs, draw_seed, webhook_url
+                prequeue_secs, draw_seed, webhook_url, paused
          FROM campaigns WHERE id = $1 AND (published OR $2)",
     )
     .bind(id.0)
@@ -118,17 +133,40 @@ pub async fn load_campaign_seen_by(
             None => None,
         },
         webhook_url: row.get("webhook_url"),
+        paused: row.get("paused"),
     }))
 }
 
-/// Publishes a campaign; `false` when no campaign has this id.
-/// Idempotent.
-pub async fn publish_campaign(db: &PgPool, id: CampaignId) -> Result<bool, PgError> {
-    let r = sqlx::query("UPDATE campaigns SET published = true WHERE id = $1")
-        .bind(id.0)
-        .execute(db)
+/// Publishes a campaign and logs the action (`actor`); `false` when no
+/// campaign has this id. Idempotent (an already published campaign is
+/// neither changed nor logged again).
+pub async fn publish_campaign(db: &PgPool, id: CampaignId, actor: &str) -> Result<bool, PgError> {
+    let mut tx = db.begin().await?;
+    let Some(before): Option<bool> =
+        sqlx::query_scalar("SELECT published FROM campaigns WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(id.0)
+            .fetch_optional(&mut *tx)
+            .await?
+    else {
+        return Ok(false);
+    };
+    if !before {
+        sqlx::query("UPDATE campaigns SET published = true WHERE id = $1")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+        record_action(
+            &mut tx,
+            id,
+            actor,
+            Action::Publish,
+            Some(&serde_json::json!({ "published": false })),
+            Some(&serde_json::json!({ "published": true })),
+        )
         .await?;
-    Ok(r.rows_affected() == 1)
+    }
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// Campaigns of the given modes whose keys may still be live: the worker

@@ -13,6 +13,7 @@ mod draws;
 mod error;
 mod generation;
 mod grants;
+mod operator;
 mod signatures;
 mod webhooks;
 
@@ -22,6 +23,7 @@ pub use draws::*;
 pub use error::{PgError, STATEMENT_TIMEOUT_MS};
 pub use generation::*;
 pub use grants::*;
+pub use operator::*;
 pub use signatures::*;
 pub use webhooks::*;
 

@@ -129,4 +129,6 @@ scripts! {
     leave;
     /// The drainer's progress: the last arrival number it answered.
     progress;
+    /// An operator's change of a live campaign (pause, window, expiry).
+    settings;
 }

@@ -125,6 +125,8 @@ pub struct InitState {
     pub queued: i64,
     /// The state's generation (`campaigns.redis_gen` when it was read).
     pub gen: i64,
+    /// Whether an operator paused the campaign (claims of new users wait).
+    pub paused: bool,
     /// Per pool, by index.
     pub pools: Vec<PoolState>,
     /// Stored answers: (user, encoded answer).

@@ -395,6 +395,25 @@ impl RedisStore {
         Ok(s * 1000 + us / 1000)
     }
 
+    /// `settings.lua`: applies the pause flag, the window's end and the
+    /// keys' expiry to a loaded state; `false` when none is loaded.
+    pub async fn settings(
+        &self,
+        k: &CampaignKeys,
+        paused: bool,
+        closes_ms: Option<i64>,
+        expire_at_ms: i64,
+    ) -> Result<bool, RedisStoreError> {
+        let args = [
+            if paused { "1" } else { "0" }.to_string(),
+            closes_ms.map(|t| t.to_string()).unwrap_or_default(),
+            expire_at_ms.to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.eval_did(&self.scripts().settings, &k.all(), &args)
+            .await
+    }
+
     /// `refresh.lua`: pushes every key's expiry to `expire_at_ms` if the
     /// current one is before `due_before_ms`; `true` when it did.
     pub async fn refresh(
@@ -447,6 +466,7 @@ impl RedisStore {
             st.seq.to_string(),
             st.queued.to_string(),
             st.gen.to_string(),
+            if st.paused { "1" } else { "0" }.to_string(),
         ];
         for p in &st.pools {
             args.extend([

@@ -97,6 +97,7 @@ pub fn init_state(
         seq: 0,
         queued: 0,
         gen: 0,
+        paused: false,
         pools: stocks
             .iter()
             .map(|&left| PoolState {

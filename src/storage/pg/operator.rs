@@ -1,0 +1,381 @@
+//! Operator controls in PostgreSQL: the pause flag, a campaign's window
+//! and stock changed while it runs, and the log of every operator action.
+//! Each change and its log row commit together, under the campaign row's
+//! lock (so two operators' changes of one campaign are ordered, and a
+//! rebuild's generation bump waits for them). The row is taken `FOR NO
+//! KEY UPDATE`, never `FOR UPDATE`: a db-* claim updating its pool row
+//! twice re-checks the pool's foreign key (`FOR KEY SHARE` of the campaign
+//! row), which `FOR UPDATE` blocks — a deadlock with the claims the change
+//! waits for (found by the restock rush test).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgPool, Postgres, Row, Transaction};
+
+use super::error::PgError;
+use crate::domain::CampaignId;
+
+/// What an operator did (the `action` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// `POST /v1/campaigns`.
+    Create,
+    /// `POST .../publish`.
+    Publish,
+    /// `POST .../pause`.
+    Pause,
+    /// `POST .../resume`.
+    Resume,
+    /// `PATCH /v1/campaigns/{id}`.
+    Patch,
+}
+
+impl Action {
+    /// The action's name, as stored and listed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Publish => "publish",
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Patch => "patch",
+        }
+    }
+}
+
+/// One logged operator action.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ActionRow {
+    /// Its id (newer actions have larger ids).
+    pub id: i64,
+    /// Who: the `X-Firstcome-Actor` header of the call, else `admin`.
+    pub actor: String,
+    /// `create`, `publish`, `pause`, `resume` or `patch`.
+    pub action: String,
+    /// The values it changed, before (`null` for a creation).
+    #[schema(value_type = Option<Object>)]
+    pub before: Option<serde_json::Value>,
+    /// The same values after.
+    #[schema(value_type = Option<Object>)]
+    pub after: Option<serde_json::Value>,
+    /// When it committed.
+    pub at: DateTime<Utc>,
+}
+
+/// Logs an action inside `tx` (which holds the change it describes).
+pub async fn record_action(
+    tx: &mut Transaction<'_, Postgres>,
+    campaign: CampaignId,
+    actor: &str,
+    action: Action,
+    before: Option<&serde_json::Value>,
+    after: Option<&serde_json::Value>,
+) -> Result<(), PgError> {
+    sqlx::query(
+        "INSERT INTO operator_actions (campaign_id, actor, action, before, after)
+         VALUES ($1, $2, $3, $4::text::jsonb, $5::text::jsonb)",
+    )
+    .bind(campaign.0)
+    .bind(actor)
+    .bind(action.as_str())
+    .bind(before.map(|v| v.to_string()))
+    .bind(after.map(|v| v.to_string()))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Logs an action in a transaction of its own.
+pub async fn record_action_now(
+    db: &PgPool,
+    campaign: CampaignId,
+    actor: &str,
+    action: Action,
+    before: Option<&serde_json::Value>,
+    after: Option<&serde_json::Value>,
+) -> Result<(), PgError> {
+    let mut tx = db.begin().await?;
+    record_action(&mut tx, campaign, actor, action, before, after).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The campaign's last `limit` actions, newest first.
+pub async fn list_actions(
+    db: &PgPool,
+    campaign: CampaignId,
+    limit: i64,
+) -> Result<Vec<ActionRow>, PgError> {
+    let rows = sqlx::query(
+        "SELECT id, actor, action, before::text, after::text, at FROM operator_actions
+         WHERE campaign_id = $1 ORDER BY id DESC LIMIT $2",
+    )
+    .bind(campaign.0)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    let json = |s: Option<String>| -> Result<Option<serde_json::Value>, PgError> {
+        s.map(|s| serde_json::from_str(&s).map_err(|e| PgError::Corrupt(e.to_string())))
+            .transpose()
+    };
+    rows.into_iter()
+        .map(|r| {
+            Ok(ActionRow {
+                id: r.get(0),
+                actor: r.get(1),
+                action: r.get(2),
+                before: json(r.get(3))?,
+                after: json(r.get(4))?,
+                at: r.get(5),
+            })
+        })
+        .collect()
+}
+
+/// Advisory lock class of a campaign's operator changes against its db-*
+/// claims: each claim holds it shared for its transaction, a change
+/// exclusively.
+const GATE_LOCK_CLASS: i32 = 1719;
+
+/// Takes the campaign's gate lock exclusively: waits for the db-* claims
+/// in flight to end; the claims after it wait for this transaction, then
+/// read what it committed (see [`claim_gate`]).
+async fn close_gate(
+    tx: &mut Transaction<'_, Postgres>,
+    campaign: CampaignId,
+) -> Result<(), PgError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(GATE_LOCK_CLASS)
+        .bind(campaign.0.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Sets the pause flag and logs the action; the flag it had before, or
+/// `None` when no campaign has this id. Under the campaign row's lock and
+/// the gate lock (see [`close_gate`]).
+pub async fn set_paused(
+    db: &PgPool,
+    campaign: CampaignId,
+    paused: bool,
+    actor: &str,
+) -> Result<Option<bool>, PgError> {
+    let mut tx = db.begin().await?;
+    let Some(before): Option<bool> =
+        sqlx::query_scalar("SELECT paused FROM campaigns WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(campaign.0)
+            .fetch_optional(&mut *tx)
+            .await?
+    else {
+        return Ok(None);
+    };
+    close_gate(&mut tx, campaign).await?;
+    sqlx::query("UPDATE campaigns SET paused = $2 WHERE id = $1")
+        .bind(campaign.0)
+        .bind(paused)
+        .execute(&mut *tx)
+        .await?;
+    let action = if paused {
+        Action::Pause
+    } else {
+        Action::Resume
+    };
+    record_action(
+        &mut tx,
+        campaign,
+        actor,
+        action,
+        Some(&serde_json::json!({ "paused": before })),
+        Some(&serde_json::json!({ "paused": paused })),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(before))
+}
+
+/// What a db-* claim reads of its campaign inside its transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimGate {
+    /// Paused by an operator.
+    pub paused: bool,
+    /// Before `opens_at` (PostgreSQL's clock).
+    pub not_open: bool,
+    /// At or after `closes_at` (PostgreSQL's clock).
+    pub closed: bool,
+}
+
+/// The campaign's pause flag and window, read inside a claim's
+/// transaction under the campaign's gate lock held shared: an operator's
+/// change (made holding it exclusively) either waited for this claim to
+/// end, or committed before this read began (READ COMMITTED: a statement
+/// sees what committed before it), so it is seen. An advisory lock, not a
+/// `FOR SHARE` of the campaign row: that made a MultiXact per concurrent
+/// claim and starved a rush of connections (503s in the rush tests).
+pub async fn claim_gate(
+    tx: &mut Transaction<'_, Postgres>,
+    campaign: CampaignId,
+) -> Result<ClaimGate, PgError> {
+    // A statement of its own: a statement's snapshot is taken before it
+    // runs, so a read in the same statement could predate the change it
+    // waited for.
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1, hashtext($2))")
+        .bind(GATE_LOCK_CLASS)
+        .bind(campaign.0.to_string())
+        .execute(&mut **tx)
+        .await?;
+    let r = sqlx::query(
+        "SELECT paused, opens_at IS NOT NULL AND now() < opens_at,
+                closes_at IS NOT NULL AND now() >= closes_at
+         FROM campaigns WHERE id = $1",
+    )
+    .bind(campaign.0)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(ClaimGate {
+        paused: r.get(0),
+        not_open: r.get(1),
+        closed: r.get(2),
+    })
+}
+
+/// A pool's new stock, asked by a PATCH.
+#[derive(Debug, Clone)]
+pub struct Restock {
+    /// The pool's id.
+    pub pool_id: i64,
+    /// Its name (for the log and the refusal).
+    pub name: String,
+    /// The stock asked for.
+    pub stock: i32,
+}
+
+/// Why a PATCH was refused by what PostgreSQL holds.
+#[derive(Debug, thiserror::Error)]
+pub enum PatchError {
+    /// No campaign has this id.
+    #[error("no such campaign")]
+    NotFound,
+    /// The new stock is below what the pool has given out.
+    #[error("pool {pool}: stock {stock} is below the {taken} units taken")]
+    BelowTaken {
+        /// Pool name.
+        pool: String,
+        /// Stock asked for.
+        stock: i32,
+        /// Units granted.
+        taken: i32,
+    },
+    /// An active grant holds a slot above the new stock.
+    #[error("pool {pool}: slot {slot} is held, above the stock {stock} asked for")]
+    SlotAbove {
+        /// Pool name.
+        pool: String,
+        /// Stock asked for.
+        stock: i32,
+        /// The highest held slot.
+        slot: i32,
+    },
+    /// PostgreSQL failed.
+    #[error(transparent)]
+    Pg(#[from] PgError),
+}
+
+impl From<sqlx::Error> for PatchError {
+    fn from(e: sqlx::Error) -> Self {
+        PatchError::Pg(e.into())
+    }
+}
+
+/// Moves the window's end and/or changes pools' stock, and logs it, in one
+/// transaction under the campaign row's lock and each pool row's lock. A
+/// stock change keeps the db-* modes' counters exact: at or above the
+/// granted count and the highest held slot, released slots above it
+/// dropped, the next new slot at most one past it. The db-* claims take
+/// the pool row's lock too, so the check and their grants are ordered.
+pub async fn patch_campaign(
+    db: &PgPool,
+    campaign: CampaignId,
+    closes_at: Option<DateTime<Utc>>,
+    stocks: &[Restock],
+    actor: &str,
+) -> Result<(), PatchError> {
+    let mut tx = db.begin().await?;
+    let Some(old_closes): Option<Option<DateTime<Utc>>> =
+        sqlx::query_scalar("SELECT closes_at FROM campaigns WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(campaign.0)
+            .fetch_optional(&mut *tx)
+            .await?
+    else {
+        return Err(PatchError::NotFound);
+    };
+    close_gate(&mut tx, campaign).await?;
+    let mut before = serde_json::Map::new();
+    let mut after = serde_json::Map::new();
+    if let Some(t) = closes_at {
+        sqlx::query("UPDATE campaigns SET closes_at = $2 WHERE id = $1")
+            .bind(campaign.0)
+            .bind(t)
+            .execute(&mut *tx)
+            .await?;
+        before.insert("closes_at".into(), serde_json::json!(old_closes));
+        after.insert("closes_at".into(), serde_json::json!(t));
+    }
+    let (mut pb, mut pa) = (Vec::new(), Vec::new());
+    for r in stocks {
+        let row = sqlx::query(
+            "SELECT stock, granted,
+                    (SELECT max(slot) FROM grants WHERE pool_id = $1 AND state = 'active')
+             FROM pools WHERE id = $1 AND campaign_id = $2 FOR UPDATE",
+        )
+        .bind(r.pool_id)
+        .bind(campaign.0)
+        .fetch_one(&mut *tx)
+        .await?;
+        let (old, granted, top): (i32, i32, Option<i32>) = (row.get(0), row.get(1), row.get(2));
+        if r.stock < granted {
+            return Err(PatchError::BelowTaken {
+                pool: r.name.clone(),
+                stock: r.stock,
+                taken: granted,
+            });
+        }
+        if let Some(top) = top.filter(|t| *t > r.stock) {
+            return Err(PatchError::SlotAbove {
+                pool: r.name.clone(),
+                stock: r.stock,
+                slot: top,
+            });
+        }
+        // Released slots above the new stock are never handed out again.
+        sqlx::query("DELETE FROM free_slots WHERE pool_id = $1 AND slot > $2")
+            .bind(r.pool_id)
+            .bind(r.stock)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE pools SET stock = $2, next_slot = least(next_slot, $2 + 1) WHERE id = $1",
+        )
+        .bind(r.pool_id)
+        .bind(r.stock)
+        .execute(&mut *tx)
+        .await?;
+        pb.push(serde_json::json!({ "name": r.name, "stock": old }));
+        pa.push(serde_json::json!({ "name": r.name, "stock": r.stock }));
+    }
+    if !stocks.is_empty() {
+        before.insert("pools".into(), pb.into());
+        after.insert("pools".into(), pa.into());
+    }
+    record_action(
+        &mut tx,
+        campaign,
+        actor,
+        Action::Patch,
+        Some(&before.into()),
+        Some(&after.into()),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
