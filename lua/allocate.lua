@@ -10,7 +10,9 @@
 -- A claim turned into a refusal leaves the queued count at once (like a
 -- refusal at the door), so whoever makes it durable promotes it without
 -- counting it down.
--- ARGV[1] number of pools n, ARGV[2..n+1] each pool's stock, then pairs:
+-- ARGV[1] number of pools n, ARGV[2..n+1] each pool's stock as the caller
+--   loaded it (meta's 'last:<pool>' wins: an operator's restock moves it
+--   first), then pairs:
 --   user, fresh code
 -- Returns the state's generation, then the users' answers after
 -- allocation, in order ('' if none); {'paused'} while an operator paused
@@ -31,7 +33,8 @@ for i = np + 2, #ARGV, 2 do
       local f = redis.call('ZPOPMIN', KEYS[k + 1])
       if f[1] then
         slot = f[1]
-      elseif tonumber(redis.call('GET', KEYS[k]) or '0') < tonumber(ARGV[2 + tonumber(pidx)]) then
+      elseif tonumber(redis.call('GET', KEYS[k]) or '0')
+          < tonumber(redis.call('HGET', KEYS[2], 'last:' .. pidx) or ARGV[2 + tonumber(pidx)]) then
         slot = tostring(redis.call('INCR', KEYS[k]))
       else
         slot = nil

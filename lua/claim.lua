@@ -22,7 +22,8 @@
 --         (redis-lua: granted now, the outbox carries it to PostgreSQL) or
 --         'enqueue' (redis-queue: an arrival number, the drainer allocates);
 -- ARGV[5] the last slot of this shard's range (the pool's stock when
---         unsharded), ARGV[6] the number of shards (the arrival counter's
+--         unsharded, where meta's 'last:<pool>' wins: an operator's
+--         restock moves it before a process' copy learns), ARGV[6] the number of shards (the arrival counter's
 --         step, so shards never share a number), ARGV[7] for a sharded
 --         pool found dry: the `ver` seen dry by the caller's sold-out check
 --         (docs/ARCHITECTURE.md, "Shards"), '' otherwise, and ARGV[8] the
@@ -51,7 +52,8 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'noinit'}
 end
 local user = ARGV[1]
-local w = redis.call('HMGET', KEYS[1], 'opens', 'closes', 'exp', 'gen', 'paused', 'pq', 'pqs')
+local w = redis.call('HMGET', KEYS[1], 'opens', 'closes', 'exp', 'gen', 'paused', 'pq', 'pqs',
+  'last:' .. ARGV[2])
 local gen = w[4] or '0'
 local prev = redis.call('HGET', KEYS[2], user)
 if prev then
@@ -110,12 +112,16 @@ end
 -- A slot beyond the stock is never handed out: if the counter says stock
 -- is left but every slot of the range is taken, the counter is wrong
 -- (drift); it is set to what the slots say, and the claim is refused.
+local step = tonumber(ARGV[6]) or 1
+local last = tonumber(ARGV[5])
+if step == 1 and w[8] then
+  last = tonumber(w[8])
+end
 if left > 0 and mode ~= 'enqueue' and redis.call('ZCARD', KEYS[6]) == 0
-  and tonumber(redis.call('GET', KEYS[5]) or '0') >= tonumber(ARGV[5]) then
+  and tonumber(redis.call('GET', KEYS[5]) or '0') >= last then
   redis.call('SET', KEYS[4], '0', 'KEEPTTL')
   left = 0
 end
-local step = tonumber(ARGV[6]) or 1
 if left <= 0 and step > 1 then
   -- A dry shard refuses only when the pool is marked sold out, or the
   -- caller proved it sold out, in this generation, since `ver` (nothing

@@ -11,11 +11,14 @@
 -- ARGV[1] expire-at (ms), [2] opens (ms or ''), [3] closes (ms or ''),
 -- [4] mode, [5] number of pools, [6] seq, [7] queued, [8] generation,
 -- [9] paused ('1' or '0'),
--- then per pool: left, hw, number of free slots, the free slots...,
+-- then per pool: its stock ('' for a sharded pool, whose bound is its
+-- shard's range), left, hw, number of free slots, the free slots...,
 -- then the number of answers, then user, answer pairs, and last the instant
 -- the pre-queue opens (ms; '' when the campaign has none).
 -- Returns 1 when loaded, 0 when the state was already there. meta records
--- this server's run_id and replication id (see same_server.lua).
+-- this server's run_id and replication id (see same_server.lua), and, per
+-- unsharded pool i, 'last:i': the stock the scripts bound slots by (an
+-- operator's restock moves it: restock.lua).
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
@@ -36,14 +39,19 @@ for _, s in ipairs({KEYS[5], KEYS[6]}) do
 end
 local np = tonumber(ARGV[5])
 local a = 10
+local lasts = {}
 for i = 0, np - 1 do
   local k = 7 + 6 * i
   redis.call('DEL', KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5])
   redis.call('HSET', KEYS[k + 3], 'ver', '0', 'retn', '0', 'held', '0')
-  redis.call('SET', KEYS[k], ARGV[a])
-  redis.call('SET', KEYS[k + 1], ARGV[a + 1])
-  local nfree = tonumber(ARGV[a + 2])
-  a = a + 3
+  if ARGV[a] ~= '' then
+    lasts[#lasts + 1] = 'last:' .. i
+    lasts[#lasts + 1] = ARGV[a]
+  end
+  redis.call('SET', KEYS[k], ARGV[a + 1])
+  redis.call('SET', KEYS[k + 1], ARGV[a + 2])
+  local nfree = tonumber(ARGV[a + 3])
+  a = a + 4
   for j = 0, nfree - 1 do
     redis.call('ZADD', KEYS[k + 2], ARGV[a + j], ARGV[a + j])
   end
@@ -66,5 +74,8 @@ local run = (string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '?') 
   (string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or '?')
 redis.call('HSET', KEYS[1], 'opens', ARGV[2], 'closes', ARGV[3], 'mode', ARGV[4], 'exp', exp,
   'gen', ARGV[8], 'run', run, 'paused', ARGV[9], 'pq', ARGV[#ARGV])
+if #lasts > 0 then
+  redis.call('HSET', KEYS[1], unpack(lasts))
+end
 redis.call('PEXPIREAT', KEYS[1], exp)
 return 1

@@ -25,6 +25,7 @@ use super::{
 };
 use crate::{
     domain::{Campaign, PoolName, MAX_STOCK},
+    modes::redis_common::RestockError,
     storage::pg::{self, ActionRow, PatchError, Restock},
 };
 
@@ -45,9 +46,10 @@ pub struct PatchCampaign {
     /// 400 days ahead. Claims from then on are refused with `closed`.
     #[serde(default)]
     pub closes_at: Option<DateTime<Utc>>,
-    /// New stocks (db-lock and db-atomic; 422 `restock_unsupported` in
-    /// the Redis modes): raised, new slots continue the numbering; lowered,
-    /// not below the units granted (409 `stock_below_granted`) nor below a
+    /// New stocks, in every mode (422 `restock_unsupported` for a sharded
+    /// campaign): raised, new slots continue the numbering and are handed
+    /// out in order; lowered, not below the units taken -- granted,
+    /// reserved, held or queued (409 `stock_below_granted`) -- nor below a
     /// held slot (409 `slot_above_stock`).
     #[serde(default)]
     pub pools: Option<Vec<PoolStock>>,
@@ -195,13 +197,10 @@ fn restocks(c: &Campaign, pools: Vec<PoolStock>) -> Result<Vec<Restock>, ApiErro
             stock: p.stock as i32,
         });
     }
-    if c.mode.uses_redis() {
+    if c.shards > 1 {
         return Err(ApiError::unprocessable(
             "restock_unsupported",
-            format!(
-                "mode {} keeps its stock in Redis; a stock change is supported in db-lock and db-atomic",
-                c.mode
-            ),
+            "a sharded campaign's stock is spread over its shards' ranges; a stock change is supported only without shards",
         ));
     }
     Ok(out)
@@ -248,21 +247,39 @@ pub async fn patch_campaign(
         Some(p) => restocks(&c, p)?,
         None => Vec::new(),
     };
-    match pg::patch_campaign(&state.db, c.id, req.closes_at, &stocks, &actor.0).await {
-        Ok(()) => {}
-        Err(PatchError::NotFound) => return Err(ApiError::campaign_not_found()),
-        Err(e @ PatchError::BelowTaken { .. }) => {
-            return Err(ApiError::conflict("stock_below_granted", e.to_string()))
+    match state.admissions.redis_of(c.mode) {
+        // Redis modes: the change is ordered with the Redis state there.
+        Some(r) => {
+            let done = r.patch(&c, req.closes_at, stocks, actor.0.clone()).await;
+            state.forget_campaign(c.id);
+            match done {
+                Ok(()) => {}
+                Err(RestockError::Refused(e)) => return Err(patch_error(e)),
+                Err(RestockError::Store(e)) => return Err(e.into()),
+            }
         }
-        Err(e @ PatchError::SlotAbove { .. }) => {
-            return Err(ApiError::conflict("slot_above_stock", e.to_string()))
+        None => {
+            pg::patch_campaign(&state.db, c.id, req.closes_at, &stocks, &actor.0)
+                .await
+                .map_err(patch_error)?;
+            state.forget_campaign(c.id);
         }
-        Err(PatchError::Pg(e)) => return Err(e.into()),
     }
-    apply(&state, &c).await?;
     metrics::counter!("firstcome_operator_actions_total", "action" => "patch").increment(1);
     tracing::info!(campaign = %c.id, actor = %actor.0, "campaign patched");
     answer(&state, &id).await
+}
+
+/// The answer to a PATCH refused by the stores.
+fn patch_error(e: PatchError) -> ApiError {
+    match e {
+        PatchError::NotFound => ApiError::campaign_not_found(),
+        e @ PatchError::BelowTaken { .. } => {
+            ApiError::conflict("stock_below_granted", e.to_string())
+        }
+        e @ PatchError::SlotAbove { .. } => ApiError::conflict("slot_above_stock", e.to_string()),
+        PatchError::Pg(e) => e.into(),
+    }
 }
 
 /// Lists a campaign's operator actions (create, publish, pause, resume,

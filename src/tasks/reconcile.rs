@@ -59,6 +59,23 @@ pub async fn reconcile(
         }
         return Ok(r);
     };
+    // A restock cut off between the stores (Redis lowered, PostgreSQL not
+    // committed; or PostgreSQL raised, Redis not yet): Redis is brought to
+    // PostgreSQL's stock first (restock.lua, under the rebuild lock), and
+    // the counters are compared on the next pass.
+    let moved = c
+        .pools
+        .iter()
+        .zip(&snap.last)
+        .any(|(p, l)| l.is_some_and(|l| l != p.stock));
+    if moved {
+        if repair {
+            common.apply_settings(c).await?;
+            metrics::counter!("firstcome_reconcile_repairs_total", "kind" => "stock").increment(1);
+        }
+        r.skipped = Some("stock changed".into());
+        return Ok(r);
+    }
     // Work in flight means Redis is legitimately ahead of PostgreSQL.
     let mut busy = snap.stream_len > 0 || snap.queued > 0;
     let now_ms = common.redis_now_ms(c).await?;
@@ -166,7 +183,7 @@ pub async fn reconcile(
             let seen = (snap.seq, snap.left[i], snap.free[i].len());
             let done = common
                 .redis
-                .repair(&k, i, seen, want_left, &want_free)
+                .repair(&k, i, seen, (pool.stock, want_left), &want_free)
                 .await?;
             if done {
                 r.pools_repaired += 1;
@@ -207,8 +224,11 @@ pub async fn counters_agree(common: &RedisCommon, c: &Campaign) -> Result<bool, 
                 .arg(&stream)
                 .get(&k.queued)
                 .zcard(&k.pending);
-            for x in &k.pools {
-                p.get(&x.left).get(&x.hw).zcard(&x.free);
+            for (i, x) in k.pools.iter().enumerate() {
+                p.get(&x.left)
+                    .get(&x.hw)
+                    .zcard(&x.free)
+                    .hget(&k.meta, format!("last:{i}"));
             }
             p.query_async(&mut conn).await
         })
@@ -220,10 +240,13 @@ pub async fn counters_agree(common: &RedisCommon, c: &Campaign) -> Result<bool, 
         return Ok(false);
     }
     let active = pg::active_per_pool(&common.db, c.id).await?;
-    Ok(c.pools.iter().zip(counts.chunks(3)).all(|(pool, lhf)| {
+    Ok(c.pools.iter().zip(counts.chunks(4)).all(|(pool, lhfs)| {
         let a = active.get(&pool.id).copied().unwrap_or(0);
-        let [l, h, f] = [0, 1, 2].map(|j| n(lhf.get(j)));
-        l == pool.stock as i64 - a && h - f == a
+        let [l, h, f] = [0, 1, 2].map(|j| n(lhfs.get(j)));
+        // The stock Redis bounds the pool by (absent: a state loaded before
+        // restocks, bounded by the stock it was loaded with).
+        let last = lhfs.get(3).copied().flatten();
+        l == pool.stock as i64 - a && h - f == a && last.is_none_or(|s| s == pool.stock as i64)
     }))
 }
 
@@ -262,6 +285,8 @@ struct Snapshot {
     seq: i64,
     queued: i64,
     stream_len: i64,
+    /// Per pool, the stock Redis bounds it by (`last:<pool>` in meta).
+    last: Vec<Option<i32>>,
     left: Vec<i64>,
     hw: Vec<i32>,
     free: Vec<Vec<i32>>,
@@ -297,6 +322,24 @@ async fn read_redis(
     let mut left = Vec::new();
     let mut hw = Vec::new();
     let mut free = Vec::new();
+    let (meta, fields): (String, Vec<String>) = (
+        k.meta.clone(),
+        (0..k.pools.len()).map(|i| format!("last:{i}")).collect(),
+    );
+    let last: Vec<Option<i32>> = if fields.is_empty() {
+        Vec::new()
+    } else {
+        common
+            .redis
+            .run(|mut conn| async move {
+                redis::cmd("HMGET")
+                    .arg(&meta)
+                    .arg(&fields)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?
+    };
     for pk in &k.pools {
         let pk = pk.clone();
         let (l, h, f): (Option<i64>, Option<i32>, Vec<i32>) = common
@@ -325,6 +368,7 @@ async fn read_redis(
         seq: seq.unwrap_or(0),
         queued: queued.unwrap_or(0),
         stream_len,
+        last,
         left,
         hw,
         free,

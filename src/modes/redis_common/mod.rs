@@ -12,6 +12,7 @@ mod shards;
 mod state;
 
 pub use answer::{pool_index, Stored, Truth};
+pub use settings::RestockError;
 
 use std::{future::Future, sync::Arc, time::Duration};
 

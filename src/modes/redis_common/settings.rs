@@ -1,25 +1,52 @@
 //! An operator's change of a live campaign (pause, resume, the window's
-//! end) carried to its Redis state. PostgreSQL holds the change first; this
-//! applies what PostgreSQL holds *now* to every shard's loaded state, under
-//! the campaign's rebuild lock, so a rebuild racing the change cannot load
-//! the settings from before it (docs/ARCHITECTURE.md, "Operator controls").
+//! end, pools' stock) carried to its Redis state, under the campaign's
+//! rebuild lock, so a rebuild racing the change cannot load what
+//! PostgreSQL held before it (docs/ARCHITECTURE.md, "Operator controls").
+//!
+//! Settings and raises go to Redis after PostgreSQL committed them; a
+//! lower goes to Redis first, while its PostgreSQL transaction is open
+//! and holds the pool rows, then commits. Either way a change cut off
+//! between the two stores leaves Redis *below* PostgreSQL (it may refuse
+//! early, never grant past the stock), and the reconciler brings Redis to
+//! PostgreSQL's stock (`apply_settings`).
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use super::{AdmissionError, RedisCommon};
 use crate::{
     domain::{generate_code, Campaign},
-    storage::pg,
+    storage::{
+        pg::{self, PatchError, Restock},
+        redis::operator::{Restocked, StockChange},
+    },
 };
 
 /// How long an operator's change waits for a rebuild in progress to end
 /// before answering 503 (it may then be retried: it is idempotent).
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 
-/// How long the change holds the rebuild lock at most (a few script calls).
+/// How long the change holds the rebuild lock at most (a few script calls
+/// and one PostgreSQL transaction).
 const LOCK_MS: u64 = 10_000;
+
+/// Why a PATCH of a Redis-mode campaign failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RestockError {
+    /// Refused by what the stores hold (nothing changed).
+    #[error(transparent)]
+    Refused(#[from] PatchError),
+    /// A store failed or the state is being rebuilt (retry).
+    #[error(transparent)]
+    Store(#[from] AdmissionError),
+}
+
+impl From<crate::storage::redis::RedisStoreError> for RestockError {
+    fn from(e: crate::storage::redis::RedisStoreError) -> Self {
+        RestockError::Store(e.into())
+    }
+}
 
 impl RedisCommon {
     /// Takes `lock` with `token` for `ms`; `false` when someone holds it.
@@ -46,34 +73,45 @@ impl RedisCommon {
         Ok(got.is_some())
     }
 
-    /// Applies the pause flag, the window's end and the keys' expiry that
-    /// PostgreSQL holds for `c` now to every shard's loaded state. A shard
-    /// with no state is left alone: whoever loads it reads PostgreSQL after
-    /// this change committed. Under the rebuild lock, the settings read
-    /// inside it: a rebuild either read PostgreSQL after the change, or
-    /// loaded its state before this runs; two operators' changes are
-    /// applied in turn, each with what PostgreSQL held when it ran.
-    pub async fn apply_settings(&self, c: &Campaign) -> Result<(), AdmissionError> {
-        let k = self.keys(c);
+    /// Runs `f` holding the campaign's rebuild lock (waiting up to
+    /// [`LOCK_WAIT`] for it), in a task of its own: a caller dropped
+    /// mid-way must not leave the lock held, nor a change half done.
+    async fn locked<T, E, F, Fut>(&self, c: &Campaign, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<AdmissionError> + Send + 'static,
+        F: FnOnce(RedisCommon, Campaign) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        let lock = self.keys(c).rebuild_lock.clone();
         let token = generate_code();
         let deadline = tokio::time::Instant::now() + LOCK_WAIT;
-        while !self.try_lock(&k.rebuild_lock, &token, LOCK_MS).await? {
+        while !self.try_lock(&lock, &token, LOCK_MS).await? {
             if tokio::time::Instant::now() >= deadline {
-                return Err(AdmissionError::Rebuilding);
+                return Err(AdmissionError::Rebuilding.into());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // In a task of its own: a caller dropped mid-way must not leave the
-        // lock held.
-        let (me, c2) = (self.clone(), c.clone());
-        let lock = k.rebuild_lock.clone();
+        let me = self.clone();
+        let c = c.clone();
         tokio::spawn(async move {
-            let result = me.apply_locked(&c2).await;
+            let result = f(me.clone(), c).await;
             let _ = me.redis.unlock(&lock, &token).await;
             result
         })
         .await
-        .unwrap_or(Err(AdmissionError::Rebuilding))
+        .unwrap_or(Err(AdmissionError::Rebuilding.into()))
+    }
+
+    /// Applies what PostgreSQL holds for `c` now (the pause flag, the
+    /// window's end, the keys' expiry, and, unsharded, each pool's stock)
+    /// to every shard's loaded state. A shard with no state is left alone:
+    /// whoever loads it reads PostgreSQL after this change committed. Two
+    /// operators' changes are applied in turn, each with what PostgreSQL
+    /// held when it ran.
+    pub async fn apply_settings(&self, c: &Campaign) -> Result<(), AdmissionError> {
+        self.locked(c, |me, c| async move { me.apply_locked(&c).await })
+            .await
     }
 
     async fn apply_locked(&self, c: &Campaign) -> Result<(), AdmissionError> {
@@ -82,9 +120,110 @@ impl RedisCommon {
         };
         let exp = Self::expire_at_ms(&now_c, Utc::now());
         let closes = now_c.closes_at.map(|t| t.timestamp_millis());
-        for s in self.shards(&now_c).iter() {
+        let shards = self.shards(&now_c);
+        for s in shards.iter() {
             self.redis.settings(s, now_c.paused, closes, exp).await?;
         }
+        if now_c.shards <= 1 {
+            let changes: Vec<StockChange> = now_c
+                .pools
+                .iter()
+                .enumerate()
+                .map(|(pidx, p)| StockChange {
+                    pidx,
+                    stock: p.stock,
+                    was: c.pools.get(pidx).map_or(p.stock, |q| q.stock),
+                })
+                .collect();
+            match self.redis.restock(&shards[0], &changes).await? {
+                Restocked::Done | Restocked::NoState => {}
+                // Only a raise reaches Redis here (a lower went first), so
+                // this is a state that grants beyond PostgreSQL's stock:
+                // loud, and left to an operator (a rebuild would recount).
+                other => {
+                    metrics::counter!("firstcome_restock_diverged_total").increment(1);
+                    tracing::error!(campaign = %c.id, result = ?other,
+                        "redis bounds a pool above postgres' stock and cannot be lowered to it");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An operator's PATCH of a Redis-mode campaign (the window's end,
+    /// unsharded pools' stock), under the rebuild lock: the state is
+    /// loaded if missing (so every unit Redis handed out is counted), the
+    /// PostgreSQL change is written (its own checks), lowers are applied
+    /// to Redis (refused there if the units or slots are taken, which
+    /// rolls PostgreSQL back), PostgreSQL commits, and the rest follows.
+    pub async fn patch(
+        &self,
+        c: &Campaign,
+        closes_at: Option<DateTime<Utc>>,
+        stocks: Vec<Restock>,
+        actor: String,
+    ) -> Result<(), RestockError> {
+        self.locked(c, move |me, c| async move {
+            me.patch_locked(&c, closes_at, &stocks, &actor).await
+        })
+        .await
+    }
+
+    async fn patch_locked(
+        &self,
+        c: &Campaign,
+        closes_at: Option<DateTime<Utc>>,
+        stocks: &[Restock],
+        actor: &str,
+    ) -> Result<(), RestockError> {
+        let live = !Self::keys_expired(c, Utc::now());
+        let k = self.keys(c);
+        if live && !stocks.is_empty() && self.redis.state_generation(&k).await?.is_none() {
+            self.rebuild_locked(c, &k).await?;
+        }
+        let open = pg::begin_patch(&self.db, c.id, closes_at, stocks, actor).await?;
+        let lowers: Vec<StockChange> = open
+            .stocks
+            .iter()
+            .filter(|(_, old, new)| new < old)
+            .filter_map(|&(pool_id, was, stock)| {
+                c.pool_index_of(pool_id)
+                    .map(|pidx| StockChange { pidx, stock, was })
+            })
+            .collect();
+        if live && !lowers.is_empty() {
+            let name = |pidx: usize| c.pools[pidx].name.as_str().to_string();
+            match self.redis.restock(&k, &lowers).await? {
+                Restocked::Done => {}
+                // Lost since the check above: the next rebuild reads
+                // PostgreSQL, which this transaction did not change.
+                Restocked::NoState => return Err(AdmissionError::Rebuilding.into()),
+                Restocked::Short { pidx, left } => {
+                    let ch = lowers.iter().find(|l| l.pidx == pidx);
+                    let (stock, was) = ch.map_or((0, 0), |l| (l.stock, l.was));
+                    return Err(PatchError::BelowTaken {
+                        pool: name(pidx),
+                        stock,
+                        taken: (i64::from(was) - left) as i32,
+                    }
+                    .into());
+                }
+                Restocked::SlotTaken { pidx, slot } => {
+                    let stock = lowers
+                        .iter()
+                        .find(|l| l.pidx == pidx)
+                        .map_or(0, |l| l.stock);
+                    return Err(PatchError::SlotAbove {
+                        pool: name(pidx),
+                        stock,
+                        slot,
+                    }
+                    .into());
+                }
+            }
+        }
+        open.commit().await?;
+        self.apply_locked(c).await?;
         Ok(())
     }
 }

@@ -167,7 +167,11 @@ impl RedisCommon {
         Ok(t)
     }
 
-    async fn rebuild_locked(&self, c: &Campaign, k: &CampaignKeys) -> Result<(), AdmissionError> {
+    pub(super) async fn rebuild_locked(
+        &self,
+        c: &Campaign,
+        k: &CampaignKeys,
+    ) -> Result<(), AdmissionError> {
         let ks = self.shards(c);
         // Only rebuilders (holding the lock) load a state: if every shard
         // is there, of one generation, a racing rebuilder loaded it, and a
@@ -274,7 +278,8 @@ impl RedisCommon {
                 seq: first_seq(max_seq, shard, n),
                 queued: if s == 0 { queued } else { 0 },
                 gen,
-                pools: c
+                // PostgreSQL's stock now: an operator may have restocked.
+                pools: live
                     .pools
                     .iter()
                     .zip(active.iter().zip(&at_door))
@@ -407,6 +412,7 @@ fn pool_state(stock: i32, active: &[i32], shard: u16, n: u16) -> PoolState {
         .filter(|s| held.binary_search(s).is_err())
         .collect();
     PoolState {
+        last: (n <= 1).then_some(stock),
         left: i64::from(hi - hw) + free.len() as i64,
         hw,
         free,

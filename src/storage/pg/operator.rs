@@ -287,10 +287,29 @@ impl From<sqlx::Error> for PatchError {
     }
 }
 
+/// A PATCH written in an open transaction, holding the campaign row's
+/// lock, the gate lock and each restocked pool row's lock: the Redis modes
+/// lower their Redis stock while it is open, then commit it (a lower cut
+/// off between the two leaves Redis below PostgreSQL, never above).
+pub struct OpenPatch {
+    /// The transaction.
+    tx: Transaction<'static, Postgres>,
+    /// Per restocked pool: (pool id, stock before, stock after).
+    pub stocks: Vec<(i64, i32, i32)>,
+}
+
+impl OpenPatch {
+    /// Commits the change and its log row.
+    pub async fn commit(self) -> Result<(), PatchError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
 /// Moves the window's end and/or changes pools' stock, and logs it, in one
 /// transaction under the campaign row's lock and each pool row's lock. A
 /// stock change keeps the db-* modes' counters exact: at or above the
-/// granted count and the highest held slot, released slots above it
+/// units taken and the highest held slot, released slots above it
 /// dropped, the next new slot at most one past it. The db-* claims take
 /// the pool row's lock too, so the check and their grants are ordered.
 pub async fn patch_campaign(
@@ -300,6 +319,23 @@ pub async fn patch_campaign(
     stocks: &[Restock],
     actor: &str,
 ) -> Result<(), PatchError> {
+    begin_patch(db, campaign, closes_at, stocks, actor)
+        .await?
+        .commit()
+        .await
+}
+
+/// [`patch_campaign`] up to its commit. The units taken are the larger of
+/// the pool's `granted` counter (the db-* modes) and its active grants (the
+/// Redis modes write grants without the counter; what Redis holds and
+/// PostgreSQL does not yet is checked in Redis).
+pub async fn begin_patch(
+    db: &PgPool,
+    campaign: CampaignId,
+    closes_at: Option<DateTime<Utc>>,
+    stocks: &[Restock],
+    actor: &str,
+) -> Result<OpenPatch, PatchError> {
     let mut tx = db.begin().await?;
     let Some(old_closes): Option<Option<DateTime<Utc>>> =
         sqlx::query_scalar("SELECT closes_at FROM campaigns WHERE id = $1 FOR NO KEY UPDATE")
@@ -322,9 +358,12 @@ pub async fn patch_campaign(
         after.insert("closes_at".into(), serde_json::json!(t));
     }
     let (mut pb, mut pa) = (Vec::new(), Vec::new());
+    let mut changed = Vec::with_capacity(stocks.len());
     for r in stocks {
         let row = sqlx::query(
-            "SELECT stock, granted,
+            "SELECT stock,
+                    greatest(granted, (SELECT count(*) FROM grants
+                                       WHERE pool_id = $1 AND state = 'active'))::int,
                     (SELECT max(slot) FROM grants WHERE pool_id = $1 AND state = 'active')
              FROM pools WHERE id = $1 AND campaign_id = $2 FOR UPDATE",
         )
@@ -362,6 +401,7 @@ pub async fn patch_campaign(
         .await?;
         pb.push(serde_json::json!({ "name": r.name, "stock": old }));
         pa.push(serde_json::json!({ "name": r.name, "stock": r.stock }));
+        changed.push((r.pool_id, old, r.stock));
     }
     if !stocks.is_empty() {
         before.insert("pools".into(), pb.into());
@@ -376,6 +416,8 @@ pub async fn patch_campaign(
         Some(&after.into()),
     )
     .await?;
-    tx.commit().await?;
-    Ok(())
+    Ok(OpenPatch {
+        tx,
+        stocks: changed,
+    })
 }

@@ -131,4 +131,6 @@ scripts! {
     progress;
     /// An operator's change of a live campaign (pause, window, expiry).
     settings;
+    /// An operator's change of pools' stock (unsharded campaigns).
+    restock;
 }

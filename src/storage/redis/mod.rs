@@ -9,6 +9,7 @@
 
 mod keys;
 mod lua;
+pub mod operator;
 pub mod prequeue;
 pub mod queue;
 pub mod scripts;
@@ -97,6 +98,9 @@ impl ScriptMode {
 /// One pool's counters as `init.lua` loads them.
 #[derive(Debug, Clone, Default)]
 pub struct PoolState {
+    /// The stock the scripts bound the pool's slots by (`last:<pool>` in
+    /// meta); `None` for a sharded pool, bounded by its shard's range.
+    pub last: Option<i32>,
     /// Stock still available at the door.
     pub left: i64,
     /// Highest slot ever handed out.

@@ -51,7 +51,7 @@ impl CampaignKeys {
 impl RedisStore {
     /// Runs a script that answers 1 when it did what it was asked, 0 when
     /// it found nothing to do.
-    async fn eval_did(
+    pub(super) async fn eval_did(
         &self,
         lua: &super::Lua,
         keys: &[&str],
@@ -182,14 +182,15 @@ impl RedisStore {
     }
 
     /// `repair.lua`: the reconciler's compare-and-set fix of pool `pidx`'s
-    /// counters; `seen` is (seq, left, free-set size) as read. `true` when
-    /// applied.
+    /// counters; `seen` is (seq, left, free-set size) as read, `want_left`
+    /// computed for the pool's `stock` (refused if the state bounds the
+    /// pool by another: a restock moved it). `true` when applied.
     pub async fn repair(
         &self,
         k: &CampaignKeys,
         pidx: usize,
         seen: (i64, i64, usize),
-        want_left: i64,
+        (stock, want_left): (i32, i64),
         want_free: &[i32],
     ) -> Result<bool, RedisStoreError> {
         let p = k.pool(pidx)?;
@@ -198,6 +199,8 @@ impl RedisStore {
             seen.1.to_string(),
             seen.2.to_string(),
             want_left.to_string(),
+            pidx.to_string(),
+            stock.to_string(),
         ];
         args.extend(want_free.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -395,25 +398,6 @@ impl RedisStore {
         Ok(s * 1000 + us / 1000)
     }
 
-    /// `settings.lua`: applies the pause flag, the window's end and the
-    /// keys' expiry to a loaded state; `false` when none is loaded.
-    pub async fn settings(
-        &self,
-        k: &CampaignKeys,
-        paused: bool,
-        closes_ms: Option<i64>,
-        expire_at_ms: i64,
-    ) -> Result<bool, RedisStoreError> {
-        let args = [
-            if paused { "1" } else { "0" }.to_string(),
-            closes_ms.map(|t| t.to_string()).unwrap_or_default(),
-            expire_at_ms.to_string(),
-        ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.eval_did(&self.scripts().settings, &k.all(), &args)
-            .await
-    }
-
     /// `refresh.lua`: pushes every key's expiry to `expire_at_ms` if the
     /// current one is before `due_before_ms`; `true` when it did.
     pub async fn refresh(
@@ -470,6 +454,7 @@ impl RedisStore {
         ];
         for p in &st.pools {
             args.extend([
+                p.last.map(|s| s.to_string()).unwrap_or_default(),
                 p.left.to_string(),
                 p.hw.to_string(),
                 p.free.len().to_string(),

@@ -2,6 +2,7 @@
 //! window, slot reuse, compensation, allocation, promotion, NOSCRIPT.
 
 mod recovery;
+mod restock;
 mod settings;
 
 use crate::common;

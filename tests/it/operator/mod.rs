@@ -6,6 +6,7 @@
 mod cli;
 mod patch;
 mod pause;
+mod restock;
 
 use reqwest::Method;
 use serde_json::Value;
