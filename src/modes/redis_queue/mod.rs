@@ -6,6 +6,7 @@
 
 pub mod drainer;
 mod draw;
+mod gauges;
 
 use chrono::{DateTime, Utc};
 
@@ -44,7 +45,8 @@ impl Admission for RedisQueue {
         Some(&self.common)
     }
 
-    /// The drainer: grants the queue in arrival order, durably.
+    /// The drainer (grants the queue in arrival order, durably) and the
+    /// queue's gauges.
     fn background(&self, campaign: Campaign, env: TaskEnv) -> Option<JoinHandle<()>> {
         let c = &self.common;
         let handler = || drainer::Drainer {
@@ -53,7 +55,17 @@ impl Admission for RedisQueue {
             campaign: campaign.clone(),
             attempts: std::collections::HashMap::new(),
         };
-        Some(c.spawn_consumer(&campaign, ScriptMode::Enqueue, env, handler))
+        let sampler = tokio::spawn(gauges::sample(
+            c.clone(),
+            campaign.clone(),
+            env.shutdown.clone(),
+        ));
+        let consumer = c.spawn_consumer(&campaign, ScriptMode::Enqueue, env, handler);
+        Some(tokio::spawn(async move {
+            let _ = consumer.await;
+            sampler.abort();
+            gauges::clear(&campaign);
+        }))
     }
 
     async fn claim(&self, campaign: &Campaign, pool: &Pool, user: &UserId) -> Answer {

@@ -285,3 +285,32 @@ async fn a_pause_survives_a_rebuild_and_binds_every_process() {
         second.stop().await;
     }
 }
+
+/// A paused redis-queue campaign's queue waits, and its gauges say so: the
+/// claims queued before the pause (by a process without a worker) are
+/// counted by a worker started after it, with the oldest one's wait.
+#[tokio::test]
+async fn a_waiting_queue_shows_its_length_and_oldest_wait() {
+    let app = crate::common::spawn_app_without_worker().await;
+    let id = app.campaign("redis-queue", &[("main", 10)]).await;
+    for u in ["a", "b", "c"] {
+        let (s, _, v) = claim_raw(&app, id, u).await;
+        assert_eq!((s, v["status"].as_str()), (202, Some("queued")), "{v}");
+    }
+    let path = format!("/v1/campaigns/{id}/pause");
+    assert_eq!(admin(&app, Method::POST, &path, None, None).await.0, 200);
+    let worker = spawn_app_on(&app.db_url, &app.prefix, |_| {}).await;
+    let length = format!("firstcome_queue_length{{campaign=\"{id}\"}} 3");
+    let wait = format!("firstcome_queue_oldest_wait_seconds{{campaign=\"{id}\"}} ");
+    until("the queue's gauges", || async {
+        let m = worker.metrics().await;
+        let waited = m
+            .lines()
+            .find_map(|l| l.strip_prefix(&wait)?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        m.contains(&length) && waited > 0.0
+    })
+    .await;
+    // Nothing was drained while paused.
+    assert_eq!(app.status(id, "a").await.1["status"], "queued");
+}
