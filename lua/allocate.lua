@@ -44,6 +44,12 @@ for i = np + 2, #ARGV, 2 do
       else
         a = 'X|' .. seq
         redis.call('DECR', KEYS[3])
+        -- A drawn place beyond the stock: one claimant fewer waiting
+        -- beyond it (restock.lua gives a raise's units to those left).
+        local x = tonumber(redis.call('HGET', KEYS[2], 'pqx:' .. pidx) or '0')
+        if x > 0 and tonumber(seq) <= tonumber(redis.call('HGET', KEYS[2], 'pqn') or '0') then
+          redis.call('HINCRBY', KEYS[2], 'pqx:' .. pidx, -1)
+        end
       end
       redis.call('HSET', KEYS[1], user, a)
     end

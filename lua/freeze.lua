@@ -44,5 +44,7 @@ for i = 0, tonumber(ARGV[1]) - 1 do
 end
 redis.call('INCRBY', KEYS[4], q)
 redis.call('XADD', KEYS[3], '*', 'op', 'draw', 'n', n)
-redis.call('HSET', KEYS[1], 'pqs', '1')
+-- 'pqn': the pre-queue's size, so its ranks (1..pqn) are told from later
+-- arrivals' numbers (leave.lua, allocate.lua, restock.lua keep 'pqx').
+redis.call('HSET', KEYS[1], 'pqs', '1', 'pqn', n)
 return 1

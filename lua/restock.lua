@@ -10,36 +10,53 @@
 -- held; released slots above it are dropped and the high-water mark
 -- brought down to it, so no slot above it is ever handed out.
 --
--- KEYS[1] meta, KEYS[2] outbox (redis-lua's write-behind stream), then per
---   pool i (0-based): KEYS[3 + 3i] left, KEYS[4 + 3i] hw, KEYS[5 + 3i] free
--- ARGV[1] number of pools n, then per pool i: ARGV[2 + 2i] its new stock
---   ('' leaves the pool alone), ARGV[3 + 2i] the stock the caller last
---   knew (used when meta has no 'last:i': a state loaded before restocks)
+-- A fair start's pre-queue, once closed (meta 'pqs'), may outnumber the
+-- stock ('pqx:i' claimants beyond it, refused in drawn order): a raise
+-- gives its units to them first, as the drawn order says, and only the
+-- rest to the door.
 --
--- Returns {'done'} when applied (or nothing to do), {'nostate'} without a
--- loaded state (whoever loads it reads PostgreSQL), {'short', i, left}
--- when pool i has fewer than the lowered units left at the door, or
--- {'slot', i, slot} when pool i's slot `slot`, above the new stock, is
--- held -- or, in redis-lua, was handed out and its history is still in the
--- outbox (PostgreSQL drops a grant above its pool's stock: the flush must
--- land first).
+-- KEYS[1] meta, KEYS[2] outbox (redis-lua's write-behind stream), KEYS[3]
+--   the campaign's rebuild lock, then per pool i (0-based): KEYS[4 + 3i]
+--   left, KEYS[5 + 3i] hw, KEYS[6 + 3i] free
+-- ARGV[1] the caller's token on the rebuild lock, ARGV[2] number of pools
+--   n, then per pool i: ARGV[3 + 2i] its new stock ('' leaves the pool
+--   alone), ARGV[4 + 2i] the stock the caller last knew (used when meta has
+--   no 'last:i': a state loaded before restocks)
+--
+-- Returns {'done'} when applied (or nothing to do), {'lost'} when the
+-- caller no longer holds the rebuild lock (nothing changed: another change
+-- or a rebuild may be under way), {'nostate'} without a whole loaded state
+-- (a partial one is forgotten, as claim.lua does; whoever loads it reads
+-- PostgreSQL), {'short', i, left, was} when pool i has fewer than the
+-- lowered units left at the door, or {'slot', i, slot} when pool i's slot
+-- `slot`, above the new stock, is held -- or, in redis-lua, was handed out
+-- and its history is still in the outbox (PostgreSQL drops a grant above
+-- its pool's stock: the flush must land first).
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then
+  return {'lost'}
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'nostate'}
 end
-local n = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
 local plan = {}
 for i = 0, n - 1 do
-  local want = ARGV[2 + 2 * i]
+  local want = ARGV[3 + 2 * i]
   if want ~= '' then
     want = tonumber(want)
-    local was = tonumber(redis.call('HGET', KEYS[1], 'last:' .. i) or ARGV[3 + 2 * i])
-    local k = 3 + 3 * i
-    local left = tonumber(redis.call('GET', KEYS[k]) or '0')
-    local hw = tonumber(redis.call('GET', KEYS[k + 1]) or '0')
+    local was = tonumber(redis.call('HGET', KEYS[1], 'last:' .. i) or ARGV[4 + 2 * i])
+    local k = 4 + 3 * i
+    local left = redis.call('GET', KEYS[k])
+    local hw = redis.call('GET', KEYS[k + 1])
+    if not left or not hw then
+      redis.call('DEL', KEYS[1])
+      return {'nostate'}
+    end
+    left, hw = tonumber(left), tonumber(hw)
     if want < was then
       local d = was - want
       if left < d then
-        return {'short', tostring(i), tostring(left)}
+        return {'short', tostring(i), tostring(left), tostring(was)}
       end
       if hw > want then
         if redis.call('XLEN', KEYS[2]) > 0 then
@@ -63,10 +80,20 @@ for i = 0, n - 1 do
     plan[#plan + 1] = {i, k, want, was, hw}
   end
 end
+local frozen = redis.call('HGET', KEYS[1], 'pqs')
 for _, p in ipairs(plan) do
   local i, k, want, was, hw = p[1], p[2], p[3], p[4], p[5]
   if want ~= was then
-    redis.call('INCRBY', KEYS[k], want - was)
+    local d = want - was
+    if d > 0 and frozen then
+      local x = tonumber(redis.call('HGET', KEYS[1], 'pqx:' .. i) or '0')
+      local a = math.min(x, d)
+      if a > 0 then
+        redis.call('HSET', KEYS[1], 'pqx:' .. i, x - a)
+        d = d - a
+      end
+    end
+    redis.call('INCRBY', KEYS[k], d)
     if hw > want then
       redis.call('ZREMRANGEBYSCORE', KEYS[k + 2], '(' .. want, '+inf')
       redis.call('SET', KEYS[k + 1], tostring(want), 'KEEPTTL')

@@ -96,6 +96,13 @@ pub struct BenchArgs {
     /// gate and redis-lua only; worth it on a Redis Cluster).
     #[arg(long, default_value_t = 1)]
     pub shards: u16,
+    /// redis-queue: a fair start. The campaign opens this many seconds
+    /// after its creation, with its pre-queue open from creation; claims
+    /// before the opening are pre-queued and admitted in the order drawn
+    /// from the committed seed, which the verifier recomputes (0: off;
+    /// the other modes run without it).
+    #[arg(long, default_value_t = 0.0)]
+    pub prequeue_secs: f64,
     /// Concurrent connections; a comma-separated list runs each.
     #[arg(long, value_delimiter = ',', default_value = "64")]
     pub concurrency: Vec<usize>,

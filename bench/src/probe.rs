@@ -241,7 +241,8 @@ pub(crate) async fn resolve_queued(
                 s.kind = SeenKind::QueueLost;
                 continue;
             }
-            if s.seq != seq {
+            // A pre-queued claim has no number until the draw gives it one.
+            if seq >= 0 && s.seq != seq {
                 out.unstable += 1;
             }
         }

@@ -20,7 +20,7 @@ use crate::{
     args::{pools, BenchArgs, Scenario},
     probe::{self, ServiceSide},
     rush::{self, ErrorCounts, Load, Rush, RushOut},
-    verify::{verify, Check, Exposure, SeenKind, Violations},
+    verify::{draw, verify, Check, Exposure, SeenKind, Violations},
 };
 
 /// One mode at one concurrency.
@@ -102,7 +102,10 @@ pub async fn run_one(args: &BenchArgs, mode: &str, conc: usize) -> anyhow::Resul
     let pools = pools(args);
     let extra = Api::metrics_only(&args.metrics_url, api.timeout);
     let before = probe::Before::take(&api, &extra, &args.redis_url).await;
-    let id = create_campaign(&api, args, mode, conc, &pools, admin_secs).await?;
+    let prequeue = (args.prequeue_secs > 0.0 && mode == "redis-queue").then(|| {
+        chrono::Utc::now() + chrono::Duration::milliseconds((args.prequeue_secs * 1000.0) as i64)
+    });
+    let id = create_campaign(&api, args, mode, conc, &pools, admin_secs, prequeue).await?;
     let names: Arc<Vec<String>> = Arc::new(pools.iter().map(|p| p.0.clone()).collect());
     let rush = Arc::new(Rush {
         api: api.clone(),
@@ -139,6 +142,10 @@ pub async fn run_one(args: &BenchArgs, mode: &str, conc: usize) -> anyhow::Resul
     } else {
         0
     };
+    if let Some(opens) = prequeue {
+        // Nothing of the pre-queue drains before the opening and its draw.
+        wait_for_draw(&api, id, opens, admin_secs).await?;
+    }
     let drain_secs = probe::wait_drain(&api, id, mode, &pools, &seen, args.drain_secs).await;
     let requeued =
         probe::resolve_queued(&api, &rush, &mut seen, args.allow_redis_loss, admin_secs).await?;
@@ -167,6 +174,12 @@ pub async fn run_one(args: &BenchArgs, mode: &str, conc: usize) -> anyhow::Resul
         lua_loss,
     };
     let (mut v, lua) = verify(&pools, &names, &seen, &finals, &grants, &check);
+    if prequeue.is_some() {
+        let (seed, commitment, places) = draw::fetch(&api, id, admin_secs)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the draw is not recorded"))?;
+        draw::check(&seed, &commitment, &places, &finals, &mut v);
+    }
     exposure.lua_unflushed_lost = lua.lua_unflushed_lost;
     exposure.lua_changed = lua.lua_changed;
     v.unstable += unstable;
@@ -220,6 +233,7 @@ async fn create_campaign(
     conc: usize,
     pools: &[(String, i64, f64)],
     admin_secs: f64,
+    prequeue: Option<chrono::DateTime<chrono::Utc>>,
 ) -> anyhow::Result<i64> {
     let mut spec = json!({
         "name": format!("bench {mode} {:?} c{conc}", args.scenario),
@@ -228,6 +242,11 @@ async fn create_campaign(
     });
     if args.shards > 1 {
         spec["shards"] = json!(args.shards);
+    }
+    if let Some(opens) = prequeue {
+        // The pre-queue is open from now until the opening.
+        spec["opens_at"] = json!(opens.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        spec["prequeue_secs"] = json!(args.prequeue_secs.ceil() as i64 + 60);
     }
     let (s, campaign) = api
         .call_any(
@@ -243,6 +262,28 @@ async fn create_campaign(
     campaign["id"]
         .as_i64()
         .ok_or_else(|| anyhow::anyhow!("no id in {campaign}"))
+}
+
+/// Waits until `opens` and then until the campaign's draw is recorded
+/// (the drainer meets the draw marker within a second of the opening).
+async fn wait_for_draw(
+    api: &Api,
+    id: i64,
+    opens: chrono::DateTime<chrono::Utc>,
+    admin_secs: f64,
+) -> anyhow::Result<()> {
+    if let Ok(d) = (opens - chrono::Utc::now()).to_std() {
+        tokio::time::sleep(d).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(admin_secs + 30.0);
+    while draw::fetch(api, id, admin_secs).await?.is_none() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the draw was not recorded in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 /// The running sums of the pools' shares of users (see `args::pool_of`).

@@ -145,6 +145,10 @@ pub struct Violations {
     pub lost: usize,
     /// redis-queue: sold_out answers with a lower seq than some grant.
     pub unfair: usize,
+    /// Fair start: places whose rank is not the one recomputed from the
+    /// revealed seed, users whose arrival number is not their rank, and a
+    /// seed that does not match its commitment (`verify/draw.rs`).
+    pub misdrawn: usize,
     /// Repeated claims or polls that contradicted the first answer.
     pub unstable: usize,
     /// Final answers (granted, sold_out) or own cancellations that the
@@ -178,6 +182,7 @@ impl Violations {
             + self.undersold
             + self.lost
             + self.unfair
+            + self.misdrawn
             + self.unstable
             + self.changed
             + self.unanswered
@@ -195,6 +200,7 @@ impl Violations {
             ("undersold", self.undersold),
             ("lost", self.lost),
             ("unfair", self.unfair),
+            ("misdrawn", self.misdrawn),
             ("unstable", self.unstable),
             ("changed", self.changed),
             ("unanswered", self.unanswered),
@@ -311,5 +317,6 @@ pub(crate) fn verify(
     (v, e)
 }
 
+pub(crate) mod draw;
 #[cfg(test)]
 mod tests;

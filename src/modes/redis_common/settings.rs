@@ -19,7 +19,7 @@ use crate::{
     domain::{generate_code, Campaign},
     storage::{
         pg::{self, PatchError, Restock},
-        redis::operator::{Restocked, StockChange},
+        redis::operator::{Applied, Fence, Restocked, StockChange},
     },
 };
 
@@ -27,9 +27,12 @@ use crate::{
 /// before answering 503 (it may then be retried: it is idempotent).
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 
-/// How long the change holds the rebuild lock at most (a few script calls
-/// and one PostgreSQL transaction).
-const LOCK_MS: u64 = 10_000;
+/// How long the change holds the rebuild lock at most: as long as a
+/// rebuild may (it may run one, and its PostgreSQL statements may each
+/// wait up to the statement timeout). The scripts that write under the
+/// lock check it still holds (`Fence`), so a change that outlived it
+/// writes nothing.
+const LOCK_MS: u64 = 60_000;
 
 /// Why a PATCH of a Redis-mode campaign failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +83,7 @@ impl RedisCommon {
     where
         T: Send + 'static,
         E: From<AdmissionError> + Send + 'static,
-        F: FnOnce(RedisCommon, Campaign) -> Fut + Send + 'static,
+        F: FnOnce(RedisCommon, Campaign, String) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
         let lock = self.keys(c).rebuild_lock.clone();
@@ -94,8 +97,9 @@ impl RedisCommon {
         }
         let me = self.clone();
         let c = c.clone();
+        let t = token.clone();
         tokio::spawn(async move {
-            let result = f(me.clone(), c).await;
+            let result = f(me.clone(), c, t).await;
             let _ = me.redis.unlock(&lock, &token).await;
             result
         })
@@ -110,19 +114,29 @@ impl RedisCommon {
     /// operators' changes are applied in turn, each with what PostgreSQL
     /// held when it ran.
     pub async fn apply_settings(&self, c: &Campaign) -> Result<(), AdmissionError> {
-        self.locked(c, |me, c| async move { me.apply_locked(&c).await })
-            .await
+        self.locked(c, |me, c, token| async move {
+            me.apply_locked(&c, &token).await
+        })
+        .await
     }
 
-    async fn apply_locked(&self, c: &Campaign) -> Result<(), AdmissionError> {
+    /// [`Self::apply_settings`] with the lock held under `token`.
+    async fn apply_locked(&self, c: &Campaign, token: &str) -> Result<(), AdmissionError> {
         let Some(now_c) = pg::load_campaign(&self.db, c.id).await? else {
             return Ok(());
         };
         let exp = Self::expire_at_ms(&now_c, Utc::now());
         let closes = now_c.closes_at.map(|t| t.timestamp_millis());
         let shards = self.shards(&now_c);
+        let lock = shards[0].rebuild_lock.clone();
+        let fence = Fence { lock: &lock, token };
         for s in shards.iter() {
-            self.redis.settings(s, now_c.paused, closes, exp).await?;
+            // The lock lives in shard 0's hash slot: only there can the
+            // script check it.
+            let f = (s.shard == 0).then_some(fence);
+            if self.redis.settings(s, now_c.paused, closes, exp, f).await? == Applied::Lost {
+                return Err(AdmissionError::Rebuilding);
+            }
         }
         if now_c.shards <= 1 {
             let changes: Vec<StockChange> = now_c
@@ -135,8 +149,9 @@ impl RedisCommon {
                     was: c.pools.get(pidx).map_or(p.stock, |q| q.stock),
                 })
                 .collect();
-            match self.redis.restock(&shards[0], &changes).await? {
+            match self.redis.restock(&shards[0], &changes, fence).await? {
                 Restocked::Done | Restocked::NoState => {}
+                Restocked::Lost => return Err(AdmissionError::Rebuilding),
                 // Only a raise reaches Redis here (a lower went first), so
                 // this is a state that grants beyond PostgreSQL's stock:
                 // loud, and left to an operator (a rebuild would recount).
@@ -163,8 +178,9 @@ impl RedisCommon {
         stocks: Vec<Restock>,
         actor: String,
     ) -> Result<(), RestockError> {
-        self.locked(c, move |me, c| async move {
-            me.patch_locked(&c, closes_at, &stocks, &actor).await
+        self.locked(c, move |me, c, token| async move {
+            me.patch_locked(&c, closes_at, &stocks, &actor, &token)
+                .await
         })
         .await
     }
@@ -175,6 +191,7 @@ impl RedisCommon {
         closes_at: Option<DateTime<Utc>>,
         stocks: &[Restock],
         actor: &str,
+        token: &str,
     ) -> Result<(), RestockError> {
         let live = !Self::keys_expired(c, Utc::now());
         let k = self.keys(c);
@@ -193,18 +210,38 @@ impl RedisCommon {
             .collect();
         if live && !lowers.is_empty() {
             let name = |pidx: usize| c.pools[pidx].name.as_str().to_string();
-            match self.redis.restock(&k, &lowers).await? {
+            let fence = Fence {
+                lock: &k.rebuild_lock,
+                token,
+            };
+            let done = match self.redis.restock(&k, &lowers, fence).await {
+                Ok(done) => done,
+                Err(e) => {
+                    // The script may have run (a reply lost): PostgreSQL
+                    // rolls back, and Redis is brought back to what it
+                    // holds before the lock is given up, so no claim is
+                    // refused against a lower that never happened.
+                    open.rollback().await?;
+                    self.converge_after_failure(c, token).await;
+                    return Err(AdmissionError::from(e).into());
+                }
+            };
+            match done {
                 Restocked::Done => {}
                 // Lost since the check above: the next rebuild reads
                 // PostgreSQL, which this transaction did not change.
-                Restocked::NoState => return Err(AdmissionError::Rebuilding.into()),
-                Restocked::Short { pidx, left } => {
-                    let ch = lowers.iter().find(|l| l.pidx == pidx);
-                    let (stock, was) = ch.map_or((0, 0), |l| (l.stock, l.was));
+                Restocked::NoState | Restocked::Lost => {
+                    return Err(AdmissionError::Rebuilding.into())
+                }
+                Restocked::Short { pidx, left, was } => {
+                    let stock = lowers
+                        .iter()
+                        .find(|l| l.pidx == pidx)
+                        .map_or(0, |l| l.stock);
                     return Err(PatchError::BelowTaken {
                         pool: name(pidx),
                         stock,
-                        taken: (i64::from(was) - left) as i32,
+                        taken: (was - left) as i32,
                     }
                     .into());
                 }
@@ -222,8 +259,23 @@ impl RedisCommon {
                 }
             }
         }
-        open.commit().await?;
-        self.apply_locked(c).await?;
+        if let Err(e) = open.commit().await {
+            // Committed or not (a lost reply): Redis follows what
+            // PostgreSQL holds.
+            self.converge_after_failure(c, token).await;
+            return Err(e.into());
+        }
+        self.apply_locked(c, token).await?;
         Ok(())
+    }
+
+    /// Best effort, still under the lock: brings Redis to what PostgreSQL
+    /// holds after a change failed half-way; what this cannot do (Redis or
+    /// PostgreSQL down) the reconciler does on its next pass.
+    async fn converge_after_failure(&self, c: &Campaign, token: &str) {
+        if let Err(e) = self.apply_locked(c, token).await {
+            tracing::warn!(campaign = %c.id, error = %e,
+                "a failed stock change left redis below postgres; the reconciler will bring it back");
+        }
     }
 }

@@ -304,6 +304,12 @@ impl OpenPatch {
         self.tx.commit().await?;
         Ok(())
     }
+
+    /// Rolls the change back.
+    pub async fn rollback(self) -> Result<(), PatchError> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
 }
 
 /// Moves the window's end and/or changes pools' stock, and logs it, in one
@@ -337,6 +343,12 @@ pub async fn begin_patch(
     actor: &str,
 ) -> Result<OpenPatch, PatchError> {
     let mut tx = db.begin().await?;
+    // A change waits for the claims' row locks a few seconds at most, then
+    // fails (503, retried by the operator) rather than hold the rebuild
+    // lock (Redis modes) and the gate lock while a rush queues behind it.
+    sqlx::query("SET LOCAL lock_timeout = '5s'")
+        .execute(&mut *tx)
+        .await?;
     let Some(old_closes): Option<Option<DateTime<Utc>>> =
         sqlx::query_scalar("SELECT closes_at FROM campaigns WHERE id = $1 FOR NO KEY UPDATE")
             .bind(campaign.0)

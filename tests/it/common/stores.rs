@@ -119,6 +119,17 @@ pub async fn del(keys: impl redis::ToRedisArgs) {
         .unwrap();
 }
 
+/// Sets `key` to `value` on the tests' Redis (a lock another holder took).
+pub async fn set(key: &str, value: &str) {
+    let mut c = redis_conn().await;
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+}
+
 /// Whether `key` exists on the tests' Redis.
 pub async fn exists(key: &str) -> bool {
     let mut c = redis_conn().await;

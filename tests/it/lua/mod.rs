@@ -93,6 +93,21 @@ impl Fixture {
             .unwrap()
     }
 
+    /// Sets a plain key (a lock, a counter) as a test's fault or setup.
+    async fn set(&self, key: &str, value: &str) {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.store
+            .run(|mut c| async move {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&value)
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await
+            .unwrap();
+    }
+
     async fn get(&self, key: &str) -> Option<String> {
         let key = key.to_string();
         self.store

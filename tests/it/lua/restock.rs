@@ -2,7 +2,7 @@
 //! sets for `claim.lua`, `allocate.lua` and `repair.lua`, straight at
 //! Redis.
 
-use firstcome::storage::redis::operator::{Restocked, StockChange};
+use firstcome::storage::redis::operator::{Fence, Restocked, StockChange};
 
 use super::Fixture;
 
@@ -11,7 +11,20 @@ fn to(pidx: usize, was: i32, stock: i32) -> StockChange {
     StockChange { pidx, stock, was }
 }
 
+/// The token the tests hold the rebuild lock with.
+const TOKEN: &str = "tok";
+
 impl Fixture {
+    /// `restock.lua` holding the rebuild lock.
+    async fn restock(&self, changes: &[StockChange]) -> Restocked {
+        self.set(&self.k.rebuild_lock, TOKEN).await;
+        let fence = Fence {
+            lock: &self.k.rebuild_lock,
+            token: TOKEN,
+        };
+        self.store.restock(&self.k, changes, fence).await.unwrap()
+    }
+
     /// A cancel's effect on the counters: `slot` released, its unit back
     /// at the door.
     async fn free_slot(&self, pool: usize, slot: i32) {
@@ -40,6 +53,24 @@ impl Fixture {
         }
     }
 
+    async fn hset(&self, key: &str, pairs: &[(&str, &str)]) {
+        let key = key.to_string();
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        self.store
+            .run(|mut c| async move {
+                redis::cmd("HSET")
+                    .arg(&key)
+                    .arg(pairs)
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await
+            .unwrap();
+    }
+
     async fn hget(&self, key: &str, field: &str) -> Option<String> {
         let (key, field) = (key.to_string(), field.to_string());
         self.store
@@ -62,10 +93,10 @@ async fn a_raise_adds_units_whose_slots_continue_the_numbering() {
         assert_eq!(f.claim(u, 0, "gate").await[0], "new");
     }
     assert_eq!(f.claim("c", 0, "gate").await[1], "X|3");
-    let r = f.store.restock(&f.k, &[to(0, 2, 4)]).await.unwrap();
+    let r = f.restock(&[to(0, 2, 4)]).await;
     assert_eq!(r, Restocked::Done);
     // Applied once: a retry of the same change adds nothing.
-    let r = f.store.restock(&f.k, &[to(0, 2, 4)]).await.unwrap();
+    let r = f.restock(&[to(0, 2, 4)]).await;
     assert_eq!(r, Restocked::Done);
     assert_eq!(f.hget(&f.k.meta, "last:0").await.as_deref(), Some("4"));
     assert_eq!(f.get(&f.k.pools[0].left).await.as_deref(), Some("2"));
@@ -89,10 +120,17 @@ async fn a_lower_takes_its_units_from_the_door_only() {
         assert_eq!(f.claim(u, 0, "gate").await[0], "new");
     }
     // Two taken, three at the door: down to 1 would take four.
-    let r = f.store.restock(&f.k, &[to(0, 5, 1)]).await.unwrap();
-    assert_eq!(r, Restocked::Short { pidx: 0, left: 3 });
+    let r = f.restock(&[to(0, 5, 1)]).await;
+    assert_eq!(
+        r,
+        Restocked::Short {
+            pidx: 0,
+            left: 3,
+            was: 5
+        }
+    );
     assert_eq!(f.get(&f.k.pools[0].left).await.as_deref(), Some("3"));
-    let r = f.store.restock(&f.k, &[to(0, 5, 3)]).await.unwrap();
+    let r = f.restock(&[to(0, 5, 3)]).await;
     assert_eq!(r, Restocked::Done);
     assert_eq!(f.get(&f.k.pools[0].left).await.as_deref(), Some("1"));
     assert_eq!(f.claim("c", 0, "gate").await[0], "new");
@@ -108,10 +146,10 @@ async fn a_lower_is_refused_above_a_held_slot_and_drops_released_ones() {
     }
     f.free_slot(0, 1).await;
     // Enough units at the door (3), but slot 3 is held.
-    let r = f.store.restock(&f.k, &[to(0, 5, 2)]).await.unwrap();
+    let r = f.restock(&[to(0, 5, 2)]).await;
     assert_eq!(r, Restocked::SlotTaken { pidx: 0, slot: 3 });
     f.free_slot(0, 3).await;
-    let r = f.store.restock(&f.k, &[to(0, 5, 2)]).await.unwrap();
+    let r = f.restock(&[to(0, 5, 2)]).await;
     assert_eq!(r, Restocked::Done);
     // Slot 3 is gone for good; slot 1 comes back; then sold out.
     assert_eq!(f.get(&f.k.pools[0].hw).await.as_deref(), Some("2"));
@@ -127,16 +165,19 @@ async fn a_refused_pool_changes_no_pool_and_a_lost_state_nothing() {
     for u in ["a", "b"] {
         assert_eq!(f.claim(u, 1, "gate").await[0], "new");
     }
-    let r = f
-        .store
-        .restock(&f.k, &[to(0, 3, 1), to(1, 3, 1)])
-        .await
-        .unwrap();
-    assert_eq!(r, Restocked::Short { pidx: 1, left: 1 });
+    let r = f.restock(&[to(0, 3, 1), to(1, 3, 1)]).await;
+    assert_eq!(
+        r,
+        Restocked::Short {
+            pidx: 1,
+            left: 1,
+            was: 3
+        }
+    );
     assert_eq!(f.get(&f.k.pools[0].left).await.as_deref(), Some("3"));
     assert_eq!(f.hget(&f.k.meta, "last:0").await, None);
     common_del(&f, &f.k.meta).await;
-    let r = f.store.restock(&f.k, &[to(0, 3, 9)]).await.unwrap();
+    let r = f.restock(&[to(0, 3, 9)]).await;
     assert_eq!(r, Restocked::NoState);
     assert_eq!(f.get(&f.k.pools[0].left).await.as_deref(), Some("3"));
 }
@@ -149,11 +190,11 @@ async fn redis_lua_lowers_below_a_handed_out_slot_only_once_its_history_is_durab
     }
     // b's grant cancelled, its slot back; both facts still in the outbox.
     f.free_slot(0, 2).await;
-    let r = f.store.restock(&f.k, &[to(0, 5, 1)]).await.unwrap();
+    let r = f.restock(&[to(0, 5, 1)]).await;
     assert_eq!(r, Restocked::SlotTaken { pidx: 0, slot: 2 });
     // Flushed: PostgreSQL holds the history, slot 2 may go.
     common_del(&f, &f.k.outbox).await;
-    let r = f.store.restock(&f.k, &[to(0, 5, 1)]).await.unwrap();
+    let r = f.restock(&[to(0, 5, 1)]).await;
     assert_eq!(r, Restocked::Done);
     assert!(f.claim("c", 0, "lua").await[1].starts_with("R|sold_out"));
 }
@@ -161,7 +202,7 @@ async fn redis_lua_lowers_below_a_handed_out_slot_only_once_its_history_is_durab
 #[tokio::test]
 async fn the_drainer_allocates_up_to_the_restocked_bound() {
     let f = Fixture::new(&[1], "", "").await;
-    let r = f.store.restock(&f.k, &[to(0, 1, 2)]).await.unwrap();
+    let r = f.restock(&[to(0, 1, 2)]).await;
     assert_eq!(r, Restocked::Done);
     for u in ["a", "b"] {
         assert_eq!(f.claim(u, 0, "queue").await[0], "new");
@@ -183,4 +224,71 @@ async fn common_del(f: &Fixture, key: &str) {
         .run(|mut c| async move { redis::cmd("DEL").arg(&key).query_async::<i64>(&mut c).await })
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_restock_without_the_lock_or_on_a_partial_state_changes_nothing() {
+    let f = Fixture::new(&[3], "", "").await;
+    f.set(&f.k.rebuild_lock, "another").await;
+    let fence = Fence {
+        lock: &f.k.rebuild_lock,
+        token: TOKEN,
+    };
+    let r = f.store.restock(&f.k, &[to(0, 3, 5)], fence).await.unwrap();
+    assert_eq!(r, Restocked::Lost);
+    assert_eq!(f.get(&f.k.pools[0].left).await.as_deref(), Some("3"));
+    // `left` lost alone: a raise must not recreate it as the difference.
+    common_del(&f, &f.k.pools[0].left).await;
+    assert_eq!(f.restock(&[to(0, 3, 5)]).await, Restocked::NoState);
+    assert_eq!(f.get(&f.k.pools[0].left).await, None);
+    assert_eq!(
+        f.get(&f.k.meta).await,
+        None,
+        "the partial state is forgotten"
+    );
+}
+
+#[tokio::test]
+async fn a_raise_after_a_crowded_freeze_goes_to_the_drawn_claimants_first() {
+    // A closed pre-queue of 5 for 2 units: 3 beyond the stock ('pqx').
+    let f = Fixture::new(&[0], "", "").await;
+    f.hset(
+        &f.k.meta,
+        &[("pqs", "1"), ("pqn", "5"), ("pqx:0", "3"), ("last:0", "2")],
+    )
+    .await;
+    assert_eq!(f.restock(&[to(0, 2, 6)]).await, Restocked::Done);
+    // Three of the four new units go to ranks 3..5, one to the door.
+    assert_eq!(f.hget(&f.k.meta, "pqx:0").await.as_deref(), Some("0"));
+    assert_eq!(f.get(&f.k.pools[0].left).await.as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn drawn_places_beyond_the_stock_leave_and_fail_without_freeing_a_unit() {
+    let f = Fixture::new(&[0], "", "").await;
+    f.hset(
+        &f.k.meta,
+        &[("pqs", "1"), ("pqn", "4"), ("pqx:0", "2"), ("last:0", "2")],
+    )
+    .await;
+    f.hset(
+        &f.k.ans,
+        &[("r3", "Q|0|3"), ("r4", "Q|0|4"), ("late", "Q|0|5")],
+    )
+    .await;
+    f.set(&f.k.queued, "3").await;
+    // Rank 3 leaves: one claimant fewer beyond the stock, no unit freed.
+    let r = f.store.leave(&f.k, "r3").await.unwrap();
+    assert_eq!(r[0], "left");
+    assert_eq!(f.hget(&f.k.meta, "pqx:0").await.as_deref(), Some("1"));
+    assert_eq!(f.get(&f.k.pools[0].left).await.as_deref(), Some("0"));
+    // Rank 4 finds no slot (hw 0 -> slots 1, 2 taken: hw set to 2).
+    f.set(&f.k.pools[0].hw, "2").await;
+    let out = f.store.allocate(&f.k, &[2], &[("r4", "C4")]).await.unwrap();
+    assert_eq!(out[1], "X|4");
+    assert_eq!(f.hget(&f.k.meta, "pqx:0").await.as_deref(), Some("0"));
+    // A later arrival (number beyond the pre-queue) leaving frees its unit.
+    let r = f.store.leave(&f.k, "late").await.unwrap();
+    assert_eq!(r[0], "left");
+    assert_eq!(f.get(&f.k.pools[0].left).await.as_deref(), Some("1"));
 }

@@ -190,7 +190,7 @@ async fn a_lower_during_a_rush_is_exact_either_way() {
 /// PostgreSQL's stock -- until the reconciler brings it back to it.
 #[tokio::test]
 async fn a_lower_cut_off_before_postgresql_is_brought_back() {
-    use firstcome::storage::redis::operator::{Restocked, StockChange};
+    use firstcome::storage::redis::operator::{Fence, Restocked, StockChange};
     for mode in ["gate", "redis-lua", "redis-queue"] {
         let app = spawn_app().await;
         let id = app.campaign(mode, &[("main", 6)]).await;
@@ -203,10 +203,15 @@ async fn a_lower_cut_off_before_postgresql_is_brought_back() {
             stock: 3,
             was: 6,
         };
-        assert_eq!(
-            common.redis.restock(&k, &[cut]).await.unwrap(),
-            Restocked::Done
-        );
+        // The dead process held the rebuild lock; it expired since.
+        crate::common::set(&k.rebuild_lock, "dead").await;
+        let fence = Fence {
+            lock: &k.rebuild_lock,
+            token: "dead",
+        };
+        let r = common.redis.restock(&k, &[cut], fence).await.unwrap();
+        assert_eq!(r, Restocked::Done);
+        crate::common::del(&k.rebuild_lock).await;
         assert_eq!(slot(&settled(&app, id, "u3").await), Some(3), "{mode}");
         assert_eq!(slot(&settled(&app, id, "u4").await), None, "{mode}");
         // The reconciler sees Redis bound the pool by 3 where PostgreSQL
