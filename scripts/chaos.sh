@@ -259,17 +259,20 @@ kill_master() { # kill_master CAMPAIGN: the master of its (first) shard; restart
   # Its replica is promoted after the node timeout (2 s); only then does the
   # node come back (empty, with its nodes.conf), to rejoin as a replica.
   for p in $(cat "$CL_DIR/ports"); do [ "$p" != "$port" ] && other="$p" && break; done
-  local deadline=$(( $(date +%s) + 20 ))
-  until [ -n "$(slot_owner "$slot" "$other")" ] && [ "$(slot_owner "$slot" "$other")" != "$port" ]; do
+  local deadline=$(( $(date +%s) + 20 )) promoted=""
+  until [ -n "$promoted" ] && [ "$promoted" != "$port" ]; do
     [ "$(date +%s)" -ge "$deadline" ] && return 1
     sleep 0.2
+    promoted="$(slot_owner "$slot" "$other")"
   done
   redis-server --bind 127.0.0.1 --port "$port" --cluster-enabled yes \
     --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
     --cluster-replica-validity-factor 0 --save '' --appendonly no \
     --dir "$CL_DIR/$port" --daemonize yes --pidfile "$CL_DIR/$port/redis.pid" \
     --logfile "$CL_DIR/$port/redis.log" </dev/null >/dev/null 2>&1 || return 1
-  echo "master :$port (slot $slot of campaign $id) kill -9, replica :$(slot_owner "$slot" "$other") promoted, node restarted"
+  # The owner seen promoted before the restart (asked again after it, a
+  # node's view can be empty for a moment: the log showed "replica :").
+  echo "master :$port (slot $slot of campaign $id) kill -9, replica :$promoted promoted, node restarted"
 }
 
 # ----------------------------------------------------------- PostgreSQL
