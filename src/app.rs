@@ -151,7 +151,7 @@ impl Application {
             None => None,
         };
         let progress = http::progress::QueueProgress::default();
-        let state = AppState {
+        let state = AppState::new(http::AppInner {
             db,
             redis,
             admissions: admissions.clone(),
@@ -181,7 +181,7 @@ impl Application {
             progress: progress.clone(),
             fanout: http::fanout::Fanout::new(admissions.clone(), progress.clone()),
             webhook_allow: Arc::new(webhook_allow),
-        };
+        });
         Ok(Self {
             addr,
             listener,
