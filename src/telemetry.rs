@@ -32,8 +32,56 @@ pub fn init_metrics() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         // Fails only if another recorder is installed; keep ours for /metrics.
         let _ = metrics::set_global_recorder(recorder);
+        register_known();
         handle
     })
+}
+
+/// Counters that alerts and dashboards (ops/) watch, with every label value
+/// they can take, at zero from the start: a series that appears only on
+/// its first event makes `rate()` and `increase()` miss that event, and an
+/// alert on a counter that does not exist yet can never fire.
+fn register_known() {
+    for (name, label, values) in [
+        (
+            "firstcome_reconcile_repairs_total",
+            "kind",
+            &["rebuild", "answer", "counters", "stock"][..],
+        ),
+        (
+            "firstcome_webhook_deliveries_total",
+            "outcome",
+            &["delivered", "failed", "dead"][..],
+        ),
+        (
+            "firstcome_operator_actions_total",
+            "action",
+            &["pause", "resume", "patch"][..],
+        ),
+    ] {
+        for v in values {
+            metrics::counter!(name, label => *v).absolute(0);
+        }
+    }
+    for name in [
+        "firstcome_dead_letters_total",
+        "firstcome_redis_rebuilds_total",
+        "firstcome_redis_server_changes_total",
+        "firstcome_restock_diverged_total",
+        "firstcome_gate_compensations_total",
+        "firstcome_orphans_settled_total",
+        "firstcome_stream_batch_failures_total",
+        "firstcome_flush_stale_total",
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    for name in [
+        "firstcome_webhook_pending",
+        "firstcome_webhook_oldest_pending_seconds",
+        "firstcome_sse_streams_open",
+    ] {
+        metrics::gauge!(name).set(0.0);
+    }
 }
 
 /// This process' resident and peak resident memory in bytes, from

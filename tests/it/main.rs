@@ -7,6 +7,7 @@ mod common;
 
 mod api;
 mod cluster;
+mod dashboards;
 mod fair_start;
 mod faults;
 mod invariants;
