@@ -44,8 +44,10 @@ for i = np + 2, #ARGV, 2 do
       else
         a = 'X|' .. seq
         redis.call('DECR', KEYS[3])
-        -- A drawn place beyond the stock: one claimant fewer waiting
-        -- beyond it (restock.lua gives a raise's units to those left).
+        -- A drawn place beyond the stock refused: one claimant fewer
+        -- waiting beyond it, so a pre-queued user leaving after this
+        -- frees a unit at the door (leave.lua). Erring low is safe: a
+        -- unit at the door too many is refused in its turn.
         local x = tonumber(redis.call('HGET', KEYS[2], 'pqx:' .. pidx) or '0')
         if x > 0 and tonumber(seq) <= tonumber(redis.call('HGET', KEYS[2], 'pqn') or '0') then
           redis.call('HINCRBY', KEYS[2], 'pqx:' .. pidx, -1)

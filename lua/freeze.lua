@@ -45,6 +45,6 @@ end
 redis.call('INCRBY', KEYS[4], q)
 redis.call('XADD', KEYS[3], '*', 'op', 'draw', 'n', n)
 -- 'pqn': the pre-queue's size, so its ranks (1..pqn) are told from later
--- arrivals' numbers (leave.lua, allocate.lua, restock.lua keep 'pqx').
+-- arrivals' numbers (allocate.lua counts 'pqx' down by its refusals).
 redis.call('HSET', KEYS[1], 'pqs', '1', 'pqn', n)
 return 1

@@ -38,15 +38,7 @@ else
   if not pidx then
     return {'kept', a}
   end
-  -- A drawn place (rank within the pre-queue) of a pool whose pre-queue
-  -- outnumbered its stock: like a 'W' leaving after the freeze, the unit
-  -- stays with the next in drawn order.
-  local x = tonumber(redis.call('HGET', KEYS[1], 'pqx:' .. pidx) or '0')
-  if x > 0 and tonumber(seq) <= tonumber(redis.call('HGET', KEYS[1], 'pqn') or '0') then
-    redis.call('HINCRBY', KEYS[1], 'pqx:' .. pidx, -1)
-  else
-    redis.call('INCR', KEYS[4 + tonumber(pidx)])
-  end
+  redis.call('INCR', KEYS[4 + tonumber(pidx)])
   redis.call('DECR', KEYS[3])
 end
 local l = 'L|' .. pidx .. '|' .. seq

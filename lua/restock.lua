@@ -10,10 +10,13 @@
 -- held; released slots above it are dropped and the high-water mark
 -- brought down to it, so no slot above it is ever handed out.
 --
--- A fair start's pre-queue, once closed (meta 'pqs'), may outnumber the
--- stock ('pqx:i' claimants beyond it, refused in drawn order): a raise
--- gives its units to them first, as the drawn order says, and only the
--- rest to the door.
+-- A raise's units go to the door. With a fair start's pre-queue that
+-- outnumbered the stock, the drainer gives the new slots to the next drawn
+-- claimants first (they are ahead in the queue), so arrivals after the
+-- opening who took those units at the door are queued, then refused in
+-- their turn: a queued answer is not final, and no unit is lost. (Giving
+-- the units to 'pqx' here instead was tried and removed: 'pqx' is not
+-- kept exact by cancellations, and a stale one would swallow a raise.)
 --
 -- KEYS[1] meta, KEYS[2] outbox (redis-lua's write-behind stream), KEYS[3]
 --   the campaign's rebuild lock, then per pool i (0-based): KEYS[4 + 3i]
@@ -80,20 +83,10 @@ for i = 0, n - 1 do
     plan[#plan + 1] = {i, k, want, was, hw}
   end
 end
-local frozen = redis.call('HGET', KEYS[1], 'pqs')
 for _, p in ipairs(plan) do
   local i, k, want, was, hw = p[1], p[2], p[3], p[4], p[5]
   if want ~= was then
-    local d = want - was
-    if d > 0 and frozen then
-      local x = tonumber(redis.call('HGET', KEYS[1], 'pqx:' .. i) or '0')
-      local a = math.min(x, d)
-      if a > 0 then
-        redis.call('HSET', KEYS[1], 'pqx:' .. i, x - a)
-        d = d - a
-      end
-    end
-    redis.call('INCRBY', KEYS[k], d)
+    redis.call('INCRBY', KEYS[k], want - was)
     if hw > want then
       redis.call('ZREMRANGEBYSCORE', KEYS[k + 2], '(' .. want, '+inf')
       redis.call('SET', KEYS[k + 1], tostring(want), 'KEEPTTL')

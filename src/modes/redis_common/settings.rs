@@ -221,7 +221,8 @@ impl RedisCommon {
                     // rolls back, and Redis is brought back to what it
                     // holds before the lock is given up, so no claim is
                     // refused against a lower that never happened.
-                    open.rollback().await?;
+                    // Converged whatever the rollback answers.
+                    let _ = open.rollback().await;
                     self.converge_after_failure(c, token).await;
                     return Err(AdmissionError::from(e).into());
                 }

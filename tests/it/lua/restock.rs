@@ -249,7 +249,7 @@ async fn a_restock_without_the_lock_or_on_a_partial_state_changes_nothing() {
 }
 
 #[tokio::test]
-async fn a_raise_after_a_crowded_freeze_goes_to_the_drawn_claimants_first() {
+async fn a_raise_after_a_crowded_freeze_goes_to_the_door() {
     // A closed pre-queue of 5 for 2 units: 3 beyond the stock ('pqx').
     let f = Fixture::new(&[0], "", "").await;
     f.hset(
@@ -258,37 +258,34 @@ async fn a_raise_after_a_crowded_freeze_goes_to_the_drawn_claimants_first() {
     )
     .await;
     assert_eq!(f.restock(&[to(0, 2, 6)]).await, Restocked::Done);
-    // Three of the four new units go to ranks 3..5, one to the door.
-    assert_eq!(f.hget(&f.k.meta, "pqx:0").await.as_deref(), Some("0"));
-    assert_eq!(f.get(&f.k.pools[0].left).await.as_deref(), Some("1"));
+    // All four units at the door (the drainer gives their slots to ranks
+    // 3..5 first; a later arrival holding one is refused in its turn).
+    assert_eq!(f.hget(&f.k.meta, "pqx:0").await.as_deref(), Some("3"));
+    assert_eq!(f.get(&f.k.pools[0].left).await.as_deref(), Some("4"));
 }
 
 #[tokio::test]
-async fn drawn_places_beyond_the_stock_leave_and_fail_without_freeing_a_unit() {
+async fn a_drawn_place_refused_beyond_the_stock_counts_down_the_excess() {
     let f = Fixture::new(&[0], "", "").await;
     f.hset(
         &f.k.meta,
         &[("pqs", "1"), ("pqn", "4"), ("pqx:0", "2"), ("last:0", "2")],
     )
     .await;
-    f.hset(
-        &f.k.ans,
-        &[("r3", "Q|0|3"), ("r4", "Q|0|4"), ("late", "Q|0|5")],
-    )
-    .await;
-    f.set(&f.k.queued, "3").await;
-    // Rank 3 leaves: one claimant fewer beyond the stock, no unit freed.
-    let r = f.store.leave(&f.k, "r3").await.unwrap();
-    assert_eq!(r[0], "left");
-    assert_eq!(f.hget(&f.k.meta, "pqx:0").await.as_deref(), Some("1"));
-    assert_eq!(f.get(&f.k.pools[0].left).await.as_deref(), Some("0"));
-    // Rank 4 finds no slot (hw 0 -> slots 1, 2 taken: hw set to 2).
+    f.hset(&f.k.ans, &[("r3", "Q|0|3"), ("late", "Q|0|5")])
+        .await;
+    f.set(&f.k.queued, "2").await;
     f.set(&f.k.pools[0].hw, "2").await;
-    let out = f.store.allocate(&f.k, &[2], &[("r4", "C4")]).await.unwrap();
-    assert_eq!(out[1], "X|4");
-    assert_eq!(f.hget(&f.k.meta, "pqx:0").await.as_deref(), Some("0"));
-    // A later arrival (number beyond the pre-queue) leaving frees its unit.
-    let r = f.store.leave(&f.k, "late").await.unwrap();
-    assert_eq!(r[0], "left");
-    assert_eq!(f.get(&f.k.pools[0].left).await.as_deref(), Some("1"));
+    // Rank 3 finds no slot: refused, one claimant fewer beyond the stock.
+    let out = f.store.allocate(&f.k, &[2], &[("r3", "C3")]).await.unwrap();
+    assert_eq!(out[1], "X|3");
+    assert_eq!(f.hget(&f.k.meta, "pqx:0").await.as_deref(), Some("1"));
+    // A later arrival (beyond the pre-queue) refused: pqx untouched.
+    let out = f
+        .store
+        .allocate(&f.k, &[2], &[("late", "C5")])
+        .await
+        .unwrap();
+    assert_eq!(out[1], "X|5");
+    assert_eq!(f.hget(&f.k.meta, "pqx:0").await.as_deref(), Some("1"));
 }
