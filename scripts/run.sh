@@ -48,6 +48,14 @@ for who in alice alice bob; do
 done
 curl -fsS "$url/v1/campaigns/$cid"; echo
 
+# A campaign to look at in a browser: the public page claims through the API.
+pid_page=$(curl -fsS -H "Authorization: Bearer $FIRSTCOME_ADMIN_TOKEN" -H 'content-type: application/json' \
+  -d '{"name":"Demo concert","mode":"gate","pools":[{"name":"floor","stock":50},{"name":"balcony","stock":20}]}' \
+  "$url/v1/campaigns" | sed -E 's/.*"id":([0-9]+).*/\1/')
+echo
+echo "== in a browser =="
+echo "campaign page (Korean or English by your browser's language): $url/c/$pid_page"
+
 if [ "${FIRSTCOME_DEMO_EXIT:-0}" = 1 ]; then exit 0; fi
 echo
 echo "firstcome is serving on $url (admin token: $FIRSTCOME_ADMIN_TOKEN). Ctrl-C stops it."

@@ -24,6 +24,12 @@ if [ "${FIRSTCOME_TEST_SERVICES_ONLY:-0}" = 1 ]; then
   exit 0
 fi
 
+# The pages' browser tests drive Debian's chromium headless; a Korean font
+# makes their screenshots (docs/screenshots/) readable.
+. scripts/lib/stores.sh
+command -v chromium >/dev/null || stores_apt_install chromium || exit 3
+fc-list 2>/dev/null | grep -qi nanum || stores_apt_install fonts-nanum || exit 3
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The cluster tests' local Redis Cluster (3 masters, 3 replicas), stopped

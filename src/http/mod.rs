@@ -40,6 +40,7 @@ pub mod limits;
 pub mod openapi;
 pub mod operator;
 pub mod ops;
+pub mod pages;
 pub mod progress;
 pub mod responses;
 pub mod serve;
@@ -256,6 +257,7 @@ pub fn router(state: AppState) -> Router {
         .merge(draws::router())
         .merge(webhooks::router())
         .merge(operator::router())
+        .merge(pages::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             limits::limit_ip,

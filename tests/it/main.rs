@@ -13,6 +13,7 @@ mod faults;
 mod invariants;
 mod lua;
 mod operator;
+mod pages;
 mod properties;
 mod recovery;
 mod rush;
