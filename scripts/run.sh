@@ -55,6 +55,7 @@ pid_page=$(curl -fsS -H "Authorization: Bearer $FIRSTCOME_ADMIN_TOKEN" -H 'conte
 echo
 echo "== in a browser =="
 echo "campaign page (Korean or English by your browser's language): $url/c/$pid_page"
+echo "operator dashboard (sign in with the admin token): $url/admin"
 
 if [ "${FIRSTCOME_DEMO_EXIT:-0}" = 1 ]; then exit 0; fi
 echo

@@ -28,6 +28,7 @@ use crate::{
     storage::{pg, redis::RedisStore},
 };
 
+pub mod admin;
 pub mod answers;
 pub mod auth;
 pub mod campaign_cache;
@@ -258,6 +259,7 @@ pub fn router(state: AppState) -> Router {
         .merge(webhooks::router())
         .merge(operator::router())
         .merge(pages::router())
+        .merge(admin::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             limits::limit_ip,

@@ -82,6 +82,7 @@ impl Modify for Auth {
     info(title = "firstcome", description = "First-come admission of a limited stock under a rush."),
     paths(
         super::campaigns::create,
+        super::admin::list,
         super::campaigns::get,
         super::campaigns::grants,
         super::campaigns::publish,

@@ -29,7 +29,7 @@ const ASSET_CACHE: &str = "public, max-age=300";
 
 /// Only what the page needs: its own script and style, the API on the same
 /// origin, no frames of others, no inline script.
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'";
+pub(super) const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'";
 
 /// The page routes.
 pub fn router() -> Router<AppState> {
@@ -135,7 +135,7 @@ async fn js() -> Response {
     asset("text/javascript; charset=utf-8", JS)
 }
 
-fn asset(kind: &'static str, body: &'static str) -> Response {
+pub(super) fn asset(kind: &'static str, body: &'static str) -> Response {
     (
         StatusCode::OK,
         [

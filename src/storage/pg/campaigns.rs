@@ -214,3 +214,53 @@ pub async fn active_per_pool(
     .await?;
     Ok(rows.into_iter().collect())
 }
+
+/// One line of the admin's campaign list.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct CampaignLine {
+    /// Id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// Admission mode.
+    pub mode: String,
+    /// Shown to the public.
+    pub published: bool,
+    /// Paused by an operator.
+    pub paused: bool,
+    /// Window start, if any.
+    pub opens_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Window end, if any.
+    pub closes_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Creation time.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Up to `limit` campaigns, newest first, with ids below `before` if given.
+pub async fn list_campaigns(
+    db: &PgPool,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<CampaignLine>, PgError> {
+    let rows = sqlx::query(
+        "SELECT id, name, mode, published, paused, opens_at, closes_at, created_at
+         FROM campaigns WHERE $1::bigint IS NULL OR id < $1 ORDER BY id DESC LIMIT $2",
+    )
+    .bind(before)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| CampaignLine {
+            id: r.get(0),
+            name: r.get(1),
+            mode: r.get(2),
+            published: r.get(3),
+            paused: r.get(4),
+            opens_at: r.get(5),
+            closes_at: r.get(6),
+            created_at: r.get(7),
+        })
+        .collect())
+}

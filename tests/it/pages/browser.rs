@@ -41,6 +41,11 @@ impl Browser {
     /// connects to its first page. Panics with what to install when
     /// chromium is missing: scripts/test.sh installs it.
     pub async fn start(lang: &str) -> Self {
+        Self::start_sized(lang, (420, 900)).await
+    }
+
+    /// [`Browser::start`] with a window of `(width, height)` pixels.
+    pub async fn start_sized(lang: &str, (w, h): (u32, u32)) -> Self {
         let bin = chromium();
         assert!(
             std::path::Path::new(&bin).exists(),
@@ -56,8 +61,8 @@ impl Browser {
                 "--no-first-run",
                 "--disable-extensions",
                 "--remote-debugging-port=0",
-                "--window-size=420,900",
             ])
+            .arg(format!("--window-size={w},{h}"))
             .arg(format!("--lang={lang}"))
             .arg(format!("--accept-lang={lang}"))
             .arg(format!("--user-data-dir={}", profile.display()))

@@ -167,3 +167,96 @@ async fn a_queued_claim_turns_granted_without_a_reload() {
     b.screenshot(&screenshot("campaign-ko.png")).await;
     drop(worker);
 }
+
+#[tokio::test]
+async fn the_campaign_list_pages_for_the_admin_only() {
+    let app = spawn_app().await;
+    let ids: Vec<i64> =
+        futures::future::join_all((0..3).map(|_| app.campaign("db-lock", &[("main", 1)]))).await;
+    let (s, v) = app.send(reqwest::Method::GET, "/v1/campaigns", None).await;
+    assert_eq!((s, v["code"].as_str()), (401, Some("unauthorized")));
+    let (s, v) = crate::operator::admin(
+        &app,
+        reqwest::Method::GET,
+        "/v1/campaigns?limit=2",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let first: Vec<i64> = v["campaigns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_i64().unwrap())
+        .collect();
+    let mut newest = ids.clone();
+    newest.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(first, newest[..2]);
+    let next = v["next"].as_i64().unwrap();
+    let (_, v) = crate::operator::admin(
+        &app,
+        reqwest::Method::GET,
+        &format!("/v1/campaigns?limit=2&before={next}"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(v["campaigns"][0]["id"].as_i64(), Some(newest[2]));
+    assert!(v["next"].is_null());
+    let (s, v) = crate::operator::admin(
+        &app,
+        reqwest::Method::GET,
+        "/v1/campaigns?limit=0",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!((s, v["code"].as_str()), (400, Some("invalid_limit")));
+}
+
+#[tokio::test]
+async fn the_dashboards_pause_button_pauses() {
+    let app = spawn_app().await;
+    let id = app.campaign("redis-lua", &[("main", 10)]).await;
+    for u in ["a", "b", "c"] {
+        assert_eq!(app.claim(id, u, None).await.0, 200);
+    }
+    let mut b = Browser::start_sized("en-US", (1000, 820)).await;
+    b.goto(&format!("{}/admin", app.base)).await;
+    b.wait_for(
+        "the sign-in form",
+        "!document.getElementById('login').hidden",
+    )
+    .await;
+    let sign_in = format!(
+        "document.getElementById('token').value = {}; document.getElementById('login').requestSubmit()",
+        serde_json::to_string(crate::common::TOKEN).unwrap()
+    );
+    b.eval(&sign_in).await;
+    let row = format!("document.querySelector('#campaigns tr[data-id=\"{id}\"]')");
+    b.wait_for("the campaign in the list", &row).await;
+    b.eval(&format!("{row}.click()")).await;
+    b.wait_for(
+        "the pools",
+        "document.querySelector('#pools tbody tr') && document.querySelector('#pools tbody tr').cells[2].textContent === '3'",
+    )
+    .await;
+    b.eval("document.getElementById('pause').click()").await;
+    b.wait_for(
+        "paused",
+        "document.getElementById('detail').dataset.paused === 'true'",
+    )
+    .await;
+    // Paused for real: a new user is told to come back.
+    let (s, v) = app.claim(id, "d", None).await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("paused")), "{v}");
+    b.wait_for(
+        "the action logged",
+        "document.getElementById('actions').textContent.includes('pause')",
+    )
+    .await;
+    b.screenshot(&screenshot("admin.png")).await;
+    // The token lives in the tab's sessionStorage, never in the URL.
+    assert_eq!(b.eval("location.href.includes('token')").await, false);
+}
