@@ -7,7 +7,7 @@
   const $ = (id) => document.getElementById(id);
   const KEY = "firstcome.admin";
   let token = sessionStorage.getItem(KEY);
-  let selected = null, last = null, timer = null;
+  let selected = null, last = null, lastMetrics = null, timer = null;
 
   const api = async (method, path, body) => {
     const r = await fetch(path, {
@@ -53,6 +53,7 @@
   async function select(id) {
     selected = id;
     last = null;
+    lastMetrics = null;
     for (const tr of $("campaigns").tBodies[0].rows) tr.setAttribute("aria-selected", String(Number(tr.dataset.id) === id));
     $("detail").hidden = false;
     await refresh();
@@ -88,15 +89,45 @@
     }));
     last = { at: now, pools: c.pools };
     const live = [["queued", c.queued]];
-    if (c.mode === "redis-queue") try {
+    try {
       const m = await (await fetch("/metrics")).text();
       const g = (name) => {
         const re = new RegExp(`^${name}\\{campaign="${selected}"\\} (\\S+)$`, "m");
         const x = m.match(re);
         return x ? Number(x[1]) : null;
       };
-      const len = g("firstcome_queue_length"), wait = g("firstcome_queue_oldest_wait_seconds");
-      if (len != null) live.push(["queue length", len], ["oldest wait (s)", wait.toFixed(1)]);
+      if (c.mode === "redis-queue") {
+        const len = g("firstcome_queue_length"), wait = g("firstcome_queue_oldest_wait_seconds");
+        if (len != null) live.push(["queue length", len], ["oldest wait (s)", wait.toFixed(1)]);
+      }
+      // This process' counters (a metric per campaign would cost every
+      // claim a registry lookup): claims/s by outcome in the campaign's
+      // mode, and the mean flush (redis-lua) or claim-to-durable
+      // (redis-queue) lag, over the last refresh.
+      const sums = {};
+      for (const line of m.split("\n")) {
+        let x = line.match(/^firstcome_claims_total\{(.*)\} (\S+)$/);
+        if (x && x[1].includes(`mode="${c.mode}"`)) {
+          const o = (x[1].match(/outcome="([^"]+)"/) || [])[1];
+          sums[`claims ${o}`] = Number(x[2]);
+        }
+        x = line.match(/^firstcome_(flush_lag|queue_to_durable)_seconds_(sum|count) (\S+)$/);
+        if (x) sums[`${x[1]} ${x[2]}`] = Number(x[3]);
+      }
+      if (lastMetrics) {
+        const dt = (now - lastMetrics.at) / 1000;
+        for (const [k, v] of Object.entries(sums)) {
+          if (k.startsWith("claims ")) live.push([`${k}/s (mode ${c.mode})`, ((v - (lastMetrics.v[k] || 0)) / dt).toFixed(1)]);
+        }
+        const lag = (name) => {
+          const n = (sums[`${name} count`] || 0) - (lastMetrics.v[`${name} count`] || 0);
+          const t = (sums[`${name} sum`] || 0) - (lastMetrics.v[`${name} sum`] || 0);
+          return n > 0 ? `${((1000 * t) / n).toFixed(1)} ms` : "-";
+        };
+        if (c.mode === "redis-lua") live.push(["flush lag (mean)", lag("flush_lag")]);
+        if (c.mode === "redis-queue") live.push(["claim to durable (mean)", lag("queue_to_durable")]);
+      }
+      lastMetrics = { at: now, v: sums };
     } catch (_) { /* /metrics on its own listener (--ops-addr): not shown here */ }
     $("live").replaceChildren(...live.flatMap(([k, v]) => {
       const dt = document.createElement("dt"); dt.textContent = k;

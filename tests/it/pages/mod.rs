@@ -256,6 +256,13 @@ async fn the_dashboards_pause_button_pauses() {
         "document.getElementById('actions').textContent.includes('pause')",
     )
     .await;
+    // The live counts of the campaign's mode and its flush lag (from the
+    // second refresh on: rates need two reads).
+    b.wait_for(
+        "claims by outcome and the flush lag",
+        "document.getElementById('live').textContent.includes('claims granted/s') && document.getElementById('live').textContent.includes('flush lag')",
+    )
+    .await;
     b.screenshot(&screenshot("admin.png")).await;
     // The token lives in the tab's sessionStorage, never in the URL.
     assert_eq!(b.eval("location.href.includes('token')").await, false);
