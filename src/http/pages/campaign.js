@@ -9,8 +9,12 @@
   const lang = document.documentElement.lang;
   const fmt = (s, v) => s.replace(/\{(\w+)\}/g, (_, k) => (k in v ? v[k] : ""));
   const base = `/v1/campaigns/${cfg.id}`;
-  // With a JWT key, the host page gives the user's token in the fragment.
-  const token = new URLSearchParams(location.hash.slice(1)).get("token");
+  // The host page passes, in the fragment (never sent to a server): the
+  // user's token (with a JWT key) and where a held grant is paid for (a
+  // hold is confirmed by the payment service, never by the user).
+  const frag = new URLSearchParams(location.hash.slice(1));
+  const token = frag.get("token");
+  const payUrl = ((u) => (u && /^https?:\/\//i.test(u) ? u : null))(frag.get("confirm"));
   const auth = () => (token ? { Authorization: `Bearer ${token}` } : {});
   const userKey = `firstcome.user.${cfg.id}`;
   let campaign = null, etag = null, pollDelay = 2000, stream = null;
@@ -126,6 +130,11 @@
         if (cfg.auth === "user_id") sessionStorage.setItem(userKey, user);
         show(a);
         if (a.status === "queued") follow(a.user_id);
+        // A claim's answer does not carry the hold: its status does.
+        if (a.status === "granted" && campaign && campaign.confirm_within_secs) {
+          const st = await fetch(`${base}/claims/${encodeURIComponent(a.user_id)}`, { headers: auth() });
+          if (st.ok) show(await st.json());
+        }
       } else if (r.status === 409 && a.code === "paused") {
         showError(S.paused);
       } else if (r.status === 429 || r.status === 503) {
@@ -161,12 +170,17 @@
       }
       if (a.hold === "held") {
         const p = document.createElement("p");
+        p.className = "held";
         p.textContent = fmt(S.held, { t: when(a.confirm_by) });
-        const b = document.createElement("button");
-        b.type = "button";
-        b.textContent = S.confirm;
-        b.addEventListener("click", () => confirmHold(a.user_id));
-        rest.push(p, b);
+        rest.push(p);
+        if (payUrl) {
+          const link = document.createElement("a");
+          link.className = "button";
+          link.id = "confirm";
+          link.href = payUrl;
+          link.textContent = S.confirm;
+          rest.push(link);
+        }
       } else if (a.hold === "confirmed") {
         const p = document.createElement("p");
         p.textContent = S.confirmed;
@@ -187,12 +201,6 @@
     el.replaceChildren(big, ...rest);
     el.hidden = false;
     el.dataset.status = a.status;
-  }
-
-  async function confirmHold(user) {
-    const r = await fetch(`${base}/claims/${encodeURIComponent(user)}/confirm`, { method: "POST", headers: auth() });
-    const a = await r.json().catch(() => ({}));
-    if (r.ok) show(a); else showError(fmt(S.error, { code: a.code || r.status }));
   }
 
   // ---- live status: the claim's event stream (server-sent events read

@@ -267,3 +267,47 @@ async fn the_dashboards_pause_button_pauses() {
     // The token lives in the tab's sessionStorage, never in the URL.
     assert_eq!(b.eval("location.href.includes('token')").await, false);
 }
+
+#[tokio::test]
+async fn a_held_seat_shows_its_deadline_and_the_hosts_payment_link() {
+    let app = spawn_app().await;
+    let id = app
+        .create_campaign(
+            json!({"name": "Seats", "mode": "gate", "confirm_within_secs": 600,
+            "pools": [{"name": "main", "stock": 2}]}),
+        )
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let mut b = Browser::start("en-US").await;
+    // The host page links here with where the payment happens; a URL that
+    // is not http(s) would be ignored.
+    b.goto(&format!(
+        "{}/c/{id}#confirm=https://shop.example/pay",
+        app.base
+    ))
+    .await;
+    b.wait_for("the stock", "document.querySelector('[data-pool=main]')")
+        .await;
+    b.eval(
+        "document.getElementById('user').value = 'hana'; document.getElementById('claim').click()",
+    )
+    .await;
+    b.wait_for("held", "document.querySelector('#status .held')")
+        .await;
+    let text = b
+        .eval("document.querySelector('#status .held').textContent")
+        .await;
+    assert!(
+        text.as_str()
+            .unwrap()
+            .starts_with("Held for you: confirm before"),
+        "{text}"
+    );
+    assert_eq!(
+        b.eval("document.getElementById('confirm').href").await,
+        "https://shop.example/pay"
+    );
+    let (_, a) = app.status(id, "hana").await;
+    assert_eq!(a["hold"], "held", "{a}");
+}
