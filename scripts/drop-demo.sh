@@ -44,6 +44,15 @@ call() {
   printf '%s %s\n' "${out##*$'\n'}" "$(jq -c . <<<"${out%$'\n'*}" 2>/dev/null || echo "${out%$'\n'*}")"
 }
 claim() { call POST "/v1/campaigns/$ID/claims" "{\"user_id\":\"$1\"}"; }
+# decided USER: the user's answer once the drainer decided it (30 s at most).
+decided() {
+  local a deadline=$(( $(date +%s) + 30 ))
+  while a=$(curl -sS "$URL/v1/campaigns/$ID/claims/$1"); [ "$(jq -r .status <<<"$a")" = queued ]; do
+    [ "$(date +%s)" -lt "$deadline" ] || { echo "$1 still queued after 30 s" >&2; exit 1; }
+    sleep 0.2
+  done
+  echo "$a"
+}
 
 opens=$(date -u -d '+8 seconds' +%Y-%m-%dT%H:%M:%SZ)
 say "1. Create the drop: 5 seats, pre-queue open now, sale at $opens, a signed webhook"
@@ -92,12 +101,7 @@ PY
 
 say "6. Everyone's answer once the queue drained: 5 seats in drawn order, fan07 skipped; late01 came after the opening and the pre-queue had taken every seat"
 for u in $(jq -r '.places | sort_by(.rank) | .[].user_id' <<<"$draw") late01; do
-  deadline=$(( $(date +%s) + 30 ))
-  while a=$(curl -sS "$URL/v1/campaigns/$ID/claims/$u"); [ "$(jq -r .status <<<"$a")" = queued ]; do
-    [ "$(date +%s)" -lt "$deadline" ] || { echo "$u still queued after 30 s" >&2; exit 1; }
-    sleep 0.2
-  done
-  printf '%-7s %s\n' "$u" "$(jq -c '{status, slot, reason, seq}' <<<"$a")"
+  printf '%-7s %s\n' "$u" "$(decided "$u" | jq -c '{status, slot, reason, seq}')"
 done
 
 say "7. Pause: a new user is asked to come back; resume"
@@ -109,12 +113,7 @@ say "8. Restock: two more seats; the next arrivals get seats 6 and 7"
 call PATCH "/v1/campaigns/$ID" '{"pools":[{"name":"seats","stock":7}]}' | jq -Rr 'split(" ") | .[0] + " " + (.[1:] | join(" ") | fromjson | {pools} | tostring)' 2>/dev/null || true
 for u in late02 late03 late04; do
   claim "$u" >/dev/null
-  deadline=$(( $(date +%s) + 30 ))
-  while a=$(curl -sS "$URL/v1/campaigns/$ID/claims/$u"); [ "$(jq -r .status <<<"$a")" = queued ]; do
-    [ "$(date +%s)" -lt "$deadline" ] || { echo "$u still queued after 30 s" >&2; exit 1; }
-    sleep 0.2
-  done
-  printf '%-7s %s\n' "$u" "$(jq -c '{status, slot, reason}' <<<"$a")"
+  printf '%-7s %s\n' "$u" "$(decided "$u" | jq -c '{status, slot, reason}')"
 done
 say "   ...and lowering below what is taken is refused"
 call PATCH "/v1/campaigns/$ID" '{"pools":[{"name":"seats","stock":4}]}'

@@ -25,7 +25,7 @@ use super::{
 };
 use crate::{
     domain::{Campaign, PoolName, MAX_STOCK},
-    modes::redis_common::RestockError,
+    modes::redis_common::settings::RestockError,
     storage::pg::{self, ActionRow, PatchError, Restock},
 };
 

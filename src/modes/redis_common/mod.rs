@@ -6,13 +6,12 @@ mod answer;
 mod cancel;
 mod claim;
 pub mod committer;
-mod settings;
+pub mod settings;
 mod settle;
 mod shards;
 mod state;
 
 pub use answer::{pool_index, Stored, Truth};
-pub use settings::RestockError;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
