@@ -100,6 +100,7 @@ impl Application {
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let (closing_tx, closing_rx) = watch::channel(false);
+        tokio::spawn(crate::telemetry::upkeep(stop_rx.clone()));
         if limits.enabled() {
             tokio::spawn(
                 limits

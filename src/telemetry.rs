@@ -37,6 +37,22 @@ pub fn init_metrics() -> &'static PrometheusHandle {
     })
 }
 
+/// How often histogram samples are folded into their buckets when nobody
+/// scrapes: the recorder keeps every sample until then (`build_recorder`
+/// runs no upkeep of its own), so an unscraped process grew by every
+/// request's latency sample and spiked at the next scrape (922 MiB after
+/// 3.5 million claims, docs/BENCHMARKS.md).
+pub const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds histogram samples every [`UPKEEP_EVERY`] until `stop` turns true.
+pub async fn upkeep(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let handle = init_metrics();
+    while !*stop.borrow() {
+        handle.run_upkeep();
+        let _ = tokio::time::timeout(UPKEEP_EVERY, stop.changed()).await;
+    }
+}
+
 /// Counters that alerts and dashboards (ops/) watch, with every label value
 /// they can take, at zero from the start: a series that appears only on
 /// its first event makes `rate()` and `increase()` miss that event, and an
