@@ -45,6 +45,18 @@ pub async fn reconcile(
         r.skipped = Some("expired".into());
         return Ok(r);
     }
+    // An operator's change that committed in PostgreSQL but whose Redis
+    // half did not run (the lock lost, Redis down): the pause flag and the
+    // window are brought to what PostgreSQL holds before anything else.
+    if !settings_agree(common, c).await? {
+        if repair {
+            common.apply_settings(c).await?;
+            metrics::counter!("firstcome_reconcile_repairs_total", "kind" => "settings")
+                .increment(1);
+        }
+        r.skipped = Some("settings changed".into());
+        return Ok(r);
+    }
     if c.shards > 1 {
         return super::sharded::reconcile(common, c, repair, r).await;
     }
@@ -199,6 +211,38 @@ pub async fn reconcile(
         tracing::warn!(report = ?r, "reconciler found drift");
     }
     Ok(r)
+}
+
+/// Whether every shard's loaded state holds PostgreSQL's pause flag and
+/// window end (`meta` `paused`, `closes`); a shard with no state agrees
+/// (whoever loads it reads PostgreSQL).
+pub async fn settings_agree(common: &RedisCommon, c: &Campaign) -> Result<bool, AdmissionError> {
+    let want_paused = if c.paused { "1" } else { "0" };
+    let want_closes = c
+        .closes_at
+        .map(|t| t.timestamp_millis().to_string())
+        .unwrap_or_default();
+    for k in common.shards(c).iter() {
+        let meta = k.meta.clone();
+        let (paused, closes): (Option<String>, Option<String>) = common
+            .redis
+            .run(|mut conn| async move {
+                redis::cmd("HMGET")
+                    .arg(&meta)
+                    .arg("paused")
+                    .arg("closes")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        let (Some(paused), Some(closes)) = (paused, closes) else {
+            continue;
+        };
+        if paused != want_paused || closes != want_closes {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// The periodic pass's cheap look, O(pools) rather than O(users): `true`
@@ -402,7 +446,10 @@ pub async fn run(common: RedisCommon, interval: Duration, mut shutdown: watch::R
             }
             // While open, the full pass runs only when the cheap look finds
             // drift (or cannot tell); the final pass after closing is full.
-            if !closed && matches!(counters_agree(&common, &c).await, Ok(true)) {
+            if !closed
+                && matches!(settings_agree(&common, &c).await, Ok(true))
+                && matches!(counters_agree(&common, &c).await, Ok(true))
+            {
                 continue;
             }
             match reconcile(&common, &c, true).await {

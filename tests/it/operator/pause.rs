@@ -314,3 +314,38 @@ async fn a_waiting_queue_shows_its_length_and_oldest_wait() {
     // Nothing was drained while paused.
     assert_eq!(app.status(id, "a").await.1["status"], "queued");
 }
+
+/// A pause committed in PostgreSQL whose Redis half never ran (the
+/// operator's call died after the commit): the reconciler brings the flag
+/// to Redis, in each Redis mode.
+#[tokio::test]
+async fn the_reconciler_carries_a_pause_redis_missed() {
+    for mode in ["gate", "redis-lua", "redis-queue"] {
+        let app = spawn_app().await;
+        let id = app.campaign(mode, &[("main", 5)]).await;
+        assert!(matches!(app.claim(id, "a", None).await.0, 200 | 202));
+        sqlx::query("UPDATE campaigns SET paused = true WHERE id = $1")
+            .bind(id)
+            .execute(&app.db)
+            .await
+            .unwrap();
+        let (common, c, _) = app.redis_side(id).await;
+        assert!(!firstcome::tasks::reconcile::settings_agree(&common, &c)
+            .await
+            .unwrap());
+        let r = firstcome::tasks::reconcile::reconcile(&common, &c, true)
+            .await
+            .unwrap();
+        assert_eq!(r.skipped.as_deref(), Some("settings changed"), "{mode}");
+        assert!(firstcome::tasks::reconcile::settings_agree(&common, &c)
+            .await
+            .unwrap());
+        // Redis now refuses new users, whatever copy a process holds.
+        let (s, _, v) = claim_raw(&app, id, "b").await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (409, Some("paused")),
+            "{mode}: {v}"
+        );
+    }
+}
