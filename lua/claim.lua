@@ -23,8 +23,9 @@
 --         'enqueue' (redis-queue: an arrival number, the drainer allocates);
 -- ARGV[5] the last slot of this shard's range (the pool's stock when
 --         unsharded, where meta's 'last:<pool>' wins: an operator's
---         restock moves it before a process' copy learns), ARGV[6] the number of shards (the arrival counter's
---         step, so shards never share a number), ARGV[7] for a sharded
+--         restock moves it before a process' copy learns), ARGV[6] the
+--         number of shards (the arrival counter's step, so shards never
+--         share a number), ARGV[7] for a sharded
 --         pool found dry: the `ver` seen dry by the caller's sold-out check
 --         (docs/ARCHITECTURE.md, "Shards"), '' otherwise, and ARGV[8] the
 --         generation that proof was made in

@@ -62,7 +62,7 @@ fn register_known() {
         (
             "firstcome_reconcile_repairs_total",
             "kind",
-            &["rebuild", "answer", "counters", "stock", "settings"][..],
+            &["rebuild", "answer", "counters", "settings"][..],
         ),
         (
             "firstcome_webhook_deliveries_total",

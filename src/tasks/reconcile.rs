@@ -71,23 +71,6 @@ pub async fn reconcile(
         }
         return Ok(r);
     };
-    // A restock cut off between the stores (Redis lowered, PostgreSQL not
-    // committed; or PostgreSQL raised, Redis not yet): Redis is brought to
-    // PostgreSQL's stock first (restock.lua, under the rebuild lock), and
-    // the counters are compared on the next pass.
-    let moved = c
-        .pools
-        .iter()
-        .zip(&snap.last)
-        .any(|(p, l)| l.is_some_and(|l| l != p.stock));
-    if moved {
-        if repair {
-            common.apply_settings(c).await?;
-            metrics::counter!("firstcome_reconcile_repairs_total", "kind" => "stock").increment(1);
-        }
-        r.skipped = Some("stock changed".into());
-        return Ok(r);
-    }
     // Work in flight means Redis is legitimately ahead of PostgreSQL.
     let mut busy = snap.stream_len > 0 || snap.queued > 0;
     let now_ms = common.redis_now_ms(c).await?;
@@ -213,32 +196,56 @@ pub async fn reconcile(
     Ok(r)
 }
 
-/// Whether every shard's loaded state holds PostgreSQL's pause flag and
-/// window end (`meta` `paused`, `closes`); a shard with no state agrees
-/// (whoever loads it reads PostgreSQL).
+/// Whether every shard's loaded state holds what PostgreSQL says of the
+/// operator's settings: the pause flag and window end (`meta` `paused`,
+/// `closes`) and, unsharded, each pool's stock bound (`last:<pool>`: a
+/// restock cut off between the stores leaves it below PostgreSQL's). A
+/// shard with no state agrees (whoever loads it reads PostgreSQL). Checked
+/// before anything else: `apply_settings` mends all three at once.
 pub async fn settings_agree(common: &RedisCommon, c: &Campaign) -> Result<bool, AdmissionError> {
-    let want_paused = if c.paused { "1" } else { "0" };
-    let want_closes = c
-        .closes_at
-        .map(|t| t.timestamp_millis().to_string())
-        .unwrap_or_default();
+    let mut want = vec![
+        ("paused", (if c.paused { "1" } else { "0" }).to_string()),
+        (
+            "closes",
+            c.closes_at
+                .map(|t| t.timestamp_millis().to_string())
+                .unwrap_or_default(),
+        ),
+    ];
+    let lasts: Vec<(String, String)> = if c.shards <= 1 {
+        c.pools
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("last:{i}"), p.stock.to_string()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    want.extend(lasts.iter().map(|(f, v)| (f.as_str(), v.clone())));
+    let fields: Vec<String> = want.iter().map(|(f, _)| f.to_string()).collect();
     for k in common.shards(c).iter() {
-        let meta = k.meta.clone();
-        let (paused, closes): (Option<String>, Option<String>) = common
+        let (meta, fields) = (k.meta.clone(), fields.clone());
+        let have: Vec<Option<String>> = common
             .redis
             .run(|mut conn| async move {
                 redis::cmd("HMGET")
                     .arg(&meta)
-                    .arg("paused")
-                    .arg("closes")
+                    .arg(&fields)
                     .query_async(&mut conn)
                     .await
             })
             .await?;
-        let (Some(paused), Some(closes)) = (paused, closes) else {
+        // No state (no `paused`): nothing to compare. A state loaded before
+        // restocks has no `last:<pool>`: bounded by the stock it was loaded
+        // with, which the counters' check compares.
+        if have.first().is_none_or(Option::is_none) {
             continue;
-        };
-        if paused != want_paused || closes != want_closes {
+        }
+        let differs = want
+            .iter()
+            .zip(&have)
+            .any(|((_, w), h)| h.as_ref().is_some_and(|h| h != w));
+        if differs {
             return Ok(false);
         }
     }
@@ -268,11 +275,8 @@ pub async fn counters_agree(common: &RedisCommon, c: &Campaign) -> Result<bool, 
                 .arg(&stream)
                 .get(&k.queued)
                 .zcard(&k.pending);
-            for (i, x) in k.pools.iter().enumerate() {
-                p.get(&x.left)
-                    .get(&x.hw)
-                    .zcard(&x.free)
-                    .hget(&k.meta, format!("last:{i}"));
+            for x in &k.pools {
+                p.get(&x.left).get(&x.hw).zcard(&x.free);
             }
             p.query_async(&mut conn).await
         })
@@ -284,13 +288,10 @@ pub async fn counters_agree(common: &RedisCommon, c: &Campaign) -> Result<bool, 
         return Ok(false);
     }
     let active = pg::active_per_pool(&common.db, c.id).await?;
-    Ok(c.pools.iter().zip(counts.chunks(4)).all(|(pool, lhfs)| {
+    Ok(c.pools.iter().zip(counts.chunks(3)).all(|(pool, lhf)| {
         let a = active.get(&pool.id).copied().unwrap_or(0);
-        let [l, h, f] = [0, 1, 2].map(|j| n(lhfs.get(j)));
-        // The stock Redis bounds the pool by (absent: a state loaded before
-        // restocks, bounded by the stock it was loaded with).
-        let last = lhfs.get(3).copied().flatten();
-        l == pool.stock as i64 - a && h - f == a && last.is_none_or(|s| s == pool.stock as i64)
+        let [l, h, f] = [0, 1, 2].map(|j| n(lhf.get(j)));
+        l == pool.stock as i64 - a && h - f == a
     }))
 }
 
@@ -329,8 +330,6 @@ struct Snapshot {
     seq: i64,
     queued: i64,
     stream_len: i64,
-    /// Per pool, the stock Redis bounds it by (`last:<pool>` in meta).
-    last: Vec<Option<i32>>,
     left: Vec<i64>,
     hw: Vec<i32>,
     free: Vec<Vec<i32>>,
@@ -366,24 +365,6 @@ async fn read_redis(
     let mut left = Vec::new();
     let mut hw = Vec::new();
     let mut free = Vec::new();
-    let (meta, fields): (String, Vec<String>) = (
-        k.meta.clone(),
-        (0..k.pools.len()).map(|i| format!("last:{i}")).collect(),
-    );
-    let last: Vec<Option<i32>> = if fields.is_empty() {
-        Vec::new()
-    } else {
-        common
-            .redis
-            .run(|mut conn| async move {
-                redis::cmd("HMGET")
-                    .arg(&meta)
-                    .arg(&fields)
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?
-    };
     for pk in &k.pools {
         let pk = pk.clone();
         let (l, h, f): (Option<i64>, Option<i32>, Vec<i32>) = common
@@ -412,7 +393,6 @@ async fn read_redis(
         seq: seq.unwrap_or(0),
         queued: queued.unwrap_or(0),
         stream_len,
-        last,
         left,
         hw,
         free,

@@ -209,7 +209,14 @@ impl RedisCommon {
             })
             .collect();
         if live && !lowers.is_empty() {
-            let name = |pidx: usize| c.pools[pidx].name.as_str().to_string();
+            // A refused pool's name and the stock asked for it.
+            let asked = |pidx: usize| {
+                let stock = lowers
+                    .iter()
+                    .find(|l| l.pidx == pidx)
+                    .map_or(0, |l| l.stock);
+                (c.pools[pidx].name.as_str().to_string(), stock)
+            };
             let fence = Fence {
                 lock: &k.rebuild_lock,
                 token,
@@ -235,28 +242,17 @@ impl RedisCommon {
                     return Err(AdmissionError::Rebuilding.into())
                 }
                 Restocked::Short { pidx, left, was } => {
-                    let stock = lowers
-                        .iter()
-                        .find(|l| l.pidx == pidx)
-                        .map_or(0, |l| l.stock);
+                    let (pool, stock) = asked(pidx);
                     return Err(PatchError::BelowTaken {
-                        pool: name(pidx),
+                        pool,
                         stock,
                         taken: (was - left) as i32,
                     }
                     .into());
                 }
                 Restocked::SlotTaken { pidx, slot } => {
-                    let stock = lowers
-                        .iter()
-                        .find(|l| l.pidx == pidx)
-                        .map_or(0, |l| l.stock);
-                    return Err(PatchError::SlotAbove {
-                        pool: name(pidx),
-                        stock,
-                        slot,
-                    }
-                    .into());
+                    let (pool, stock) = asked(pidx);
+                    return Err(PatchError::SlotAbove { pool, stock, slot }.into());
                 }
             }
         }

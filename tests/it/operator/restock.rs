@@ -219,7 +219,7 @@ async fn a_lower_cut_off_before_postgresql_is_brought_back() {
         let r = firstcome::tasks::reconcile::reconcile(&common, &c, true)
             .await
             .unwrap();
-        assert_eq!(r.skipped.as_deref(), Some("stock changed"), "{mode}");
+        assert_eq!(r.skipped.as_deref(), Some("settings changed"), "{mode}");
         let mut slots = Vec::new();
         for u in ["u5", "u6", "u7", "u8"] {
             slots.extend(slot(&settled(&app, id, u).await));
