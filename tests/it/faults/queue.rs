@@ -48,3 +48,78 @@ async fn a_rebuild_keeps_the_claims_its_queue_still_holds() {
     }
     other.stop().await;
 }
+
+/// The drainer inserts a batch in chunks at once, on connections of their
+/// own. A chunk whose insert fails leaves the whole batch pending even
+/// when another chunk of it was written meanwhile: the retry gives each
+/// user the slot allocated to them, grants nobody twice, and slots still
+/// follow arrival order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_chunk_leaves_its_batch_to_a_retry_in_arrival_order() {
+    use firstcome::modes::redis_queue::drainer::INSERT_CHUNK;
+    let app = Arc::new(spawn_app_without_worker().await);
+    // Two chunks in the first batch of 1,000, the rest in the next batch.
+    let stock = (2 * INSERT_CHUNK + 100) as i64;
+    let id = app.campaign("redis-queue", &[("main", stock)]).await;
+    let answers = common::claim_all(&app, id, (0..stock).map(|i| format!("p{i}")), 32).await;
+    let mut queued: Vec<(i64, String)> = answers
+        .iter()
+        .map(|(u, (s, v))| {
+            assert_eq!(*s, 202, "{u}: {v}");
+            (v["seq"].as_i64().unwrap(), u.clone())
+        })
+        .collect();
+    queued.sort();
+    // The tenth in line is in the first chunk: its insert fails once.
+    let victim = &queued[9].1;
+    for sql in [
+        "CREATE SEQUENCE fault_fired".to_string(),
+        format!(
+            "CREATE FUNCTION fail_once() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN
+                  IF NEW.user_id = '{victim}' AND nextval('fault_fired') = 1 THEN
+                    RAISE EXCEPTION 'injected failure of the first chunk';
+                  END IF;
+                  RETURN NEW;
+                END $$"
+        ),
+        "CREATE TRIGGER fail_once BEFORE INSERT ON grants
+         FOR EACH ROW EXECUTE FUNCTION fail_once()"
+            .to_string(),
+    ] {
+        sqlx::query(&sql).execute(&app.db).await.unwrap();
+    }
+    let worker = common::spawn_app_on(&app.db_url, &app.prefix, |_| {}).await;
+    app.wait_durable(id, stock).await;
+    let fired: i64 = sqlx::query_scalar("SELECT last_value FROM fault_fired")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert!(fired >= 2, "the first chunk failed once, then was retried");
+    assert_eq!(app.assert_db_invariants(id).await, stock);
+    // Slots in arrival order: the n-th in line holds slot n.
+    let rows: Vec<(String, i32, i64)> = sqlx::query_as(
+        "SELECT user_id, slot, seq FROM grants WHERE campaign_id = $1 AND state = 'active' ORDER BY seq",
+    )
+    .bind(id)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    for (n, ((seq, user), (u, slot, s))) in queued.iter().zip(&rows).enumerate() {
+        assert_eq!((u, *s), (user, *seq), "grant {n} is the {n}-th in line");
+        assert_eq!(
+            *slot as usize,
+            n + 1,
+            "{u} holds the slot of its place in line"
+        );
+    }
+    for (seq, u) in queued.iter().step_by(97) {
+        let (s, v) = app.status(id, u).await;
+        assert_eq!(
+            (s, v["status"].as_str(), v["seq"].as_i64()),
+            (200, Some("granted"), Some(*seq)),
+            "{u}"
+        );
+    }
+    worker.stop().await;
+}
