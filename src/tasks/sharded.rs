@@ -119,7 +119,9 @@ pub async fn reconcile(
     // A transfer left half done would be counted on both shards.
     common.heal_shards(c).await?;
     // Refusals whose request died before they were made durable: made so
-    // now (fenced and idempotent), as the unsharded pass does.
+    // now (fenced and idempotent). Unlike the unsharded pass, which skips a
+    // busy campaign before reading anything, this reads every shard's
+    // answers on every pass (issue 16: O(users) per pass, left as it is).
     let refusing = refusals_in_redis(common, c).await?;
     for (user, seq, gen) in &refusing {
         if repair && common.resolve_refusal(c, user, *seq, *gen).await.is_ok() {

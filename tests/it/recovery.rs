@@ -256,4 +256,49 @@ async fn a_busy_campaign_is_skipped_without_reading_its_answers() {
             "{mode}: a quiet pass reads the answers"
         );
     }
+    // gate: a reservation left pending (its request died) keeps the
+    // campaign busy; the pass settles it from the pending set, oldest
+    // first, still without reading the answers.
+    let common = common.with_orphan_after(std::time::Duration::ZERO);
+    let id = app.campaign("gate", &[("main", 10)]).await;
+    let (_, c, k) = app.redis_side(id).await;
+    let user = firstcome::domain::UserId::parse("orphan").unwrap();
+    let reserved = common
+        .claim_script(
+            &c,
+            &c.pools[0],
+            &user,
+            firstcome::storage::redis::ScriptMode::Reserve,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            reserved,
+            firstcome::modes::redis_common::ScriptReply::New(..)
+        ),
+        "{reserved:?}"
+    );
+    let mut r = redis_conn().await;
+    let _: () = redis::cmd("HSET")
+        .arg(&k.ans)
+        .arg("unreadable")
+        .arg("not an answer")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let busy = reconcile::reconcile(&common, &c, true).await.unwrap();
+    assert_eq!(
+        (busy.skipped.as_deref(), busy.orphans_settled),
+        (Some("busy"), 1),
+        "gate: {busy:?}"
+    );
+    let settled = common.stored(&c, &user).await.unwrap();
+    assert!(
+        !matches!(
+            settled,
+            Some(firstcome::modes::redis_common::Stored::Pending { .. })
+        ),
+        "the orphan is settled: {settled:?}"
+    );
 }
