@@ -16,6 +16,9 @@
 #  5. A "system" PostgreSQL with password auth on 5432 (Debian's default
 #     pg_hba): scripts/services.sh restarts its private cluster on another
 #     port and leaves that server running and its files unchanged.
+#  6. `FIRSTCOME_DB=mysql scripts/services.sh`: a private MariaDB comes up
+#     (its database created), is reused the second time, and stops with
+#     `scripts/services.sh stop`.
 # Afterwards no process is left in the namespace, and the data is removed.
 #
 # The private stores live under target/fresh-machine/data
@@ -31,7 +34,7 @@ WORK="$ROOT/target/fresh-machine"
 export FIRSTCOME_DATA_DIR="$WORK/data"
 export FIRSTCOME_ADDR=127.0.0.1:8080
 # The namespace's defaults must not be overridden from outside.
-unset REDIS_URL DATABASE_URL
+unset REDIS_URL DATABASE_URL MYSQL_URL FIRSTCOME_DB
 
 log() { echo "[fresh $(date +%H:%M:%S)] $*" >&2; }
 fail() { log "FAIL: $*"; exit 1; }
@@ -146,6 +149,31 @@ export DATABASE_URL='postgres://postgres:postgres@127.0.0.1:5432/firstcome'" ] |
   stores_pg_stop "$sys/data" || ok=0
   [ "$ok" = 1 ] || fail "next to a password-auth PostgreSQL (log: $WORK/password-pg.log)"
   log "next to a password-auth PostgreSQL on 5432: private cluster on $port, that server untouched"
+
+  # 6. MariaDB when asked for (FIRSTCOME_DB=mysql): a private one comes up,
+  # is reused, and stops with the rest.
+  # Steps 3 and 5 exported their stores' URLs (now stopped): none of them
+  # may be taken as given.
+  unset REDIS_URL DATABASE_URL MYSQL_URL
+  env_out=$(FIRSTCOME_DB=mysql timeout 300 scripts/services.sh 2>"$WORK/mariadb.log") ||
+    { cat "$WORK/mariadb.log" >&2; fail "services.sh with FIRSTCOME_DB=mysql failed"; }
+  grep -q "^export DATABASE_URL='mysql://root@127.0.0.1:[0-9]*/firstcome'$" <<<"$env_out" ||
+    fail "FIRSTCOME_DB=mysql: DATABASE_URL is not MariaDB's: $env_out"
+  eval "$env_out"
+  mpid=$(stores_mariadb_pid "$(cat "$FIRSTCOME_DATA_DIR/mariadb.dir")")
+  [ -n "$mpid" ] || fail "no private mariadbd runs"
+  mport=${MYSQL_URL##*:}; mport=${mport%%/*}
+  [ "$(mariadb --no-defaults --protocol=tcp -h 127.0.0.1 -P "$mport" -u root -Nse \
+      "select count(*) from information_schema.schemata where schema_name = 'firstcome'")" = 1 ] ||
+    fail "the private MariaDB has no database firstcome"
+  env -u REDIS_URL -u DATABASE_URL -u MYSQL_URL FIRSTCOME_DB=mysql timeout 60 scripts/services.sh \
+    >/dev/null 2>"$WORK/mariadb-again.log" ||
+    fail "services.sh with FIRSTCOME_DB=mysql failed the second time"
+  grep -q "reusing the private MariaDB (pid $mpid)" "$WORK/mariadb-again.log" || fail "the private MariaDB was not reused"
+  timeout 60 scripts/services.sh stop >"$WORK/stop-mariadb.log" 2>&1 || fail "services.sh stop failed (MariaDB)"
+  grep -q "stopped the private MariaDB (pid $mpid" "$WORK/stop-mariadb.log" || fail "stop did not report MariaDB pid $mpid"
+  stores_gone "$mpid" || fail "mariadbd pid $mpid still runs after stop"
+  log "FIRSTCOME_DB=mysql: private MariaDB on $mport, reused, stopped"
   exit 0
 fi
 
@@ -200,6 +228,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# Nothing can be downloaded inside the namespace: MariaDB's packages (step
+# 6) are installed here when missing, as services.sh would.
+stores_mariadbd >/dev/null && stores_mariadb_client >/dev/null ||
+  STORES_TAG=fresh stores_apt_install mariadb-server mariadb-client || fail "could not install MariaDB"
 
 t=$(now)
 # Both binaries: scripts/run.sh builds them again inside the namespace,

@@ -8,6 +8,8 @@
 #   scripts/services.sh install     # only install missing binaries (apt-get)
 #   eval "$(scripts/services.sh cluster)"  # a local Redis Cluster: export REDIS_CLUSTER_URL=...
 #   scripts/services.sh cluster-stop       # stops it (`stop` does too)
+#   eval "$(scripts/services.sh mysql)"    # MariaDB (MySQL): export MYSQL_URL=...
+#   FIRSTCOME_DB=mysql scripts/services.sh # DATABASE_URL is MariaDB's
 #
 # For each store, in this order:
 # - REDIS_URL / DATABASE_URL set: used as they are (must answer).
@@ -21,8 +23,13 @@
 #   6379 / 5432 if free, else on a free port, with data under
 #   $FIRSTCOME_DATA_DIR (default: .firstcome/ in the checkout). Missing
 #   binaries are installed with apt-get first (as root or through sudo).
-# The machine's own Redis and PostgreSQL are never started, stopped or
-# reconfigured.
+# MariaDB (asked for with `mysql`, or FIRSTCOME_DB=mysql) the same way:
+# MYSQL_URL if set; the private instance if it runs; the default
+# mysql://root@127.0.0.1:3306 if root gets in without a password; else a
+# private mariadbd (Debian's mariadb-server, installed when missing) on
+# 127.0.0.1, root without a password, data under $FIRSTCOME_DATA_DIR.
+# The machine's own Redis, PostgreSQL and MariaDB are never started,
+# stopped or reconfigured.
 #
 # A private instance that runs but does not answer from here (it was started
 # inside another network namespace, e.g. `unshare -n`) is not reused and not
@@ -45,6 +52,7 @@ REDIS_DIR="$DATA/redis"
 REDIS_PIDFILE="$REDIS_DIR/redis.pid"
 DEFAULT_REDIS_URL="redis://127.0.0.1:6379"
 DEFAULT_DATABASE_URL="postgres://postgres:postgres@127.0.0.1:5432/firstcome"
+DEFAULT_MYSQL_URL="mysql://root@127.0.0.1:3306/firstcome"
 
 # ---------------------------------------------------------- inspection
 need_clients() {
@@ -205,6 +213,111 @@ pg_up() {
   fi
 }
 
+# -------------------------------------------------------------- MariaDB
+need_mariadb_client() {
+  stores_mariadb_client >/dev/null || stores_apt_install mariadb-client || exit 3
+}
+# mysql_parts URL: "host port user password database" of a mysql:// or
+# mariadb:// URL (port 3306, no password when absent).
+mysql_parts() {
+  local rest="${1#*://}" auth="" hostport db user pass host port
+  rest="${rest%%\?*}"
+  case "$rest" in *@*) auth="${rest%%@*}"; rest="${rest#*@}" ;; esac
+  hostport="${rest%%/*}"; db=""; [ "$hostport" = "$rest" ] || db="${rest#*/}"
+  user="${auth%%:*}"; pass=""; [ "$user" = "$auth" ] || pass="${auth#*:}"
+  host="${hostport%%:*}"; port=3306; [ "$host" = "$hostport" ] || port="${hostport#*:}"
+  echo "$host $port ${user:-root} ${pass:--} ${db:-firstcome}"
+}
+# mysql_run URL SQL: runs SQL as the URL's user (no database selected).
+mysql_run() {
+  local host port user pass db
+  read -r host port user pass db <<<"$(mysql_parts "$1")"
+  [ "$pass" != - ] || pass=""
+  MYSQL_PWD="$pass" timeout 5 "$(stores_mariadb_client)" --no-defaults --protocol=tcp \
+    -h "$host" -P "$port" -u "$user" -Nse "$2"
+}
+mysql_url_ok() { mysql_run "$1" 'select 1' >/dev/null 2>&1; }
+
+mariadb_dir() { cat "$DATA/mariadb.dir" 2>/dev/null || echo "$DATA/mariadb"; }
+choose_mariadb_dir() {
+  if [ -s "$DATA/mariadb.dir" ]; then cat "$DATA/mariadb.dir"; return; fi
+  local d="$DATA/mariadb"
+  if [ "$(id -u)" = 0 ] && ! runuser -u "$(stores_mariadb_user)" -- test -x "$DATA" 2>/dev/null; then
+    d="/var/lib/firstcome/mariadb-$(printf '%s' "$DATA" | sha256sum | cut -c1-12)"
+    mkdir -p /var/lib/firstcome
+  fi
+  echo "$d" >"$DATA/mariadb.dir"
+  echo "$d"
+}
+mariadb_port() { cat "$DATA/mariadb.port" 2>/dev/null || true; }
+
+private_mariadb_start() { # dir port
+  echo "$2" >"$DATA/mariadb.port"
+  log "starting a private MariaDB on 127.0.0.1:$2 (data $1)"
+  stores_mariadb_start "$1" "$2" && return 0
+  stores_mariadb_stop "$1" || true
+  return 1
+}
+
+private_mariadb_up() { # sets MYSQL_URL
+  local dir pid port
+  mkdir -p "$DATA"
+  # Installed first: as root the data dir depends on the mysql user it makes.
+  stores_mariadbd >/dev/null || stores_apt_install mariadb-server || exit 3
+  dir="$(choose_mariadb_dir)"
+  pid="$(stores_mariadb_pid "$dir")"
+  if [ -n "$pid" ]; then
+    port="$(mariadb_port)"
+    stores_same_netns "$pid" ||
+      die "the private MariaDB (pid $pid, 127.0.0.1:$port, $dir) runs in another network namespace and cannot be reached from here; stop it with: scripts/services.sh stop"
+    stores_wait 10 stores_mariadb_ok "$port" ||
+      die "the private MariaDB (pid $pid) does not let root in on 127.0.0.1:$port (log: $dir/mariadb.err); restart it with: scripts/services.sh stop"
+    log "reusing the private MariaDB (pid $pid) on 127.0.0.1:$port"
+  else
+    if [ ! -d "$dir/mysql" ]; then
+      if [ -d "$dir" ] && [ -n "$(ls -A "$dir" 2>/dev/null)" ]; then
+        die "$dir exists but is no MariaDB data directory; remove it (scripts/services.sh remove)"
+      fi
+      log "creating a private MariaDB data directory in $dir (root without a password, 127.0.0.1 only)"
+      stores_mariadb_init "$dir" >"$DATA/mariadb-install.log" 2>&1 ||
+        die "mariadb-install-db failed (see $DATA/mariadb-install.log)"
+    fi
+    start_on_free_port "the private MariaDB (see $dir/mariadb.err)" "$(mariadb_port)" 3306 \
+      private_mariadb_start "$dir"
+    port="$STARTED_PORT"
+  fi
+  MYSQL_URL="mysql://root@127.0.0.1:$port/firstcome"
+}
+
+mysql_up() { # sets MYSQL_URL, and creates its database
+  need_mariadb_client
+  if [ -n "${MYSQL_URL:-}" ]; then
+    mysql_url_ok "$MYSQL_URL" || die "MYSQL_URL=$MYSQL_URL does not answer (or refuses its credentials)"
+    log "mariadb ok at $MYSQL_URL (MYSQL_URL)"
+  else
+    local dir pid
+    dir="$(mariadb_dir)"; pid="$(stores_mariadb_pid "$dir")"
+    if [ -n "$pid" ] && stores_same_netns "$pid" && stores_mariadb_ok "$(mariadb_port)"; then
+      private_mariadb_up
+    elif mysql_url_ok "$DEFAULT_MYSQL_URL"; then
+      MYSQL_URL="$DEFAULT_MYSQL_URL"; log "mariadb ok at $MYSQL_URL (default)"
+    else
+      if stores_port_busy 3306; then
+        log "127.0.0.1:3306 answers but refuses root without a password: it is left alone"
+      fi
+      private_mariadb_up
+    fi
+  fi
+  local db; db="$(mysql_parts "$MYSQL_URL" | cut -d' ' -f5)"
+  mysql_run "$MYSQL_URL" "CREATE DATABASE IF NOT EXISTS \`$db\`" >&2 ||
+    die "could not create database $db on $MYSQL_URL"
+}
+
+cmd_mysql() {
+  mysql_up
+  echo "export MYSQL_URL='$MYSQL_URL'"
+}
+
 # ------------------------------------------------------- Redis Cluster
 # A local Redis Cluster for tests and benchmarks: 3 masters and 3 replicas
 # from Debian's redis-server, on free ports of its own (each node's cluster
@@ -293,9 +406,15 @@ cmd_install() { # the binaries of private instances, nothing started
 cmd_up() {
   need_clients
   redis_up
-  pg_up
   echo "export REDIS_URL='$REDIS_URL'"
-  echo "export DATABASE_URL='$DATABASE_URL'"
+  if [ "${FIRSTCOME_DB:-postgres}" = mysql ]; then
+    mysql_up
+    echo "export MYSQL_URL='$MYSQL_URL'"
+    echo "export DATABASE_URL='$MYSQL_URL'"
+  else
+    pg_up
+    echo "export DATABASE_URL='$DATABASE_URL'"
+  fi
 }
 
 where() { # where PID: "" or " (another network namespace)"
@@ -330,6 +449,12 @@ cmd_status() {
     echo "          127.0.0.1:5432 answers but refuses ${DEFAULT_DATABASE_URL%/*}"
   else
     echo "          nothing answers on 127.0.0.1:5432"
+  fi
+  dir="$(mariadb_dir)"; pid="$(stores_mariadb_pid "$dir")"
+  if [ -n "$pid" ]; then
+    echo "mariadb:  private MariaDB pid $pid on 127.0.0.1:$(mariadb_port), data $dir$(where "$pid")"
+  elif [ -d "$dir/mysql" ]; then
+    echo "mariadb:  private MariaDB not running (data kept in $dir)"
   fi
   if cluster_ok; then
     echo "cluster:  local Redis Cluster on $(cluster_url)"
@@ -366,16 +491,26 @@ cmd_stop() {
   else
     log "no private PostgreSQL running"
   fi
+  dir="$(mariadb_dir)"; pid="$(stores_mariadb_pid "$dir")"
+  if [ -n "$pid" ]; then
+    if stores_mariadb_stop "$dir"; then
+      log "stopped the private MariaDB (pid $pid, 127.0.0.1:$(mariadb_port))"
+    else
+      log "the private MariaDB (pid $pid) did not stop"; rc=1
+    fi
+  fi
   return "$rc"
 }
 
 cmd_remove() {
-  local dir
-  dir="$(pg_dir)"
+  local dir mdir
+  dir="$(pg_dir)"; mdir="$(mariadb_dir)"
   cmd_stop
-  case "$dir" in "$DATA"/*) ;; *) rm -rf "$dir"; rmdir /var/lib/firstcome 2>/dev/null || true ;; esac
+  case "$dir" in "$DATA"/*) ;; *) rm -rf "$dir" ;; esac
+  case "$mdir" in "$DATA"/*) ;; *) rm -rf "$mdir" ;; esac
+  rmdir /var/lib/firstcome 2>/dev/null || true
   rm -rf "$DATA"
-  log "removed $DATA$([ "$dir" = "$DATA/pg" ] || echo " and $dir")"
+  log "removed $DATA$([ "$dir" = "$DATA/pg" ] || echo " and $dir")$(case "$mdir" in "$DATA"/*) ;; *) [ -z "$mdir" ] || echo " and $mdir" ;; esac)"
 }
 
 case "${1:-up}" in
@@ -386,6 +521,7 @@ case "${1:-up}" in
   install) cmd_install ;;
   cluster) cmd_cluster ;;
   cluster-stop) cmd_cluster_stop ;;
+  mysql) cmd_mysql ;;
   -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" ;;
-  *) echo "usage: scripts/services.sh [up|status|stop|remove|install|cluster|cluster-stop]" >&2; exit 2 ;;
+  *) echo "usage: scripts/services.sh [up|status|stop|remove|install|cluster|cluster-stop|mysql]" >&2; exit 2 ;;
 esac

@@ -63,6 +63,9 @@ pub enum ConfigError {
     /// No JWT key and no explicit trust in the request's user id.
     #[error("no JWT key for user calls (--jwt-secret/FIRSTCOME_JWT_SECRET or --jwt-public-key/FIRSTCOME_JWT_PUBLIC_KEY): anyone could act as anyone; give a key, or --insecure-trust-user-id (FIRSTCOME_INSECURE_TRUST_USER_ID=true) behind a gateway that sets user ids, or for demos and load tests")]
     NoJwtKey,
+    /// A database URL of another kind than PostgreSQL (`mysql://`, ...).
+    #[error("DATABASE_URL names a {0}:// database: this version keeps its source of truth in PostgreSQL only (postgres://user@host:port/db); MySQL/MariaDB is planned, see docs/ARCHITECTURE.md, \"MySQL and MariaDB\"")]
+    UnsupportedDatabase(String),
     /// A stream cap of zero would refuse every stream.
     #[error("--sse-max-streams, --sse-per-user and --sse-per-ip must be at least 1")]
     NoStreams,
@@ -252,6 +255,11 @@ impl ServeConfig {
     /// production profile needs an admin token, a JWT key, and the `aud`
     /// and `iss` tokens must carry.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some((scheme, _)) = self.stores.database_url.split_once("://") {
+            if !matches!(scheme, "postgres" | "postgresql") {
+                return Err(ConfigError::UnsupportedDatabase(scheme.to_string()));
+            }
+        }
         let secret = self.jwt.secret.as_deref().filter(|s| !s.is_empty());
         let public = self.jwt.public_key.as_deref().filter(|s| !s.is_empty());
         if secret.is_some() && public.is_some() {
@@ -404,6 +412,20 @@ mod tests {
                 per_endpoint: 4,
             },
         }
+    }
+
+    #[test]
+    fn a_database_other_than_postgres_is_refused_by_name() {
+        let mut c = production();
+        for ok in ["postgres://u@h/db", "postgresql://u@h:5432/db"] {
+            c.stores.database_url = ok.into();
+            assert_eq!(c.validate(), Ok(()), "{ok}");
+        }
+        c.stores.database_url = "mysql://root@127.0.0.1:3306/firstcome".into();
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::UnsupportedDatabase("mysql".into()))
+        );
     }
 
     #[test]

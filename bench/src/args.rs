@@ -129,6 +129,11 @@ pub struct BenchArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/firstcome"
     )]
     pub database_url: String,
+    /// A MySQL/MariaDB server to measure the same store limits at (the
+    /// `FOR UPDATE` transaction and the batched grant insert, in scratch
+    /// tables), beside PostgreSQL's: seed 004's figures are InnoDB's.
+    #[arg(long, env = "MYSQL_URL")]
+    pub mysql_url: Option<String>,
     /// Seconds each limit is measured (0 skips the limits).
     #[arg(long, default_value_t = 3.0)]
     pub limit_secs: f64,
@@ -157,6 +162,9 @@ impl BenchArgs {
         }
         ensure_loopback("--redis-url", &self.redis_url)?;
         ensure_loopback("--database-url", &self.database_url)?;
+        if let Some(u) = &self.mysql_url {
+            ensure_loopback("--mysql-url", u)?;
+        }
         for m in &self.modes {
             anyhow::ensure!(
                 m.parse::<firstcome::domain::Mode>().is_ok(),

@@ -8,7 +8,8 @@
 //!
 //! Here: the [`Limit`] record, the timed loop every limit runs in, and
 //! which limits a run measures. The Redis ones are in `limits/redis.rs`,
-//! the PostgreSQL ones in `limits/pg.rs`. Limits never go through the
+//! the PostgreSQL ones in `limits/pg.rs`, the MariaDB ones (with
+//! `--mysql-url`) in `limits/mysql.rs`. Limits never go through the
 //! service's HTTP API: that is what they are compared with.
 
 use std::time::{Duration, Instant};
@@ -18,10 +19,12 @@ use serde::Serialize;
 
 use crate::args::{pools, BenchArgs};
 
+mod mysql;
 mod pg;
 mod redis;
 
 pub use self::{
+    mysql::{mysql_for_update, mysql_for_update_name, mysql_insert_grants},
     pg::{pg_for_update, pg_for_update_name, pg_insert_grants},
     redis::{redis_benchmark, redis_lua, REDIS_BENCHMARK},
 };
@@ -110,20 +113,20 @@ impl Driven {
 }
 
 /// The limits of the durable write path (drain scenario): the grant
-/// insert from 1, 2 and 4 connections. A limit that fails is only warned
-/// about.
+/// insert from 1, 2 and 4 connections (and at MariaDB with
+/// `--mysql-url`). A limit that fails is only warned about.
 pub async fn measure_drain(args: &BenchArgs, limits: &mut Vec<Limit>) {
+    let chunk = firstcome::modes::redis_queue::drainer::INSERT_CHUNK;
     for conns in [1, 2, 4] {
-        match pg_insert_grants(
-            &args.database_url,
-            conns,
-            firstcome::modes::redis_queue::drainer::INSERT_CHUNK,
-            args.limit_secs,
-        )
-        .await
-        {
+        match pg_insert_grants(&args.database_url, conns, chunk, args.limit_secs).await {
             Ok(l) => limits.push(l),
             Err(e) => eprintln!("postgres insert limit not measured: {e}"),
+        }
+        if let Some(url) = &args.mysql_url {
+            match mysql_insert_grants(url, conns, chunk, args.limit_secs).await {
+                Ok(l) => limits.push(l),
+                Err(e) => eprintln!("mariadb insert limit not measured: {e}"),
+            }
         }
     }
 }
@@ -161,6 +164,12 @@ pub async fn measure_door(args: &BenchArgs, conc: usize, limits: &mut Vec<Limit>
         match pg_for_update(&args.database_url, pg_conc, rows, args.limit_secs).await {
             Ok(l) => limits.push(l),
             Err(e) => eprintln!("postgres limit not measured: {e}"),
+        }
+        if let Some(url) = &args.mysql_url {
+            match mysql_for_update(url, pg_conc, rows, args.limit_secs).await {
+                Ok(l) => limits.push(l),
+                Err(e) => eprintln!("mariadb limit not measured: {e}"),
+            }
         }
     }
 }

@@ -213,3 +213,107 @@ stores_pg_stop() {
     stores_wait 10 stores_gone "$pid" || return 1
   fi
 }
+
+# -------------------------------------------------------------- MariaDB
+# A private MariaDB (issue 17: MySQL/MariaDB as the source of truth):
+# mariadb-install-db into DIR, root without a password on 127.0.0.1 only,
+# its socket and pid file in DIR. Runs as the `mysql` user when the caller
+# is root (mariadbd refuses root), as the caller otherwise.
+
+# stores_mariadbd: the server binary ("" and false when not installed).
+stores_mariadbd() {
+  local b
+  for b in mariadbd mysqld /usr/sbin/mariadbd /usr/sbin/mysqld; do
+    command -v "$b" 2>/dev/null && return 0
+  done
+  return 1
+}
+
+# stores_mariadb_client: the command-line client ("" and false when none).
+stores_mariadb_client() { command -v mariadb 2>/dev/null || command -v mysql 2>/dev/null; }
+
+# stores_mariadb_user: the OS user a private server runs as (mysql, made
+# by Debian's mariadb-server, when root: mariadbd refuses root).
+stores_mariadb_user() {
+  if [ "$(id -u)" = 0 ]; then echo mysql; else id -un; fi
+}
+
+# stores_mariadb_user_ok: that user exists (false, with a message, if not).
+stores_mariadb_user_ok() {
+  id "$(stores_mariadb_user)" >/dev/null 2>&1 && return 0
+  stores_log "root, but no mysql user to run MariaDB as (Debian's mariadb-server makes it)"
+  return 1
+}
+
+# stores_mariadb_ok PORT: the server on 127.0.0.1:PORT lets root in.
+stores_mariadb_ok() {
+  timeout 5 "$(stores_mariadb_client)" --no-defaults --protocol=tcp -h 127.0.0.1 -P "$1" -u root \
+    -Nse 'select 1' >/dev/null 2>&1
+}
+
+# stores_mariadb_init DIR: a new data directory in DIR (created, owned by
+# the server's user). Output goes to stdout.
+stores_mariadb_init() {
+  local dir=$1 user
+  stores_mariadb_user_ok || return 1
+  user="$(stores_mariadb_user)"
+  mkdir -p "$dir"; chmod 700 "$dir"
+  if [ "$(id -u)" = 0 ]; then chown "$user" "$dir"; fi
+  mariadb-install-db --no-defaults --datadir="$dir" --user="$user" \
+    --auth-root-authentication-method=normal --skip-test-db
+}
+
+# stores_mariadb_sock DIR: the unix socket of the instance in DIR: in DIR,
+# or under /tmp when that path is too long for a socket (107 bytes).
+stores_mariadb_sock() {
+  if [ $(( ${#1} + 12 )) -lt 100 ]; then echo "$1/mysqld.sock"
+  else echo "/tmp/firstcome-mariadb-$(printf '%s' "$1" | sha256sum | cut -c1-12).sock"; fi
+}
+
+# stores_mariadb_start DIR PORT: mariadbd on 127.0.0.1:PORT from data dir
+# DIR, detached (its own session), logging to DIR/mariadb.err. Waits (60
+# s) until its socket answers, then lets root in from 127.0.0.1 by address
+# (name resolution is off, so 'root'@'localhost' is the socket's only),
+# and waits (20 s) until root gets in over TCP.
+stores_mariadb_start() {
+  local dir=$1 port=$2 bin sock as=()
+  bin="$(stores_mariadbd)" || { stores_log "no mariadbd found"; return 1; }
+  stores_mariadb_user_ok || return 1
+  [ "$(id -u)" != 0 ] || as=(--user="$(stores_mariadb_user)")
+  sock="$(stores_mariadb_sock "$dir")"
+  # A socket left by a server killed -9 would pass for a live one.
+  rm -f "$sock"
+  setsid "$bin" --no-defaults --datadir="$dir" "${as[@]}" --port="$port" \
+    --bind-address=127.0.0.1 --skip-name-resolve --socket="$sock" \
+    --pid-file="$dir/mariadb.pid" --log-error="$dir/mariadb.err" \
+    --innodb-buffer-pool-size=256M --max-connections=300 </dev/null >/dev/null 2>&1 &
+  stores_wait 60 "$(stores_mariadb_client)" --no-defaults -S "$sock" -u root -e 'select 1' ||
+    { stores_log "MariaDB in $dir did not start (see $dir/mariadb.err)"; return 1; }
+  "$(stores_mariadb_client)" --no-defaults -S "$sock" -u root -e \
+    "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'; GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION" ||
+    { stores_log "MariaDB in $dir: could not let root in from 127.0.0.1 (see $dir/mariadb.err)"; return 1; }
+  stores_wait 20 stores_mariadb_ok "$port" ||
+    { stores_log "MariaDB in $dir does not accept root on 127.0.0.1:$port (see $dir/mariadb.err)"; return 1; }
+}
+
+# stores_mariadb_pid DIR: the server's pid if the instance in DIR runs.
+# (Its command line must name DIR: a reused pid is never taken for it.)
+stores_mariadb_pid() {
+  local pid
+  pid="$(cat "$1/mariadb.pid" 2>/dev/null || true)"
+  case "$(stores_comm "${pid:-0}")" in
+    mariadbd|mysqld)
+      tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "--datadir=$1" && echo "$pid" ;;
+  esac
+}
+
+# stores_mariadb_stop DIR: stops the instance in DIR (TERM, then KILL).
+stores_mariadb_stop() {
+  local pid
+  pid="$(stores_mariadb_pid "$1")"
+  [ -n "$pid" ] || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  stores_wait 30 stores_gone "$pid" && return 0
+  kill -KILL "$pid" 2>/dev/null || true
+  stores_wait 10 stores_gone "$pid"
+}

@@ -77,10 +77,8 @@ pub async fn pg_insert_grants(
     chunk: usize,
     secs: f64,
 ) -> anyhow::Result<Limit> {
-    let db = PgPoolOptions::new()
-        .max_connections(conns as u32)
-        .connect(database_url)
-        .await?;
+    // The service's own connect: the schema is migrated if it is not yet.
+    let db = pg::connect(database_url, conns as u32).await?;
     // A db-* mode, so that no worker drains or reconciles it should the
     // bench die before deleting it.
     let campaign: i64 = sqlx::query_scalar(
