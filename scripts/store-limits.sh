@@ -23,6 +23,8 @@ OUT=bench-out
 mkdir -p "$OUT"
 SECS=${LIMIT_SECS:-5}
 B=target/release/firstcome-bench
+# No service is driven: the admin token is only what the arguments need.
+export FIRSTCOME_ADMIN_TOKEN=${FIRSTCOME_ADMIN_TOKEN:-store-limits-unused}
 {
   echo "# The stores' own limits ($(date -u +%F), $SECS s each)"
   echo

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: brings up Redis and PostgreSQL (installing them
-# if needed), checks formatting and lints, then runs every test against the
+# Runs the whole test suite: brings up Redis, PostgreSQL and MariaDB
+# (installing them if needed), checks formatting and lints, then runs every test against the
 # real stores. Each test makes its own database and Redis key prefix.
 # Ends with scripts/fresh-machine-test.sh: the quick start where nothing
 # answers on the default ports (as root; skipped otherwise outside CI).
@@ -10,6 +10,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 stores_env="$(scripts/services.sh)" # a failure stops here (`eval "$(...)"` would hide it)
 eval "$stores_env"
+# MariaDB, for the MySQL schema's tests (tests/it/mysql.rs): MYSQL_URL.
+stores_env="$(scripts/services.sh mysql)"
+eval "$stores_env"
+my_hp=${MYSQL_URL#*@}; my_hp=${my_hp%%/*}
+mysql_admin() { mariadb --no-defaults --protocol=tcp -h "${my_hp%:*}" -P "${my_hp##*:}" -u root -Nse "$1"; }
+{ mysql_admin "select schema_name from information_schema.schemata where schema_name like 'fc\\_test\\_%'" || true; } |
+  while read -r db; do mysql_admin "DROP DATABASE IF EXISTS \`$db\`" || true; done
 
 # Databases left by earlier runs (tests never share one).
 psql "${DATABASE_URL%/*}/postgres" -Atqc \
@@ -20,7 +27,8 @@ if [ "${FIRSTCOME_TEST_SERVICES_ONLY:-0}" = 1 ]; then
   # Tests create their databases (fc_test_*) on the server of DATABASE_URL.
   psql -w "${DATABASE_URL%/*}/postgres" -qc 'CREATE DATABASE fc_test_probe' -c 'DROP DATABASE fc_test_probe'
   redis-cli -u "$REDIS_URL" ping >/dev/null
-  echo "test stores ok: REDIS_URL=$REDIS_URL DATABASE_URL=$DATABASE_URL"
+  mysql_admin 'CREATE DATABASE fc_test_probe; DROP DATABASE fc_test_probe'
+  echo "test stores ok: REDIS_URL=$REDIS_URL DATABASE_URL=$DATABASE_URL MYSQL_URL=$MYSQL_URL"
   exit 0
 fi
 

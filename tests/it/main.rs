@@ -12,6 +12,7 @@ mod fair_start;
 mod faults;
 mod invariants;
 mod lua;
+mod mysql;
 mod operator;
 mod pages;
 mod properties;
