@@ -212,6 +212,18 @@ async fn a_lost_state_is_rebuilt_by_the_reconciler() {
     app.stop().await;
 }
 
+/// Puts an answer no pass can parse into the answers hash `ans`: a pass
+/// that reads the answers fails on it.
+async fn unreadable_answer(ans: &str) {
+    let _: () = redis::cmd("HSET")
+        .arg(ans)
+        .arg("unreadable")
+        .arg("not an answer")
+        .query_async(&mut redis_conn().await)
+        .await
+        .unwrap();
+}
+
 /// A campaign with work in flight is skipped before its answers are read:
 /// reading them costs memory and Redis time in the number of claimants,
 /// and a busy pass compares nothing (a 10 M-user rush held gigabytes in
@@ -228,13 +240,7 @@ async fn a_busy_campaign_is_skipped_without_reading_its_answers() {
         assert!(matches!(s, 200 | 202), "{mode}: {s} {v}");
         let (_, c, k) = app.redis_side(id).await;
         let mut r = redis_conn().await;
-        let _: () = redis::cmd("HSET")
-            .arg(&k.ans)
-            .arg("unreadable")
-            .arg("not an answer")
-            .query_async(&mut r)
-            .await
-            .unwrap();
+        unreadable_answer(&k.ans).await;
         let busy = reconcile::reconcile(&common, &c, true).await.unwrap();
         assert_eq!(busy.skipped.as_deref(), Some("busy"), "{mode}: {busy:?}");
         // Once quiet, the pass reads every answer (and fails on that one).
@@ -279,14 +285,7 @@ async fn a_busy_campaign_is_skipped_without_reading_its_answers() {
         ),
         "{reserved:?}"
     );
-    let mut r = redis_conn().await;
-    let _: () = redis::cmd("HSET")
-        .arg(&k.ans)
-        .arg("unreadable")
-        .arg("not an answer")
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    unreadable_answer(&k.ans).await;
     let busy = reconcile::reconcile(&common, &c, true).await.unwrap();
     assert_eq!(
         (busy.skipped.as_deref(), busy.orphans_settled),
