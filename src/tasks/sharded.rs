@@ -118,10 +118,15 @@ pub async fn reconcile(
 ) -> Result<Report, AdmissionError> {
     // A transfer left half done would be counted on both shards.
     common.heal_shards(c).await?;
+    // Work in flight: skipped before any answer is read, as the unsharded
+    // pass does (reading them costs memory and Redis time in the number of
+    // claimants, every interval of a rush).
+    if matches!(units(common, c).await?, Some(u) if !u.quiet) {
+        r.skipped = Some("busy".into());
+        return Ok(r);
+    }
     // Refusals whose request died before they were made durable: made so
-    // now (fenced and idempotent). Unlike the unsharded pass, which skips a
-    // busy campaign before reading anything, this reads every shard's
-    // answers on every pass (issue 16: O(users) per pass, left as it is).
+    // now (fenced and idempotent).
     let refusing = refusals_in_redis(common, c).await?;
     for (user, seq, gen) in &refusing {
         if repair && common.resolve_refusal(c, user, *seq, *gen).await.is_ok() {

@@ -262,6 +262,32 @@ async fn a_busy_campaign_is_skipped_without_reading_its_answers() {
             "{mode}: a quiet pass reads the answers"
         );
     }
+    // A sharded campaign likewise: a refusal of a dead request (`X`, on its
+    // home shard) waits while the outbox is busy; any pass that read the
+    // answers would make it durable.
+    let id = app
+        .create_campaign(serde_json::json!({"name": "sharded", "mode": "redis-lua",
+            "pools": [{"name": "main", "stock": 6}], "shards": 3}))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let (s, v) = app.claim(id, "a", None).await;
+    assert_eq!(s, 200, "{v}");
+    let (_, c, _) = app.redis_side(id).await;
+    let lost = firstcome::domain::UserId::parse("lost").unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(&common.keys_for(&c, &lost).ans)
+        .arg("lost")
+        .arg("X|999")
+        .query_async(&mut redis_conn().await)
+        .await
+        .unwrap();
+    let busy = reconcile::reconcile(&common, &c, true).await.unwrap();
+    assert_eq!(
+        (busy.skipped.as_deref(), busy.answers_repaired),
+        (Some("busy"), 0),
+        "sharded: {busy:?}"
+    );
     // gate: a reservation left pending (its request died) keeps the
     // campaign busy; the pass settles it from the pending set, oldest
     // first, still without reading the answers.
