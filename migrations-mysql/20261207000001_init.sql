@@ -1,8 +1,10 @@
 -- firstcome schema on MySQL/MariaDB (InnoDB) (issue 17): the same tables
 -- and the same invariants as migrations/ (PostgreSQL), as they stand
 -- after all of its migrations. docs/ARCHITECTURE.md, "MySQL and MariaDB",
--- says how each PostgreSQL mechanism maps here and why. Sessions run at
--- UTC (time_zone '+00:00'): DATETIME holds UTC.
+-- says how each PostgreSQL mechanism maps here and why. DATETIME holds
+-- UTC: defaults are UTC_TIMESTAMP whatever the session's time zone.
+-- Text compares byte by byte, trailing spaces included (utf8mb4_nopad_bin),
+-- as PostgreSQL compares text.
 
 CREATE TABLE campaigns (
     id                  BIGINT       NOT NULL AUTO_INCREMENT PRIMARY KEY,
@@ -13,7 +15,7 @@ CREATE TABLE campaigns (
     opens_at            DATETIME(6)  NULL,
     closes_at           DATETIME(6)  NULL,
     hold_secs           BIGINT       NOT NULL DEFAULT 7200 CHECK (hold_secs >= 0),
-    created_at          DATETIME(6)  NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    created_at          DATETIME(6)  NOT NULL DEFAULT (UTC_TIMESTAMP(6)),
     confirm_within_secs BIGINT       NULL CHECK (confirm_within_secs IS NULL OR confirm_within_secs > 0),
     -- The generation of the campaign's Redis state: the fence between a
     -- rebuild and the writes decided in the state it replaces.
@@ -28,7 +30,7 @@ CREATE TABLE campaigns (
     CONSTRAINT campaigns_window CHECK (opens_at IS NULL OR closes_at IS NULL OR closes_at > opens_at),
     CONSTRAINT campaigns_webhook_both CHECK ((webhook_url IS NULL) = (webhook_secret IS NULL)),
     CONSTRAINT campaigns_prequeue CHECK (prequeue_secs IS NULL OR (opens_at IS NOT NULL AND draw_seed IS NOT NULL))
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_nopad_bin;
 
 CREATE TABLE pools (
     id          BIGINT       NOT NULL AUTO_INCREMENT PRIMARY KEY,
@@ -44,7 +46,7 @@ CREATE TABLE pools (
     UNIQUE KEY pools_campaign_name (campaign_id, name),
     UNIQUE KEY pools_campaign_idx (campaign_id, idx),
     CONSTRAINT pools_campaign FOREIGN KEY (campaign_id) REFERENCES campaigns (id) ON DELETE CASCADE
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_nopad_bin;
 
 -- Slots released by cancellation, reused lowest first (db-* modes).
 CREATE TABLE free_slots (
@@ -69,7 +71,7 @@ CREATE TABLE grants (
     seq          BIGINT       NOT NULL,
     state        VARCHAR(16)  NOT NULL DEFAULT 'active'
                  CHECK (state IN ('active', 'cancelled', 'expired', 'void')),
-    created_at   DATETIME(6)  NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    created_at   DATETIME(6)  NOT NULL DEFAULT (UTC_TIMESTAMP(6)),
     released_at  DATETIME(6)  NULL,
     confirm_by   DATETIME(6)  NULL,
     confirmed_at DATETIME(6)  NULL,
@@ -89,7 +91,7 @@ CREATE TABLE grants (
     KEY grants_campaign_id (campaign_id, id),
     KEY grants_campaign_user (campaign_id, user_id),
     KEY grants_hold_due (hold_due)
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_nopad_bin;
 
 -- Refusals worth remembering (sold_out) in the db-* modes.
 CREATE TABLE rejections (
@@ -97,10 +99,10 @@ CREATE TABLE rejections (
     user_id     VARCHAR(255) NOT NULL,
     reason      VARCHAR(64)  NOT NULL,
     seq         BIGINT       NOT NULL,
-    created_at  DATETIME(6)  NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    created_at  DATETIME(6)  NOT NULL DEFAULT (UTC_TIMESTAMP(6)),
     PRIMARY KEY (campaign_id, user_id),
     CONSTRAINT rejections_campaign FOREIGN KEY (campaign_id) REFERENCES campaigns (id) ON DELETE CASCADE
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_nopad_bin;
 
 -- Arrival numbers in the db-* modes (NEXTVAL never blocks or rolls back).
 CREATE SEQUENCE claim_seq;
@@ -115,7 +117,7 @@ CREATE TABLE refusal_batches (
     CONSTRAINT refusal_batches_same_length CHECK (JSON_LENGTH(users) = JSON_LENGTH(seqs)),
     KEY refusal_batches_campaign (campaign_id),
     CONSTRAINT refusal_batches_campaign FOREIGN KEY (campaign_id) REFERENCES campaigns (id) ON DELETE CASCADE
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_nopad_bin;
 
 -- Every operator action on a campaign, with what it changed.
 CREATE TABLE operator_actions (
@@ -126,10 +128,10 @@ CREATE TABLE operator_actions (
                 CHECK (action IN ('create', 'publish', 'pause', 'resume', 'patch')),
     `before`    JSON        NULL,
     `after`     JSON        NULL,
-    at          DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    at          DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)),
     KEY operator_actions_campaign (campaign_id, id),
     CONSTRAINT operator_actions_campaign FOREIGN KEY (campaign_id) REFERENCES campaigns (id) ON DELETE CASCADE
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_nopad_bin;
 
 -- The signed webhooks' outbox, written by the triggers below in the
 -- transaction that writes the fact (no fact without its event).
@@ -142,9 +144,9 @@ CREATE TABLE webhook_events (
     state           VARCHAR(16) NOT NULL DEFAULT 'pending'
                     CHECK (state IN ('pending', 'delivered', 'dead')),
     attempts        INT         NOT NULL DEFAULT 0,
-    created_at      DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-    next_attempt_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-    pending_since   DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    created_at      DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)),
+    next_attempt_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)),
+    pending_since   DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)),
     last_status     INT         NULL,
     last_error      TEXT        NULL,
     delivered_at    DATETIME(6) NULL,
@@ -152,7 +154,7 @@ CREATE TABLE webhook_events (
     due_at          DATETIME(6) AS (IF(state = 'pending', next_attempt_at, NULL)) STORED,
     KEY webhook_events_due (due_at),
     KEY webhook_events_campaign (campaign_id, state, id)
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_nopad_bin;
 
 -- The fair start's draw, written whole before anyone pre-queued is admitted.
 CREATE TABLE prequeue_draws (
@@ -163,7 +165,7 @@ CREATE TABLE prequeue_draws (
     PRIMARY KEY (campaign_id, `rank`),
     UNIQUE KEY prequeue_draws_user (campaign_id, user_id),
     CONSTRAINT prequeue_draws_campaign FOREIGN KEY (campaign_id) REFERENCES campaigns (id) ON DELETE CASCADE
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_nopad_bin;
 
 -- The JSON body of one event, keys in the documented order, the fact's
 -- own time in UTC (as PostgreSQL's webhook_body). MariaDB's JSON_OBJECT

@@ -120,8 +120,17 @@ pub async fn reconcile(
     common.heal_shards(c).await?;
     // Work in flight: skipped before any answer is read, as the unsharded
     // pass does (reading them costs memory and Redis time in the number of
-    // claimants, every interval of a rush).
+    // claimants, every interval of a rush); gate's orphaned reservations
+    // are settled from each shard's pending set meanwhile.
     if matches!(units(common, c).await?, Some(u) if !u.quiet) {
+        if repair && c.mode == crate::domain::Mode::Gate {
+            match crate::modes::gate::orphans::sweep_once(common, c).await {
+                Ok(n) => r.orphans_settled += n,
+                Err(e) => {
+                    tracing::warn!(error = %e, campaign = %c.id, "reconciler: orphan sweep failed")
+                }
+            }
+        }
         r.skipped = Some("busy".into());
         return Ok(r);
     }

@@ -225,6 +225,9 @@ async fn the_webhook_triggers_write_the_bodies_postgres_writes() {
         .await
         .unwrap();
         let got: String = r.get("body");
+        // The same bytes, keys in the same order, but for the spacing
+        // PostgreSQL's json_build_object puts before a colon.
+        assert_eq!(got, want.replace(" : ", ": "), "{t}");
         let (got, want): (Value, Value) = (
             serde_json::from_str(&got).unwrap(),
             serde_json::from_str(&want).unwrap(),

@@ -288,6 +288,17 @@ async fn a_busy_campaign_is_skipped_without_reading_its_answers() {
         (Some("busy"), 0),
         "sharded: {busy:?}"
     );
+    // Quiet again (the outbox written, here: dropped), a pass reads the
+    // answers and makes the refusal durable.
+    for k in common.shards(&c).iter() {
+        let _: () = redis::cmd("DEL")
+            .arg(&k.outbox)
+            .query_async(&mut redis_conn().await)
+            .await
+            .unwrap();
+    }
+    let quiet = reconcile::reconcile(&common, &c, true).await.unwrap();
+    assert_eq!(quiet.answers_repaired, 1, "sharded: {quiet:?}");
     // gate: a reservation left pending (its request died) keeps the
     // campaign busy; the pass settles it from the pending set, oldest
     // first, still without reading the answers.

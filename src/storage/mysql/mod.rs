@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sqlx::{mysql::MySqlPoolOptions, Executor, MySqlPool};
 
-/// Opens a pool whose sessions run at UTC (DATETIME columns hold UTC) and
+/// Opens a pool whose sessions run at UTC, in strict SQL mode and at
 /// READ COMMITTED (a locking read sees the newest committed version, as
 /// PostgreSQL's re-check of a locked row does), and applies the
 /// migrations.
@@ -22,6 +22,15 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<MySqlPool, sqlx:
         .after_connect(|conn, _| {
             Box::pin(async move {
                 conn.execute("SET time_zone = '+00:00'").await?;
+                // Strict: a value that does not fit is an error, never a
+                // silent adjustment. (`INSERT IGNORE` still turns errors
+                // into warnings: the store must check they are only the
+                // duplicates it meant to skip.)
+                conn.execute(
+                    "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,\
+                     ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION'",
+                )
+                .await?;
                 conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
                     .await?;
                 Ok(())
