@@ -65,19 +65,12 @@ pub async fn reconcile(
     // yet committed): Redis is legitimately ahead of PostgreSQL and the pass
     // would skip. Found before the answers are read: reading them costs
     // memory and Redis time in the number of claimants (a 10 M-user rush
-    // held gigabytes every interval, docs/BENCHMARKS.md). Gate's orphaned
-    // reservations are settled from the pending set, oldest first (as the
-    // worker's sweeper does; `firstcome reconcile` may run with no worker);
-    // a refusal whose request died (never told) waits for a quiet pass or
-    // the user's next read.
+    // held gigabytes every interval, docs/BENCHMARKS.md). Only gate's
+    // orphans are settled meanwhile; a refusal whose request died (never
+    // told) waits for a quiet pass or the user's next read.
     if state_loaded(common, &k).await? && !quiet(common, c).await? {
-        if repair && c.mode == Mode::Gate {
-            match crate::modes::gate::orphans::sweep_once(common, c).await {
-                Ok(n) => r.orphans_settled += n,
-                Err(e) => {
-                    tracing::warn!(error = %e, campaign = %c.id, "reconciler: orphan sweep failed")
-                }
-            }
+        if repair {
+            r.settle_gate_orphans(common, c).await;
         }
         r.skipped = Some("busy".into());
         return Ok(r);

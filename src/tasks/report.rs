@@ -4,6 +4,11 @@
 
 use serde::Serialize;
 
+use crate::{
+    domain::{Campaign, Mode},
+    modes::redis_common::RedisCommon,
+};
+
 /// What one pass over a campaign found and did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
@@ -32,4 +37,22 @@ pub struct Report {
     pub unbacked_grants: usize,
     /// Stock left per pool after the pass (the final pass reports leftovers).
     pub remaining: Vec<i64>,
+}
+
+impl Report {
+    /// A busy pass's only repair: gate's orphaned reservations, settled
+    /// from each shard's pending set, oldest first, as the worker's sweeper
+    /// does (`firstcome reconcile` may run with no worker). A failure is
+    /// logged; the next pass tries again.
+    pub(super) async fn settle_gate_orphans(&mut self, common: &RedisCommon, c: &Campaign) {
+        if c.mode != Mode::Gate {
+            return;
+        }
+        match crate::modes::gate::orphans::sweep_once(common, c).await {
+            Ok(n) => self.orphans_settled += n,
+            Err(e) => {
+                tracing::warn!(error = %e, campaign = %c.id, "reconciler: orphan sweep failed")
+            }
+        }
+    }
 }

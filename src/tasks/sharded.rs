@@ -123,13 +123,8 @@ pub async fn reconcile(
     // claimants, every interval of a rush); gate's orphaned reservations
     // are settled from each shard's pending set meanwhile.
     if matches!(units(common, c).await?, Some(u) if !u.quiet) {
-        if repair && c.mode == crate::domain::Mode::Gate {
-            match crate::modes::gate::orphans::sweep_once(common, c).await {
-                Ok(n) => r.orphans_settled += n,
-                Err(e) => {
-                    tracing::warn!(error = %e, campaign = %c.id, "reconciler: orphan sweep failed")
-                }
-            }
+        if repair {
+            r.settle_gate_orphans(common, c).await;
         }
         r.skipped = Some("busy".into());
         return Ok(r);
