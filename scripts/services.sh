@@ -217,26 +217,7 @@ pg_up() {
 need_mariadb_client() {
   stores_mariadb_client >/dev/null || stores_apt_install mariadb-client || exit 3
 }
-# mysql_parts URL: "host port user password database" of a mysql:// or
-# mariadb:// URL (port 3306, no password when absent).
-mysql_parts() {
-  local rest="${1#*://}" auth="" hostport db user pass host port
-  rest="${rest%%\?*}"
-  case "$rest" in *@*) auth="${rest%%@*}"; rest="${rest#*@}" ;; esac
-  hostport="${rest%%/*}"; db=""; [ "$hostport" = "$rest" ] || db="${rest#*/}"
-  user="${auth%%:*}"; pass=""; [ "$user" = "$auth" ] || pass="${auth#*:}"
-  host="${hostport%%:*}"; port=3306; [ "$host" = "$hostport" ] || port="${hostport#*:}"
-  echo "$host $port ${user:-root} ${pass:--} ${db:-firstcome}"
-}
-# mysql_run URL SQL: runs SQL as the URL's user (no database selected).
-mysql_run() {
-  local host port user pass db
-  read -r host port user pass db <<<"$(mysql_parts "$1")"
-  [ "$pass" != - ] || pass=""
-  MYSQL_PWD="$pass" timeout 5 "$(stores_mariadb_client)" --no-defaults --protocol=tcp \
-    -h "$host" -P "$port" -u "$user" -Nse "$2"
-}
-mysql_url_ok() { mysql_run "$1" 'select 1' >/dev/null 2>&1; }
+mysql_url_ok() { stores_mysql_run "$1" 'select 1' >/dev/null 2>&1; }
 
 mariadb_dir() { cat "$DATA/mariadb.dir" 2>/dev/null || echo "$DATA/mariadb"; }
 choose_mariadb_dir() {
@@ -308,8 +289,8 @@ mysql_up() { # sets MYSQL_URL, and creates its database
       private_mariadb_up
     fi
   fi
-  local db; db="$(mysql_parts "$MYSQL_URL" | cut -d' ' -f5)"
-  mysql_run "$MYSQL_URL" "CREATE DATABASE IF NOT EXISTS \`$db\`" >&2 ||
+  local db; db="$(stores_mysql_parts "$MYSQL_URL" | cut -d' ' -f5)"
+  stores_mysql_run "$MYSQL_URL" "CREATE DATABASE IF NOT EXISTS \`$db\`" >&2 ||
     die "could not create database $db on $MYSQL_URL"
 }
 

@@ -20,7 +20,7 @@ use crate::{
     modes::redis_common::committer,
     modes::{redis_common::RedisCommon, Admissions, Deps},
     storage::redis::stream::StreamConfig,
-    storage::{pg, redis::RedisStore},
+    storage::{redis::RedisStore, Store},
     tasks::{confirmations, reconcile, webhooks, worker},
 };
 
@@ -64,9 +64,9 @@ impl Application {
         let webhook_allow = crate::domain::WebhookAllow::parse(&args.webhooks.allow)
             .context("--webhook-allow: each entry must be host or host:port")?;
         crate::telemetry::init_metrics();
-        let db = pg::connect(&args.stores.database_url, args.stores.db_max_connections)
+        let db = Store::connect(&args.stores.database_url, args.stores.db_max_connections)
             .await
-            .context("connecting to PostgreSQL")?;
+            .context("connecting to the database (DATABASE_URL)")?;
         let redis = RedisStore::connect(
             &args.stores.redis_url,
             &args.stores.redis_prefix,

@@ -63,8 +63,8 @@ pub enum ConfigError {
     /// No JWT key and no explicit trust in the request's user id.
     #[error("no JWT key for user calls (--jwt-secret/FIRSTCOME_JWT_SECRET or --jwt-public-key/FIRSTCOME_JWT_PUBLIC_KEY): anyone could act as anyone; give a key, or --insecure-trust-user-id (FIRSTCOME_INSECURE_TRUST_USER_ID=true) behind a gateway that sets user ids, or for demos and load tests")]
     NoJwtKey,
-    /// A database URL of another kind than PostgreSQL (`mysql://`, ...).
-    #[error("DATABASE_URL names a {0}:// database: this version keeps its source of truth in PostgreSQL only (postgres://user@host:port/db); MySQL/MariaDB is planned, see docs/ARCHITECTURE.md, \"MySQL and MariaDB\"")]
+    /// A database URL of a kind the service cannot keep its truth in.
+    #[error("DATABASE_URL names a {0}:// database: the source of truth is PostgreSQL (postgres://user@host:port/db) or MySQL/MariaDB with InnoDB (mysql:// or mariadb://)")]
     UnsupportedDatabase(String),
     /// A stream cap of zero would refuse every stream.
     #[error("--sse-max-streams, --sse-per-user and --sse-per-ip must be at least 1")]
@@ -256,7 +256,7 @@ impl ServeConfig {
     /// and `iss` tokens must carry.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some((scheme, _)) = self.stores.database_url.split_once("://") {
-            if !matches!(scheme, "postgres" | "postgresql") {
+            if !matches!(scheme, "postgres" | "postgresql" | "mysql" | "mariadb") {
                 return Err(ConfigError::UnsupportedDatabase(scheme.to_string()));
             }
         }

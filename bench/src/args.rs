@@ -122,7 +122,8 @@ pub struct BenchArgs {
     /// Redis of the service, for the Lua limit and memory per claimant.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
-    /// PostgreSQL of the service, for the FOR UPDATE limit.
+    /// The service's database (PostgreSQL, or MySQL: then it is measured
+    /// as `--mysql-url` is), for the FOR UPDATE and insert limits.
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -150,6 +151,22 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
+    /// PostgreSQL's URL for its limits: `--database-url`, unless that names
+    /// MySQL (the service's store may be either).
+    pub(crate) fn pg_url(&self) -> Option<&str> {
+        (!firstcome::storage::store::is_mysql_url(&self.database_url))
+            .then_some(self.database_url.as_str())
+    }
+
+    /// MariaDB's URL for its limits: `--mysql-url`, else `--database-url`
+    /// when that names MySQL.
+    pub(crate) fn my_url(&self) -> Option<&str> {
+        self.mysql_url.as_deref().or_else(|| {
+            firstcome::storage::store::is_mysql_url(&self.database_url)
+                .then_some(self.database_url.as_str())
+        })
+    }
+
     /// Refuses what the bench must not run with: a target off this machine
     /// or a mode the service does not know.
     pub(crate) fn validate(&self) -> anyhow::Result<()> {

@@ -118,11 +118,13 @@ impl Driven {
 pub async fn measure_drain(args: &BenchArgs, limits: &mut Vec<Limit>) {
     let chunk = firstcome::modes::redis_queue::drainer::INSERT_CHUNK;
     for conns in [1, 2, 4] {
-        match pg_insert_grants(&args.database_url, conns, chunk, args.limit_secs).await {
-            Ok(l) => limits.push(l),
-            Err(e) => eprintln!("postgres insert limit not measured: {e}"),
+        if let Some(url) = args.pg_url() {
+            match pg_insert_grants(url, conns, chunk, args.limit_secs).await {
+                Ok(l) => limits.push(l),
+                Err(e) => eprintln!("postgres insert limit not measured: {e}"),
+            }
         }
-        if let Some(url) = &args.mysql_url {
+        if let Some(url) = args.my_url() {
             match mysql_insert_grants(url, conns, chunk, args.limit_secs).await {
                 Ok(l) => limits.push(l),
                 Err(e) => eprintln!("mariadb insert limit not measured: {e}"),
@@ -161,11 +163,13 @@ pub async fn measure_door(args: &BenchArgs, conc: usize, limits: &mut Vec<Limit>
         .filter(|r| !measured(*r))
         .collect::<Vec<_>>()
     {
-        match pg_for_update(&args.database_url, pg_conc, rows, args.limit_secs).await {
-            Ok(l) => limits.push(l),
-            Err(e) => eprintln!("postgres limit not measured: {e}"),
+        if let Some(url) = args.pg_url() {
+            match pg_for_update(url, pg_conc, rows, args.limit_secs).await {
+                Ok(l) => limits.push(l),
+                Err(e) => eprintln!("postgres limit not measured: {e}"),
+            }
         }
-        if let Some(url) = &args.mysql_url {
+        if let Some(url) = args.my_url() {
             match mysql_for_update(url, pg_conc, rows, args.limit_secs).await {
                 Ok(l) => limits.push(l),
                 Err(e) => eprintln!("mariadb limit not measured: {e}"),

@@ -41,14 +41,20 @@ stop_serve() {
   wait "$SERVE_PID" 2>/dev/null || true
 }
 
-# Points DATABASE_URL at a freshly created database NAME (dropped first if
+# Points DATABASE_URL (PostgreSQL's or MariaDB's) at a freshly created database NAME (dropped first if
 # an earlier run left it) and FIRSTCOME_REDIS_PREFIX at a prefix of its
 # own: a run's numbers must not depend on the rows of earlier runs (a
 # grants table grown to millions of rows makes every insert slower).
 #   fresh_bench_db NAME
 fresh_bench_db() {
   local admin=$DATABASE_URL
-  psql "$admin" -qc "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1" >/dev/null
+  case "$admin" in
+    mysql://* | mariadb://*)
+      # shellcheck source=scripts/lib/stores.sh
+      . "$(dirname "${BASH_SOURCE[0]}")/stores.sh"
+      stores_mysql_run "$admin" "DROP DATABASE IF EXISTS \`$1\`; CREATE DATABASE \`$1\`" ;;
+    *) psql "$admin" -qc "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1" >/dev/null ;;
+  esac
   export DATABASE_URL="${admin%/*}/$1"
   export FIRSTCOME_REDIS_PREFIX="$1-$$-$RANDOM"
 }

@@ -317,3 +317,23 @@ stores_mariadb_stop() {
   kill -KILL "$pid" 2>/dev/null || true
   stores_wait 10 stores_gone "$pid"
 }
+
+# stores_mysql_parts URL: "host port user password database" of a mysql:// or
+# mariadb:// URL (port 3306, no password when absent).
+stores_mysql_parts() {
+  local rest="${1#*://}" auth="" hostport db user pass host port
+  rest="${rest%%\?*}"
+  case "$rest" in *@*) auth="${rest%%@*}"; rest="${rest#*@}" ;; esac
+  hostport="${rest%%/*}"; db=""; [ "$hostport" = "$rest" ] || db="${rest#*/}"
+  user="${auth%%:*}"; pass=""; [ "$user" = "$auth" ] || pass="${auth#*:}"
+  host="${hostport%%:*}"; port=3306; [ "$host" = "$hostport" ] || port="${hostport#*:}"
+  echo "$host $port ${user:-root} ${pass:--} ${db:-firstcome}"
+}
+# stores_mysql_run URL SQL: runs SQL as the URL's user (no database selected).
+stores_mysql_run() {
+  local host port user pass db
+  read -r host port user pass db <<<"$(stores_mysql_parts "$1")"
+  [ "$pass" != - ] || pass=""
+  MYSQL_PWD="$pass" timeout 5 "$(stores_mariadb_client)" --no-defaults --protocol=tcp \
+    -h "$host" -P "$port" -u "$user" -Nse "$2"
+}

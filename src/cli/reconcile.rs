@@ -6,7 +6,6 @@ use clap::Args;
 use super::stores::{self, StoreArgs};
 use crate::{
     domain::{CampaignId, Mode},
-    storage::pg,
     tasks::reconcile,
 };
 
@@ -29,7 +28,7 @@ pub async fn run(args: ReconcileArgs) -> anyhow::Result<()> {
     let common = stores::open(&args.stores).await?;
     let ids = match args.campaign {
         Some(id) => vec![CampaignId(id)],
-        None => pg::live_campaigns(&common.db, &Mode::redis_modes()).await?,
+        None => common.db.live_campaigns(&Mode::redis_modes()).await?,
     };
     for id in ids {
         let c = stores::campaign(&common, id.0).await?;

@@ -10,7 +10,7 @@ use crate::{
     config::StoreConfig,
     domain::{Campaign, CampaignId},
     modes::redis_common::RedisCommon,
-    storage::{pg, redis::RedisStore},
+    storage::{redis::RedisStore, Store},
 };
 
 /// Connections to the stores.
@@ -52,7 +52,7 @@ impl From<StoreArgs> for StoreConfig {
 /// The stores of a maintenance command: a small pool (one command, a few
 /// queries), whatever `--db-max-connections` says for a server.
 pub(super) async fn open(s: &StoreArgs) -> anyhow::Result<RedisCommon> {
-    let db = pg::connect(&s.database_url, 4).await?;
+    let db = Store::connect(&s.database_url, 4).await?;
     let redis = RedisStore::connect(
         &s.redis_url,
         &s.redis_prefix,
@@ -64,7 +64,9 @@ pub(super) async fn open(s: &StoreArgs) -> anyhow::Result<RedisCommon> {
 
 /// Campaign `id`, or an error naming it.
 pub(super) async fn campaign(common: &RedisCommon, id: i64) -> anyhow::Result<Campaign> {
-    pg::load_campaign(&common.db, CampaignId(id))
+    common
+        .db
+        .load_campaign(CampaignId(id))
         .await?
         .ok_or_else(|| anyhow::anyhow!("no campaign {id}"))
 }

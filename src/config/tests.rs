@@ -66,14 +66,19 @@ fn production() -> ServeConfig {
 #[test]
 fn a_database_other_than_postgres_is_refused_by_name() {
     let mut c = production();
-    for ok in ["postgres://u@h/db", "postgresql://u@h:5432/db"] {
+    for ok in [
+        "postgres://u@h/db",
+        "postgresql://u@h:5432/db",
+        "mysql://root@127.0.0.1:3306/firstcome",
+        "mariadb://root@127.0.0.1:3306/firstcome",
+    ] {
         c.stores.database_url = ok.into();
         assert_eq!(c.validate(), Ok(()), "{ok}");
     }
-    c.stores.database_url = "mysql://root@127.0.0.1:3306/firstcome".into();
+    c.stores.database_url = "sqlite://firstcome.db".into();
     assert_eq!(
         c.validate(),
-        Err(ConfigError::UnsupportedDatabase("mysql".into()))
+        Err(ConfigError::UnsupportedDatabase("sqlite".into()))
     );
 }
 

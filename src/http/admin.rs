@@ -19,7 +19,7 @@ use super::{
     responses::{AdminErrors, IpLimitErrors, StoreErrors},
     AppState,
 };
-use crate::storage::pg::{self, CampaignLine};
+use crate::storage::pg::CampaignLine;
 
 /// The dashboard's HTML (static: the token is typed in the page).
 const ADMIN_HTML: &str = include_str!("pages/admin.html");
@@ -73,7 +73,7 @@ pub async fn list(
             "limit must be between 1 and 1000",
         ));
     }
-    let campaigns = pg::list_campaigns(&state.db, q.before, limit).await?;
+    let campaigns = state.db.list_campaigns(q.before, limit).await?;
     let next = (campaigns.len() as i64 == limit)
         .then(|| campaigns.last().map(|c| c.id))
         .flatten();

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use super::{error::ApiError, progress::QueueProgress, AppState};
 use crate::{
     domain::{Campaign, ClaimOutcome, ClaimStatus, Mode, RejectReason, UserId},
-    storage::pg::{self, Confirmation},
+    storage::pg::Confirmation,
 };
 
 /// Body of `POST /v1/campaigns/{id}/claims`.
@@ -105,7 +105,7 @@ pub(super) async fn answer(
         )
     {
         let user = UserId::parse(a.user_id.clone())?;
-        match pg::confirmation_state(&state.db, c.id, &user).await? {
+        match state.db.confirmation_state(c.id, &user).await? {
             Some(Confirmation::Pending(by)) if a.status == ClaimStatus::Granted => {
                 a.hold = Some("held".into());
                 a.confirm_by = Some(by);

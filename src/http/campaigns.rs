@@ -28,7 +28,7 @@ use super::{
 };
 use crate::{
     domain::{Campaign, Mode, NewCampaign, RawCampaign, Webhook},
-    storage::pg::{self, GrantRow},
+    storage::pg::GrantRow,
 };
 
 /// The campaign routes.
@@ -214,7 +214,7 @@ pub struct GrantsQuery {
 /// The body of campaign `c` with its counts (also the answer of the
 /// operator calls, `operator.rs`).
 pub(super) async fn body(state: &AppState, c: &Campaign) -> Result<CampaignBody, ApiError> {
-    let active = pg::active_counts(&state.db, c.id).await?;
+    let active = state.db.active_counts(c.id).await?;
     let granted = |pool_id: i64| {
         active
             .iter()
@@ -306,7 +306,10 @@ pub async fn create(
         prequeue_secs: req.prequeue_secs,
     })?;
     new.webhook = webhook;
-    let c = pg::create_campaign(&state.db, &new, req.published.unwrap_or(true), &actor.0).await?;
+    let c = state
+        .db
+        .create_campaign(&new, req.published.unwrap_or(true), &actor.0)
+        .await?;
     // If Redis is down, the first claim rebuilds the state from PostgreSQL.
     if let Err(e) = state.admissions.on_create(&c).await {
         tracing::warn!(error = %e, campaign = %c.id, "could not prepare the new campaign (redis state)");
@@ -336,7 +339,7 @@ pub async fn publish(
 ) -> Result<Json<CampaignBody>, ApiError> {
     let c = state.campaign_for_admin(&id).await?;
     if !c.published {
-        if !pg::publish_campaign(&state.db, c.id, &actor.0).await? {
+        if !state.db.publish_campaign(c.id, &actor.0).await? {
             return Err(ApiError::campaign_not_found());
         }
         // Another reader of this process may have cached its 404; other
@@ -486,7 +489,7 @@ pub async fn grants(
             "limit must be between 1 and 10000",
         ));
     }
-    let rows = pg::grants_page(&state.db, c.id, after, limit).await?;
+    let rows = state.db.grants_page(c.id, after, limit).await?;
     let next = if rows.len() as i64 == limit {
         rows.last().map(|r| r.id.to_string())
     } else {

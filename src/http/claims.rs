@@ -35,7 +35,6 @@ use super::{
 use crate::{
     domain::{Campaign, ClaimOutcome, ClaimStatus, PoolName, RejectReason, UserId},
     modes::CancelOutcome,
-    storage::pg,
 };
 
 /// The claim routes.
@@ -254,7 +253,7 @@ pub async fn confirm(
             "grants of this campaign need no confirmation",
         ));
     }
-    if pg::confirm(&state.db, c.id, &user).await? {
+    if state.db.confirm(c.id, &user).await? {
         metrics::counter!("firstcome_holds_confirmed_total", "mode" => c.mode.as_str())
             .increment(1);
     }

@@ -15,7 +15,6 @@ use super::{
     responses::{AdminErrors, CampaignErrors, IpLimitErrors, StoreErrors},
     AppState,
 };
-use crate::storage::pg;
 
 /// The draw route.
 pub fn router() -> Router<AppState> {
@@ -99,8 +98,8 @@ pub async fn draw(
         ));
     }
     let open = c.opens_at.is_some_and(|o| chrono::Utc::now() >= o);
-    let rows = pg::draw_entries(&state.db, c.id, after, limit).await?;
-    let drawn = !rows.is_empty() || pg::draw_size(&state.db, c.id).await? > 0;
+    let rows = state.db.draw_entries(c.id, after, limit).await?;
+    let drawn = !rows.is_empty() || state.db.draw_size(c.id).await? > 0;
     let next = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| r.rank))
         .flatten();

@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 use crate::{
     domain::{IdError, NewCampaignError, WebhookError},
     modes::AdmissionError,
-    storage::{pg::PgError, redis::RedisStoreError},
+    storage::{redis::RedisStoreError, StoreError},
 };
 
 /// Seconds a client should wait before retrying a 503.
@@ -30,6 +30,11 @@ pub const PAUSED_RETRY_AFTER_SECS: u64 = 5;
 /// The detail of every 503 `database_unavailable`: fixed, the cause is
 /// logged, never answered.
 pub const DATABASE_UNAVAILABLE: &str = "the database is unavailable; retry shortly";
+
+/// The detail of every 503 `database_busy`: the database gave up on the
+/// statement for other transactions (deadlock victim, lock wait timeout)
+/// and wrote nothing; the same request may succeed when retried.
+pub const DATABASE_BUSY: &str = "the database is busy with other claims; retry shortly";
 
 /// The detail of every 503 `redis_unavailable`: fixed, the cause is logged.
 pub const REDIS_UNAVAILABLE: &str = "redis is unavailable; retry shortly";
@@ -332,13 +337,14 @@ impl ApiError {
     }
 }
 
-impl From<PgError> for ApiError {
-    fn from(e: PgError) -> Self {
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
         match e {
-            PgError::Corrupt(m) => Self::Internal(m),
+            StoreError::Corrupt(m) => Self::Internal(m),
             e if e.is_unique_violation() => {
                 Self::conflict("conflict", "the request collides with existing data")
             }
+            e if e.is_contention() => Self::store_down("database_busy", DATABASE_BUSY, &e),
             e => Self::store_down("database_unavailable", DATABASE_UNAVAILABLE, &e),
         }
     }

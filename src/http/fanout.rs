@@ -25,7 +25,6 @@ use super::progress::{bucket, QueueProgress};
 use crate::{
     domain::{shard::home_shard, Campaign, CampaignId, Mode, UserId},
     modes::{redis_common::RedisCommon, Admissions},
-    storage::pg,
 };
 
 /// How often a campaign's watcher reads Redis: a change is seen within this.
@@ -214,7 +213,7 @@ impl Fanout {
                     pg_read_at = Some(tokio::time::Instant::now());
                     metrics::counter!("firstcome_stream_polls_total", "store" => "postgres")
                         .increment(1);
-                    match pg::answer_signatures(&self.db(), campaign.id, &users).await {
+                    match self.db().answer_signatures(campaign.id, &users).await {
                         Ok(s) => pg_sigs = users.iter().cloned().zip(s).collect(),
                         Err(e) => {
                             tracing::debug!(error = %e, campaign = %campaign.id, "stream watcher: postgres read failed");
@@ -271,7 +270,7 @@ impl Fanout {
     }
 
     /// The PostgreSQL pool the modes read.
-    fn db(&self) -> sqlx::PgPool {
+    fn db(&self) -> crate::storage::Store {
         self.admissions.redis().db.clone()
     }
 }

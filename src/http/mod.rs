@@ -20,12 +20,11 @@ use axum::{
     response::{IntoResponse, Response},
     Router,
 };
-use sqlx::PgPool;
 
 use crate::{
     domain::{Campaign, CampaignId},
     modes::Admissions,
-    storage::{pg, redis::RedisStore},
+    storage::{redis::RedisStore, Store},
 };
 
 pub mod admin;
@@ -89,7 +88,7 @@ impl std::ops::Deref for AppState {
 /// What [`AppState`] shares.
 pub struct AppInner {
     /// Source of truth.
-    pub db: PgPool,
+    pub db: Store,
     /// Redis.
     pub redis: RedisStore,
     /// The admission modes.
@@ -168,7 +167,8 @@ impl AppState {
             return Ok(c);
         }
         let c = Arc::new(
-            pg::load_campaign_seen_by(&self.db, id, admin)
+            self.db
+                .load_campaign_seen_by(id, admin)
                 .await?
                 .ok_or_else(ApiError::campaign_not_found)?,
         );
@@ -207,7 +207,7 @@ impl AppState {
         };
         let (db, copies) = (self.db.clone(), self.campaigns.clone());
         tokio::spawn(async move {
-            match pg::load_campaign_seen_by(&db, id, true).await {
+            match db.load_campaign_seen_by(id, true).await {
                 Ok(Some(fresh)) => {
                     let mut copies = copies.write().expect("cache lock");
                     if copies.get(&id).is_some_and(|(at, _)| *at == marker) {

@@ -26,7 +26,7 @@ use super::{
 use crate::{
     domain::{Campaign, PoolName, MAX_STOCK},
     modes::redis_common::settings::RestockError,
-    storage::pg::{self, ActionRow, PatchError, Restock},
+    storage::pg::{ActionRow, PatchError, Restock},
 };
 
 /// The operator routes.
@@ -90,10 +90,7 @@ async fn set_paused(
     actor: &Actor,
 ) -> Result<Json<CampaignBody>, ApiError> {
     let c = state.campaign_for_admin(id).await?;
-    if pg::set_paused(&state.db, c.id, paused, &actor.0)
-        .await?
-        .is_none()
-    {
+    if state.db.set_paused(c.id, paused, &actor.0).await?.is_none() {
         return Err(ApiError::campaign_not_found());
     }
     // Applied even when the flag did not change: a call that failed after
@@ -259,7 +256,9 @@ pub async fn patch_campaign(
             }
         }
         None => {
-            pg::patch_campaign(&state.db, c.id, req.closes_at, &stocks, &actor.0)
+            state
+                .db
+                .patch_campaign(c.id, req.closes_at, &stocks, &actor.0)
                 .await
                 .map_err(patch_error)?;
             state.forget_campaign(c.id);
@@ -307,6 +306,6 @@ pub async fn actions(
             "limit must be between 1 and 1000",
         ));
     }
-    let actions = pg::list_actions(&state.db, c.id, limit).await?;
+    let actions = state.db.list_actions(c.id, limit).await?;
     Ok(Json(ActionsPage { actions }))
 }

@@ -19,7 +19,6 @@ use super::{
     error::{ApiError, Problem, PROBLEM_JSON},
     AppState,
 };
-use crate::storage::pg;
 
 /// `/healthz`, `/readyz` and `/metrics`.
 pub fn router() -> Router<AppState> {
@@ -55,7 +54,7 @@ impl Readiness {
             Some((at, a)) if at.elapsed() < READY_TTL => a.clone(),
             _ => {
                 metrics::counter!("firstcome_ready_checks_total").increment(1);
-                let (p, r) = tokio::join!(pg::ping(&state.db), state.redis.ping());
+                let (p, r) = tokio::join!(state.db.ping(), state.redis.ping());
                 let a = match p.map_err(ApiError::from).and(r.map_err(ApiError::from)) {
                     Ok(()) => None,
                     Err(ApiError::Unavailable { code, detail }) => Some((code, detail)),
@@ -79,15 +78,15 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Readiness: Redis and PostgreSQL both answer (checked at most once a
-/// second, see [`READY_TTL`]).
+/// Readiness: Redis and the database (PostgreSQL or MySQL) both answer
+/// (checked at most once a second, see [`READY_TTL`]).
 #[utoipa::path(get, path = "/readyz", responses(
-    (status = 200, description = "Ready: `{\"postgres\":\"ok\",\"redis\":\"ok\"}`", body = Object),
+    (status = 200, description = "Ready: `{\"postgres\":\"ok\",\"redis\":\"ok\"}` (`mysql` in place of `postgres` on MySQL/MariaDB)", body = Object),
     (status = 503, description = "A store is unreachable", body = Problem, content_type = PROBLEM_JSON),
 ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     state.readiness.check(&state).await?;
-    Ok(Json(json!({"postgres": "ok", "redis": "ok"})))
+    Ok(Json(json!({state.db.kind(): "ok", "redis": "ok"})))
 }
 
 /// Prometheus metrics in the text format.

@@ -15,7 +15,7 @@ use super::{
     responses::{AdminErrors, CampaignErrors, IpLimitErrors, StoreErrors},
     AppState,
 };
-use crate::storage::pg::{self, WebhookEventRow};
+use crate::storage::pg::WebhookEventRow;
 
 /// The webhook event routes.
 pub fn router() -> Router<AppState> {
@@ -101,7 +101,10 @@ pub async fn list(
             "limit must be between 1 and 1000",
         ));
     }
-    let events = pg::webhook_events_page(&state.db, c.id, wanted, after, limit).await?;
+    let events = state
+        .db
+        .webhook_events_page(c.id, wanted, after, limit)
+        .await?;
     let next = if events.len() as i64 == limit {
         events.last().map(|e| e.id.clone())
     } else {
@@ -130,7 +133,9 @@ pub async fn redeliver(
     let c = state.campaign_for_admin(&id).await?;
     let not_found = || ApiError::not_found("event_not_found", "the campaign has no such event");
     let n = outbox_id(&event_id).ok_or_else(not_found)?;
-    let e = pg::redeliver_event(&state.db, c.id, n)
+    let e = state
+        .db
+        .redeliver_event(c.id, n)
         .await?
         .ok_or_else(not_found)?;
     tracing::info!(campaign = %c.id, event = %e.id, "webhook event queued for redelivery");

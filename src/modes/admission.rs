@@ -4,7 +4,6 @@
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
 use super::{
@@ -27,7 +26,7 @@ pub type Cancel = Result<CancelOutcome, AdmissionError>;
 #[derive(Clone)]
 pub struct Deps {
     /// PostgreSQL, the source of truth.
-    pub db: PgPool,
+    pub db: crate::storage::Store,
     /// The Redis side shared by the Redis modes (Redis, settling, rebuilds).
     pub common: RedisCommon,
     /// The group committer (gate's decisions, redis-queue's refusals).

@@ -4,19 +4,18 @@
 //! transaction ([`DbMode`] runs it). One round trip less under the row lock
 //! than `db-lock`.
 
-use sqlx::{Postgres, Transaction};
-
 use super::db_common::{DbMode, TakeUnit};
-use crate::storage::pg::{db_modes, PgError};
+use crate::storage::{StoreError, StoreTx};
 
 /// The conditional-update mode.
 pub type DbAtomic = DbMode<ConditionalUpdate>;
 
-/// Takes the unit with one conditional `UPDATE ... RETURNING`.
+/// Takes the unit with one conditional `UPDATE` (PostgreSQL reads its
+/// `RETURNING`, MySQL its affected-row count).
 pub struct ConditionalUpdate;
 
 impl TakeUnit for ConditionalUpdate {
-    async fn take(tx: &mut Transaction<'_, Postgres>, pool_id: i64) -> Result<bool, PgError> {
-        db_modes::take_unit(tx, pool_id).await
+    async fn take(tx: &mut StoreTx<'_>, pool_id: i64) -> Result<bool, StoreError> {
+        tx.take_unit(pool_id).await
     }
 }

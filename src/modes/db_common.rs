@@ -4,7 +4,6 @@
 //! status and cancellation.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction};
 
 use std::{future::Future, marker::PhantomData};
 
@@ -14,7 +13,7 @@ use super::{
 };
 use crate::{
     domain::{generate_code, Campaign, ClaimOutcome, Pool, RejectReason, UserId},
-    storage::pg::{self, db_modes, PgError},
+    storage::{pg::db_modes::GrantInsert, Store, StoreError, StoreTx},
 };
 
 /// Serialises the claims of one user in one campaign (advisory lock until
@@ -22,39 +21,36 @@ use crate::{
 /// claim stored one meanwhile. Without it, two claims of the same user at
 /// the sold-out boundary could store a grant and a refusal, and answer both.
 pub async fn lock_user(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut StoreTx<'_>,
     campaign: &Campaign,
     user: &UserId,
-) -> Result<Option<ClaimOutcome>, PgError> {
-    db_modes::lock_user(tx, campaign.id, user).await?;
-    if let Some(a) = pg::grant_answer(&mut **tx, campaign, user).await? {
+) -> Result<Option<ClaimOutcome>, StoreError> {
+    tx.lock_user(campaign.id, user).await?;
+    if let Some(a) = tx.grant_answer(campaign, user).await? {
         return Ok(Some(a));
     }
-    pg::rejection_answer(&mut **tx, campaign.id, user).await
+    tx.rejection_answer(campaign.id, user).await
 }
 
 /// Inserts the winner's grant; the caller updates the pool counter.
 pub async fn insert_grant(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut StoreTx<'_>,
     campaign: &Campaign,
     pool: &Pool,
     user: &UserId,
     slot: i32,
     seq: i64,
-) -> Result<ClaimOutcome, PgError> {
+) -> Result<ClaimOutcome, StoreError> {
     let code = generate_code();
-    db_modes::insert_grant(
-        tx,
-        &db_modes::GrantInsert {
-            campaign: campaign.id,
-            pool_id: pool.id,
-            user,
-            slot,
-            code: &code,
-            seq,
-            confirm_within_secs: campaign.confirm_within_secs,
-        },
-    )
+    tx.insert_grant(&GrantInsert {
+        campaign: campaign.id,
+        pool_id: pool.id,
+        user,
+        slot,
+        code: &code,
+        seq,
+        confirm_within_secs: campaign.confirm_within_secs,
+    })
     .await?;
     Ok(ClaimOutcome::Granted {
         user_id: user.clone(),
@@ -68,18 +64,19 @@ pub async fn insert_grant(
 /// Remembers a sold_out refusal so the user gets it again; returns the
 /// stored answer (the first one, if a concurrent claim stored it first).
 pub async fn reject_sold_out(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut StoreTx<'_>,
     campaign: &Campaign,
     user: &UserId,
     seq: i64,
-) -> Result<ClaimOutcome, PgError> {
+) -> Result<ClaimOutcome, StoreError> {
     // A concurrent claim of the same user may have won meanwhile: its grant
     // is the answer, never a contradicting refusal.
-    if let Some(a) = pg::grant_answer(&mut **tx, campaign, user).await? {
+    if let Some(a) = tx.grant_answer(campaign, user).await? {
         return Ok(a);
     }
-    db_modes::insert_sold_out(tx, campaign.id, user, seq).await?;
-    Ok(pg::rejection_answer(&mut **tx, campaign.id, user)
+    tx.insert_sold_out(campaign.id, user, seq).await?;
+    Ok(tx
+        .rejection_answer(campaign.id, user)
         .await?
         .unwrap_or(ClaimOutcome::Rejected {
             user_id: user.clone(),
@@ -89,24 +86,21 @@ pub async fn reject_sold_out(
 }
 
 /// The user's stored answer: a grant (active or cancelled) or a refusal.
-pub async fn stored_answer<'e, E>(
-    exec: E,
+pub async fn stored_answer(
+    db: &Store,
     campaign: &Campaign,
     user: &UserId,
-) -> Result<Option<ClaimOutcome>, PgError>
-where
-    E: sqlx::Executor<'e, Database = Postgres> + Copy,
-{
-    if let Some(a) = pg::grant_answer(exec, campaign, user).await? {
+) -> Result<Option<ClaimOutcome>, StoreError> {
+    if let Some(a) = db.grant_answer(campaign, user).await? {
         return Ok(Some(a));
     }
-    pg::rejection_answer(exec, campaign.id, user).await
+    db.rejection_answer(campaign.id, user).await
 }
 
 /// Runs a claim transaction; when it trips a unique index (the same user
 /// claiming two pools at once), answers with what the winner stored.
 pub async fn claim_with_retry<F, Fut>(
-    db: &PgPool,
+    db: &Store,
     campaign: &Campaign,
     user: &UserId,
     attempt: F,
@@ -132,20 +126,20 @@ where
 
 /// Cancels in one transaction: the grant, the pool counter, the free slot.
 pub async fn cancel(
-    db: &PgPool,
+    db: &Store,
     campaign: &Campaign,
     user: &UserId,
     now: DateTime<Utc>,
 ) -> Result<CancelOutcome, AdmissionError> {
-    let mut tx = db.begin().await.map_err(PgError::from)?;
-    if let Some((pool_id, slot)) = pg::cancel_grant(&mut tx, campaign.id, user, now).await? {
-        db_modes::give_back(&mut tx, pool_id, slot).await?;
+    let mut tx = db.begin().await?;
+    if let Some((pool_id, slot)) = tx.cancel_grant(campaign.id, user, now).await? {
+        tx.give_back(pool_id, slot).await?;
     }
-    let answer = match pg::grant_answer(&mut *tx, campaign, user).await? {
+    let answer = match tx.grant_answer(campaign, user).await? {
         Some(a) => Some(a),
-        None => pg::rejection_answer(&mut *tx, campaign.id, user).await?,
+        None => tx.rejection_answer(campaign.id, user).await?,
     };
-    tx.commit().await.map_err(PgError::from)?;
+    tx.commit().await?;
     Ok(match answer {
         None => CancelOutcome::NotFound,
         Some(a @ ClaimOutcome::Cancelled { .. }) => CancelOutcome::Cancelled(a),
@@ -160,16 +154,16 @@ pub async fn cancel(
 pub trait TakeUnit: Send + Sync + 'static {
     /// Takes a unit of `pool_id`'s stock, or finds none.
     fn take(
-        tx: &mut Transaction<'_, Postgres>,
+        tx: &mut StoreTx<'_>,
         pool_id: i64,
-    ) -> impl Future<Output = Result<bool, PgError>> + Send;
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
 /// A database-only mode: one transaction per claim (the user's lock, the
 /// unit, the arrival number, the slot and the grant or the refusal).
 pub struct DbMode<T> {
     /// The source of truth, and here the only store.
-    db: PgPool,
+    db: Store,
     /// How the unit is taken.
     take: PhantomData<fn() -> T>,
 }
@@ -190,17 +184,17 @@ impl<T: TakeUnit> DbMode<T> {
         pool: &Pool,
         user: &UserId,
     ) -> Result<ClaimOutcome, AdmissionError> {
-        let mut tx = self.db.begin().await.map_err(PgError::from)?;
+        let mut tx = self.db.begin().await?;
         // The user's lock first, then the pool's: one order for everyone.
         if let Some(a) = lock_user(&mut tx, campaign, user).await? {
             return Ok(a);
         }
         // An operator's pause or window, as PostgreSQL holds them now (the
         // process' copy of the campaign may be older), ordered with the
-        // operator's change by pg::claim_gate's lock: a paused campaign
+        // operator's change by the store's `claim_gate` lock: a paused campaign
         // admits no new user, and nothing is written for them (the
         // transaction rolls back).
-        let gate = pg::claim_gate(&mut tx, campaign.id).await?;
+        let gate = tx.claim_gate(campaign.id).await?;
         if gate.paused {
             return Err(AdmissionError::Paused);
         }
@@ -217,14 +211,14 @@ impl<T: TakeUnit> DbMode<T> {
             });
         }
         let won = T::take(&mut tx, pool.id).await?;
-        let seq = db_modes::next_seq(&mut tx).await?;
+        let seq = tx.next_seq().await?;
         let answer = if won {
-            let slot = db_modes::take_slot(&mut tx, pool.id).await?;
+            let slot = tx.take_slot(pool.id).await?;
             insert_grant(&mut tx, campaign, pool, user, slot, seq).await?
         } else {
             reject_sold_out(&mut tx, campaign, user, seq).await?
         };
-        tx.commit().await.map_err(PgError::from)?;
+        tx.commit().await?;
         Ok(answer)
     }
 }

@@ -5,10 +5,8 @@
 //! row, so a pool admits one claim per transaction round trip (seed 004's
 //! ~60 TPS on InnoDB; see docs/BENCHMARKS.md for PostgreSQL here).
 
-use sqlx::{Postgres, Transaction};
-
 use super::db_common::{DbMode, TakeUnit};
-use crate::storage::pg::{db_modes, PgError};
+use crate::storage::{StoreError, StoreTx};
 
 /// The `SELECT ... FOR UPDATE` mode.
 pub type DbLock = DbMode<ForUpdate>;
@@ -18,12 +16,12 @@ pub type DbLock = DbMode<ForUpdate>;
 pub struct ForUpdate;
 
 impl TakeUnit for ForUpdate {
-    async fn take(tx: &mut Transaction<'_, Postgres>, pool_id: i64) -> Result<bool, PgError> {
-        let (stock, granted) = db_modes::lock_pool(tx, pool_id).await?;
+    async fn take(tx: &mut StoreTx<'_>, pool_id: i64) -> Result<bool, StoreError> {
+        let (stock, granted) = tx.lock_pool(pool_id).await?;
         if granted >= stock {
             return Ok(false);
         }
-        db_modes::count_grant(tx, pool_id).await?;
+        tx.count_grant(pool_id).await?;
         Ok(true)
     }
 }

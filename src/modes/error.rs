@@ -3,7 +3,7 @@
 
 use crate::{
     domain::ClaimOutcome,
-    storage::{pg::PgError, redis::RedisStoreError},
+    storage::{redis::RedisStoreError, StoreError},
 };
 
 /// Why a mode could not give an answer. Every variant is a condition the
@@ -13,7 +13,7 @@ use crate::{
 pub enum AdmissionError {
     /// PostgreSQL failed or is unreachable.
     #[error(transparent)]
-    Database(#[from] PgError),
+    Database(#[from] StoreError),
     /// Redis failed or is unreachable.
     #[error(transparent)]
     Redis(#[from] RedisStoreError),

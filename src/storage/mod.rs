@@ -1,7 +1,11 @@
-//! Storage: PostgreSQL (source of truth) and Redis (admission state and
-//! Lua scripts), apart from HTTP; MySQL/MariaDB's schema beside them
-//! (issue 17, not yet a store of the modes).
+//! Storage: the source of truth (PostgreSQL, or MySQL/MariaDB) and Redis
+//! (admission state and Lua scripts), apart from HTTP.
 
+pub mod error;
 pub mod mysql;
 pub mod pg;
 pub mod redis;
+pub mod store;
+
+pub use error::StoreError;
+pub use store::{Store, StoreTx};

@@ -13,7 +13,6 @@ use tokio::sync::watch;
 use crate::{
     domain::{CampaignId, UserId},
     modes::redis_common::RedisCommon,
-    storage::pg,
 };
 
 /// How often the sweeper looks for grants past their confirmation deadline.
@@ -36,13 +35,13 @@ pub async fn run(common: RedisCommon, mut shutdown: watch::Receiver<bool>) {
 
 /// Expires one batch; returns how many holds were released.
 pub async fn sweep_once(common: &RedisCommon) -> anyhow::Result<usize> {
-    let expired = pg::expire_due(&common.db, SWEEP_BATCH).await?;
+    let expired = common.db.expire_due(SWEEP_BATCH).await?;
     for e in &expired {
         metrics::counter!("firstcome_holds_expired_total", "mode" => e.mode.as_str()).increment(1);
         if !e.mode.uses_redis() {
             continue;
         }
-        let Some(c) = pg::load_campaign(&common.db, CampaignId(e.campaign_id)).await? else {
+        let Some(c) = common.db.load_campaign(CampaignId(e.campaign_id)).await? else {
             continue;
         };
         let Some(pidx) = c.pool_index_of(e.pool_id) else {

@@ -21,7 +21,7 @@ use crate::{
         redis_common::{RedisCommon, Stored},
         script_mode, AdmissionError,
     },
-    storage::{pg, redis::CampaignKeys},
+    storage::redis::CampaignKeys,
 };
 
 pub use super::report::Report;
@@ -301,7 +301,7 @@ pub async fn counters_agree(common: &RedisCommon, c: &Campaign) -> Result<bool, 
     if exists == 0 || stream_len > 0 || queued > 0 || pending > 0 {
         return Ok(false);
     }
-    let active = pg::active_per_pool(&common.db, c.id).await?;
+    let active = common.db.active_per_pool(c.id).await?;
     Ok(c.pools.iter().zip(counts.chunks(3)).all(|(pool, lhf)| {
         let a = active.get(&pool.id).copied().unwrap_or(0);
         let [l, h, f] = [0, 1, 2].map(|j| n(lhf.get(j)));
@@ -440,7 +440,7 @@ pub async fn run(common: RedisCommon, interval: Duration, mut shutdown: watch::R
         if *shutdown.borrow() {
             break;
         }
-        let ids = match pg::live_campaigns(&common.db, &Mode::redis_modes()).await {
+        let ids = match common.db.live_campaigns(&Mode::redis_modes()).await {
             Ok(ids) => ids,
             Err(e) => {
                 tracing::warn!(error = %e, "reconciler: cannot list campaigns");
@@ -448,7 +448,7 @@ pub async fn run(common: RedisCommon, interval: Duration, mut shutdown: watch::R
             }
         };
         for id in ids {
-            let Ok(Some(c)) = pg::load_campaign(&common.db, id).await else {
+            let Ok(Some(c)) = common.db.load_campaign(id).await else {
                 continue;
             };
             let closed = c.closes_at.is_some_and(|t| t <= Utc::now());

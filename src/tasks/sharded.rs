@@ -10,7 +10,6 @@ use crate::{
         redis_common::{RedisCommon, Stored},
         AdmissionError,
     },
-    storage::pg,
 };
 
 use super::report::Report;
@@ -92,7 +91,7 @@ async fn refusals_in_redis(
 
 /// Units per pool PostgreSQL says should be in Redis: stock less active.
 async fn expected(common: &RedisCommon, c: &Campaign) -> Result<Vec<i64>, AdmissionError> {
-    let active = pg::active_per_pool(&common.db, c.id).await?;
+    let active = common.db.active_per_pool(c.id).await?;
     Ok(c.pools
         .iter()
         .map(|p| i64::from(p.stock) - active.get(&p.id).copied().unwrap_or(0))
@@ -167,7 +166,7 @@ pub async fn reconcile(
     r.stock_delta = want.iter().sum::<i64>() - before.per_pool.iter().sum::<i64>();
     tracing::warn!(campaign = %c.id, have = ?before.per_pool, want = ?want, "sharded pools' sums drifted");
     if repair {
-        let gen = pg::generation(&common.db, c.id).await?;
+        let gen = common.db.generation(c.id).await?;
         common.drop_all(c, gen).await?;
         common.rebuild(c).await?;
         r.pools_repaired = drifted;

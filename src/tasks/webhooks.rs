@@ -10,13 +10,12 @@ use std::{collections::HashMap, panic::AssertUnwindSafe, sync::Arc, time::Durati
 
 use futures::FutureExt;
 use rand::Rng;
-use sqlx::PgPool;
 use tokio::{sync::watch, task::JoinSet};
 
 use crate::{
     config::WebhookConfig,
     domain::webhook::{secret_key, sign},
-    storage::pg::{self, DueEvent},
+    storage::{pg::DueEvent, Store},
 };
 
 /// How often an idle worker looks for due events.
@@ -37,7 +36,7 @@ pub const LAG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs until `shutdown` turns true, then waits for the deliveries in
 /// flight (each bounded by the attempt timeout).
-pub async fn run(db: PgPool, cfg: WebhookConfig, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(db: Store, cfg: WebhookConfig, mut shutdown: watch::Receiver<bool>) {
     let client = match client(&cfg) {
         Ok(c) => c,
         Err(e) => {
@@ -64,7 +63,10 @@ pub async fn run(db: PgPool, cfg: WebhookConfig, mut shutdown: watch::Receiver<b
             let snapshot: Vec<(String, i64)> = busy.iter().map(|(u, n)| (u.clone(), *n)).collect();
             let lease = cfg.timeout + LEASE_MARGIN;
             let per = cfg.per_endpoint as i64;
-            match pg::claim_due_events(&db, BATCH.min(room), per, lease, &snapshot).await {
+            match db
+                .claim_due_events(BATCH.min(room), per, lease, &snapshot)
+                .await
+            {
                 Ok(due) if !due.is_empty() => {
                     for e in due {
                         *busy.entry(e.url.clone()).or_default() += 1;
@@ -116,8 +118,8 @@ fn finished(busy: &mut HashMap<String, i64>, done: Result<String, tokio::task::J
 }
 
 /// Refreshes the outbox lag gauges.
-async fn report_lag(db: &PgPool) {
-    match pg::webhook_lag(db).await {
+async fn report_lag(db: &Store) {
+    match db.webhook_lag().await {
         Ok((n, age)) => {
             metrics::gauge!("firstcome_webhook_pending").set(n as f64);
             metrics::gauge!("firstcome_webhook_oldest_pending_seconds").set(age);
@@ -138,10 +140,10 @@ pub fn client(cfg: &WebhookConfig) -> reqwest::Result<reqwest::Client> {
 }
 
 /// One attempt at one event, and its outcome recorded.
-async fn attempt(db: &PgPool, client: &reqwest::Client, cfg: &WebhookConfig, e: &DueEvent) {
+async fn attempt(db: &Store, client: &reqwest::Client, cfg: &WebhookConfig, e: &DueEvent) {
     let (status, error) = match send(client, e).await {
         Ok(s) if (200..300).contains(&s) => {
-            let r = pg::event_delivered(db, e.id, s).await;
+            let r = db.event_delivered(e.id, s).await;
             if let Err(err) = r {
                 // Sent again later: at least once.
                 tracing::warn!(error = %err, event = e.id, "webhooks: cannot record a delivery");
@@ -154,7 +156,10 @@ async fn attempt(db: &PgPool, client: &reqwest::Client, cfg: &WebhookConfig, e: 
         Err(err) => (None, err),
     };
     let retry_in = backoff(cfg, e.attempts, &mut rand::thread_rng());
-    match pg::event_failed(db, e.id, status, &error, retry_in, cfg.dead_after).await {
+    match db
+        .event_failed(e.id, status, &error, retry_in, cfg.dead_after)
+        .await
+    {
         Ok(dead) => {
             let outcome = if dead { "dead" } else { "failed" };
             metrics::counter!("firstcome_webhook_deliveries_total", "outcome" => outcome)

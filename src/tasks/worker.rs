@@ -14,7 +14,7 @@ use tokio::{
 use crate::{
     domain::{Campaign, CampaignId, Mode},
     modes::{redis_common::RedisCommon, Admissions, TaskEnv},
-    storage::{pg, redis::stream::StreamConfig},
+    storage::redis::stream::StreamConfig,
 };
 
 /// How often the worker looks for new campaigns.
@@ -54,7 +54,7 @@ pub async fn run(
     let checks = tokio::spawn(server_checks(common.clone(), known_rx, shutdown.clone()));
     while !*shutdown.borrow() {
         tasks.retain(|_, h| !h.is_finished());
-        match pg::live_campaigns(&db, &Mode::redis_modes()).await {
+        match db.live_campaigns(&Mode::redis_modes()).await {
             Ok(ids) => {
                 if tokio::time::Instant::now() >= next_refresh {
                     next_refresh = tokio::time::Instant::now() + REFRESH_INTERVAL;
@@ -65,7 +65,7 @@ pub async fn run(
                 let mut changed = known.len() != before;
                 for id in &ids {
                     if !known.contains_key(id) {
-                        if let Ok(Some(c)) = pg::load_campaign(&db, *id).await {
+                        if let Ok(Some(c)) = db.load_campaign(*id).await {
                             known.insert(*id, c);
                             changed = true;
                         }
@@ -82,7 +82,7 @@ pub async fn run(
                     // An operator may have moved the window since it was
                     // loaded (a task that ended by the old window starts
                     // again with the new one).
-                    if let Ok(Some(c)) = pg::load_campaign(&db, *id).await {
+                    if let Ok(Some(c)) = db.load_campaign(*id).await {
                         known.insert(*id, c);
                     }
                     let Some(c) = known.get(id) else { continue };
@@ -177,7 +177,7 @@ async fn check_servers<'a>(common: &RedisCommon, campaigns: impl Iterator<Item =
 /// campaign exists.
 async fn refresh_lifetimes(common: &RedisCommon, ids: &[CampaignId]) {
     for id in ids {
-        let Ok(Some(c)) = pg::load_campaign(&common.db, *id).await else {
+        let Ok(Some(c)) = common.db.load_campaign(*id).await else {
             continue;
         };
         if c.closes_at.is_some() {

@@ -201,12 +201,8 @@ async fn the_prequeue_closes_at_opening_without_a_claim() {
     claim_all(&app, id, (0..4).map(|i| format!("u{i}")), 4).await;
     app.wait_durable(id, 2).await;
     assert_eq!(app.assert_db_invariants(id).await, 2);
-    let refused = count(
-        &app,
-        "SELECT coalesce(sum(cardinality(users)), 0) FROM refusal_batches WHERE campaign_id = $1",
-        id,
-    )
-    .await;
+    let sql = format!("SELECT count(*) FROM {}", crate::common::refused_users());
+    let refused = count(&app, &sql, id).await;
     assert_eq!(refused, 2, "the two drawn last are refused durably");
 }
 

@@ -6,6 +6,7 @@
 mod common;
 
 mod api;
+mod busy;
 mod cluster;
 mod dashboards;
 mod fair_start;

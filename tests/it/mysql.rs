@@ -7,12 +7,7 @@
 use serde_json::Value;
 use sqlx::{mysql::MySqlConnection, Connection, MySqlPool, Row};
 
-use crate::common::{fresh_database, unique};
-
-/// MariaDB's base URL.
-fn mysql_url() -> String {
-    std::env::var("MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/firstcome".into())
-}
+use crate::common::{fresh_database, mysql_url, unique};
 
 /// A fresh MariaDB database, migrated; dropped by [`drop_database`].
 async fn fresh_mysql(name: &str) -> (MySqlPool, String) {
@@ -236,5 +231,38 @@ async fn the_webhook_triggers_write_the_bodies_postgres_writes() {
     }
     pg.close().await;
     db.close().await;
+    drop_database(&server, &name).await;
+}
+
+/// A time past 2038 bound as naive UTC lands as that time; bound as
+/// chrono's `DateTime<Utc>` (a MySQL TIMESTAMP, which ends in 2038) it
+/// lands as NULL: why the store binds naive UTC times only.
+#[tokio::test]
+async fn a_time_past_2038_lands_only_when_bound_as_naive_utc() {
+    let name = unique("mytime");
+    let (db, server) = fresh_mysql(&name).await;
+    let t: chrono::DateTime<chrono::Utc> = "2099-01-01T00:00:00Z".parse().unwrap();
+    for bound in [0, 1] {
+        let q = sqlx::query("INSERT INTO campaigns (name, mode, opens_at) VALUES ('t', 'gate', ?)");
+        let q = if bound == 0 {
+            q.bind(t)
+        } else {
+            q.bind(t.naive_utc())
+        };
+        let id = q.execute(&db).await.unwrap().last_insert_id() as i64;
+        let got: Option<chrono::DateTime<chrono::Utc>> =
+            sqlx::query_scalar("SELECT opens_at FROM campaigns WHERE id = ?")
+                .bind(id)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        let want = [None, Some(t)][bound];
+        assert_eq!(
+            got,
+            want,
+            "bound as {}",
+            ["DateTime<Utc>", "NaiveDateTime"][bound]
+        );
+    }
     drop_database(&server, &name).await;
 }

@@ -2,7 +2,7 @@
 //! drift between Redis and PostgreSQL, dead-letter replay.
 
 use crate::common::{common_for, eventually, redis_conn, spawn_app, TestApp, TOKEN};
-use firstcome::{domain::CampaignId, storage::pg, tasks::reconcile};
+use firstcome::{domain::CampaignId, tasks::reconcile};
 use serde_json::{json, Value};
 
 /// Confirms `user`'s hold as the admin (the payment service's stand-in).
@@ -98,7 +98,9 @@ async fn the_reconciler_repairs_drift_and_reports_it() {
             app.claim(id, u, None).await;
         }
         app.wait_durable(id, 3).await;
-        let c = pg::load_campaign(&common.db, CampaignId(id))
+        let c = common
+            .db
+            .load_campaign(CampaignId(id))
             .await
             .unwrap()
             .unwrap();
@@ -141,13 +143,18 @@ async fn the_reconciler_repairs_drift_and_reports_it() {
             .query_async(&mut r)
             .await
             .unwrap();
-        let slot_b: i32 = sqlx::query_scalar(
-            "UPDATE grants SET state = 'cancelled' WHERE campaign_id = $1 AND user_id = 'b' RETURNING slot",
+        let slot_b = crate::common::count(
+            &app,
+            "SELECT slot FROM grants WHERE campaign_id = $1 AND user_id = 'b' AND state = 'active'",
+            id,
         )
-        .bind(id)
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+        .await as i32;
+        crate::common::execute(
+            &app,
+            "UPDATE grants SET state = 'cancelled' WHERE campaign_id = $1 AND user_id = 'b'",
+            id,
+        )
+        .await;
 
         assert!(
             !reconcile::counters_agree(&common, &c).await.unwrap(),

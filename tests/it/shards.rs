@@ -369,7 +369,7 @@ async fn a_unit_given_back_by_a_caller_that_died_is_published_by_the_worker() {
     // PostgreSQL cancels; the mirror in Redis runs the script only, as a
     // process dying right after it would leave it.
     let mut tx = common.db.begin().await.unwrap();
-    firstcome::storage::pg::cancel_grant(&mut tx, c.id, &user, chrono::Utc::now())
+    tx.cancel_grant(c.id, &user, chrono::Utc::now())
         .await
         .unwrap();
     tx.commit().await.unwrap();

@@ -19,7 +19,7 @@ use crate::{
     domain::{Campaign, ClaimOutcome, Pool, UserId},
     modes::redis_common::committer::{CommitError, CommitterHandle, Promotion, Row, Verdict},
     storage::{
-        pg::{self, NewGrant},
+        pg::NewGrant,
         redis::{stream::TaskEnv, ScriptMode},
     },
 };
@@ -126,13 +126,13 @@ impl Gate {
         let Stored::Pending { slot, code, .. } = pending else {
             return Err(AdmissionError::Pending);
         };
-        if let Some(d) = pg::durable_answer(&common.db, campaign, user).await? {
+        if let Some(d) = common.db.durable_answer(campaign, user).await? {
             let s = Stored::from_outcome(campaign, &d)?;
             let r = Release::replaced_by(&s, Some(*slot));
             common.release(campaign, user, pending, r).await?;
             return Ok(d);
         }
-        if pg::code_state(&common.db, code).await?.as_deref() == Some("void") {
+        if common.db.code_state(code).await?.as_deref() == Some("void") {
             // Voided: whoever voided it released the reservation.
             return Err(AdmissionError::Pending);
         }

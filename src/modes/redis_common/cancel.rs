@@ -7,10 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::{pool_index, AdmissionError, CancelOutcome, RedisCommon, Stored};
-use crate::{
-    domain::{Campaign, ClaimOutcome, UserId},
-    storage::pg::{self, PgError},
-};
+use crate::domain::{Campaign, ClaimOutcome, UserId};
 
 impl RedisCommon {
     /// Runs the cancel script for the user's grant in pool `pidx`.
@@ -119,10 +116,10 @@ impl RedisCommon {
         user: &UserId,
         now: DateTime<Utc>,
     ) -> Result<CancelOutcome, AdmissionError> {
-        let mut tx = self.db.begin().await.map_err(PgError::from)?;
-        pg::cancel_grant(&mut tx, c.id, user, now).await?;
-        let answer = pg::grant_answer(&mut *tx, c, user).await?;
-        tx.commit().await.map_err(PgError::from)?;
+        let mut tx = self.db.begin().await?;
+        tx.cancel_grant(c.id, user, now).await?;
+        let answer = tx.grant_answer(c, user).await?;
+        tx.commit().await?;
         match answer {
             Some(ClaimOutcome::Cancelled {
                 ref pool, ref code, ..

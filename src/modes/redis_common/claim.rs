@@ -14,10 +14,7 @@ use crate::{
     modes::redis_common::committer::{
         CommitError, CommitterHandle, Promotion, Row as CommitRow, Verdict,
     },
-    storage::{
-        pg::{self, NewRejection},
-        redis::RedisStoreError,
-    },
+    storage::{pg::NewRejection, redis::RedisStoreError},
 };
 
 /// How long a claim that finds the state missing waits for a rebuild.
@@ -209,7 +206,7 @@ impl RedisCommon {
         user: &UserId,
         pending: &Stored,
     ) -> Result<ClaimOutcome, AdmissionError> {
-        let Some(d) = pg::durable_answer(&self.db, c, user).await? else {
+        let Some(d) = self.db.durable_answer(c, user).await? else {
             return Err(AdmissionError::Pending);
         };
         let s = Stored::from_outcome(c, &d)?;
@@ -254,9 +251,9 @@ impl RedisCommon {
         if ans.is_some() || unflushed > 0 {
             return Err(AdmissionError::Rebuilding);
         }
-        let durable = match pg::grant_answer(&self.db, c, user).await? {
+        let durable = match self.db.grant_answer(c, user).await? {
             Some(a) => Some(a),
-            None => pg::rejection_answer(&self.db, c.id, user).await?,
+            None => self.db.rejection_answer(c.id, user).await?,
         };
         Ok(durable
             .map(|o| Stored::from_outcome(c, &o))

@@ -10,14 +10,14 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::{
     domain::CampaignId,
     storage::{
-        pg::{self, NewGrant, NewRejection, PgError},
+        pg::{self, NewGrant, NewRejection},
         redis::{AnswerSwap, CampaignKeys, RedisStore},
+        Store, StoreError,
     },
 };
 
@@ -27,7 +27,7 @@ pub enum CommitError {
     /// The batch's transaction failed; it may or may not have committed
     /// (a connection lost after COMMIT): PostgreSQL must be asked.
     #[error(transparent)]
-    Database(#[from] PgError),
+    Database(#[from] StoreError),
     /// The committer has stopped (shutdown).
     #[error("committer stopped")]
     Closed,
@@ -150,7 +150,7 @@ impl CommitterHandle {
 }
 
 /// Starts the committer; it stops when every handle is dropped.
-pub fn spawn(db: PgPool, redis: RedisStore, cfg: CommitterConfig) -> CommitterHandle {
+pub fn spawn(db: Store, redis: RedisStore, cfg: CommitterConfig) -> CommitterHandle {
     let (tx, mut rx) = mpsc::channel::<Job>(cfg.max_batch * cfg.max_inflight * 4);
     let slots = Arc::new(Semaphore::new(cfg.max_inflight));
     tokio::spawn(async move {
@@ -188,7 +188,7 @@ pub fn spawn(db: PgPool, redis: RedisStore, cfg: CommitterConfig) -> CommitterHa
 /// back, then promotes and answers: a slow Redis must not hold a
 /// PostgreSQL slot.
 async fn run_batch(
-    db: &PgPool,
+    db: &Store,
     redis: &RedisStore,
     batch: Vec<Job>,
     permit: tokio::sync::OwnedSemaphorePermit,
@@ -210,7 +210,9 @@ async fn run_batch(
         }
     }
     metrics::histogram!("firstcome_group_commit_rows").record(batch.len() as f64);
-    let result = pg::insert_fenced(db, &grants, &grant_gens, &refusals, &refusal_gens).await;
+    let result = db
+        .insert_fenced(&grants, &grant_gens, &refusals, &refusal_gens)
+        .await;
     let result = match result {
         Ok(f) => stale_generations(db, &batch, &f).await.map(|g| (f, g)),
         Err(e) => Err(e),
@@ -242,9 +244,9 @@ async fn run_batch(
         Err(e) => {
             tracing::warn!(error = %e, rows = batch.len(), "group commit failed");
             for j in batch {
-                let _ = j
-                    .reply
-                    .send(Err(CommitError::Database(PgError::Failed(e.to_string()))));
+                let _ = j.reply.send(Err(CommitError::Database(StoreError::Failed(
+                    e.to_string(),
+                ))));
             }
         }
     }
@@ -253,10 +255,10 @@ async fn run_batch(
 /// The current generation of each campaign that has a row the batch did not
 /// store (generations only grow: equal now means equal at the insert).
 async fn stale_generations(
-    db: &PgPool,
+    db: &Store,
     batch: &[Job],
     f: &pg::Fenced,
-) -> Result<HashMap<i64, i64>, PgError> {
+) -> Result<HashMap<i64, i64>, StoreError> {
     let mut out = HashMap::new();
     for j in batch {
         let cid = j.row.campaign_id();
@@ -265,7 +267,7 @@ async fn stale_generations(
             Row::Refusal(r) => f.refusals.contains(&(cid, r.user_id.clone())),
         };
         if !stored && !out.contains_key(&cid) {
-            out.insert(cid, pg::generation(db, CampaignId(cid)).await?);
+            out.insert(cid, db.generation(CampaignId(cid)).await?);
         }
     }
     Ok(out)

@@ -16,14 +16,16 @@ pub use answer::{pool_index, Stored, Truth};
 use std::{future::Future, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 
 use super::error::{AdmissionError, CancelOutcome};
 use crate::{
     domain::{shard::home_shard, Campaign, ClaimOutcome, RejectReason, UserId},
-    storage::redis::{
-        stream::{self, Entry, Handler, TaskEnv},
-        CampaignKeys, RedisStore, ScriptMode,
+    storage::{
+        redis::{
+            stream::{self, Entry, Handler, TaskEnv},
+            CampaignKeys, RedisStore, ScriptMode,
+        },
+        Store,
     },
 };
 use tokio::task::JoinHandle;
@@ -136,7 +138,7 @@ pub enum ScriptReply {
 #[derive(Clone)]
 pub struct RedisCommon {
     /// Source of truth.
-    pub db: PgPool,
+    pub db: Store,
     /// Redis.
     pub redis: RedisStore,
     /// How long a repeated claim waits for a pending reservation to settle.
@@ -152,15 +154,15 @@ pub const EXPIRY_JITTER_SECS: i64 = 600;
 
 /// A reservation older than this (by Redis' clock) whose request never
 /// answered is settled from PostgreSQL: granted if its row is there, else
-/// voided and released ([`pg::void_reservation`] makes sure its commit can
+/// voided and released ([`Store::void_reservation`] makes sure its commit can
 /// no longer land, so this bound is about liveness, not safety). Above the
 /// usual longest commit: the pool's acquire timeout (3 s) plus the
-/// statement timeout ([`crate::storage::pg::STATEMENT_TIMEOUT_MS`]).
+/// statement timeout ([`crate::storage::error::STATEMENT_TIMEOUT_MS`]).
 pub const ORPHAN_PENDING_MS: i64 = 20_000;
 
 impl RedisCommon {
     /// Shared state over the connections.
-    pub fn new(db: PgPool, redis: RedisStore, pending_wait: Duration) -> Self {
+    pub fn new(db: Store, redis: RedisStore, pending_wait: Duration) -> Self {
         Self {
             db,
             redis,

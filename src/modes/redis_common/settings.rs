@@ -18,7 +18,7 @@ use super::{AdmissionError, RedisCommon};
 use crate::{
     domain::{generate_code, Campaign},
     storage::{
-        pg::{self, PatchError, Restock},
+        pg::{PatchError, Restock},
         redis::operator::{Applied, Fence, Restocked, StockChange},
     },
 };
@@ -122,7 +122,7 @@ impl RedisCommon {
 
     /// [`Self::apply_settings`] with the lock held under `token`.
     async fn apply_locked(&self, c: &Campaign, token: &str) -> Result<(), AdmissionError> {
-        let Some(now_c) = pg::load_campaign(&self.db, c.id).await? else {
+        let Some(now_c) = self.db.load_campaign(c.id).await? else {
             return Ok(());
         };
         let exp = Self::expire_at_ms(&now_c, Utc::now());
@@ -198,7 +198,7 @@ impl RedisCommon {
         if live && !stocks.is_empty() && self.redis.state_generation(&k).await?.is_none() {
             self.rebuild_locked(c, &k).await?;
         }
-        let open = pg::begin_patch(&self.db, c.id, closes_at, stocks, actor).await?;
+        let open = self.db.begin_patch(c.id, closes_at, stocks, actor).await?;
         let lowers: Vec<StockChange> = open
             .stocks
             .iter()

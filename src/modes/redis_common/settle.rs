@@ -94,9 +94,12 @@ impl RedisCommon {
             seq,
         };
         let x = Stored::Refusing { seq };
-        let f = pg::insert_fenced(&self.db, &[], &[], std::slice::from_ref(&row), &[gen]).await?;
+        let f = self
+            .db
+            .insert_fenced(&[], &[], std::slice::from_ref(&row), &[gen])
+            .await?;
         if f.refusals.is_empty() {
-            if pg::generation(&self.db, c.id).await? != gen {
+            if self.db.generation(c.id).await? != gen {
                 self.drop_stale(c, gen).await?;
                 return Err(AdmissionError::Rebuilding);
             }
@@ -148,7 +151,7 @@ impl RedisCommon {
             code: code.clone(),
             seq: *seq,
         };
-        match pg::void_reservation(&self.db, &row).await? {
+        match self.db.void_reservation(&row).await? {
             pg::CodeFate::Voided | pg::CodeFate::Void => {
                 self.release(c, user, s, Release::back(Some(*slot))).await?;
             }

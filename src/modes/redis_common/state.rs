@@ -46,7 +46,7 @@ impl RedisCommon {
     /// that no longer add up (one lost, or of another generation) start
     /// again together from PostgreSQL.
     pub async fn drop_all(&self, c: &Campaign, gen: i64) -> Result<(), AdmissionError> {
-        let now = pg::generation(&self.db, c.id).await?;
+        let now = self.db.generation(c.id).await?;
         for k in self.shards(c).iter() {
             if let Some(g) = self.redis.state_generation(k).await? {
                 if (g == gen || g != now) && self.redis.drop_stale(k, g).await? {
@@ -115,8 +115,8 @@ impl RedisCommon {
     /// or refusal as an answer, the active slots per pool (sorted), the
     /// highest seq.
     pub async fn truth(&self, c: &Campaign) -> Result<Truth, AdmissionError> {
-        let rows = pg::latest_grants(&self.db, c.id).await?;
-        let refusals = pg::refusals(&self.db, c.id).await?;
+        let rows = self.db.latest_grants(c.id).await?;
+        let refusals = self.db.refusals(c.id).await?;
         let mut t = Truth {
             answers: Vec::with_capacity(rows.len() + refusals.len()),
             active: vec![Vec::new(); c.pools.len()],
@@ -200,13 +200,13 @@ impl RedisCommon {
                 return Err(AdmissionError::Rebuilding);
             }
         }
-        let gen = pg::bump_generation(&self.db, c.id).await?;
+        let gen = self.db.bump_generation(c.id).await?;
         // The settings an operator may have changed since this process
         // loaded the campaign (pause, window), read after the bump: with
         // the rebuild lock held, an operator's change either committed
         // before this read, or is applied to the loaded state after it
         // (settings.rs).
-        let now_c = pg::load_campaign(&self.db, c.id).await?;
+        let now_c = self.db.load_campaign(c.id).await?;
         let live = now_c.as_ref().unwrap_or(c);
         let Truth {
             mut answers,
@@ -235,7 +235,7 @@ impl RedisCommon {
         // A recorded draw numbered its users 1..n: new arrivals after them,
         // even those whose place this rebuild does not know.
         if c.prequeue_secs.is_some() {
-            max_seq = max_seq.max(pg::draw_size(&self.db, c.id).await?);
+            max_seq = max_seq.max(self.db.draw_size(c.id).await?);
         }
         let mut queued = 0;
         let mut at_door = vec![0_i64; c.pools.len()];
@@ -306,7 +306,7 @@ impl RedisCommon {
         }
         // A rebuilder paused past its lock may have loaded an older
         // generation than PostgreSQL's: drop it, the next claim rebuilds.
-        if pg::generation(&self.db, c.id).await? != gen {
+        if self.db.generation(c.id).await? != gen {
             self.drop_stale(c, gen).await?;
             return Err(AdmissionError::Rebuilding);
         }

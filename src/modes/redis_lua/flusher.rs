@@ -2,19 +2,20 @@
 //! to PostgreSQL in batches, in stream order, fenced by the state's generation, idempotently (the coupon code is the idempotency key), and
 //! lets the stream loop acknowledge only after the commit.
 
-use sqlx::PgPool;
-
 use crate::storage::redis::stream::Entry;
 use crate::{
     domain::{Campaign, UserId},
     modes::redis_common::{Batches, RedisCommon},
-    storage::pg::{self, NewGrant, NewRejection, PgError},
+    storage::{
+        pg::{NewGrant, NewRejection},
+        Store,
+    },
 };
 
 /// Flushes one campaign's outbox.
 pub struct Flusher {
     /// Where grants become durable.
-    pub db: PgPool,
+    pub db: Store,
     /// The campaign.
     pub campaign: Campaign,
     /// Redis, to rebuild the state if it is lost.
@@ -55,8 +56,8 @@ impl Flusher {
 
 impl Batches for Flusher {
     async fn handle(&mut self, entries: &[Entry]) -> anyhow::Result<()> {
-        let mut tx = self.db.begin().await.map_err(PgError::from)?;
-        let locked = pg::lock_generations(&mut tx, &[self.campaign.id.0]).await?;
+        let mut tx = self.db.begin().await?;
+        let locked = tx.lock_generations(&[self.campaign.id.0]).await?;
         // Under the lock the generation cannot move: entries of an older one
         // were decided in a state a rebuild replaced and must not land (the
         // rebuilt state may have handed their slots out again). They are the
@@ -108,22 +109,25 @@ impl Batches for Flusher {
                     // the still-active grant that held it.
                     expected += grants.len();
                     all_codes.extend(grants.iter().map(|g| g.code.clone()));
-                    inserted += pg::insert_grants_in(&mut tx, &grants, &any(grants.len()))
+                    inserted += tx
+                        .insert_grants_in(&grants, &any(grants.len()))
                         .await?
                         .len();
                     grants.clear();
-                    pg::cancel_by_code(&mut tx, e.get("c")).await?;
+                    tx.cancel_by_code(e.get("c")).await?;
                 }
                 other => tracing::error!(entry = %e.id, op = other, "unknown outbox op"),
             }
         }
         expected += grants.len();
         all_codes.extend(grants.iter().map(|g| g.code.clone()));
-        inserted += pg::insert_grants_in(&mut tx, &grants, &any(grants.len()))
+        inserted += tx
+            .insert_grants_in(&grants, &any(grants.len()))
             .await?
             .len();
-        pg::insert_rejections_in(&mut tx, &refusals, &any(refusals.len())).await?;
-        tx.commit().await.map_err(PgError::from)?;
+        tx.insert_rejections_in(&refusals, &any(refusals.len()))
+            .await?;
+        tx.commit().await?;
         self.give_back_cancelled(entries, gen_now).await?;
         if stale > 0 {
             tracing::error!(stale, campaign = %self.campaign.id, "flush: outbox entries of a replaced redis state dropped");
@@ -145,7 +149,7 @@ impl Batches for Flusher {
         if inserted < expected {
             // Either a redelivery (the codes are there) or a real conflict:
             // an acknowledged grant PostgreSQL refused. Count the latter.
-            let present = pg::existing_codes(&self.db, &all_codes).await?.len();
+            let present = self.db.existing_codes(&all_codes).await?.len();
             let lost = all_codes.len().saturating_sub(present);
             if lost > 0 {
                 tracing::error!(lost, campaign = %self.campaign.id, "flush: grants refused by unique indexes");

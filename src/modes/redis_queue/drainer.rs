@@ -6,13 +6,14 @@
 
 use std::collections::HashMap;
 
-use sqlx::PgPool;
-
 use crate::storage::redis::stream::Entry;
 use crate::{
     domain::{generate_code, Campaign, UserId},
     modes::redis_common::{Batches, RedisCommon, Release, Stored},
-    storage::pg::{self, NewGrant, NewRejection},
+    storage::{
+        pg::{NewGrant, NewRejection},
+        Store,
+    },
 };
 
 /// Attempts before a row is dead-lettered.
@@ -33,7 +34,7 @@ pub struct Drainer {
     /// Redis and PostgreSQL.
     pub common: RedisCommon,
     /// Source of truth.
-    pub db: PgPool,
+    pub db: Store,
     /// The campaign.
     pub campaign: Campaign,
     /// Failed attempts per stream entry id.
@@ -125,16 +126,13 @@ impl Drainer {
         let gens = vec![gen; INSERT_CHUNK.max(refusals.len())];
         let mut inserts: Vec<_> = rows
             .chunks(INSERT_CHUNK)
-            .map(|chunk| pg::insert_fenced(&self.db, chunk, &gens[..chunk.len()], &[], &[]))
+            .map(|chunk| self.db.insert_fenced(chunk, &gens[..chunk.len()], &[], &[]))
             .collect();
         if !refusals.is_empty() {
-            inserts.push(pg::insert_fenced(
-                &self.db,
-                &[],
-                &[],
-                &refusals,
-                &gens[..refusals.len()],
-            ));
+            inserts.push(
+                self.db
+                    .insert_fenced(&[], &[], &refusals, &gens[..refusals.len()]),
+            );
         }
         let mut inserted = std::collections::HashSet::new();
         let mut refused_ok = std::collections::HashSet::new();
@@ -148,7 +146,7 @@ impl Drainer {
             .map(|r| r.code.clone())
             .collect();
         if (!missing.is_empty() || refused_ok.len() < refusals.len())
-            && pg::generation(&self.db, c.id).await? != gen
+            && self.db.generation(c.id).await? != gen
         {
             // Decided in a state that a rebuild replaced: nothing of it may
             // land. The rebuilt state no longer holds these answers.
@@ -158,7 +156,8 @@ impl Drainer {
         let present: std::collections::HashSet<String> = if missing.is_empty() {
             Default::default()
         } else {
-            pg::existing_codes(&self.db, &missing)
+            self.db
+                .existing_codes(&missing)
                 .await?
                 .into_iter()
                 .collect()
@@ -174,7 +173,7 @@ impl Drainer {
             let to = if refused_ok.contains(user.as_str()) {
                 Stored::Rejected { seq: *seq }
             } else {
-                match pg::durable_answer(&self.db, c, &user).await? {
+                match self.db.durable_answer(c, &user).await? {
                     Some(d) => Stored::from_outcome(c, &d)?,
                     None => anyhow::bail!("refusal of {user} neither stored nor found"),
                 }
@@ -208,7 +207,7 @@ impl Drainer {
             }
             // Refused. PostgreSQL may hold the user's final answer already:
             // that is the answer, and this allocation goes back to stock.
-            if let Some(d) = pg::durable_answer(&self.db, c, &user).await? {
+            if let Some(d) = self.db.durable_answer(c, &user).await? {
                 let to = Stored::from_outcome(c, &d)?;
                 let r = Release {
                     queued_delta: -1,

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use super::drainer::{Drainer, INSERT_CHUNK};
-use crate::storage::{pg, redis::stream::Entry};
+use crate::storage::redis::stream::Entry;
 
 impl Drainer {
     /// Admits the pre-queue in drawn order.
@@ -19,10 +19,10 @@ impl Drainer {
         let seed = c
             .draw_seed
             .ok_or_else(|| anyhow::anyhow!("campaign {} has a draw marker but no seed", c.id))?;
-        if pg::draw_size(&self.db, c.id).await? == 0 {
+        if self.db.draw_size(c.id).await? == 0 {
             let mut list = self.common.redis.prequeued(&k).await?;
             seed.order(&mut list);
-            if pg::record_draw(&self.db, c.id, &list).await? {
+            if self.db.record_draw(c.id, &list).await? {
                 tracing::info!(campaign = %c.id, users = list.len(), "fair start: draw recorded");
             }
         }
@@ -31,7 +31,10 @@ impl Drainer {
         let opened_ms = c.opens_at.map_or(0, |t| t.timestamp_millis());
         let mut after = 0;
         loop {
-            let page = pg::draw_entries(&self.db, c.id, after, INSERT_CHUNK as i64).await?;
+            let page = self
+                .db
+                .draw_entries(c.id, after, INSERT_CHUNK as i64)
+                .await?;
             let Some(last) = page.last() else {
                 return Ok(());
             };

@@ -1,14 +1,40 @@
-//! MySQL/MariaDB (InnoDB), issue 17, begun: the schema
-//! (`migrations-mysql/`, the same tables and invariants as PostgreSQL's)
-//! and the connection. No mode writes here yet: a `mysql://`
-//! `DATABASE_URL` is refused at start (`ConfigError::UnsupportedDatabase`)
-//! until the store behind the modes exists. The schema's invariants are
-//! tested against a real MariaDB (tests/it/mysql.rs); docs/ARCHITECTURE.md,
-//! "MySQL and MariaDB", says how each PostgreSQL mechanism maps here.
+//! MySQL/MariaDB (InnoDB) as the source of truth: the same operations as
+//! `storage::pg`, one function for one, in InnoDB's dialect, over the
+//! schema in `migrations-mysql/` (the same tables and invariants as
+//! PostgreSQL's). docs/ARCHITECTURE.md, "MySQL and MariaDB", says how each
+//! PostgreSQL mechanism maps here (partial unique indexes as generated
+//! columns under unique keys, advisory locks as row locks, `RETURNING` of
+//! an `UPDATE` as affected rows or a locked read).
+//!
+//! Times are bound as naive UTC (`DateTime::naive_utc`), never as chrono's
+//! `DateTime<Utc>`: sqlx sends that as a MySQL TIMESTAMP, whose range ends
+//! in 2038, and MariaDB stores a later one as NULL (a campaign opening in
+//! 2099 would open at once). tests/it/mysql.rs holds the case.
 
 use std::time::Duration;
 
 use sqlx::{mysql::MySqlPoolOptions, Executor, MySqlPool};
+
+use super::{error::STATEMENT_TIMEOUT_MS, StoreError};
+
+mod campaigns;
+mod confirmations;
+pub mod db_modes;
+mod draws;
+mod generation;
+mod grants;
+mod operator;
+mod signatures;
+mod webhooks;
+
+pub use campaigns::*;
+pub use confirmations::*;
+pub use draws::*;
+pub use generation::*;
+pub use grants::*;
+pub use operator::*;
+pub use signatures::*;
+pub use webhooks::*;
 
 /// Opens a pool whose sessions run at UTC, in strict SQL mode and at
 /// READ COMMITTED (a locking read sees the newest committed version, as
@@ -33,6 +59,23 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<MySqlPool, sqlx:
                 .await?;
                 conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
                     .await?;
+                // PostgreSQL's statement_timeout, in InnoDB's two halves: no
+                // lock wait and (MariaDB) no statement runs past it; a
+                // claim stuck behind a lock fails 503 `database_busy`.
+                let secs = STATEMENT_TIMEOUT_MS / 1000;
+                conn.execute(format!("SET SESSION innodb_lock_wait_timeout = {secs}").as_str())
+                    .await?;
+                if conn
+                    .execute(format!("SET SESSION max_statement_time = {secs}").as_str())
+                    .await
+                    .is_err()
+                {
+                    // MySQL names it max_execution_time (ms, SELECTs only).
+                    conn.execute(
+                        format!("SET SESSION max_execution_time = {STATEMENT_TIMEOUT_MS}").as_str(),
+                    )
+                    .await?;
+                }
                 Ok(())
             })
         })
@@ -40,4 +83,35 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<MySqlPool, sqlx:
         .await?;
     sqlx::migrate!("./migrations-mysql").run(&pool).await?;
     Ok(pool)
+}
+
+/// A text column, read as bytes: sqlx reports MariaDB's binary-collated
+/// text (`utf8mb4_nopad_bin`, chosen so comparisons are byte-wise as
+/// PostgreSQL's) as a binary type and refuses to decode it as `String`
+/// (launchbadge/sqlx#3387).
+pub(crate) fn text(row: &sqlx::mysql::MySqlRow, i: usize) -> Result<String, StoreError> {
+    use sqlx::Row;
+    let b: Vec<u8> = row.try_get(i)?;
+    String::from_utf8(b).map_err(|e| StoreError::Corrupt(format!("column {i}: {e}")))
+}
+
+/// [`text`] of a nullable column.
+pub(crate) fn opt_text(
+    row: &sqlx::mysql::MySqlRow,
+    i: usize,
+) -> Result<Option<String>, StoreError> {
+    use sqlx::Row;
+    let b: Option<Vec<u8>> = row.try_get(i)?;
+    b.map(String::from_utf8)
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("column {i}: {e}")))
+}
+
+/// Checks the database answers, with its tables: a MySQL session outlives
+/// its database being dropped, where `SELECT 1` would still answer.
+pub async fn ping(db: &MySqlPool) -> Result<(), StoreError> {
+    sqlx::query("SELECT COUNT(*) FROM campaigns WHERE id = 0")
+        .execute(db)
+        .await?;
+    Ok(())
 }

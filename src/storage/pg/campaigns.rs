@@ -2,9 +2,9 @@
 
 use sqlx::{PgPool, Row};
 
-use super::error::PgError;
 use super::operator::{record_action, Action};
 use crate::domain::{draw::DrawSeed, Campaign, CampaignId, Mode, NewCampaign, Pool, PoolName};
+use crate::storage::StoreError;
 
 /// Inserts a campaign and its pools in one transaction, with the log of
 /// the operator action (`actor`); unless `published`, only the admin sees
@@ -14,7 +14,7 @@ pub async fn create_campaign(
     new: &NewCampaign,
     published: bool,
     actor: &str,
-) -> Result<Campaign, PgError> {
+) -> Result<Campaign, StoreError> {
     let mut tx = db.begin().await?;
     let row = sqlx::query(
         "INSERT INTO campaigns (name, mode, per_user_limit, opens_at, closes_at, hold_secs, confirm_within_secs, published, shards, prequeue_secs, draw_seed, webhook_url, webhook_secret)
@@ -65,11 +65,11 @@ pub async fn create_campaign(
     tx.commit().await?;
     load_campaign(db, id)
         .await?
-        .ok_or_else(|| PgError::Corrupt("campaign vanished after insert".into()))
+        .ok_or_else(|| StoreError::Corrupt("campaign vanished after insert".into()))
 }
 
 /// Loads a campaign with its pools; `None` when it does not exist.
-pub async fn load_campaign(db: &PgPool, id: CampaignId) -> Result<Option<Campaign>, PgError> {
+pub async fn load_campaign(db: &PgPool, id: CampaignId) -> Result<Option<Campaign>, StoreError> {
     load_campaign_seen_by(db, id, true).await
 }
 
@@ -81,7 +81,7 @@ pub async fn load_campaign_seen_by(
     db: &PgPool,
     id: CampaignId,
     admin: bool,
-) -> Result<Option<Campaign>, PgError> {
+) -> Result<Option<Campaign>, StoreError> {
     let Some(row) = sqlx::query(
         "SELECT id, name, mode, per_user_limit, opens_at, closes_at, hold_secs, created_at, confirm_within_secs, published, shards,
                 prequeue_secs, draw_seed, webhook_url, paused
@@ -105,16 +105,16 @@ pub async fn load_campaign_seen_by(
                     id: r.get("id"),
                     idx: r.get("idx"),
                     name: PoolName::parse(r.get::<String, _>("name"))
-                        .map_err(|e| PgError::Corrupt(e.to_string()))?,
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                     stock: r.get("stock"),
                 })
             })
-            .collect::<Result<Vec<_>, PgError>>()?;
+            .collect::<Result<Vec<_>, StoreError>>()?;
     let mode: String = row.get("mode");
     Ok(Some(Campaign {
         id,
         name: row.get("name"),
-        mode: mode.parse().map_err(PgError::Corrupt)?,
+        mode: mode.parse().map_err(StoreError::Corrupt)?,
         per_user_limit: row.get("per_user_limit"),
         opens_at: row.get("opens_at"),
         closes_at: row.get("closes_at"),
@@ -122,14 +122,14 @@ pub async fn load_campaign_seen_by(
         created_at: row.get("created_at"),
         confirm_within_secs: row.get("confirm_within_secs"),
         shards: u16::try_from(row.get::<i32, _>("shards"))
-            .map_err(|e| PgError::Corrupt(e.to_string()))?,
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
         pools,
         published: row.get("published"),
         prequeue_secs: row.get("prequeue_secs"),
         draw_seed: match row.get::<Option<Vec<u8>>, _>("draw_seed") {
-            Some(b) => {
-                Some(DrawSeed::from_slice(&b).ok_or_else(|| PgError::Corrupt("draw_seed".into()))?)
-            }
+            Some(b) => Some(
+                DrawSeed::from_slice(&b).ok_or_else(|| StoreError::Corrupt("draw_seed".into()))?,
+            ),
             None => None,
         },
         webhook_url: row.get("webhook_url"),
@@ -140,7 +140,11 @@ pub async fn load_campaign_seen_by(
 /// Publishes a campaign and logs the action (`actor`); `false` when no
 /// campaign has this id. Idempotent (an already published campaign is
 /// neither changed nor logged again).
-pub async fn publish_campaign(db: &PgPool, id: CampaignId, actor: &str) -> Result<bool, PgError> {
+pub async fn publish_campaign(
+    db: &PgPool,
+    id: CampaignId,
+    actor: &str,
+) -> Result<bool, StoreError> {
     let mut tx = db.begin().await?;
     let Some(before): Option<bool> =
         sqlx::query_scalar("SELECT published FROM campaigns WHERE id = $1 FOR NO KEY UPDATE")
@@ -171,7 +175,7 @@ pub async fn publish_campaign(db: &PgPool, id: CampaignId, actor: &str) -> Resul
 
 /// Campaigns of the given modes whose keys may still be live: the worker
 /// runs flushers and drainers for these.
-pub async fn live_campaigns(db: &PgPool, modes: &[Mode]) -> Result<Vec<CampaignId>, PgError> {
+pub async fn live_campaigns(db: &PgPool, modes: &[Mode]) -> Result<Vec<CampaignId>, StoreError> {
     let modes: Vec<&str> = modes.iter().map(|m| m.as_str()).collect();
     let rows = sqlx::query(
         "SELECT id FROM campaigns
@@ -189,7 +193,10 @@ pub async fn live_campaigns(db: &PgPool, modes: &[Mode]) -> Result<Vec<CampaignI
 }
 
 /// Active grants per pool id.
-pub async fn active_counts(db: &PgPool, campaign: CampaignId) -> Result<Vec<(i64, i64)>, PgError> {
+pub async fn active_counts(
+    db: &PgPool,
+    campaign: CampaignId,
+) -> Result<Vec<(i64, i64)>, StoreError> {
     let rows = sqlx::query(
         "SELECT pool_id, count(*) FROM grants
          WHERE campaign_id = $1 AND state = 'active' GROUP BY pool_id",
@@ -204,7 +211,7 @@ pub async fn active_counts(db: &PgPool, campaign: CampaignId) -> Result<Vec<(i64
 pub async fn active_per_pool(
     db: &PgPool,
     campaign: CampaignId,
-) -> Result<std::collections::HashMap<i64, i64>, PgError> {
+) -> Result<std::collections::HashMap<i64, i64>, StoreError> {
     let rows: Vec<(i64, i64)> = sqlx::query_as(
         "SELECT pool_id, count(*) FROM grants
          WHERE campaign_id = $1 AND state = 'active' GROUP BY pool_id",
@@ -241,7 +248,7 @@ pub async fn list_campaigns(
     db: &PgPool,
     before: Option<i64>,
     limit: i64,
-) -> Result<Vec<CampaignLine>, PgError> {
+) -> Result<Vec<CampaignLine>, StoreError> {
     let rows = sqlx::query(
         "SELECT id, name, mode, published, paused, opens_at, closes_at, created_at
          FROM campaigns WHERE $1::bigint IS NULL OR id < $1 ORDER BY id DESC LIMIT $2",

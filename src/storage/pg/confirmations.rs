@@ -4,8 +4,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 
-use super::error::PgError;
 use crate::domain::{CampaignId, Mode, UserId};
+use crate::storage::StoreError;
 
 /// Where a grant to confirm stands (campaigns with `confirm_within_secs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub async fn confirmation_state(
     db: &PgPool,
     campaign: CampaignId,
     user: &UserId,
-) -> Result<Option<Confirmation>, PgError> {
+) -> Result<Option<Confirmation>, StoreError> {
     let row = sqlx::query(
         "SELECT state, confirm_by, confirmed_at FROM grants
          WHERE campaign_id = $1 AND user_id = $2 AND state <> 'void'
@@ -46,7 +46,7 @@ pub async fn confirmation_state(
 }
 
 /// Confirms the user's held grant; `true` when this call confirmed it.
-pub async fn confirm(db: &PgPool, campaign: CampaignId, user: &UserId) -> Result<bool, PgError> {
+pub async fn confirm(db: &PgPool, campaign: CampaignId, user: &UserId) -> Result<bool, StoreError> {
     let r = sqlx::query(
         "UPDATE grants SET confirmed_at = now()
          WHERE campaign_id = $1 AND user_id = $2 AND state = 'active'
@@ -79,7 +79,7 @@ pub struct Expired {
 /// Expires up to `limit` holds past their deadline, in one transaction.
 /// For the db-* modes the pool counter and free slots are fixed in the same
 /// transaction; the Redis modes mirror the release afterwards.
-pub async fn expire_due(db: &PgPool, limit: i64) -> Result<Vec<Expired>, PgError> {
+pub async fn expire_due(db: &PgPool, limit: i64) -> Result<Vec<Expired>, StoreError> {
     let mut tx = db.begin().await?;
     let rows = sqlx::query(
         "WITH due AS (
@@ -99,7 +99,7 @@ pub async fn expire_due(db: &PgPool, limit: i64) -> Result<Vec<Expired>, PgError
         let mode: String = r.get("mode");
         let e = Expired {
             campaign_id: r.get("campaign_id"),
-            mode: mode.parse().map_err(PgError::Corrupt)?,
+            mode: mode.parse().map_err(StoreError::Corrupt)?,
             pool_id: r.get("pool_id"),
             user_id: r.get("user_id"),
             slot: r.get("slot"),

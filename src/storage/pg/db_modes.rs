@@ -5,8 +5,8 @@
 
 use sqlx::{Postgres, Row, Transaction};
 
-use super::error::PgError;
 use crate::domain::{CampaignId, RejectReason, UserId};
+use crate::storage::StoreError;
 
 /// Advisory lock class of a user's claims (db-* modes).
 const USER_LOCK_CLASS: i32 = 1718;
@@ -16,7 +16,7 @@ const USER_LOCK_CLASS: i32 = 1718;
 pub async fn lock_pool(
     tx: &mut Transaction<'_, Postgres>,
     pool_id: i64,
-) -> Result<(i32, i32), PgError> {
+) -> Result<(i32, i32), StoreError> {
     let row = sqlx::query("SELECT stock, granted FROM pools WHERE id = $1 FOR UPDATE")
         .bind(pool_id)
         .fetch_one(&mut **tx)
@@ -25,7 +25,10 @@ pub async fn lock_pool(
 }
 
 /// `db-lock`: counts a grant on the locked pool row.
-pub async fn count_grant(tx: &mut Transaction<'_, Postgres>, pool_id: i64) -> Result<(), PgError> {
+pub async fn count_grant(
+    tx: &mut Transaction<'_, Postgres>,
+    pool_id: i64,
+) -> Result<(), StoreError> {
     sqlx::query("UPDATE pools SET granted = granted + 1 WHERE id = $1")
         .bind(pool_id)
         .execute(&mut **tx)
@@ -35,7 +38,10 @@ pub async fn count_grant(tx: &mut Transaction<'_, Postgres>, pool_id: i64) -> Re
 
 /// `db-atomic`: takes one unit of stock with a conditional update; `true`
 /// when there was one (the row stays locked until the transaction ends).
-pub async fn take_unit(tx: &mut Transaction<'_, Postgres>, pool_id: i64) -> Result<bool, PgError> {
+pub async fn take_unit(
+    tx: &mut Transaction<'_, Postgres>,
+    pool_id: i64,
+) -> Result<bool, StoreError> {
     Ok(sqlx::query(
         "UPDATE pools SET granted = granted + 1 WHERE id = $1 AND granted < stock RETURNING id",
     )
@@ -47,7 +53,10 @@ pub async fn take_unit(tx: &mut Transaction<'_, Postgres>, pool_id: i64) -> Resu
 
 /// Takes the lowest released slot of the pool, else the next new one. The
 /// caller holds the pool row's lock, so nothing else allocates meanwhile.
-pub async fn take_slot(tx: &mut Transaction<'_, Postgres>, pool_id: i64) -> Result<i32, PgError> {
+pub async fn take_slot(
+    tx: &mut Transaction<'_, Postgres>,
+    pool_id: i64,
+) -> Result<i32, StoreError> {
     let reused = sqlx::query(
         "DELETE FROM free_slots WHERE pool_id = $1
            AND slot = (SELECT min(slot) FROM free_slots WHERE pool_id = $1)
@@ -74,7 +83,7 @@ pub async fn give_back(
     tx: &mut Transaction<'_, Postgres>,
     pool_id: i64,
     slot: i32,
-) -> Result<(), PgError> {
+) -> Result<(), StoreError> {
     sqlx::query("UPDATE pools SET granted = granted - 1 WHERE id = $1")
         .bind(pool_id)
         .execute(&mut **tx)
@@ -93,7 +102,7 @@ pub async fn lock_user(
     tx: &mut Transaction<'_, Postgres>,
     campaign: CampaignId,
     user: &UserId,
-) -> Result<(), PgError> {
+) -> Result<(), StoreError> {
     sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
         .bind(USER_LOCK_CLASS)
         .bind(format!("{}:{}", campaign, user.as_str()))
@@ -103,7 +112,7 @@ pub async fn lock_user(
 }
 
 /// Draws an arrival number.
-pub async fn next_seq(tx: &mut Transaction<'_, Postgres>) -> Result<i64, PgError> {
+pub async fn next_seq(tx: &mut Transaction<'_, Postgres>) -> Result<i64, StoreError> {
     Ok(sqlx::query("SELECT nextval('claim_seq')")
         .fetch_one(&mut **tx)
         .await?
@@ -132,7 +141,7 @@ pub struct GrantInsert<'a> {
 pub async fn insert_grant(
     tx: &mut Transaction<'_, Postgres>,
     g: &GrantInsert<'_>,
-) -> Result<(), PgError> {
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO grants (campaign_id, pool_id, user_id, slot, code, seq, confirm_by)
          VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7::double precision))",
@@ -156,7 +165,7 @@ pub async fn insert_sold_out(
     campaign: CampaignId,
     user: &UserId,
     seq: i64,
-) -> Result<(), PgError> {
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO rejections (campaign_id, user_id, reason, seq) VALUES ($1, $2, $3, $4)
          ON CONFLICT DO NOTHING",

@@ -4,8 +4,8 @@
 
 use sqlx::PgPool;
 
-use super::error::PgError;
 use crate::domain::CampaignId;
+use crate::storage::StoreError;
 
 /// One pre-queued user's place.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -30,7 +30,7 @@ pub async fn record_draw(
     db: &PgPool,
     campaign: CampaignId,
     ordered: &[(String, i32)],
-) -> Result<bool, PgError> {
+) -> Result<bool, StoreError> {
     let mut tx = db.begin().await?;
     // One recorder at a time: the campaign row is the lock.
     sqlx::query("SELECT 1 FROM campaigns WHERE id = $1 FOR UPDATE")
@@ -72,7 +72,7 @@ pub async fn draw_entries(
     campaign: CampaignId,
     after: i64,
     limit: i64,
-) -> Result<Vec<DrawEntry>, PgError> {
+) -> Result<Vec<DrawEntry>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT rank, user_id, pool_idx FROM prequeue_draws
          WHERE campaign_id = $1 AND rank > $2 ORDER BY rank LIMIT $3",
@@ -85,7 +85,7 @@ pub async fn draw_entries(
 }
 
 /// How many users the recorded draw holds (0 when none is recorded).
-pub async fn draw_size(db: &PgPool, campaign: CampaignId) -> Result<i64, PgError> {
+pub async fn draw_size(db: &PgPool, campaign: CampaignId) -> Result<i64, StoreError> {
     Ok(sqlx::query_scalar(
         "SELECT coalesce(max(rank), 0) FROM prequeue_draws WHERE campaign_id = $1",
     )

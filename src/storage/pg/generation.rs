@@ -3,9 +3,9 @@
 
 use sqlx::{PgPool, Postgres, Transaction};
 
-use super::error::PgError;
 use super::grants::{insert_grants_gen, insert_rejections_gen, NewGrant, NewRejection};
 use crate::domain::CampaignId;
+use crate::storage::StoreError;
 
 /// What a fenced insert stored.
 #[derive(Debug, Default)]
@@ -30,7 +30,7 @@ pub async fn insert_fenced(
     grant_gens: &[i64],
     refusals: &[NewRejection],
     refusal_gens: &[i64],
-) -> Result<Fenced, PgError> {
+) -> Result<Fenced, StoreError> {
     if refusals.is_empty() {
         let codes = insert_grants_gen(db, grants, grant_gens).await?;
         return Ok(Fenced {
@@ -62,7 +62,7 @@ pub async fn insert_fenced(
 pub async fn lock_generations(
     tx: &mut Transaction<'_, Postgres>,
     campaign_ids: &[i64],
-) -> Result<Vec<(i64, i64)>, PgError> {
+) -> Result<Vec<(i64, i64)>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT id, redis_gen FROM campaigns WHERE id = ANY($1) ORDER BY id FOR SHARE",
     )
@@ -75,7 +75,7 @@ pub async fn lock_generations(
 /// waits for every fenced insert holding the row; whatever the rebuild
 /// reads after this includes every write of older generations, and none of
 /// them can land any more.
-pub async fn bump_generation(db: &PgPool, campaign: CampaignId) -> Result<i64, PgError> {
+pub async fn bump_generation(db: &PgPool, campaign: CampaignId) -> Result<i64, StoreError> {
     Ok(sqlx::query_scalar(
         "UPDATE campaigns SET redis_gen = redis_gen + 1 WHERE id = $1 RETURNING redis_gen",
     )
@@ -85,7 +85,7 @@ pub async fn bump_generation(db: &PgPool, campaign: CampaignId) -> Result<i64, P
 }
 
 /// The campaign's current Redis generation.
-pub async fn generation<'e, E>(exec: E, campaign: CampaignId) -> Result<i64, PgError>
+pub async fn generation<'e, E>(exec: E, campaign: CampaignId) -> Result<i64, StoreError>
 where
     E: sqlx::Executor<'e, Database = Postgres>,
 {

@@ -4,8 +4,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
-use super::error::PgError;
 use crate::domain::{Campaign, CampaignId, ClaimOutcome, RejectReason, UserId};
+use crate::storage::StoreError;
 
 /// A grant row as exported.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -31,7 +31,7 @@ pub async fn grants_page(
     campaign: CampaignId,
     after: i64,
     limit: i64,
-) -> Result<Vec<GrantRow>, PgError> {
+) -> Result<Vec<GrantRow>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT g.id, g.user_id, p.name AS pool, g.slot, g.code, g.seq
          FROM grants g JOIN pools p ON p.id = g.pool_id
@@ -50,7 +50,7 @@ pub async fn grant_answer<'e, E>(
     exec: E,
     campaign: &Campaign,
     user: &UserId,
-) -> Result<Option<ClaimOutcome>, PgError>
+) -> Result<Option<ClaimOutcome>, StoreError>
 where
     E: sqlx::Executor<'e, Database = Postgres>,
 {
@@ -69,7 +69,7 @@ where
         .pools
         .iter()
         .find(|p| p.id == pool_id)
-        .ok_or_else(|| PgError::Corrupt(format!("grant in unknown pool {pool_id}")))?;
+        .ok_or_else(|| StoreError::Corrupt(format!("grant in unknown pool {pool_id}")))?;
     let state: String = r.get("state");
     let (slot, code, seq) = (r.get("slot"), r.get("code"), r.get("seq"));
     Ok(Some(if state == "active" {
@@ -96,7 +96,7 @@ pub async fn rejection_answer<'e, E>(
     exec: E,
     campaign: CampaignId,
     user: &UserId,
-) -> Result<Option<ClaimOutcome>, PgError>
+) -> Result<Option<ClaimOutcome>, StoreError>
 where
     E: sqlx::Executor<'e, Database = Postgres>,
 {
@@ -125,7 +125,7 @@ pub async fn cancel_grant(
     campaign: CampaignId,
     user: &UserId,
     now: DateTime<Utc>,
-) -> Result<Option<(i64, i32)>, PgError> {
+) -> Result<Option<(i64, i32)>, StoreError> {
     let row = sqlx::query(
         "UPDATE grants SET state = 'cancelled', released_at = $3
          WHERE campaign_id = $1 AND user_id = $2 AND state = 'active'
@@ -160,7 +160,7 @@ pub struct NewGrant {
 /// insert limit; the Redis modes use [`insert_fenced`]). See
 /// [`insert_fenced`] for which rows are skipped; returns the codes that
 /// were inserted.
-pub async fn insert_grants<'e, E>(exec: E, grants: &[NewGrant]) -> Result<Vec<String>, PgError>
+pub async fn insert_grants<'e, E>(exec: E, grants: &[NewGrant]) -> Result<Vec<String>, StoreError>
 where
     E: sqlx::Executor<'e, Database = Postgres>,
 {
@@ -181,7 +181,7 @@ pub(super) async fn insert_grants_gen<'e, E>(
     exec: E,
     grants: &[NewGrant],
     gens: &[i64],
-) -> Result<Vec<String>, PgError>
+) -> Result<Vec<String>, StoreError>
 where
     E: sqlx::Executor<'e, Database = Postgres>,
 {
@@ -248,7 +248,7 @@ pub(super) async fn insert_rejections_gen<'e, E>(
     exec: E,
     rows: &[NewRejection],
     gens: &[i64],
-) -> Result<Vec<(i64, String)>, PgError>
+) -> Result<Vec<(i64, String)>, StoreError>
 where
     E: sqlx::Executor<'e, Database = Postgres>,
 {
@@ -285,7 +285,7 @@ pub async fn insert_grants_in(
     tx: &mut Transaction<'_, Postgres>,
     grants: &[NewGrant],
     gens: &[i64],
-) -> Result<Vec<String>, PgError> {
+) -> Result<Vec<String>, StoreError> {
     insert_grants_gen(&mut **tx, grants, gens).await
 }
 
@@ -294,7 +294,7 @@ pub async fn insert_rejections_in(
     tx: &mut Transaction<'_, Postgres>,
     rows: &[NewRejection],
     gens: &[i64],
-) -> Result<Vec<(i64, String)>, PgError> {
+) -> Result<Vec<(i64, String)>, StoreError> {
     insert_rejections_gen(&mut **tx, rows, gens).await
 }
 
@@ -315,7 +315,7 @@ pub enum CodeFate {
 /// a `void` row under its code unless the grant is there. The unique index
 /// on code lets exactly one of the two land, so a reservation is released
 /// only when its commit can no longer happen.
-pub async fn void_reservation(db: &PgPool, g: &NewGrant) -> Result<CodeFate, PgError> {
+pub async fn void_reservation(db: &PgPool, g: &NewGrant) -> Result<CodeFate, StoreError> {
     let voided = sqlx::query(
         "INSERT INTO grants (campaign_id, pool_id, user_id, slot, code, seq, state, released_at)
          VALUES ($1, $2, $3, $4, $5, $6, 'void', now())
@@ -345,7 +345,7 @@ pub async fn void_reservation(db: &PgPool, g: &NewGrant) -> Result<CodeFate, PgE
 
 /// The state of the row holding `code` (`active`, `cancelled`, `expired`,
 /// `void`), if any.
-pub async fn code_state(db: &PgPool, code: &str) -> Result<Option<String>, PgError> {
+pub async fn code_state(db: &PgPool, code: &str) -> Result<Option<String>, StoreError> {
     Ok(
         sqlx::query_scalar("SELECT state FROM grants WHERE code = $1")
             .bind(code)
@@ -359,7 +359,7 @@ pub async fn durable_answer(
     db: &PgPool,
     campaign: &Campaign,
     user: &UserId,
-) -> Result<Option<ClaimOutcome>, PgError> {
+) -> Result<Option<ClaimOutcome>, StoreError> {
     if let Some(a @ ClaimOutcome::Granted { .. }) = grant_answer(db, campaign, user).await? {
         return Ok(Some(a));
     }
@@ -367,7 +367,7 @@ pub async fn durable_answer(
 }
 
 /// Codes among `codes` that PostgreSQL holds as grants (any state but void).
-pub async fn existing_codes(db: &PgPool, codes: &[String]) -> Result<Vec<String>, PgError> {
+pub async fn existing_codes(db: &PgPool, codes: &[String]) -> Result<Vec<String>, StoreError> {
     let rows = sqlx::query("SELECT code FROM grants WHERE code = ANY($1) AND state <> 'void'")
         .bind(codes)
         .fetch_all(db)
@@ -394,7 +394,10 @@ pub struct LatestGrant {
 }
 
 /// Every user's latest grant in the campaign (void rows are not grants).
-pub async fn latest_grants(db: &PgPool, campaign: CampaignId) -> Result<Vec<LatestGrant>, PgError> {
+pub async fn latest_grants(
+    db: &PgPool,
+    campaign: CampaignId,
+) -> Result<Vec<LatestGrant>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT DISTINCT ON (user_id) user_id, pool_id, slot, code, seq, state = 'active' AS active
          FROM grants WHERE campaign_id = $1 AND state <> 'void'
@@ -407,7 +410,7 @@ pub async fn latest_grants(db: &PgPool, campaign: CampaignId) -> Result<Vec<Late
 
 /// Every durable refusal of the campaign as (user, seq): the db-* modes'
 /// rows and the Redis modes' batches.
-pub async fn refusals(db: &PgPool, campaign: CampaignId) -> Result<Vec<(String, i64)>, PgError> {
+pub async fn refusals(db: &PgPool, campaign: CampaignId) -> Result<Vec<(String, i64)>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT user_id, seq FROM rejections WHERE campaign_id = $1
          UNION ALL
@@ -421,7 +424,10 @@ pub async fn refusals(db: &PgPool, campaign: CampaignId) -> Result<Vec<(String, 
 
 /// Marks the active grant under `code` cancelled (redis-lua's outbox
 /// replays a cancel this way); no-op if it is not active.
-pub async fn cancel_by_code(tx: &mut Transaction<'_, Postgres>, code: &str) -> Result<(), PgError> {
+pub async fn cancel_by_code(
+    tx: &mut Transaction<'_, Postgres>,
+    code: &str,
+) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE grants SET state = 'cancelled', released_at = now()
          WHERE code = $1 AND state = 'active'",

@@ -10,17 +10,17 @@ mod campaigns;
 mod confirmations;
 pub mod db_modes;
 mod draws;
-mod error;
+
 mod generation;
 mod grants;
 mod operator;
 mod signatures;
 mod webhooks;
 
+pub use crate::storage::error::{StoreError, STATEMENT_TIMEOUT_MS};
 pub use campaigns::*;
 pub use confirmations::*;
 pub use draws::*;
-pub use error::{PgError, STATEMENT_TIMEOUT_MS};
 pub use generation::*;
 pub use grants::*;
 pub use operator::*;
@@ -43,7 +43,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
 }
 
 /// Checks the database answers.
-pub async fn ping(db: &PgPool) -> Result<(), PgError> {
+pub async fn ping(db: &PgPool) -> Result<(), StoreError> {
     sqlx::query("SELECT 1").execute(db).await?;
     Ok(())
 }

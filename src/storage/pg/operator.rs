@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
-use super::error::PgError;
 use crate::domain::CampaignId;
+use crate::storage::{StoreError, StoreTx};
 
 /// What an operator did (the `action` column).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +70,7 @@ pub async fn record_action(
     action: Action,
     before: Option<&serde_json::Value>,
     after: Option<&serde_json::Value>,
-) -> Result<(), PgError> {
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO operator_actions (campaign_id, actor, action, before, after)
          VALUES ($1, $2, $3, $4::text::jsonb, $5::text::jsonb)",
@@ -93,7 +93,7 @@ pub async fn record_action_now(
     action: Action,
     before: Option<&serde_json::Value>,
     after: Option<&serde_json::Value>,
-) -> Result<(), PgError> {
+) -> Result<(), StoreError> {
     let mut tx = db.begin().await?;
     record_action(&mut tx, campaign, actor, action, before, after).await?;
     tx.commit().await?;
@@ -105,7 +105,7 @@ pub async fn list_actions(
     db: &PgPool,
     campaign: CampaignId,
     limit: i64,
-) -> Result<Vec<ActionRow>, PgError> {
+) -> Result<Vec<ActionRow>, StoreError> {
     let rows = sqlx::query(
         "SELECT id, actor, action, before::text, after::text, at FROM operator_actions
          WHERE campaign_id = $1 ORDER BY id DESC LIMIT $2",
@@ -114,8 +114,8 @@ pub async fn list_actions(
     .bind(limit)
     .fetch_all(db)
     .await?;
-    let json = |s: Option<String>| -> Result<Option<serde_json::Value>, PgError> {
-        s.map(|s| serde_json::from_str(&s).map_err(|e| PgError::Corrupt(e.to_string())))
+    let json = |s: Option<String>| -> Result<Option<serde_json::Value>, StoreError> {
+        s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string())))
             .transpose()
     };
     rows.into_iter()
@@ -143,7 +143,7 @@ const GATE_LOCK_CLASS: i32 = 1719;
 async fn close_gate(
     tx: &mut Transaction<'_, Postgres>,
     campaign: CampaignId,
-) -> Result<(), PgError> {
+) -> Result<(), StoreError> {
     sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
         .bind(GATE_LOCK_CLASS)
         .bind(campaign.0.to_string())
@@ -160,7 +160,7 @@ pub async fn set_paused(
     campaign: CampaignId,
     paused: bool,
     actor: &str,
-) -> Result<Option<bool>, PgError> {
+) -> Result<Option<bool>, StoreError> {
     let mut tx = db.begin().await?;
     let Some(before): Option<bool> =
         sqlx::query_scalar("SELECT paused FROM campaigns WHERE id = $1 FOR NO KEY UPDATE")
@@ -215,7 +215,7 @@ pub struct ClaimGate {
 pub async fn claim_gate(
     tx: &mut Transaction<'_, Postgres>,
     campaign: CampaignId,
-) -> Result<ClaimGate, PgError> {
+) -> Result<ClaimGate, StoreError> {
     // A statement of its own: a statement's snapshot is taken before it
     // runs, so a read in the same statement could predate the change it
     // waited for.
@@ -278,7 +278,7 @@ pub enum PatchError {
     },
     /// PostgreSQL failed.
     #[error(transparent)]
-    Pg(#[from] PgError),
+    Pg(#[from] StoreError),
 }
 
 impl From<sqlx::Error> for PatchError {
@@ -293,7 +293,7 @@ impl From<sqlx::Error> for PatchError {
 /// off between the two leaves Redis below PostgreSQL, never above).
 pub struct OpenPatch {
     /// The transaction.
-    tx: Transaction<'static, Postgres>,
+    pub(crate) tx: StoreTx<'static>,
     /// Per restocked pool: (pool id, stock before, stock after).
     pub stocks: Vec<(i64, i32, i32)>,
 }
@@ -429,7 +429,7 @@ pub async fn begin_patch(
     )
     .await?;
     Ok(OpenPatch {
-        tx,
+        tx: StoreTx::Pg(tx),
         stocks: changed,
     })
 }

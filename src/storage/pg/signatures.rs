@@ -4,7 +4,7 @@
 
 use sqlx::{PgPool, Row};
 
-use super::PgError;
+use super::StoreError;
 use crate::domain::CampaignId;
 
 /// A signature per user of `users`, in order: the latest grant's state, id
@@ -14,7 +14,7 @@ pub async fn answer_signatures(
     db: &PgPool,
     campaign: CampaignId,
     users: &[String],
-) -> Result<Vec<String>, PgError> {
+) -> Result<Vec<String>, StoreError> {
     let rows = sqlx::query(
         "SELECT u.user_id,
            (SELECT g.state || ':' || g.id || ':' || coalesce(g.confirmed_at::text, '')

@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use super::error::PgError;
 use crate::domain::CampaignId;
+use crate::storage::StoreError;
 
 /// An event claimed for one delivery attempt.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -54,7 +54,7 @@ pub async fn claim_due_events(
     per_endpoint: i64,
     lease: Duration,
     busy: &[(String, i64)],
-) -> Result<Vec<DueEvent>, PgError> {
+) -> Result<Vec<DueEvent>, StoreError> {
     let full: Vec<&str> = busy
         .iter()
         .filter(|(_, n)| *n >= per_endpoint)
@@ -93,7 +93,7 @@ pub async fn claim_due_events(
 }
 
 /// Records a 2xx answer.
-pub async fn event_delivered(db: &PgPool, id: i64, status: u16) -> Result<(), PgError> {
+pub async fn event_delivered(db: &PgPool, id: i64, status: u16) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE webhook_events
          SET state = 'delivered', delivered_at = now(), last_status = $2, last_error = NULL
@@ -116,7 +116,7 @@ pub async fn event_failed(
     error: &str,
     retry_in: Duration,
     dead_after: Duration,
-) -> Result<bool, PgError> {
+) -> Result<bool, StoreError> {
     let state: Option<String> = sqlx::query_scalar(
         "UPDATE webhook_events
          SET last_status = $2, last_error = $3,
@@ -175,7 +175,7 @@ pub async fn webhook_events_page(
     state: Option<&str>,
     after: i64,
     limit: i64,
-) -> Result<Vec<WebhookEventRow>, PgError> {
+) -> Result<Vec<WebhookEventRow>, StoreError> {
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM webhook_events
          WHERE campaign_id = $1 AND ($2::text IS NULL OR state = $2) AND id > $3
@@ -198,7 +198,7 @@ pub async fn redeliver_event(
     db: &PgPool,
     campaign: CampaignId,
     id: i64,
-) -> Result<Option<WebhookEventRow>, PgError> {
+) -> Result<Option<WebhookEventRow>, StoreError> {
     let sql = format!(
         "WITH again AS (
              UPDATE webhook_events
@@ -220,7 +220,7 @@ pub async fn redeliver_event(
 }
 
 /// Pending events and the age in seconds of the oldest (0 without any).
-pub async fn webhook_lag(db: &PgPool) -> Result<(i64, f64), PgError> {
+pub async fn webhook_lag(db: &PgPool) -> Result<(i64, f64), StoreError> {
     Ok(sqlx::query_as(
         "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at))::float8, 0)
          FROM webhook_events WHERE state = 'pending'",

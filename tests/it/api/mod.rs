@@ -247,11 +247,7 @@ async fn cancelling_after_the_hold_is_refused() {
         .await["id"]
         .as_i64()
         .unwrap();
-    sqlx::query("INSERT INTO grants (campaign_id, pool_id, user_id, slot, code, seq) SELECT $1, id, 'old', 1, 'OLDCODE', 1 FROM pools WHERE campaign_id = $1")
-        .bind(id)
-        .execute(&app.db)
-        .await
-        .unwrap();
+    common::execute(&app, "INSERT INTO grants (campaign_id, pool_id, user_id, slot, code, seq) SELECT $1, id, 'old', 1, 'OLDCODE', 1 FROM pools WHERE campaign_id = $1", id).await;
     let (s, v) = app.cancel(id, "old").await;
     assert_eq!((s, v["code"].as_str()), (409, Some("hold_over")), "{v}");
     // After closing, a repeat still gets the first answer.

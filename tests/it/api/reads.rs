@@ -2,6 +2,7 @@
 //! the SSE stream, ops endpoints, the grants export's pools.
 
 use super::*;
+use crate::common::{count, execute, strings};
 
 #[tokio::test]
 async fn campaign_body_counts_stock() {
@@ -167,21 +168,12 @@ async fn ops_endpoints_answer() {
 /// deleting a campaign still deletes its grants.
 #[tokio::test]
 async fn grants_name_only_their_campaigns_pools_and_go_with_them() {
-    use firstcome::storage::pg::{insert_grants, NewGrant};
+    use firstcome::storage::pg::NewGrant;
     let app = spawn_app().await;
     let a = app.campaign("db-atomic", &[("main", 5)]).await;
     let b = app.campaign("db-atomic", &[("main", 5)]).await;
-    let pool_of = |c: i64| {
-        let db = app.db.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>("SELECT id FROM pools WHERE campaign_id = $1")
-                .bind(c)
-                .fetch_one(&db)
-                .await
-                .unwrap()
-        }
-    };
-    let (pa, pb) = (pool_of(a).await, pool_of(b).await);
+    let pool_of = "SELECT id FROM pools WHERE campaign_id = $1";
+    let (pa, pb) = (count(&app, pool_of, a).await, count(&app, pool_of, b).await);
     let row = |campaign_id: i64, pool_id: i64, user: &str, code: &str| NewGrant {
         campaign_id,
         pool_id,
@@ -190,29 +182,26 @@ async fn grants_name_only_their_campaigns_pools_and_go_with_them() {
         code: code.into(),
         seq: 1,
     };
-    let inserted = insert_grants(
-        &app.db,
-        &[
+    let inserted = app
+        .db
+        .insert_grants(&[
             row(a, pa, "fits", "CODE-FITS"),
             row(a, pb, "stray", "CODE-STRAY"),
             row(a, 987_654_321, "ghost", "CODE-GHOST"),
             row(b, pb, "other", "CODE-OTHER"),
-        ],
-    )
-    .await
-    .unwrap();
+        ])
+        .await
+        .unwrap();
     let mut inserted = inserted;
     inserted.sort();
     assert_eq!(inserted, vec!["CODE-FITS", "CODE-OTHER"]);
-    sqlx::query("DELETE FROM campaigns WHERE id = $1")
-        .bind(a)
-        .execute(&app.db)
-        .await
-        .unwrap();
-    let left: Vec<String> = sqlx::query_scalar("SELECT code FROM grants ORDER BY code")
-        .fetch_all(&app.db)
-        .await
-        .unwrap();
+    execute(&app, "DELETE FROM campaigns WHERE id = $1", a).await;
+    let left = strings(
+        &app,
+        "SELECT code FROM grants WHERE $1 > 0 ORDER BY code",
+        a,
+    )
+    .await;
     assert_eq!(left, vec!["CODE-OTHER"]);
     app.stop().await;
 }

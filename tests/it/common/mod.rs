@@ -8,10 +8,11 @@ pub use stores::*;
 
 use std::time::Duration;
 
+use firstcome::storage::Store;
 use firstcome::{app::Application, cli::ServeArgs};
 use reqwest::Method;
 use serde_json::{json, Value};
-use sqlx::{Connection, PgConnection, PgPool, Row};
+use sqlx::{mysql::MySqlConnection, Connection, PgConnection, PgPool, Row};
 use tokio::sync::{oneshot, watch};
 
 /// Admin token of every test app.
@@ -30,8 +31,10 @@ pub struct TestApp {
     pub ops_base: Option<String>,
     /// HTTP client.
     pub http: reqwest::Client,
-    /// Direct access to the app's database, for assertions.
-    pub db: PgPool,
+    /// Direct access to the app's database (PostgreSQL or MySQL), for
+    /// assertions through the store's own operations, [`count`] and
+    /// [`TestApp::pg`].
+    pub db: Store,
     /// Its database URL.
     pub db_url: String,
     /// Its Redis key prefix.
@@ -86,7 +89,7 @@ pub async fn spawn_app_on(
         .await
         .expect("app runs");
     });
-    let db = PgPool::connect(db_url).await.expect("connect test db");
+    let db = Store::connect(db_url, 4).await.expect("connect test db");
     TestApp {
         base,
         ops_base,
@@ -108,13 +111,23 @@ pub async fn spawn_app_on(
 }
 
 impl TestApp {
+    /// The app's PostgreSQL pool, for the tests that reach into
+    /// PostgreSQL-only machinery (a trigger that stalls a statement, a
+    /// table lock); scripts/test.sh skips those on MySQL.
+    pub fn pg(&self) -> &PgPool {
+        match &self.db {
+            Store::Pg(db) => db,
+            Store::MySql(_) => panic!("a PostgreSQL-only test ran on MySQL: skip it there"),
+        }
+    }
+
     /// A client of an app started elsewhere (no database, no control).
     pub fn client_only(base: &str) -> TestApp {
         TestApp {
             base: base.to_string(),
             ops_base: None,
             http: reqwest::Client::new(),
-            db: PgPool::connect_lazy(&database_url()).expect("lazy pool"),
+            db: lazy_store(&database_url()),
             db_url: String::new(),
             prefix: String::new(),
             redis_url: redis_url(),
@@ -291,7 +304,9 @@ impl TestApp {
         std::sync::Arc<firstcome::storage::redis::CampaignKeys>,
     ) {
         let common = common_for(self).await;
-        let c = firstcome::storage::pg::load_campaign(&self.db, firstcome::domain::CampaignId(id))
+        let c = self
+            .db
+            .load_campaign(firstcome::domain::CampaignId(id))
             .await
             .unwrap()
             .expect("the campaign exists");
@@ -348,31 +363,22 @@ impl Drop for TestApp {
     /// Stops the app and drops the database it owns (also when the test
     /// failed: a failed run must not leave databases behind either).
     fn drop(&mut self) {
-        let Some(name) = self.owned_db.take() else {
+        if self.owned_db.take().is_none() {
             return;
-        };
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        let Some((server, _)) = self.db_url.rsplit_once('/') else {
-            return;
-        };
-        let admin_url = format!("{server}/postgres");
+        let url = self.db_url.clone();
         // Drop cannot await, and runs inside the test's runtime: a thread
-        // with a runtime of its own. FORCE ends the app's connections.
+        // with a runtime of its own.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .ok()?;
-            rt.block_on(async {
-                let mut admin = PgConnection::connect(&admin_url).await.ok()?;
-                sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
-                    .execute(&mut admin)
-                    .await
-                    .map_err(|e| eprintln!("could not drop test database {name}: {e}"))
-                    .ok()
-            })
+            rt.block_on(drop_database(&url));
+            Some(())
         })
         .join();
     }
@@ -381,7 +387,7 @@ impl Drop for TestApp {
 /// The Redis side of `app`'s deployment, for driving scripts, settling and
 /// the reconciler directly.
 pub async fn common_for(app: &TestApp) -> firstcome::modes::redis_common::RedisCommon {
-    let db = PgPool::connect(&app.db_url).await.unwrap();
+    let db = Store::connect(&app.db_url, 4).await.unwrap();
     let redis = firstcome::storage::redis::RedisStore::connect(
         &app.redis_url,
         &app.prefix,
@@ -424,14 +430,144 @@ where
     }
 }
 
-/// `sql` (one `$1`, the campaign id) as a count.
+/// A pool of either store that connects on first use.
+pub fn lazy_store(db_url: &str) -> Store {
+    if firstcome::storage::store::is_mysql_url(db_url) {
+        Store::MySql(sqlx::MySqlPool::connect_lazy(db_url).expect("lazy pool"))
+    } else {
+        Store::Pg(PgPool::connect_lazy(db_url).expect("lazy pool"))
+    }
+}
+
+/// `sql` (standard SQL, `$1` for the campaign id, which may appear more
+/// than once) as a number, on either store.
 pub async fn count(app: &TestApp, sql: &str, id: i64) -> i64 {
-    sqlx::query(sql)
-        .bind(id)
-        .fetch_one(&app.db)
-        .await
-        .unwrap()
-        .get(0)
+    // A BIGINT, or an INT column widened.
+    match &app.db {
+        Store::Pg(db) => {
+            let r = sqlx::query(sql).bind(id).fetch_one(db).await.unwrap();
+            r.try_get::<i64, _>(0)
+                .or_else(|_| r.try_get::<i32, _>(0).map(i64::from))
+                .unwrap()
+        }
+        Store::MySql(db) => {
+            let uses = sql.matches("$1").count();
+            let sql = sql.replace("$1", "?");
+            let mut q = sqlx::query(&sql);
+            for _ in 0..uses {
+                q = q.bind(id);
+            }
+            let r = q.fetch_one(db).await.unwrap();
+            r.try_get::<i64, _>(0)
+                .or_else(|_| r.try_get::<i32, _>(0).map(i64::from))
+                .unwrap()
+        }
+    }
+}
+
+/// `sql`'s one text column (standard SQL, `$1` for the campaign id), every
+/// row, on either store.
+pub async fn strings(app: &TestApp, sql: &str, id: i64) -> Vec<String> {
+    match &app.db {
+        Store::Pg(db) => sqlx::query_scalar(sql)
+            .bind(id)
+            .fetch_all(db)
+            .await
+            .unwrap(),
+        Store::MySql(db) => {
+            let uses = sql.matches("$1").count();
+            let sql = sql.replace("$1", "?");
+            let mut q = sqlx::query_scalar::<_, Vec<u8>>(&sql);
+            for _ in 0..uses {
+                q = q.bind(id);
+            }
+            let rows = q.fetch_all(db).await.unwrap();
+            rows.into_iter()
+                .map(|b| String::from_utf8(b).unwrap())
+                .collect()
+        }
+    }
+}
+
+/// A table locked against every other session (reads included) until
+/// [`TableLock::release`]: PostgreSQL's `LOCK TABLE ... IN ACCESS
+/// EXCLUSIVE MODE` in a transaction, MySQL's `LOCK TABLES ... WRITE` on a
+/// connection of its own.
+pub enum TableLock {
+    /// PostgreSQL's.
+    Pg(sqlx::Transaction<'static, sqlx::Postgres>),
+    /// MySQL's.
+    MySql(MySqlConnection),
+}
+
+impl TableLock {
+    /// Locks `table` of the database at `db_url`.
+    pub async fn take(db_url: &str, table: &str) -> TableLock {
+        if firstcome::storage::store::is_mysql_url(db_url) {
+            let mut c = MySqlConnection::connect(db_url).await.unwrap();
+            sqlx::query(&format!("LOCK TABLES {table} WRITE"))
+                .execute(&mut c)
+                .await
+                .unwrap();
+            TableLock::MySql(c)
+        } else {
+            let c = PgPool::connect(db_url).await.unwrap();
+            let mut tx = c.begin().await.unwrap();
+            sqlx::query(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            TableLock::Pg(tx)
+        }
+    }
+
+    /// Lets the other sessions in.
+    pub async fn release(self) {
+        match self {
+            TableLock::Pg(tx) => tx.rollback().await.unwrap(),
+            TableLock::MySql(mut c) => {
+                sqlx::query("UNLOCK TABLES").execute(&mut c).await.unwrap();
+            }
+        }
+    }
+}
+
+/// The users of a campaign's refusal batches (a text[] in PostgreSQL, a
+/// JSON array in MySQL), as a FROM clause naming each user `x.u`; `$1` is
+/// the campaign.
+pub fn refused_users() -> &'static str {
+    if on_mysql() {
+        "refusal_batches b, JSON_TABLE(b.users, '$[*]' COLUMNS (u VARCHAR(255) PATH '$')) x
+         WHERE b.campaign_id = $1"
+    } else {
+        "refusal_batches b, unnest(b.users) AS x(u) WHERE b.campaign_id = $1"
+    }
+}
+
+/// Runs `sql` as it is (no parameters, the store's own dialect).
+pub async fn execute_raw(app: &TestApp, sql: &str) {
+    match &app.db {
+        Store::Pg(db) => drop(sqlx::raw_sql(sql).execute(db).await.unwrap()),
+        Store::MySql(db) => drop(sqlx::raw_sql(sql).execute(db).await.unwrap()),
+    }
+}
+
+/// Runs `sql` (standard SQL, `$1` for the campaign id) on either store.
+pub async fn execute(app: &TestApp, sql: &str, id: i64) {
+    match &app.db {
+        Store::Pg(db) => {
+            sqlx::query(sql).bind(id).execute(db).await.unwrap();
+        }
+        Store::MySql(db) => {
+            let uses = sql.matches("$1").count();
+            let sql = sql.replace("$1", "?");
+            let mut q = sqlx::query(&sql);
+            for _ in 0..uses {
+                q = q.bind(id);
+            }
+            q.execute(db).await.unwrap();
+        }
+    }
 }
 
 /// Claims for every user of `users` at once, each in its own task, at

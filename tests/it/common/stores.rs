@@ -3,10 +3,26 @@
 
 use super::*;
 
-/// The base database URL (the one `scripts/services.sh` prints).
+/// Which database the suite keeps its truth in: `FIRSTCOME_TEST_DB=mysql`
+/// runs it on MySQL/MariaDB (`MYSQL_URL`), anything else on PostgreSQL
+/// (`DATABASE_URL`). scripts/test.sh runs the suite once on each.
+pub fn on_mysql() -> bool {
+    std::env::var("FIRSTCOME_TEST_DB").is_ok_and(|v| v == "mysql")
+}
+
+/// The base database URL of the suite's store (the one
+/// `scripts/services.sh` printed).
 pub fn database_url() -> String {
+    if on_mysql() {
+        return mysql_url();
+    }
     std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/firstcome".into())
+}
+
+/// MariaDB's base URL (`scripts/services.sh mysql` prints it).
+pub fn mysql_url() -> String {
+    std::env::var("MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/firstcome".into())
 }
 
 /// The Redis URL.
@@ -53,21 +69,82 @@ pub fn unique(tag: &str) -> String {
     )
 }
 
-/// Creates a fresh database; returns its URL.
+/// Creates a fresh database on the suite's store; returns its URL.
 pub async fn fresh_database(name: &str) -> String {
     let base = database_url();
     let server = base
         .rsplit_once('/')
         .map(|(s, _)| s.to_string())
         .expect("url has a database");
-    let mut admin = PgConnection::connect(&format!("{server}/postgres"))
-        .await
-        .expect("connect to postgres");
-    sqlx::query(&format!(r#"CREATE DATABASE "{name}""#))
-        .execute(&mut admin)
-        .await
-        .expect("create test database");
+    if on_mysql() {
+        let mut admin = MySqlConnection::connect(&server)
+            .await
+            .expect("connect to mariadb");
+        sqlx::query(&format!("CREATE DATABASE `{name}`"))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+    } else {
+        let mut admin = PgConnection::connect(&format!("{server}/postgres"))
+            .await
+            .expect("connect to postgres");
+        sqlx::query(&format!(r#"CREATE DATABASE "{name}""#))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+    }
     format!("{server}/{name}")
+}
+
+/// Drops a test database (ending its connections), reporting failures.
+pub async fn drop_database(db_url: &str) {
+    let Some((server, name)) = db_url.rsplit_once('/') else {
+        return;
+    };
+    let result = if db_url.starts_with("mysql://") {
+        match MySqlConnection::connect(server).await {
+            Ok(mut admin) => {
+                // As PostgreSQL's FORCE: end the sessions still in it (a
+                // pooled connection may hold a transaction whose rollback
+                // waits for the connection's next use, and with it a
+                // metadata lock DROP would wait on), then drop, waiting
+                // a minute at most.
+                let ids: Vec<u64> = sqlx::query_scalar(
+                    "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ?",
+                )
+                .bind(name)
+                .fetch_all(&mut admin)
+                .await
+                .unwrap_or_default();
+                for id in ids {
+                    let _ = sqlx::query(&format!("KILL CONNECTION {id}"))
+                        .execute(&mut admin)
+                        .await;
+                }
+                sqlx::raw_sql(&format!(
+                    "SET SESSION lock_wait_timeout = 60; DROP DATABASE IF EXISTS `{name}`"
+                ))
+                .execute(&mut admin)
+                .await
+                .map(drop)
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        match PgConnection::connect(&format!("{server}/postgres")).await {
+            // FORCE ends the app's connections.
+            Ok(mut admin) => {
+                sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
+                    .execute(&mut admin)
+                    .await
+                    .map(drop)
+            }
+            Err(e) => Err(e),
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("could not drop test database {name}: {e}");
+    }
 }
 
 /// A Redis connection for direct checks.

@@ -8,7 +8,8 @@ use crate::common;
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use crate::common::{claim_all, redis_conn, spawn_app, spawn_app_on, TestApp};
+use crate::common::{claim_all, count, execute, redis_conn, spawn_app, spawn_app_on, TestApp};
+use firstcome::storage::pg::NewGrant;
 use serde_json::Value;
 
 async fn rush(
@@ -122,18 +123,18 @@ async fn a_flusher_killed_mid_batch_loses_and_doubles_nothing() {
     // The dead worker had committed its first 20 before dying unacked.
     for (_, f) in taken.iter().take(20) {
         let get = |k: &str| f.iter().find(|x| x.0 == k).unwrap().1.clone();
-        sqlx::query(
-            "INSERT INTO grants (campaign_id, pool_id, user_id, slot, code, seq)
-             SELECT $1, id, $2, $3, $4, $5 FROM pools WHERE campaign_id = $1",
-        )
-        .bind(id)
-        .bind(get("u"))
-        .bind(get("sl").parse::<i32>().unwrap())
-        .bind(get("c"))
-        .bind(get("s").parse::<i64>().unwrap())
-        .execute(&app.db)
-        .await
-        .unwrap();
+        let pool_id = count(&app, "SELECT id FROM pools WHERE campaign_id = $1", id).await;
+        app.db
+            .insert_grants(&[NewGrant {
+                campaign_id: id,
+                pool_id,
+                user_id: get("u"),
+                slot: get("sl").parse().unwrap(),
+                code: get("c"),
+                seq: get("s").parse().unwrap(),
+            }])
+            .await
+            .unwrap();
     }
     // A new worker takes over: every acknowledged grant lands, once.
     let (worker, stored) = take_over(&app, id, 100, "code").await;

@@ -72,39 +72,69 @@ async fn a_failed_chunk_leaves_its_batch_to_a_retry_in_arrival_order() {
     queued.sort();
     // The tenth in line is in the first chunk: its insert fails once.
     let victim = &queued[9].1;
-    for sql in [
-        "CREATE SEQUENCE fault_fired".to_string(),
-        format!(
-            "CREATE FUNCTION fail_once() RETURNS trigger LANGUAGE plpgsql AS
-             $$ BEGIN
-                  IF NEW.user_id = '{victim}' AND nextval('fault_fired') = 1 THEN
-                    RAISE EXCEPTION 'injected failure of the first chunk';
-                  END IF;
-                  RETURN NEW;
-                END $$"
-        ),
-        "CREATE TRIGGER fail_once BEFORE INSERT ON grants
-         FOR EACH ROW EXECUTE FUNCTION fail_once()"
-            .to_string(),
-    ] {
-        sqlx::query(&sql).execute(&app.db).await.unwrap();
+    // A sequence counts the trigger's firings: it is not rolled back with
+    // the failed statement.
+    let (setup, fired_sql) = if common::on_mysql() {
+        (
+            vec![
+                "CREATE SEQUENCE fault_fired NOCACHE".to_string(),
+                format!(
+                    "CREATE TRIGGER fail_once BEFORE INSERT ON grants FOR EACH ROW
+                     BEGIN
+                       IF NEW.user_id = '{victim}' AND NEXTVAL(fault_fired) = 1 THEN
+                         SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'injected failure of the first chunk';
+                       END IF;
+                     END"
+                ),
+            ],
+            "SELECT next_not_cached_value - 1 FROM fault_fired WHERE $1 > 0",
+        )
+    } else {
+        (
+            vec![
+                "CREATE SEQUENCE fault_fired".to_string(),
+                format!(
+                    "CREATE FUNCTION fail_once() RETURNS trigger LANGUAGE plpgsql AS
+                     $$ BEGIN
+                          IF NEW.user_id = '{victim}' AND nextval('fault_fired') = 1 THEN
+                            RAISE EXCEPTION 'injected failure of the first chunk';
+                          END IF;
+                          RETURN NEW;
+                        END $$"
+                ),
+                "CREATE TRIGGER fail_once BEFORE INSERT ON grants
+                 FOR EACH ROW EXECUTE FUNCTION fail_once()"
+                    .to_string(),
+            ],
+            "SELECT last_value FROM fault_fired WHERE $1 > 0",
+        )
+    };
+    for sql in &setup {
+        common::execute_raw(&app, sql).await;
     }
     let worker = common::spawn_app_on(&app.db_url, &app.prefix, |_| {}).await;
     app.wait_durable(id, stock).await;
-    let fired: i64 = sqlx::query_scalar("SELECT last_value FROM fault_fired")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let fired = common::count(&app, fired_sql, 1).await;
     assert!(fired >= 2, "the first chunk failed once, then was retried");
     assert_eq!(app.assert_db_invariants(id).await, stock);
     // Slots in arrival order: the n-th in line holds slot n.
-    let rows: Vec<(String, i32, i64)> = sqlx::query_as(
-        "SELECT user_id, slot, seq FROM grants WHERE campaign_id = $1 AND state = 'active' ORDER BY seq",
+    let rows: Vec<(String, i32, i64)> = common::strings(
+        &app,
+        "SELECT CONCAT(user_id, ' ', slot, ' ', seq) FROM grants
+         WHERE campaign_id = $1 AND state = 'active' ORDER BY seq",
+        id,
     )
-    .bind(id)
-    .fetch_all(&app.db)
     .await
-    .unwrap();
+    .iter()
+    .map(|r| {
+        let f: Vec<&str> = r.split(' ').collect();
+        (
+            f[0].to_string(),
+            f[1].parse().unwrap(),
+            f[2].parse().unwrap(),
+        )
+    })
+    .collect();
     for (n, ((seq, user), (u, slot, s))) in queued.iter().zip(&rows).enumerate() {
         assert_eq!((u, *s), (user, *seq), "grant {n} is the {n}-th in line");
         assert_eq!(

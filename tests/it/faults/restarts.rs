@@ -4,8 +4,6 @@
 
 use super::*;
 
-use sqlx::Connection;
-
 /// A private redis-server that the test can kill and restart.
 struct PrivateRedis {
     port: u16,
@@ -194,14 +192,13 @@ async fn reservations_of_a_dead_api_process_are_settled_by_the_worker() {
             .await
             .unwrap();
     }
-    sqlx::query(
+    execute(
+        &app,
         "INSERT INTO grants (campaign_id, pool_id, user_id, slot, code, seq)
          SELECT $1, id, 'committed', 2, 'CODECOMMITTED000', 2 FROM pools WHERE campaign_id = $1",
+        id,
     )
-    .bind(id)
-    .execute(&app.db)
-    .await
-    .unwrap();
+    .await;
     // Nobody asks again: the worker settles both.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -310,12 +307,7 @@ async fn a_restart_that_lost_the_last_writes_is_rebuilt_from_postgres() {
 
         // PostgreSQL hangs meanwhile (the campaigns table locked): the
         // worker's listing waits, its server check must not (red-team B1).
-        let mut locker = sqlx::PgConnection::connect(&db_url).await.unwrap();
-        let mut lock = locker.begin().await.unwrap();
-        sqlx::query("LOCK TABLE campaigns IN ACCESS EXCLUSIVE MODE")
-            .execute(&mut *lock)
-            .await
-            .unwrap();
+        let lock = common::TableLock::take(&db_url, "campaigns").await;
         // The restart loads the snapshot: the state is back, the late
         // writes are not, and the server is another one.
         redis.kill().await;
@@ -340,7 +332,7 @@ async fn a_restart_that_lost_the_last_writes_is_rebuilt_from_postgres() {
             }
         })
         .await;
-        lock.rollback().await.unwrap();
+        lock.release().await;
         let info: String = redis::cmd("INFO")
             .arg("server")
             .query_async(&mut conn)

@@ -10,13 +10,14 @@ use crate::common;
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use crate::common::{
-    claim_all, common_for, count, redis_conn, spawn_app, spawn_app_on, until, TestApp,
+    claim_all, common_for, count, execute, execute_raw, on_mysql, redis_conn, refused_users,
+    spawn_app, spawn_app_on, until, TestApp,
 };
 use firstcome::{
     domain::{CampaignId, UserId},
     modes::redis_common::Stored,
     storage::{
-        pg::{self, NewGrant, NewRejection},
+        pg::{NewGrant, NewRejection},
         redis::ScriptMode,
     },
 };
@@ -38,20 +39,18 @@ async fn lose_redis_state(app: &TestApp, id: i64) {
 /// Redis's back (a poisoned slot); returns how many rows were stored.
 async fn grant_behind_redis(app: &TestApp, id: i64, user: &str, slot: i32, seq: i64) -> usize {
     let pool_id: i64 = count(app, "SELECT id FROM pools WHERE campaign_id = $1", id).await;
-    pg::insert_grants(
-        &app.db,
-        &[NewGrant {
+    app.db
+        .insert_grants(&[NewGrant {
             campaign_id: id,
             pool_id,
             user_id: user.into(),
             slot,
             code: format!("{user}CODE"),
             seq,
-        }],
-    )
-    .await
-    .unwrap()
-    .len()
+        }])
+        .await
+        .unwrap()
+        .len()
 }
 
 /// R1: after Redis loses a campaign's state, every user keeps the final
@@ -86,14 +85,8 @@ async fn final_answers_survive_the_loss_of_redis_state() {
         until("refusals durable", || {
             let app = app.clone();
             async move {
-                count(
-                    &app,
-                    "SELECT count(DISTINCT x.u) FROM refusal_batches b, unnest(b.users) AS x(u)
-                     WHERE b.campaign_id = $1",
-                    id,
-                )
-                .await
-                    == refused
+                let sql = format!("SELECT count(DISTINCT x.u) FROM {}", refused_users());
+                count(&app, &sql, id).await == refused
             }
         })
         .await;
@@ -118,11 +111,17 @@ async fn final_answers_survive_the_loss_of_redis_state() {
 async fn open_ended_campaigns_outlive_the_key_lifetime() {
     let app = spawn_app().await;
     let id = app.campaign("gate", &[("main", 5)]).await;
-    sqlx::query("UPDATE campaigns SET created_at = now() - interval '30 days' WHERE id = $1")
-        .bind(id)
-        .execute(&app.db)
-        .await
-        .unwrap();
+    let thirty_days_ago = if on_mysql() {
+        "UTC_TIMESTAMP(6) - INTERVAL 30 DAY"
+    } else {
+        "now() - interval '30 days'"
+    };
+    execute(
+        &app,
+        &format!("UPDATE campaigns SET created_at = {thirty_days_ago} WHERE id = $1"),
+        id,
+    )
+    .await;
     lose_redis_state(&app, id).await;
     let (s, v) = app.claim(id, "late", None).await;
     assert_eq!(s, 200, "{v}");
@@ -133,7 +132,9 @@ async fn open_ended_campaigns_outlive_the_key_lifetime() {
         .await
         .unwrap();
     assert!(ttl > 6 * 24 * 3600 * 1000, "keys live on: {ttl} ms");
-    let live = pg::live_campaigns(&app.db, &[firstcome::domain::Mode::Gate])
+    let live = app
+        .db
+        .live_campaigns(&[firstcome::domain::Mode::Gate])
         .await
         .unwrap();
     assert!(live.contains(&CampaignId(id)), "the worker still serves it");
@@ -206,25 +207,31 @@ async fn slow_commits_never_turn_a_grant_into_a_404() {
         .owning_database(),
     );
     let id = app.campaign("gate", &[("main", 100)]).await;
-    sqlx::query(
-        "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS
-         $$ BEGIN PERFORM pg_sleep(0.25); RETURN NEW; END $$",
-    )
-    .execute(&app.db)
-    .await
-    .unwrap();
-    sqlx::query(
-        "CREATE TRIGGER slow_insert BEFORE INSERT ON grants
-         FOR EACH ROW WHEN (NEW.state = 'active') EXECUTE FUNCTION slow_insert()",
-    )
-    .execute(&app.db)
-    .await
-    .unwrap();
+    // Each active grant's insert sleeps 0.25 s (a trigger).
+    let (create, drop): (&[&str], &str) = if on_mysql() {
+        (
+            &[
+                "CREATE TRIGGER slow_insert BEFORE INSERT ON grants FOR EACH ROW
+               BEGIN IF NEW.state = 'active' THEN DO SLEEP(0.25); END IF; END",
+            ],
+            "DROP TRIGGER slow_insert",
+        )
+    } else {
+        (
+            &[
+                "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN PERFORM pg_sleep(0.25); RETURN NEW; END $$",
+                "CREATE TRIGGER slow_insert BEFORE INSERT ON grants
+                 FOR EACH ROW WHEN (NEW.state = 'active') EXECUTE FUNCTION slow_insert()",
+            ],
+            "DROP TRIGGER slow_insert ON grants",
+        )
+    };
+    for sql in create {
+        execute_raw(&app, sql).await;
+    }
     let answers = claim_all(&app, id, (0..16).map(|i| format!("s{i}")), 16).await;
-    sqlx::query("DROP TRIGGER slow_insert ON grants")
-        .execute(&app.db)
-        .await
-        .unwrap();
+    execute_raw(&app, drop).await;
     let voided = count(
         &app,
         "SELECT count(*) FROM grants WHERE campaign_id = $1 AND state = 'void'",
@@ -284,7 +291,7 @@ async fn an_uncertain_commit_is_settled_by_postgres() {
     };
     // Committed despite the error: granted.
     let (a, sa) = reserve("a").await;
-    pg::insert_grants(&app.db, &[row(&a, &sa)]).await.unwrap();
+    app.db.insert_grants(&[row(&a, &sa)]).await.unwrap();
     common.resolve_orphan(&c, &a, &sa).await.unwrap();
     assert!(matches!(
         common.stored(&c, &a).await.unwrap(),
@@ -292,11 +299,13 @@ async fn an_uncertain_commit_is_settled_by_postgres() {
     ));
     // Committed, then cancelled while Redis still said pending: cancelled.
     let (b, sb) = reserve("b").await;
-    pg::insert_grants(&app.db, &[row(&b, &sb)]).await.unwrap();
-    sqlx::query("UPDATE grants SET state = 'cancelled' WHERE user_id = 'b'")
-        .execute(&app.db)
-        .await
-        .unwrap();
+    app.db.insert_grants(&[row(&b, &sb)]).await.unwrap();
+    execute(
+        &app,
+        "UPDATE grants SET state = 'cancelled' WHERE campaign_id = $1 AND user_id = 'b'",
+        id,
+    )
+    .await;
     common.resolve_orphan(&c, &b, &sb).await.unwrap();
     assert!(matches!(
         common.stored(&c, &b).await.unwrap(),
@@ -306,7 +315,7 @@ async fn an_uncertain_commit_is_settled_by_postgres() {
     let (d, sd) = reserve("d").await;
     common.resolve_orphan(&c, &d, &sd).await.unwrap();
     assert_eq!(common.stored(&c, &d).await.unwrap(), None);
-    let late = pg::insert_grants(&app.db, &[row(&d, &sd)]).await.unwrap();
+    let late = app.db.insert_grants(&[row(&d, &sd)]).await.unwrap();
     assert!(late.is_empty(), "a voided code never becomes a grant");
     let (left, _) = common.counters(&c).await.unwrap().unwrap();
     assert_eq!(left, vec![4], "only a's grant holds stock");

@@ -109,11 +109,14 @@ async fn pause_then_resume(mode: &str) {
         let (s, v) = second.status(id, u).await;
         assert_eq!(s, 404, "{mode}: {u} has an answer: {v}");
     }
+    let batched = format!(
+        "SELECT count(*) FROM {} AND x.u LIKE 'late-%'",
+        crate::common::refused_users()
+    );
     for sql in [
         "SELECT count(*) FROM grants WHERE campaign_id = $1 AND user_id LIKE 'late-%'",
         "SELECT count(*) FROM rejections WHERE campaign_id = $1 AND user_id LIKE 'late-%'",
-        "SELECT count(*) FROM refusal_batches b, unnest(b.users) u
-         WHERE b.campaign_id = $1 AND u LIKE 'late-%'",
+        &batched,
     ] {
         assert_eq!(count(&app, sql, id).await, 0, "{mode}: {sql}");
     }
@@ -259,9 +262,7 @@ async fn a_pause_survives_a_rebuild_and_binds_every_process() {
         );
         // Redis loses the state: the rebuild reads the pause back.
         let (common, c, _) = app.redis_side(id).await;
-        let gen = firstcome::storage::pg::generation(&app.db, c.id)
-            .await
-            .unwrap();
+        let gen = app.db.generation(c.id).await.unwrap();
         common.drop_stale(&c, gen).await.unwrap();
         let (s, _, v) = claim_raw(&second, id, "u2").await;
         assert_eq!(
@@ -324,11 +325,7 @@ async fn the_reconciler_carries_a_pause_redis_missed() {
         let app = spawn_app().await;
         let id = app.campaign(mode, &[("main", 5)]).await;
         assert!(matches!(app.claim(id, "a", None).await.0, 200 | 202));
-        sqlx::query("UPDATE campaigns SET paused = true WHERE id = $1")
-            .bind(id)
-            .execute(&app.db)
-            .await
-            .unwrap();
+        crate::common::execute(&app, "UPDATE campaigns SET paused = true WHERE id = $1", id).await;
         let (common, c, _) = app.redis_side(id).await;
         assert!(!firstcome::tasks::reconcile::settings_agree(&common, &c)
             .await

@@ -127,7 +127,7 @@ async fn a_loopback_flood_stays_bounded_while_a_rush_keeps_its_invariants() {
     // A client of the child that owns its database (dropped with it, a
     // failed run included); its pool connects only for the final checks.
     let mut admin = common::TestApp::client_only(&base);
-    admin.db = sqlx::PgPool::connect_lazy(&db_url).unwrap();
+    admin.db = common::lazy_store(&db_url);
     admin.db_url = db_url.clone();
     let admin = admin.owning_database();
     let r = http
@@ -313,26 +313,34 @@ async fn a_loopback_flood_stays_bounded_while_a_rush_keeps_its_invariants() {
         .status();
     let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
     let _ = child.start_kill();
-    let admin_db =
-        sqlx::PgPool::connect(&format!("{}/postgres", db_url.rsplit_once('/').unwrap().0))
+    // PostgreSQL counts a database's transactions (pg_stat_database);
+    // MariaDB keeps no such count per database, so on MySQL the bound on
+    // the service's transactions is not checked (the rest is).
+    let xacts: Option<i64> = if common::on_mysql() {
+        None
+    } else {
+        let admin_db =
+            sqlx::PgPool::connect(&format!("{}/postgres", db_url.rsplit_once('/').unwrap().0))
+                .await
+                .unwrap();
+        let xacts: i64 = common::eventually("the service's backends ended", || async {
+            let mut c = admin_db.acquire().await.unwrap();
+            sqlx::query("SELECT pg_stat_clear_snapshot()")
+                .execute(&mut *c)
+                .await
+                .unwrap();
+            let (n, xacts): (i32, i64) = sqlx::query_as(
+                "SELECT numbackends, xact_commit + xact_rollback FROM pg_stat_database WHERE datname = $1",
+            )
+            .bind(&name)
+            .fetch_one(&mut *c)
             .await
             .unwrap();
-    let xacts: i64 = common::eventually("the service's backends ended", || async {
-        let mut c = admin_db.acquire().await.unwrap();
-        sqlx::query("SELECT pg_stat_clear_snapshot()")
-            .execute(&mut *c)
-            .await
-            .unwrap();
-        let (n, xacts): (i32, i64) = sqlx::query_as(
-            "SELECT numbackends, xact_commit + xact_rollback FROM pg_stat_database WHERE datname = $1",
-        )
-        .bind(&name)
-        .fetch_one(&mut *c)
-        .await
-        .unwrap();
-        (n == 0).then_some(xacts)
-    })
-    .await;
+            (n == 0).then_some(xacts)
+        })
+        .await;
+        Some(xacts)
+    };
     let requests = USERS + SLOW + SSE_OPENS + ODD_METHODS + READS + FORGED;
     eprintln!(
         "flood: {requests} requests and connections in {flood_secs:.1} s ({USERS} claims for \
@@ -340,17 +348,19 @@ async fn a_loopback_flood_stays_bounded_while_a_rush_keeps_its_invariants() {
          {ODD_METHODS} unknown methods, {READS} campaign reads ({UNKNOWN_IDS} unknown ids), \
          {FORGED} forged tokens); Redis round trips {redis_calls} ({:.0}/s); stream watcher \
          polls {polls}, per-stream reads {stream_reads}; PostgreSQL transactions over the \
-         process' life {xacts}; file descriptors max {max_fds} (idle {fds_before})",
+         process' life {xacts:?}; file descriptors max {max_fds} (idle {fds_before})",
         redis_calls / flood_secs
     );
     // Claims (a commit each at most, group commits share), the refusals'
     // batches, campaign reads (one per id and second), the watcher (one a
     // second), migrations and the worker's background passes.
     let pg_bound = 2 * USERS + UNKNOWN_IDS + 40 * flood_secs as usize + 300;
-    assert!(
-        xacts <= pg_bound as i64,
-        "{xacts} PostgreSQL transactions (bound {pg_bound})"
-    );
+    if let Some(xacts) = xacts {
+        assert!(
+            xacts <= pg_bound as i64,
+            "{xacts} PostgreSQL transactions (bound {pg_bound})"
+        );
+    }
     // Invariants 1-3 straight from PostgreSQL (after the count: these
     // queries are the test's, not the service's).
     assert_eq!(admin.assert_db_invariants(id).await, STOCK as i64);

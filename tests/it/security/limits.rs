@@ -140,17 +140,8 @@ async fn a_store_failure_answers_a_fixed_detail_without_driver_text() {
     let app = common::spawn_app_on(&db_url, &name, |_| {})
         .await
         .owning_database();
-    // Take the database away under the running app.
-    let server = db_url.rsplit_once('/').unwrap().0;
-    let mut admin =
-        <sqlx::PgConnection as sqlx::Connection>::connect(&format!("{server}/postgres"))
-            .await
-            .unwrap();
-    sqlx::query(&format!(r#"DROP DATABASE "{name}" WITH (FORCE)"#))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    app.db.close().await;
+    // Take the database away under the running app (its sessions ended).
+    common::drop_database(&db_url).await;
     for path in ["/readyz", "/v1/campaigns/424242"] {
         let (s, ra, v) = call(&app, Method::GET, path, None, None).await;
         assert_eq!(
@@ -160,7 +151,14 @@ async fn a_store_failure_answers_a_fixed_detail_without_driver_text() {
         );
         assert!(ra.is_some(), "{path}: Retry-After");
         let detail = v["detail"].as_str().unwrap();
-        for leak in [name.as_str(), "postgres", "sqlx", "pool", "error returned"] {
+        for leak in [
+            name.as_str(),
+            "postgres",
+            "mysql",
+            "sqlx",
+            "pool",
+            "error returned",
+        ] {
             assert!(
                 !detail.contains(leak),
                 "{path}: the detail leaks {leak:?}: {detail}"
