@@ -2,7 +2,8 @@
 # The modes on each source of truth in one run (issue 17): the service on
 # PostgreSQL, then on MariaDB (InnoDB, seed 004's database), each time the
 # same coupon rush over db-lock, db-atomic, gate, redis-queue and
-# redis-lua, with both stores' own limits (the FOR UPDATE transaction and
+# redis-lua, then the durable write path (drain: stock = users, gate,
+# redis-queue, redis-lua), with both stores' own limits (the FOR UPDATE transaction and
 # the batched insert, straight at each database) measured in the same
 # bench run. Every run ends with the bench's invariant checks.
 #   scripts/bench-stores.sh                  USERS=20000 CONC=64 MAX_SECS=20
@@ -35,6 +36,10 @@ for store in postgres mysql; do
       --modes db-lock,db-atomic,gate,redis-queue,redis-lua \
       --database-url "$PG_LIMITS" --mysql-url "$MYSQL_URL" --limit-secs 5 \
       --json "$OUT/stores-$store.json"
+    echo "== the durable write path on $store: drain, stock = users = $USERS =="
+    "$BENCH_BIN" --url "$URL" --scenario drain --users "$USERS" --concurrency 256 \
+      --modes gate,redis-queue,redis-lua --database-url "$PG_LIMITS" --mysql-url "$MYSQL_URL" \
+      --limit-secs 5 --json "$OUT/stores-drain-$store.json"
   } 2>&1 | tee "$OUT/stores-$store.md"
   stop_serve
   SERVE_PID=

@@ -6,11 +6,13 @@
 # Faults (each injected mid-rush, while the bench runs in the background):
 #   redis      kill -9 redis-server, restart it empty on the same port
 #   worker     kill -9 the worker role, start a new one
-#   postgres   restart PostgreSQL (alternately `-m fast` and `-m immediate`)
+#   postgres   restart the database (PostgreSQL: alternately `-m fast` and
+#              `-m immediate`; MariaDB: alternately TERM and kill -9)
 #   api        kill -9 one of the two API processes, start it again
 #   flush      redis-cli FLUSHDB (the server keeps running)
 #   expire     PEXPIRE 1 every Redis key of the round's campaign
-#   slowpg     a pg_sleep(6) BEFORE INSERT trigger on grants for 30 s, with
+#   slowpg     a pg_sleep(6) BEFORE INSERT trigger on grants for 30 s
+#              (PostgreSQL only: MariaDB has no statement-level triggers), with
 #              the API processes at FIRSTCOME_COMMIT_INFLIGHT=1
 #              FIRSTCOME_COMMIT_MAX_BATCH=8 (64 connections)
 #   stop       kill -STOP one API process for 28 s, then kill -CONT
@@ -28,8 +30,10 @@
 # and CHAOS_SLOWPG_MODES (gate).
 #
 # Everything runs on loopback against PRIVATE stores: a redis-server and a
-# PostgreSQL cluster (initdb) on free ports under a temp dir; the machine's
-# shared Redis (6379) and PostgreSQL (5432) are never touched. Every process
+# PostgreSQL cluster (initdb), or with CHAOS_DB=mysql a MariaDB server
+# (mariadb-install-db) as the source of truth, on free ports under a temp
+# dir; the machine's shared Redis (6379), PostgreSQL (5432) and MariaDB
+# (3306) are never touched. Every process
 # started here is tracked by PID and stopped on exit (trap), temp dirs removed.
 #
 # Usage: scripts/chaos.sh [--quick] [--rounds N] [--modes a,b] [--faults a,b]
@@ -37,7 +41,8 @@
 # Environment: CHAOS_USERS, CHAOS_STOCK, CHAOS_RATE, CHAOS_CONCURRENCY,
 # CHAOS_RETRY_SECS (sizes of a round), CHAOS_STOP_SECS, CHAOS_SLOWPG_SECS,
 # CHAOS_CANCEL_FRAC, CHAOS_LOSS_WINDOW_MS, CHAOS_STOP_MODES,
-# CHAOS_SLOWPG_MODES, CHAOS_SHARDS, CHAOS_OUT (output dir), FIRSTCOME_BIN or
+# CHAOS_SLOWPG_MODES, CHAOS_SHARDS, CHAOS_DB (postgres, or mysql: MariaDB
+# as the source of truth), CHAOS_OUT (output dir), FIRSTCOME_BIN or
 # CARGO_TARGET_DIR (where the release binary is), FIRSTCOME_BENCH_BIN
 # (default: firstcome-bench in the same directory as the service binary).
 # Output: a table per fault x mode on stdout, target/chaos/summary.md and
@@ -133,6 +138,15 @@ if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/pg_ctl
 fi
 # shellcheck source=scripts/lib/stores.sh
 . "$ROOT/scripts/lib/stores.sh"
+DB="${CHAOS_DB:-postgres}"
+case "$DB" in
+  postgres) ;;
+  mysql)
+    stores_mariadbd >/dev/null || stores_apt_install mariadb-server mariadb-client || exit 3
+    # slowpg's trigger is PostgreSQL's (one sleep per statement).
+    FAULTS="$(echo ",$FAULTS," | sed 's/,slowpg,/,/; s/^,//; s/,$//')" ;;
+  *) echo "CHAOS_DB is postgres or mysql, not $DB" >&2; exit 2 ;;
+esac
 PGBIN="$(stores_pgbin)"
 as_pg() { stores_as_pg "$@"; }
 
@@ -161,7 +175,10 @@ cleanup() {
     [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true
   done
   [ "$CLUSTER" = 1 ] && FIRSTCOME_DATA_DIR="$TMP/cl" "$ROOT/scripts/services.sh" cluster-stop >/dev/null 2>&1
-  if [ "$PG_STARTED" = 1 ]; then
+  if [ "$PG_STARTED" = 1 ] && [ "$DB" = mysql ]; then
+    local mp; mp="$(stores_mariadb_pid "$TMP/my")"
+    [ -n "$mp" ] && kill -9 "$mp" 2>/dev/null || true
+  elif [ "$PG_STARTED" = 1 ]; then
     local pm; pm="$(pg_postmaster_pid)"
     as_pg "$PGBIN/pg_ctl" -D "$TMP/pg" -m immediate -w -t 10 stop >/dev/null 2>&1 ||
       { [ -n "$pm" ] && kill -9 "$pm" 2>/dev/null || true; }
@@ -190,7 +207,11 @@ wait_for() { # wait_for SECONDS CMD...
 REDIS_PORT="$(free_port)"; PG_PORT="$(free_port)"
 API1_PORT="$(free_port)"; API2_PORT="$(free_port)"; WORKER_PORT="$(free_port)"
 export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
-export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/firstcome"
+if [ "$DB" = mysql ]; then
+  export DATABASE_URL="mysql://root@127.0.0.1:$PG_PORT/firstcome"
+else
+  export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/firstcome"
+fi
 export FIRSTCOME_ADMIN_TOKEN="chaos-$RANDOM$RANDOM"
 export FIRSTCOME_REDIS_PREFIX="chaos"
 export RUST_LOG="${RUST_LOG:-warn}"
@@ -277,13 +298,38 @@ kill_master() { # kill_master CAMPAIGN: the master of its (first) shard; restart
 
 # ----------------------------------------------------------- PostgreSQL
 PG_OPTS="-p $PG_PORT -k $TMP/pg -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-pg_ok() { stores_pg_ok "$PG_PORT"; }
-start_pg() {
-  stores_pg_init "$TMP/pg" >"$LOGS/initdb.log" 2>&1
-  PG_STARTED=1
-  stores_pg_start "$TMP/pg" "$LOGS/postgres.log" "$PG_OPTS"
-  psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -qc 'CREATE DATABASE firstcome' >/dev/null
-}
+# The source of truth, PostgreSQL or MariaDB (CHAOS_DB): db_ok, start_db,
+# db_restart HOW, db_sql SQL.
+my_sql() { "$(stores_mariadb_client)" --no-defaults --protocol=tcp -h 127.0.0.1 -P "$PG_PORT" -u root -Nse "$@"; }
+if [ "$DB" = mysql ]; then
+  db_ok() { stores_mariadb_ok "$PG_PORT"; }
+  start_db() {
+    stores_mariadb_init "$TMP/my" >"$LOGS/initdb.log" 2>&1
+    PG_STARTED=1
+    chmod 755 "$TMP"
+    stores_mariadb_start "$TMP/my" "$PG_PORT" 2>>"$LOGS/initdb.log"
+    my_sql 'CREATE DATABASE firstcome'
+  }
+  db_restart() { # fast: TERM (a clean shutdown); immediate: kill -9 (crash recovery)
+    local pid; pid="$(stores_mariadb_pid "$TMP/my")"
+    if [ "$1" = fast ]; then stores_mariadb_stop "$TMP/my"
+    else kill -9 "$pid" 2>/dev/null || true; stores_wait 10 stores_gone "$pid"; fi
+    stores_mariadb_start "$TMP/my" "$PG_PORT" 2>>"$LOGS/initdb.log" >/dev/null
+  }
+  db_sql() { my_sql "$1" firstcome; }
+else
+  db_ok() { stores_pg_ok "$PG_PORT"; }
+  start_db() {
+    stores_pg_init "$TMP/pg" >"$LOGS/initdb.log" 2>&1
+    PG_STARTED=1
+    stores_pg_start "$TMP/pg" "$LOGS/postgres.log" "$PG_OPTS"
+    psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -qc 'CREATE DATABASE firstcome' >/dev/null
+  }
+  db_restart() {
+    as_pg "$PGBIN/pg_ctl" -D "$TMP/pg" -o "$PG_OPTS" -l "$LOGS/postgres.log" -m "$1" -w -t 30 restart >/dev/null
+  }
+  db_sql() { psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d firstcome -Atq -c "$1"; }
+fi
 
 # -------------------------------------------------------------- service
 healthy() { curl -sf -m 1 "http://127.0.0.1:$1/healthz" >/dev/null; }
@@ -304,8 +350,7 @@ ensure_up() { # restarts whatever died outside a fault; returns 1 if something h
   else
     alive "$REDIS_PID" || { log "redis-server died unexpectedly"; bad=1; start_redis; }
   fi
-  pg_ok || { log "PostgreSQL down unexpectedly"; bad=1;
-    as_pg "$PGBIN/pg_ctl" -D "$TMP/pg" -o "$PG_OPTS" -l "$LOGS/postgres.log" -w -t 30 start >/dev/null || true; }
+  db_ok || { log "$DB down unexpectedly"; bad=1; db_restart fast || true; }
   alive "$API1_PID" || { log "api1 died unexpectedly"; bad=1; start_service api1 api "$API1_PORT"; }
   alive "$API2_PID" || { log "api2 died unexpectedly"; bad=1; start_service api2 api "$API2_PORT"; }
   alive "$WORKER_PID" || { log "worker died unexpectedly"; bad=1; start_service worker worker "$WORKER_PORT"; }
@@ -334,8 +379,7 @@ restart_apis() { # restart_apis ENV...: both API processes, with this environmen
 }
 
 # --------------------------------------------------------------- faults
-psql_fc() { psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d firstcome -Atq "$@"; }
-latest_campaign() { psql_fc -c 'SELECT coalesce(max(id), 0) FROM campaigns' 2>/dev/null || echo 0; }
+latest_campaign() { db_sql 'SELECT coalesce(max(id), 0) FROM campaigns' 2>/dev/null || echo 0; }
 round_campaign() { # the campaign the running bench created (newer than $PREV_ID)
   local id deadline=$(( $(date +%s) + 10 ))
   while :; do
@@ -384,10 +428,10 @@ inject() { # inject FAULT ROUND LOSSFILE: prints what it did
       echo "$t0 $(now_ms)" >"$lossfile"
       echo "PEXPIRE 1 on $n keys of campaign $id" ;;
     slowpg)
-      psql_fc -c "CREATE OR REPLACE FUNCTION chaos_slow() RETURNS trigger LANGUAGE plpgsql AS \$\$ BEGIN PERFORM pg_sleep($SLOWPG_SLEEP); RETURN NULL; END \$\$" \
-        -c "CREATE TRIGGER chaos_slow BEFORE INSERT ON grants FOR EACH STATEMENT EXECUTE FUNCTION chaos_slow()" || return 1
+      db_sql "CREATE OR REPLACE FUNCTION chaos_slow() RETURNS trigger LANGUAGE plpgsql AS \$\$ BEGIN PERFORM pg_sleep($SLOWPG_SLEEP); RETURN NULL; END \$\$" || return 1
+      db_sql "CREATE TRIGGER chaos_slow BEFORE INSERT ON grants FOR EACH STATEMENT EXECUTE FUNCTION chaos_slow()" || return 1
       sleep "$SLOWPG_SECS"
-      psql_fc -c "DROP TRIGGER IF EXISTS chaos_slow ON grants" || return 1
+      db_sql "DROP TRIGGER IF EXISTS chaos_slow ON grants" || return 1
       echo "grants INSERT + pg_sleep($SLOWPG_SLEEP) for ${SLOWPG_SECS}s" ;;
     stop)
       local pid name
@@ -414,9 +458,9 @@ inject() { # inject FAULT ROUND LOSSFILE: prints what it did
       echo "worker kill -9, restarted" ;;
     postgres)
       local how=fast; [ $((round % 2)) = 0 ] && how=immediate
-      as_pg "$PGBIN/pg_ctl" -D "$TMP/pg" -o "$PG_OPTS" -l "$LOGS/postgres.log" -m "$how" -w -t 30 restart >/dev/null
-      wait_for 20 pg_ok
-      echo "postgres restart -m $how" ;;
+      db_restart "$how"
+      wait_for 20 db_ok
+      echo "$DB restart ($how)" ;;
     master)
       id="$(round_campaign)" || return 1
       t0="$(now_ms)"
@@ -432,7 +476,7 @@ inject() { # inject FAULT ROUND LOSSFILE: prints what it did
 }
 
 # ----------------------------------------------------------------- run
-log "private redis :$REDIS_PORT, postgres :$PG_PORT, api :$API1_PORT :$API2_PORT, worker :$WORKER_PORT (tmp $TMP)"
+log "private redis :$REDIS_PORT, $DB :$PG_PORT, api :$API1_PORT :$API2_PORT, worker :$WORKER_PORT (tmp $TMP)"
 if [ "$CLUSTER" = 1 ]; then
   start_cluster || { log "could not start a Redis Cluster (see $LOGS/cluster.log)"; exit 1; }
   log "private redis cluster $REDIS_URL"
@@ -440,7 +484,7 @@ else
   start_redis
   REDIS_FIRST="$REDIS_URL"
 fi
-start_pg
+start_db
 start_service api1 api "$API1_PORT"
 start_service api2 api "$API2_PORT"
 start_service worker worker "$WORKER_PORT"

@@ -266,3 +266,90 @@ async fn a_time_past_2038_lands_only_when_bound_as_naive_utc() {
     }
     drop_database(&server, &name).await;
 }
+
+/// A fenced insert takes every campaign of its batch at once, in id order,
+/// before it writes: it holds nothing while it waits for a rebuild of one
+/// of them. (Locked in two rounds, the grants' campaigns then the
+/// refusals', two batches crossing two campaigns deadlocked with a bump
+/// waiting on each: the red-team review reproduced it on MariaDB.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_insert_locks_all_its_campaigns_before_it_writes() {
+    use firstcome::{
+        domain::CampaignId,
+        storage::{
+            pg::{NewGrant, NewRejection},
+            Store,
+        },
+    };
+    let name = unique("myfence");
+    let (db, server) = fresh_mysql(&name).await;
+    let (a, _) = campaign(&db, 5, false).await;
+    let (b, pb) = campaign(&db, 5, false).await;
+    assert!(a < b);
+    let store = Store::MySql(db.clone());
+    let (gen_a, gen_b) = (
+        store.generation(CampaignId(a)).await.unwrap(),
+        store.generation(CampaignId(b)).await.unwrap(),
+    );
+    // A rebuild of `a` in flight holds its row.
+    let mut bump = db.begin().await.unwrap();
+    sqlx::query("UPDATE campaigns SET redis_gen = redis_gen + 1 WHERE id = ?")
+        .bind(a)
+        .execute(&mut *bump)
+        .await
+        .unwrap();
+    let insert = tokio::spawn(async move {
+        let grant = NewGrant {
+            campaign_id: b,
+            pool_id: pb,
+            user_id: "g".into(),
+            slot: 1,
+            code: "FENCEDB".into(),
+            seq: 1,
+        };
+        let refusal = NewRejection {
+            campaign_id: a,
+            user_id: "r".into(),
+            seq: 2,
+        };
+        store
+            .insert_fenced(&[grant], &[gen_b], &[refusal], &[gen_a])
+            .await
+    });
+    crate::common::until("the insert waits for the rebuild", || {
+        let db = db.clone();
+        let name = name.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM information_schema.PROCESSLIST
+                 WHERE DB = ? AND INFO LIKE '%LOCK IN SHARE MODE%' AND INFO NOT LIKE '%PROCESSLIST%'",
+            )
+            .bind(&name)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+            n > 0
+        }
+    })
+    .await;
+    // Meanwhile `b` is not held: another writer takes it at once.
+    let mut probe = db.begin().await.unwrap();
+    sqlx::query("SELECT id FROM campaigns WHERE id = ? FOR UPDATE NOWAIT")
+        .bind(b)
+        .fetch_one(&mut *probe)
+        .await
+        .expect("the waiting insert holds no campaign");
+    probe.rollback().await.unwrap();
+    bump.commit().await.unwrap();
+    let f = insert.await.unwrap().unwrap();
+    assert!(
+        f.codes.contains("FENCEDB") && f.codes.len() == 1,
+        "b's grant landed"
+    );
+    assert!(
+        f.refusals.is_empty(),
+        "a's refusal was of the replaced state"
+    );
+    drop(db);
+    drop_database(&server, &name).await;
+}

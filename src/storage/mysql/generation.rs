@@ -31,6 +31,17 @@ pub async fn insert_fenced(
         return Ok(Fenced::default());
     }
     let mut tx = db.begin().await?;
+    // Every campaign of the batch at once, in id order, before anything
+    // else: locked in two rounds (the grants' campaigns, then the
+    // refusals'), two batches crossing two campaigns deadlocked with a
+    // bump waiting on each (InnoDB queues a share request behind a waiting
+    // exclusive one). The inserts below find them held already.
+    let all: Vec<i64> = grants
+        .iter()
+        .map(|g| g.campaign_id)
+        .chain(refusals.iter().map(|r| r.campaign_id))
+        .collect();
+    lock_campaigns(&mut tx, &all).await?;
     let codes = insert_grants_gen(&mut tx, grants, grant_gens).await?;
     let refused = insert_rejections_gen(&mut tx, refusals, refusal_gens).await?;
     tx.commit().await?;
