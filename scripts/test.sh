@@ -64,6 +64,9 @@ scripts/schemathesis.sh
 # (chaos.sh finds firstcome-bench beside firstcome).
 cargo build --locked --workspace --bins
 FIRSTCOME_BIN=target/debug/firstcome scripts/chaos.sh --quick
+# The same round with MariaDB as the source of truth (a private mariadbd;
+# every fault but slowpg, whose trigger is PostgreSQL's).
+CHAOS_DB=mysql CHAOS_OUT=target/chaos-mysql FIRSTCOME_BIN=target/debug/firstcome scripts/chaos.sh --quick
 
 # The walk-through of docs/RUNNING-A-DROP.md still runs (it exits non-zero
 # if the draw does not check out or a webhook is missing or unsigned).

@@ -6,6 +6,8 @@ pub mod mysql;
 pub mod pg;
 pub mod redis;
 pub mod store;
+pub mod tx;
 
 pub use error::StoreError;
-pub use store::{Store, StoreTx};
+pub use store::Store;
+pub use tx::StoreTx;

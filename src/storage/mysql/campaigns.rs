@@ -5,10 +5,10 @@
 use sqlx::{MySqlPool, Row};
 
 use super::operator::record_action;
+use super::text::{opt_text, text};
 use crate::domain::{draw::DrawSeed, Campaign, CampaignId, Mode, NewCampaign, Pool, PoolName};
-use crate::storage::mysql::{opt_text, text};
+use crate::storage::error::StoreError;
 use crate::storage::pg::{Action, CampaignLine};
-use crate::storage::StoreError;
 
 /// Inserts a campaign and its pools in one transaction, with the log of
 /// the operator action (`actor`); unless `published`, only the admin sees

@@ -5,10 +5,10 @@
 use chrono::{DateTime, Utc};
 use sqlx::{MySqlPool, Row};
 
-use super::{opt_text, text};
+use super::text::{opt_text, text};
 use crate::domain::{CampaignId, UserId};
+use crate::storage::error::StoreError;
 use crate::storage::pg::{Confirmation, Expired};
-use crate::storage::StoreError;
 
 /// The confirmation state of the user's latest grant, if it has one.
 pub async fn confirmation_state(

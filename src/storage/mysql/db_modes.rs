@@ -7,8 +7,8 @@
 use sqlx::{MySql, Row, Transaction};
 
 use crate::domain::{CampaignId, RejectReason, UserId};
+use crate::storage::error::StoreError;
 use crate::storage::pg::db_modes::GrantInsert;
-use crate::storage::StoreError;
 
 /// `db-lock`: takes the pool row with `SELECT ... FOR UPDATE`; returns
 /// (stock, granted).

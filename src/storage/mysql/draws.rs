@@ -4,10 +4,10 @@
 
 use sqlx::{MySqlPool, Row};
 
-use super::text;
+use super::text::text;
 use crate::domain::CampaignId;
+use crate::storage::error::StoreError;
 use crate::storage::pg::DrawEntry;
-use crate::storage::StoreError;
 
 /// Rows per insert statement: four placeholders a row, and MySQL binds at
 /// most 65,535 per statement (PostgreSQL's arrays were one each). The same

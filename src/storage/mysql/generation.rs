@@ -2,12 +2,12 @@
 //! Redis decision first takes the campaign rows in share mode and compares
 //! their generation; a rebuild bumps it.
 
-use sqlx::{MySql, MySqlPool, QueryBuilder, Transaction};
+use sqlx::{MySql, MySqlPool, Transaction};
 
-use super::grants::{insert_grants_gen, insert_rejections_gen, IN_LIST};
+use super::inserts::{insert_grants_gen, insert_rejections_gen, lock_campaigns};
 use crate::domain::CampaignId;
+use crate::storage::error::StoreError;
 use crate::storage::pg::{Fenced, NewGrant, NewRejection};
-use crate::storage::StoreError;
 
 /// Inserts grants and refusals decided in Redis, each under the generation
 /// of the state that decided it (`grant_gens[i]` for `grants[i]`). The
@@ -49,38 +49,6 @@ pub async fn insert_fenced(
         codes: codes.into_iter().collect(),
         refusals: refused.into_iter().collect(),
     })
-}
-
-/// Takes the campaign rows in share mode for the rest of the transaction
-/// and returns (id, generation, confirm_within_secs) of those that exist,
-/// by id. Ids are locked in ascending order (one `IN` list per
-/// [`IN_LIST`] ids, in order), and only those rows: the list is read by
-/// primary key, and at READ COMMITTED InnoDB takes no gap locks and
-/// releases a scanned row that does not match. (A lock clause on the
-/// insert's own `SELECT` locks every table it reads, and every campaign
-/// row a join buffer scans: tried on MariaDB 10.11.)
-pub(super) async fn lock_campaigns(
-    tx: &mut Transaction<'_, MySql>,
-    campaign_ids: &[i64],
-) -> Result<Vec<(i64, i64, Option<i64>)>, StoreError> {
-    let mut ids = campaign_ids.to_vec();
-    ids.sort_unstable();
-    ids.dedup();
-    let mut out = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(IN_LIST) {
-        // No arrays (= ANY): an IN list. No FOR SHARE: LOCK IN SHARE MODE.
-        let mut q = QueryBuilder::<MySql>::new(
-            "SELECT id, redis_gen, confirm_within_secs FROM campaigns WHERE id IN (",
-        );
-        let mut list = q.separated(", ");
-        for id in chunk {
-            list.push_bind(*id);
-        }
-        list.push_unseparated(") ORDER BY id LOCK IN SHARE MODE");
-        let rows: Vec<(i64, i64, Option<i64>)> = q.build_query_as().fetch_all(&mut **tx).await?;
-        out.extend(rows);
-    }
-    Ok(out)
 }
 
 /// Takes the campaign rows in share mode for the rest of the transaction

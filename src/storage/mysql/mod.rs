@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use sqlx::{mysql::MySqlPoolOptions, Executor, MySqlPool};
 
-use super::{error::STATEMENT_TIMEOUT_MS, StoreError};
+use super::error::{StoreError, STATEMENT_TIMEOUT_MS};
 
 mod campaigns;
 mod confirmations;
@@ -23,8 +23,10 @@ pub mod db_modes;
 mod draws;
 mod generation;
 mod grants;
+mod inserts;
 mod operator;
 mod signatures;
+mod text;
 mod webhooks;
 
 pub use campaigns::*;
@@ -32,6 +34,7 @@ pub use confirmations::*;
 pub use draws::*;
 pub use generation::*;
 pub use grants::*;
+pub use inserts::{insert_grants, insert_grants_in, insert_rejections_in};
 pub use operator::*;
 pub use signatures::*;
 pub use webhooks::*;
@@ -83,28 +86,6 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<MySqlPool, sqlx:
         .await?;
     sqlx::migrate!("./migrations-mysql").run(&pool).await?;
     Ok(pool)
-}
-
-/// A text column, read as bytes: sqlx reports MariaDB's binary-collated
-/// text (`utf8mb4_nopad_bin`, chosen so comparisons are byte-wise as
-/// PostgreSQL's) as a binary type and refuses to decode it as `String`
-/// (launchbadge/sqlx#3387).
-pub(crate) fn text(row: &sqlx::mysql::MySqlRow, i: usize) -> Result<String, StoreError> {
-    use sqlx::Row;
-    let b: Vec<u8> = row.try_get(i)?;
-    String::from_utf8(b).map_err(|e| StoreError::Corrupt(format!("column {i}: {e}")))
-}
-
-/// [`text`] of a nullable column.
-pub(crate) fn opt_text(
-    row: &sqlx::mysql::MySqlRow,
-    i: usize,
-) -> Result<Option<String>, StoreError> {
-    use sqlx::Row;
-    let b: Option<Vec<u8>> = row.try_get(i)?;
-    b.map(String::from_utf8)
-        .transpose()
-        .map_err(|e| StoreError::Corrupt(format!("column {i}: {e}")))
 }
 
 /// Checks the database answers, with its tables: a MySQL session outlives

@@ -30,10 +30,11 @@
 use chrono::{DateTime, Utc};
 use sqlx::{MySql, MySqlPool, Row, Transaction};
 
+use super::text::{opt_text, text};
 use crate::domain::CampaignId;
-use crate::storage::mysql::{opt_text, text};
+use crate::storage::error::StoreError;
 use crate::storage::pg::{Action, ActionRow, ClaimGate, OpenPatch, PatchError, Restock};
-use crate::storage::{StoreError, StoreTx};
+use crate::storage::tx::StoreTx;
 
 /// Logs an action inside `tx` (which holds the change it describes). The
 /// JSON is stored as the text serde_json writes (PostgreSQL's jsonb
@@ -58,21 +59,6 @@ pub async fn record_action(
     .bind(after.map(|v| v.to_string()))
     .execute(&mut **tx)
     .await?;
-    Ok(())
-}
-
-/// Logs an action in a transaction of its own.
-pub async fn record_action_now(
-    db: &MySqlPool,
-    campaign: CampaignId,
-    actor: &str,
-    action: Action,
-    before: Option<&serde_json::Value>,
-    after: Option<&serde_json::Value>,
-) -> Result<(), StoreError> {
-    let mut tx = db.begin().await?;
-    record_action(&mut tx, campaign, actor, action, before, after).await?;
-    tx.commit().await?;
     Ok(())
 }
 
@@ -182,26 +168,7 @@ pub async fn claim_gate(
     })
 }
 
-/// Moves the window's end and/or changes pools' stock, and logs it, in one
-/// transaction under the campaign row's lock and each pool row's lock. A
-/// stock change keeps the db-* modes' counters exact: at or above the
-/// units taken and the highest held slot, released slots above it
-/// dropped, the next new slot at most one past it. The db-* claims take
-/// the pool row's lock too, so the check and their grants are ordered.
-pub async fn patch_campaign(
-    db: &MySqlPool,
-    campaign: CampaignId,
-    closes_at: Option<DateTime<Utc>>,
-    stocks: &[Restock],
-    actor: &str,
-) -> Result<(), PatchError> {
-    begin_patch(db, campaign, closes_at, stocks, actor)
-        .await?
-        .commit()
-        .await
-}
-
-/// [`patch_campaign`] up to its commit. The units taken are the larger of
+/// The operator's PATCH (`Store::patch_campaign`) up to its commit. The units taken are the larger of
 /// the pool's `granted` counter (the db-* modes) and its active grants (the
 /// Redis modes write grants without the counter; what Redis holds and
 /// the database does not yet is checked in Redis).

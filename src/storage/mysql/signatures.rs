@@ -4,9 +4,9 @@
 
 use sqlx::{MySqlPool, Row};
 
-use super::opt_text;
+use super::text::opt_text;
 use crate::domain::CampaignId;
-use crate::storage::StoreError;
+use crate::storage::error::StoreError;
 
 /// Longest user id the tables hold (`VARCHAR(255)`, in characters).
 const USER_ID_MAX: usize = 255;

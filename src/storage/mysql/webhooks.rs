@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use sqlx::{MySqlPool, Row};
 
-use super::{opt_text, text};
+use super::text::{opt_text, text};
 use crate::domain::CampaignId;
+use crate::storage::error::StoreError;
 use crate::storage::pg::{event_webhook_id, DueEvent, WebhookEventRow};
-use crate::storage::StoreError;
 
 /// The most bytes a TEXT column holds: a longer `last_error` is cut to it
 /// (PostgreSQL's text has no limit; strict mode would refuse the write, and

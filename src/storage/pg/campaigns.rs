@@ -4,7 +4,7 @@ use sqlx::{PgPool, Row};
 
 use super::operator::{record_action, Action};
 use crate::domain::{draw::DrawSeed, Campaign, CampaignId, Mode, NewCampaign, Pool, PoolName};
-use crate::storage::StoreError;
+use crate::storage::error::StoreError;
 
 /// Inserts a campaign and its pools in one transaction, with the log of
 /// the operator action (`actor`); unless `published`, only the admin sees

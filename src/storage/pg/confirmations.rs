@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 
 use crate::domain::{CampaignId, Mode, UserId};
-use crate::storage::StoreError;
+use crate::storage::error::StoreError;
 
 /// Where a grant to confirm stands (campaigns with `confirm_within_secs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,7 @@
 use sqlx::{Postgres, Row, Transaction};
 
 use crate::domain::{CampaignId, RejectReason, UserId};
-use crate::storage::StoreError;
+use crate::storage::error::StoreError;
 
 /// Advisory lock class of a user's claims (db-* modes).
 const USER_LOCK_CLASS: i32 = 1718;

@@ -5,7 +5,7 @@
 use sqlx::PgPool;
 
 use crate::domain::CampaignId;
-use crate::storage::StoreError;
+use crate::storage::error::StoreError;
 
 /// One pre-queued user's place.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]

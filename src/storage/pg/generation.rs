@@ -5,7 +5,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use super::grants::{insert_grants_gen, insert_rejections_gen, NewGrant, NewRejection};
 use crate::domain::CampaignId;
-use crate::storage::StoreError;
+use crate::storage::error::StoreError;
 
 /// What a fenced insert stored.
 #[derive(Debug, Default)]

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use crate::domain::{Campaign, CampaignId, ClaimOutcome, RejectReason, UserId};
-use crate::storage::StoreError;
+use crate::storage::error::StoreError;
 
 /// A grant row as exported.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]

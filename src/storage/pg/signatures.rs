@@ -4,8 +4,8 @@
 
 use sqlx::{PgPool, Row};
 
-use super::StoreError;
 use crate::domain::CampaignId;
+use crate::storage::error::StoreError;
 
 /// A signature per user of `users`, in order: the latest grant's state, id
 /// and confirmation (as [`super::grant_answer`] picks it), and whether a

@@ -9,7 +9,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::domain::CampaignId;
-use crate::storage::StoreError;
+use crate::storage::error::StoreError;
 
 /// An event claimed for one delivery attempt.
 #[derive(Debug, Clone, sqlx::FromRow)]

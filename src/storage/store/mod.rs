@@ -12,12 +12,11 @@ use std::{collections::HashMap, time::Duration};
 use chrono::{DateTime, Utc};
 use sqlx::{MySqlPool, PgPool};
 
-use super::{mysql, pg, StoreError};
+use super::{error::StoreError, mysql, pg, tx::StoreTx};
 use crate::domain::{Campaign, CampaignId, ClaimOutcome, Mode, NewCampaign, UserId};
 use pg::{
-    db_modes::GrantInsert, Action, ActionRow, CampaignLine, ClaimGate, CodeFate, Confirmation,
-    DrawEntry, DueEvent, Expired, Fenced, GrantRow, LatestGrant, NewGrant, NewRejection, OpenPatch,
-    PatchError, Restock, WebhookEventRow,
+    Action, ActionRow, CampaignLine, CodeFate, Confirmation, DrawEntry, DueEvent, Expired, Fenced,
+    GrantRow, LatestGrant, NewGrant, NewRejection, OpenPatch, PatchError, Restock, WebhookEventRow,
 };
 
 /// A pool of connections to the source of truth.
@@ -27,34 +26,6 @@ pub enum Store {
     Pg(PgPool),
     /// MySQL or MariaDB with InnoDB (`mysql://`, `mariadb://`).
     MySql(MySqlPool),
-}
-
-/// An open transaction at the source of truth, whichever database it is.
-pub enum StoreTx<'c> {
-    /// PostgreSQL's.
-    Pg(sqlx::Transaction<'c, sqlx::Postgres>),
-    /// MySQL/MariaDB's.
-    MySql(sqlx::Transaction<'c, sqlx::MySql>),
-}
-
-impl StoreTx<'_> {
-    /// Commits.
-    pub async fn commit(self) -> Result<(), StoreError> {
-        match self {
-            StoreTx::Pg(tx) => tx.commit().await?,
-            StoreTx::MySql(tx) => tx.commit().await?,
-        }
-        Ok(())
-    }
-
-    /// Rolls back.
-    pub async fn rollback(self) -> Result<(), StoreError> {
-        match self {
-            StoreTx::Pg(tx) => tx.rollback().await?,
-            StoreTx::MySql(tx) => tx.rollback().await?,
-        }
-        Ok(())
-    }
 }
 
 /// Runs `$f` of the store's own module with the pool (or, for a
@@ -86,6 +57,9 @@ macro_rules! dispatch_exec {
         }
     };
 }
+
+// After the macros: textual scope.
+mod in_tx;
 
 impl Store {
     /// Opens a pool at `url` and applies the migrations: `mysql://` or
@@ -324,10 +298,10 @@ impl Store {
         before: Option<&serde_json::Value>,
         after: Option<&serde_json::Value>,
     ) -> Result<(), StoreError> {
-        dispatch!(
-            self,
-            record_action_now(campaign, actor, action, before, after)
-        )
+        let mut tx = self.begin().await?;
+        tx.record_action(campaign, actor, action, before, after)
+            .await?;
+        tx.commit().await
     }
 
     /// The campaign's recent operator actions.
@@ -357,7 +331,10 @@ impl Store {
         stocks: &[Restock],
         actor: &str,
     ) -> Result<(), PatchError> {
-        dispatch!(self, patch_campaign(campaign, closes_at, stocks, actor))
+        self.begin_patch(campaign, closes_at, stocks, actor)
+            .await?
+            .commit()
+            .await
     }
 
     /// [`Store::patch_campaign`] up to its commit.
@@ -431,126 +408,6 @@ impl Store {
     /// (undelivered events, oldest's age in seconds).
     pub async fn webhook_lag(&self) -> Result<(i64, f64), StoreError> {
         dispatch!(self, webhook_lag())
-    }
-}
-
-impl StoreTx<'_> {
-    /// The user's grant answer, inside this transaction.
-    pub async fn grant_answer(
-        &mut self,
-        campaign: &Campaign,
-        user: &UserId,
-    ) -> Result<Option<ClaimOutcome>, StoreError> {
-        dispatch_exec!(self, grant_answer(campaign, user))
-    }
-
-    /// The user's refusal, inside this transaction.
-    pub async fn rejection_answer(
-        &mut self,
-        campaign: CampaignId,
-        user: &UserId,
-    ) -> Result<Option<ClaimOutcome>, StoreError> {
-        dispatch_exec!(self, rejection_answer(campaign, user))
-    }
-
-    /// Cancels the user's active grant: its (pool id, slot), if any.
-    pub async fn cancel_grant(
-        &mut self,
-        campaign: CampaignId,
-        user: &UserId,
-        now: DateTime<Utc>,
-    ) -> Result<Option<(i64, i32)>, StoreError> {
-        dispatch_tx!(self, cancel_grant(campaign, user, now))
-    }
-
-    /// Cancels a grant by its code.
-    pub async fn cancel_by_code(&mut self, code: &str) -> Result<(), StoreError> {
-        dispatch_tx!(self, cancel_by_code(code))
-    }
-
-    /// Inserts grants whose campaign generation is still `gens`'.
-    pub async fn insert_grants_in(
-        &mut self,
-        grants: &[NewGrant],
-        gens: &[i64],
-    ) -> Result<Vec<String>, StoreError> {
-        dispatch_tx!(self, insert_grants_in(grants, gens))
-    }
-
-    /// Inserts refusals whose campaign generation is still `gens`'.
-    pub async fn insert_rejections_in(
-        &mut self,
-        rows: &[NewRejection],
-        gens: &[i64],
-    ) -> Result<Vec<(i64, String)>, StoreError> {
-        dispatch_tx!(self, insert_rejections_in(rows, gens))
-    }
-
-    /// Locks campaigns' generations until the transaction ends.
-    pub async fn lock_generations(
-        &mut self,
-        campaign_ids: &[i64],
-    ) -> Result<Vec<(i64, i64)>, StoreError> {
-        dispatch_tx!(self, lock_generations(campaign_ids))
-    }
-
-    /// The campaign's pause and window, ordered with an operator's change.
-    pub async fn claim_gate(&mut self, campaign: CampaignId) -> Result<ClaimGate, StoreError> {
-        dispatch_tx!(self, claim_gate(campaign))
-    }
-
-    /// `db-lock`: the pool row under `FOR UPDATE`: (stock, granted).
-    pub async fn lock_pool(&mut self, pool_id: i64) -> Result<(i32, i32), StoreError> {
-        dispatch_tx!(self, db_modes::lock_pool(pool_id))
-    }
-
-    /// `db-lock`: counts a grant on the locked pool row.
-    pub async fn count_grant(&mut self, pool_id: i64) -> Result<(), StoreError> {
-        dispatch_tx!(self, db_modes::count_grant(pool_id))
-    }
-
-    /// `db-atomic`: takes a unit with a conditional update.
-    pub async fn take_unit(&mut self, pool_id: i64) -> Result<bool, StoreError> {
-        dispatch_tx!(self, db_modes::take_unit(pool_id))
-    }
-
-    /// The lowest released slot, else the next new one.
-    pub async fn take_slot(&mut self, pool_id: i64) -> Result<i32, StoreError> {
-        dispatch_tx!(self, db_modes::take_slot(pool_id))
-    }
-
-    /// Gives a cancelled grant's unit and slot back (db-* modes).
-    pub async fn give_back(&mut self, pool_id: i64, slot: i32) -> Result<(), StoreError> {
-        dispatch_tx!(self, db_modes::give_back(pool_id, slot))
-    }
-
-    /// Serialises one user's claims until the transaction ends.
-    pub async fn lock_user(
-        &mut self,
-        campaign: CampaignId,
-        user: &UserId,
-    ) -> Result<(), StoreError> {
-        dispatch_tx!(self, db_modes::lock_user(campaign, user))
-    }
-
-    /// Draws an arrival number.
-    pub async fn next_seq(&mut self) -> Result<i64, StoreError> {
-        dispatch_tx!(self, db_modes::next_seq())
-    }
-
-    /// Inserts a winner's grant (db-* modes).
-    pub async fn insert_grant(&mut self, g: &GrantInsert<'_>) -> Result<(), StoreError> {
-        dispatch_tx!(self, db_modes::insert_grant(g))
-    }
-
-    /// Stores a sold_out refusal (the first stays).
-    pub async fn insert_sold_out(
-        &mut self,
-        campaign: CampaignId,
-        user: &UserId,
-        seq: i64,
-    ) -> Result<(), StoreError> {
-        dispatch_tx!(self, db_modes::insert_sold_out(campaign, user, seq))
     }
 }
 
