@@ -69,6 +69,12 @@ pub async fn spawn_app_without_worker() -> TestApp {
     app
 }
 
+/// A second API process of the same deployment (no worker: one started
+/// and stopped afterwards could already be draining what it found).
+pub async fn spawn_api_on(db_url: &str, prefix: &str) -> TestApp {
+    spawn_app_on(db_url, prefix, |a| a.role = firstcome::config::Role::Api).await
+}
+
 /// Starts an app on an existing database and prefix (a second process of
 /// the same deployment), with settings adjusted by `tweak`.
 pub async fn spawn_app_on(
@@ -91,7 +97,10 @@ pub async fn spawn_app_on(
         .await
         .expect("app runs");
     });
-    let db = Store::connect(db_url, 4).await.expect("connect test db");
+    // The app migrated the database already: a plain pool, connected on
+    // first use (a migrating connect here delayed the caller's next step,
+    // e.g. stopping this app's worker, by a few round trips).
+    let db = lazy_store(db_url);
     TestApp {
         base,
         ops_base,
@@ -389,7 +398,7 @@ impl Drop for TestApp {
 /// The Redis side of `app`'s deployment, for driving scripts, settling and
 /// the reconciler directly.
 pub async fn common_for(app: &TestApp) -> firstcome::modes::redis_common::RedisCommon {
-    let db = Store::connect(&app.db_url, 4).await.unwrap();
+    let db = lazy_store(&app.db_url);
     let redis = firstcome::storage::redis::RedisStore::connect(
         &app.redis_url,
         &app.prefix,

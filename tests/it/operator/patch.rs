@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::{actions, admin, claim_raw};
-use crate::common::{eventually, spawn_app, spawn_app_on, TestApp};
+use crate::common::{eventually, spawn_api_on, spawn_app, TestApp};
 
 pub(super) async fn patch(app: &TestApp, id: i64, body: Value) -> (u16, Value) {
     admin(
@@ -46,8 +46,7 @@ async fn move_the_window(mode: &str) {
             "pools": [{"name": "main", "stock": 1000}]}))
         .await;
     let id = v["id"].as_i64().unwrap();
-    let second = spawn_app_on(&app.db_url, &app.prefix, |_| {}).await;
-    second.stop_worker.send(true).unwrap();
+    let second = spawn_api_on(&app.db_url, &app.prefix).await;
     let (s, first) = second.claim(id, "early", None).await;
     assert!(s == 200 || s == 202, "{mode}: {first}");
 

@@ -45,8 +45,9 @@ async fn pause_then_resume(mode: &str) {
     let app = Arc::new(spawn_app().await);
     app.stop_worker.send(true).unwrap();
     let id = app.campaign(mode, &[("main", STOCK)]).await;
-    let second = Arc::new(spawn_app_on(&app.db_url, &app.prefix, |_| {}).await);
-    second.stop_worker.send(true).unwrap();
+    // An API process only: a worker started and stopped afterwards could
+    // already be draining the campaign it found at start.
+    let second = Arc::new(crate::common::spawn_api_on(&app.db_url, &app.prefix).await);
     let apps = [app.clone(), second.clone()];
     let early: Vec<String> = (0..10).map(|i| format!("early-{i}")).collect();
     let mut first: HashMap<String, (u16, Value)> = HashMap::new();
@@ -241,8 +242,7 @@ async fn a_pause_survives_a_rebuild_and_binds_every_process() {
             )
             .await;
         let id = v["id"].as_i64().unwrap();
-        let second = spawn_app_on(&app.db_url, &app.prefix, |_| {}).await;
-        second.stop_worker.send(true).unwrap();
+        let second = crate::common::spawn_api_on(&app.db_url, &app.prefix).await;
         let (s, _) = second.claim(id, "before", None).await;
         assert!(s == 200 || s == 202);
         let (s, _) = admin(

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::{actions, patch::patch};
-use crate::common::{count, eventually, spawn_app, spawn_app_on, TestApp};
+use crate::common::{count, eventually, spawn_api_on, spawn_app, TestApp};
 
 const MODES: [&str; 5] = ["db-lock", "db-atomic", "gate", "redis-lua", "redis-queue"];
 
@@ -51,8 +51,7 @@ async fn a_raise_during_a_rush_grants_exactly_the_new_stock() {
     for mode in MODES {
         let app = Arc::new(spawn_app().await);
         let id = app.campaign(mode, &[("main", 20)]).await;
-        let second = Arc::new(spawn_app_on(&app.db_url, &app.prefix, |_| {}).await);
-        second.stop_worker.send(true).unwrap();
+        let second = Arc::new(spawn_api_on(&app.db_url, &app.prefix).await);
         assert!(slot(&settled(&second, id, "warm").await).is_some());
         let apps = [app.clone(), second.clone()];
         let mut tasks = Vec::new();
@@ -154,8 +153,7 @@ async fn a_lower_during_a_rush_is_exact_either_way() {
     for mode in MODES {
         let app = Arc::new(spawn_app().await);
         let id = app.campaign(mode, &[("main", 40)]).await;
-        let second = Arc::new(spawn_app_on(&app.db_url, &app.prefix, |_| {}).await);
-        second.stop_worker.send(true).unwrap();
+        let second = Arc::new(spawn_api_on(&app.db_url, &app.prefix).await);
         let apps = [app.clone(), second.clone()];
         let mut tasks = Vec::new();
         let mut lowered = None;
