@@ -300,36 +300,8 @@ kill_master() { # kill_master CAMPAIGN: the master of its (first) shard; restart
 PG_OPTS="-p $PG_PORT -k $TMP/pg -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
 # The source of truth, PostgreSQL or MariaDB (CHAOS_DB): db_ok, start_db,
 # db_restart HOW, db_sql SQL.
-my_sql() { "$(stores_mariadb_client)" --no-defaults --protocol=tcp -h 127.0.0.1 -P "$PG_PORT" -u root -Nse "$@"; }
-if [ "$DB" = mysql ]; then
-  db_ok() { stores_mariadb_ok "$PG_PORT"; }
-  start_db() {
-    stores_mariadb_init "$TMP/my" >"$LOGS/initdb.log" 2>&1
-    PG_STARTED=1
-    chmod 755 "$TMP"
-    stores_mariadb_start "$TMP/my" "$PG_PORT" 2>>"$LOGS/initdb.log"
-    my_sql 'CREATE DATABASE firstcome'
-  }
-  db_restart() { # fast: TERM (a clean shutdown); immediate: kill -9 (crash recovery)
-    local pid; pid="$(stores_mariadb_pid "$TMP/my")"
-    if [ "$1" = fast ]; then stores_mariadb_stop "$TMP/my"
-    else kill -9 "$pid" 2>/dev/null || true; stores_wait 10 stores_gone "$pid"; fi
-    stores_mariadb_start "$TMP/my" "$PG_PORT" 2>>"$LOGS/initdb.log" >/dev/null
-  }
-  db_sql() { my_sql "$1" firstcome; }
-else
-  db_ok() { stores_pg_ok "$PG_PORT"; }
-  start_db() {
-    stores_pg_init "$TMP/pg" >"$LOGS/initdb.log" 2>&1
-    PG_STARTED=1
-    stores_pg_start "$TMP/pg" "$LOGS/postgres.log" "$PG_OPTS"
-    psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -qc 'CREATE DATABASE firstcome' >/dev/null
-  }
-  db_restart() {
-    as_pg "$PGBIN/pg_ctl" -D "$TMP/pg" -o "$PG_OPTS" -l "$LOGS/postgres.log" -m "$1" -w -t 30 restart >/dev/null
-  }
-  db_sql() { psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d firstcome -Atq -c "$1"; }
-fi
+# shellcheck source=scripts/lib/chaos_db.sh
+. "$ROOT/scripts/lib/chaos_db.sh"
 
 # -------------------------------------------------------------- service
 healthy() { curl -sf -m 1 "http://127.0.0.1:$1/healthz" >/dev/null; }
