@@ -5,37 +5,18 @@
 //! landed, and the webhook triggers write the bodies PostgreSQL's write.
 
 use serde_json::Value;
-use sqlx::{mysql::MySqlConnection, Connection, MySqlPool, Row};
+use sqlx::{MySqlPool, Row};
 
-use crate::common::{fresh_database, mysql_url, unique};
+use crate::common::{drop_database, fresh_database, fresh_mysql_database, unique};
 
-/// A fresh MariaDB database, migrated; dropped by [`drop_database`].
+/// A fresh MariaDB database, migrated, and its URL (for
+/// [`drop_database`]).
 async fn fresh_mysql(name: &str) -> (MySqlPool, String) {
-    let server = mysql_url()
-        .rsplit_once('/')
-        .map(|(s, _)| s.to_string())
-        .expect("url has a database");
-    let mut admin = MySqlConnection::connect(&server)
-        .await
-        .expect("connect to mariadb");
-    sqlx::query(&format!("CREATE DATABASE `{name}`"))
-        .execute(&mut admin)
-        .await
-        .expect("create test database");
-    let pool = firstcome::storage::mysql::connect(&format!("{server}/{name}"), 4)
+    let url = fresh_mysql_database(name).await;
+    let pool = firstcome::storage::mysql::connect(&url, 4)
         .await
         .expect("connect and migrate");
-    (pool, server)
-}
-
-async fn drop_database(server: &str, name: &str) {
-    let mut admin = MySqlConnection::connect(server)
-        .await
-        .expect("connect to mariadb");
-    sqlx::query(&format!("DROP DATABASE `{name}`"))
-        .execute(&mut admin)
-        .await
-        .expect("drop test database");
+    (pool, url)
 }
 
 /// A campaign with one pool of `stock` (and a webhook endpoint when
@@ -96,7 +77,7 @@ fn broken_key(e: sqlx::Error) -> String {
 #[tokio::test]
 async fn unique_keys_hold_active_grants_to_one_per_user_and_slot() {
     let name = unique("my");
-    let (db, server) = fresh_mysql(&name).await;
+    let (db, url) = fresh_mysql(&name).await;
     let (c, p) = campaign(&db, 10, false).await;
     grant(&db, c, p, "u1", 1, "CODE1").await.unwrap();
     // Invariant 2: a second active grant for u1.
@@ -127,13 +108,13 @@ async fn unique_keys_hold_active_grants_to_one_per_user_and_slot() {
         .unwrap();
     assert_eq!(active, 2);
     db.close().await;
-    drop_database(&server, &name).await;
+    drop_database(&url).await;
 }
 
 #[tokio::test]
 async fn a_batched_insert_learns_which_rows_landed() {
     let name = unique("my");
-    let (db, server) = fresh_mysql(&name).await;
+    let (db, url) = fresh_mysql(&name).await;
     let (c, p) = campaign(&db, 10, false).await;
     grant(&db, c, p, "taken", 2, "OLD").await.unwrap();
     // One of three collides (an active grant of "taken"); one repeats a
@@ -155,13 +136,13 @@ async fn a_batched_insert_learns_which_rows_landed() {
         .collect();
     assert_eq!(landed, ["A1", "B1"]);
     db.close().await;
-    drop_database(&server, &name).await;
+    drop_database(&url).await;
 }
 
 #[tokio::test]
 async fn the_webhook_triggers_write_the_bodies_postgres_writes() {
     let name = unique("my");
-    let (db, server) = fresh_mysql(&name).await;
+    let (db, url) = fresh_mysql(&name).await;
     let (c, p) = campaign(&db, 10, true).await;
     let (quiet, quiet_pool) = campaign(&db, 10, false).await;
     grant(&db, c, p, "u1", 1, "CODE1").await.unwrap();
@@ -231,7 +212,7 @@ async fn the_webhook_triggers_write_the_bodies_postgres_writes() {
     }
     pg.close().await;
     db.close().await;
-    drop_database(&server, &name).await;
+    drop_database(&url).await;
 }
 
 /// A time past 2038 bound as naive UTC lands as that time; bound as
@@ -240,7 +221,7 @@ async fn the_webhook_triggers_write_the_bodies_postgres_writes() {
 #[tokio::test]
 async fn a_time_past_2038_lands_only_when_bound_as_naive_utc() {
     let name = unique("mytime");
-    let (db, server) = fresh_mysql(&name).await;
+    let (db, url) = fresh_mysql(&name).await;
     let t: chrono::DateTime<chrono::Utc> = "2099-01-01T00:00:00Z".parse().unwrap();
     for bound in [0, 1] {
         let q = sqlx::query("INSERT INTO campaigns (name, mode, opens_at) VALUES ('t', 'gate', ?)");
@@ -264,7 +245,7 @@ async fn a_time_past_2038_lands_only_when_bound_as_naive_utc() {
             ["DateTime<Utc>", "NaiveDateTime"][bound]
         );
     }
-    drop_database(&server, &name).await;
+    drop_database(&url).await;
 }
 
 /// A fenced insert takes every campaign of its batch at once, in id order,
@@ -282,7 +263,7 @@ async fn a_fenced_insert_locks_all_its_campaigns_before_it_writes() {
         },
     };
     let name = unique("myfence");
-    let (db, server) = fresh_mysql(&name).await;
+    let (db, url) = fresh_mysql(&name).await;
     let (a, _) = campaign(&db, 5, false).await;
     let (b, pb) = campaign(&db, 5, false).await;
     assert!(a < b);
@@ -351,5 +332,5 @@ async fn a_fenced_insert_locks_all_its_campaigns_before_it_writes() {
         "a's refusal was of the replaced state"
     );
     drop(db);
-    drop_database(&server, &name).await;
+    drop_database(&url).await;
 }

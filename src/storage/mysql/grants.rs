@@ -31,7 +31,7 @@ use super::inserts::IN_LIST;
 use super::text::{opt_text, text};
 use crate::domain::{Campaign, CampaignId, ClaimOutcome, RejectReason, UserId};
 use crate::storage::error::StoreError;
-use crate::storage::pg::{CodeFate, GrantRow, LatestGrant, NewGrant};
+use crate::storage::pg::{grant_outcome, CodeFate, GrantRow, LatestGrant, NewGrant};
 
 /// One page of active grants with id greater than `after`.
 pub async fn grants_page(
@@ -74,31 +74,17 @@ where
     .fetch_optional(exec)
     .await?;
     let Some(r) = row else { return Ok(None) };
-    let pool_id: i64 = r.try_get(0)?;
-    let pool = campaign
-        .pools
-        .iter()
-        .find(|p| p.id == pool_id)
-        .ok_or_else(|| StoreError::Corrupt(format!("grant in unknown pool {pool_id}")))?;
     let state = text(&r, 4)?;
-    let (slot, code, seq) = (r.try_get(1)?, text(&r, 2)?, r.try_get(3)?);
-    Ok(Some(if state == "active" {
-        ClaimOutcome::Granted {
-            user_id: user.clone(),
-            pool: pool.name.clone(),
-            slot,
-            code,
-            seq,
-        }
-    } else {
-        ClaimOutcome::Cancelled {
-            user_id: user.clone(),
-            pool: pool.name.clone(),
-            slot,
-            code,
-            seq,
-        }
-    }))
+    grant_outcome(
+        campaign,
+        user,
+        r.try_get(0)?,
+        r.try_get(1)?,
+        text(&r, 2)?,
+        r.try_get(3)?,
+        state == "active",
+    )
+    .map(Some)
 }
 
 /// The user's remembered refusal, as an answer: a db-* mode's row, else

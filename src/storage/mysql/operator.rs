@@ -33,7 +33,7 @@ use sqlx::{MySql, MySqlPool, Row, Transaction};
 use super::text::{opt_text, text};
 use crate::domain::CampaignId;
 use crate::storage::error::StoreError;
-use crate::storage::pg::{Action, ActionRow, ClaimGate, OpenPatch, PatchError, Restock};
+use crate::storage::pg::{Action, ActionRow, ClaimGate, OpenPatch, PatchError, PatchLog, Restock};
 use crate::storage::tx::StoreTx;
 
 /// Logs an action inside `tx` (which holds the change it describes). The
@@ -199,8 +199,7 @@ pub async fn begin_patch(
     else {
         return Err(PatchError::NotFound);
     };
-    let mut before = serde_json::Map::new();
-    let mut after = serde_json::Map::new();
+    let mut log = PatchLog::default();
     if let Some(t) = closes_at {
         sqlx::query(
             "SET STATEMENT innodb_lock_wait_timeout = 5 FOR
@@ -210,10 +209,8 @@ pub async fn begin_patch(
         .bind(campaign.0)
         .execute(&mut *tx)
         .await?;
-        before.insert("closes_at".into(), serde_json::json!(old_closes));
-        after.insert("closes_at".into(), serde_json::json!(t));
+        log.closes(old_closes, t);
     }
-    let (mut pb, mut pa) = (Vec::new(), Vec::new());
     let mut changed = Vec::with_capacity(stocks.len());
     for r in stocks {
         // Active grants through the generated column `active_slot` (NULL
@@ -239,20 +236,7 @@ pub async fn begin_patch(
         let granted = i32::try_from(row.try_get::<i64, _>(1)?)
             .map_err(|e| StoreError::Corrupt(format!("units taken: {e}")))?;
         let top: Option<i32> = row.try_get(2)?;
-        if r.stock < granted {
-            return Err(PatchError::BelowTaken {
-                pool: r.name.clone(),
-                stock: r.stock,
-                taken: granted,
-            });
-        }
-        if let Some(top) = top.filter(|t| *t > r.stock) {
-            return Err(PatchError::SlotAbove {
-                pool: r.name.clone(),
-                stock: r.stock,
-                slot: top,
-            });
-        }
+        r.check(granted, top)?;
         // Released slots above the new stock are never handed out again.
         sqlx::query(
             "SET STATEMENT innodb_lock_wait_timeout = 5 FOR
@@ -273,14 +257,10 @@ pub async fn begin_patch(
         .bind(r.pool_id)
         .execute(&mut *tx)
         .await?;
-        pb.push(serde_json::json!({ "name": r.name, "stock": old }));
-        pa.push(serde_json::json!({ "name": r.name, "stock": r.stock }));
+        log.pool(&r.name, old, r.stock);
         changed.push((r.pool_id, old, r.stock));
     }
-    if !stocks.is_empty() {
-        before.insert("pools".into(), pb.into());
-        after.insert("pools".into(), pa.into());
-    }
+    let (before, after) = log.finish();
     // Its foreign key's S lock on the campaign row is covered by the X
     // this transaction holds: it never waits, so no timeout is needed.
     record_action(
@@ -288,8 +268,8 @@ pub async fn begin_patch(
         campaign,
         actor,
         Action::Patch,
-        Some(&before.into()),
-        Some(&after.into()),
+        Some(&before),
+        Some(&after),
     )
     .await?;
     Ok(OpenPatch {

@@ -64,31 +64,53 @@ where
     .fetch_optional(exec)
     .await?;
     let Some(r) = row else { return Ok(None) };
-    let pool_id: i64 = r.get("pool_id");
+    let state: String = r.get("state");
+    grant_outcome(
+        campaign,
+        user,
+        r.get("pool_id"),
+        r.get("slot"),
+        r.get("code"),
+        r.get("seq"),
+        state == "active",
+    )
+    .map(Some)
+}
+
+/// A stored grant as the answer it gives: granted while active,
+/// cancelled otherwise (cancelled or expired). Both stores' reads end here.
+pub fn grant_outcome(
+    campaign: &Campaign,
+    user: &UserId,
+    pool_id: i64,
+    slot: i32,
+    code: String,
+    seq: i64,
+    active: bool,
+) -> Result<ClaimOutcome, StoreError> {
     let pool = campaign
         .pools
         .iter()
         .find(|p| p.id == pool_id)
         .ok_or_else(|| StoreError::Corrupt(format!("grant in unknown pool {pool_id}")))?;
-    let state: String = r.get("state");
-    let (slot, code, seq) = (r.get("slot"), r.get("code"), r.get("seq"));
-    Ok(Some(if state == "active" {
+    let (user_id, pool) = (user.clone(), pool.name.clone());
+    Ok(if active {
         ClaimOutcome::Granted {
-            user_id: user.clone(),
-            pool: pool.name.clone(),
+            user_id,
+            pool,
             slot,
             code,
             seq,
         }
     } else {
         ClaimOutcome::Cancelled {
-            user_id: user.clone(),
-            pool: pool.name.clone(),
+            user_id,
+            pool,
             slot,
             code,
             seq,
         }
-    }))
+    })
 }
 
 /// The user's remembered refusal, as an answer.

@@ -236,6 +236,68 @@ pub struct Restock {
     pub stock: i32,
 }
 
+impl Restock {
+    /// Whether the pool can take the new stock: at or above the units it
+    /// has given out, and no active grant on a slot above it.
+    pub fn check(&self, taken: i32, top_held_slot: Option<i32>) -> Result<(), PatchError> {
+        if self.stock < taken {
+            return Err(PatchError::BelowTaken {
+                pool: self.name.clone(),
+                stock: self.stock,
+                taken,
+            });
+        }
+        match top_held_slot.filter(|t| *t > self.stock) {
+            Some(slot) => Err(PatchError::SlotAbove {
+                pool: self.name.clone(),
+                stock: self.stock,
+                slot,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A PATCH's before and after, as the actions log records them.
+#[derive(Default)]
+pub struct PatchLog {
+    /// Fields before the change.
+    before: serde_json::Map<String, serde_json::Value>,
+    /// Fields after it.
+    after: serde_json::Map<String, serde_json::Value>,
+    /// Restocked pools' (name, stock) before.
+    pools_before: Vec<serde_json::Value>,
+    /// And after.
+    pools_after: Vec<serde_json::Value>,
+}
+
+impl PatchLog {
+    /// The window's end moved.
+    pub fn closes(&mut self, old: Option<DateTime<Utc>>, new: DateTime<Utc>) {
+        self.before
+            .insert("closes_at".into(), serde_json::json!(old));
+        self.after
+            .insert("closes_at".into(), serde_json::json!(new));
+    }
+
+    /// A pool restocked.
+    pub fn pool(&mut self, name: &str, old: i32, new: i32) {
+        self.pools_before
+            .push(serde_json::json!({ "name": name, "stock": old }));
+        self.pools_after
+            .push(serde_json::json!({ "name": name, "stock": new }));
+    }
+
+    /// (before, after) for the log row.
+    pub fn finish(mut self) -> (serde_json::Value, serde_json::Value) {
+        if !self.pools_before.is_empty() {
+            self.before.insert("pools".into(), self.pools_before.into());
+            self.after.insert("pools".into(), self.pools_after.into());
+        }
+        (self.before.into(), self.after.into())
+    }
+}
+
 /// Why a PATCH was refused by what PostgreSQL holds.
 #[derive(Debug, thiserror::Error)]
 pub enum PatchError {
@@ -325,18 +387,15 @@ pub async fn begin_patch(
         return Err(PatchError::NotFound);
     };
     close_gate(&mut tx, campaign).await?;
-    let mut before = serde_json::Map::new();
-    let mut after = serde_json::Map::new();
+    let mut log = PatchLog::default();
     if let Some(t) = closes_at {
         sqlx::query("UPDATE campaigns SET closes_at = $2 WHERE id = $1")
             .bind(campaign.0)
             .bind(t)
             .execute(&mut *tx)
             .await?;
-        before.insert("closes_at".into(), serde_json::json!(old_closes));
-        after.insert("closes_at".into(), serde_json::json!(t));
+        log.closes(old_closes, t);
     }
-    let (mut pb, mut pa) = (Vec::new(), Vec::new());
     let mut changed = Vec::with_capacity(stocks.len());
     for r in stocks {
         let row = sqlx::query(
@@ -351,20 +410,7 @@ pub async fn begin_patch(
         .fetch_one(&mut *tx)
         .await?;
         let (old, granted, top): (i32, i32, Option<i32>) = (row.get(0), row.get(1), row.get(2));
-        if r.stock < granted {
-            return Err(PatchError::BelowTaken {
-                pool: r.name.clone(),
-                stock: r.stock,
-                taken: granted,
-            });
-        }
-        if let Some(top) = top.filter(|t| *t > r.stock) {
-            return Err(PatchError::SlotAbove {
-                pool: r.name.clone(),
-                stock: r.stock,
-                slot: top,
-            });
-        }
+        r.check(granted, top)?;
         // Released slots above the new stock are never handed out again.
         sqlx::query("DELETE FROM free_slots WHERE pool_id = $1 AND slot > $2")
             .bind(r.pool_id)
@@ -378,21 +424,17 @@ pub async fn begin_patch(
         .bind(r.stock)
         .execute(&mut *tx)
         .await?;
-        pb.push(serde_json::json!({ "name": r.name, "stock": old }));
-        pa.push(serde_json::json!({ "name": r.name, "stock": r.stock }));
+        log.pool(&r.name, old, r.stock);
         changed.push((r.pool_id, old, r.stock));
     }
-    if !stocks.is_empty() {
-        before.insert("pools".into(), pb.into());
-        after.insert("pools".into(), pa.into());
-    }
+    let (before, after) = log.finish();
     record_action(
         &mut tx,
         campaign,
         actor,
         Action::Patch,
-        Some(&before.into()),
-        Some(&after.into()),
+        Some(&before),
+        Some(&after),
     )
     .await?;
     Ok(OpenPatch {

@@ -77,13 +77,7 @@ pub async fn fresh_database(name: &str) -> String {
         .map(|(s, _)| s.to_string())
         .expect("url has a database");
     if on_mysql() {
-        let mut admin = MySqlConnection::connect(&server)
-            .await
-            .expect("connect to mariadb");
-        sqlx::query(&format!("CREATE DATABASE `{name}`"))
-            .execute(&mut admin)
-            .await
-            .expect("create test database");
+        return fresh_mysql_database(name).await;
     } else {
         let mut admin = PgConnection::connect(&format!("{server}/postgres"))
             .await
@@ -93,6 +87,23 @@ pub async fn fresh_database(name: &str) -> String {
             .await
             .expect("create test database");
     }
+    format!("{server}/{name}")
+}
+
+/// Creates a fresh database on MariaDB (`MYSQL_URL`), whichever store the
+/// suite runs on; returns its URL.
+pub async fn fresh_mysql_database(name: &str) -> String {
+    let (server, _) = mysql_url()
+        .rsplit_once('/')
+        .map(|(s, d)| (s.to_string(), d.to_string()))
+        .expect("url has a database");
+    let mut admin = MySqlConnection::connect(&server)
+        .await
+        .expect("connect to mariadb");
+    sqlx::query(&format!("CREATE DATABASE `{name}`"))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
     format!("{server}/{name}")
 }
 
