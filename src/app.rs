@@ -163,6 +163,7 @@ impl Application {
                 .filter(|t| !t.is_empty())
                 .map(http::auth::token_digest),
             campaigns: Arc::new(RwLock::new(HashMap::new())),
+            campaign_loads: Default::default(),
             sse_max: args.sse_max,
             closing: closing_rx,
             streams: http::streams::StreamSlots::new(args.effective_stream_caps()),

@@ -4,7 +4,8 @@
 //!
 //! Layout: [`domain`] (types, no I/O) → [`modes`] (one module per admission
 //! mode behind one trait) → [`storage`] (PostgreSQL, Redis scripts) and
-//! [`tasks`] (background work) → [`http`] (the API) → [`app`] (wiring).
+//! [`tasks`] (background work) → [`http`] (the API) → [`app`] (wiring);
+//! [`flights`] lets concurrent callers share one slow load.
 #![warn(missing_docs)]
 
 pub mod app;
@@ -12,6 +13,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod domain;
+pub mod flights;
 pub mod http;
 pub mod modes;
 pub mod storage;

@@ -56,6 +56,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 r.grants,
                 r.violations.summary()
             );
+            let stalls: Vec<String> = r
+                .slowest_windows
+                .iter()
+                .map(|(at, ms)| format!("{ms:.1} ms at {at:.1} s"))
+                .collect();
+            eprintln!(
+                "{:<12} slowest 100 ms windows: {} (median window {:.1} ms)",
+                "",
+                stalls.join(", "),
+                r.median_window_max_ms
+            );
             results.push(r);
         }
     }

@@ -54,6 +54,11 @@ pub struct RunResult {
     pub max_ms: f64,
     /// (latency ms, fraction) points of the latency CDF.
     pub cdf: Vec<(f64, f64)>,
+    /// The five slowest 100 ms windows of the rush: (start s, slowest
+    /// first answer ms among the users due in it), slowest first.
+    pub slowest_windows: Vec<(f64, f64)>,
+    /// The median window's slowest first answer, ms.
+    pub median_window_max_ms: f64,
     /// Grants in PostgreSQL after draining.
     pub grants: usize,
     /// Grants made durable per second, rush and drain included.
@@ -130,6 +135,7 @@ pub async fn run_one(args: &BenchArgs, mode: &str, conc: usize) -> anyhow::Resul
     };
     let RushOut {
         hist,
+        worst,
         mut seen,
         mut unstable,
         behind,
@@ -210,6 +216,8 @@ pub async fn run_one(args: &BenchArgs, mode: &str, conc: usize) -> anyhow::Resul
         p999_ms: q(0.999),
         max_ms: hist.max() as f64 / 1000.0,
         cdf: latency_cdf(&hist),
+        slowest_windows: worst.slowest(5),
+        median_window_max_ms: worst.median(),
         grants: grants.len(),
         durable_per_sec: grants.len() as f64 / (elapsed + drain_secs),
         drain_secs,

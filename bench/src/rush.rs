@@ -48,6 +48,8 @@ impl ErrorCounts {
 /// What one worker of the load loop collected.
 struct WorkerOut {
     hist: Histogram<u64>,
+    /// Slowest first answer (µs) of the users due in each window.
+    worst: Windows,
     seen: Vec<(u32, Seen)>,
     unstable: usize,
     behind: u64,
@@ -58,11 +60,58 @@ impl WorkerOut {
     fn new() -> Self {
         Self {
             hist: new_hist(),
+            worst: Windows::default(),
             seen: Vec::new(),
             unstable: 0,
             behind: 0,
             errors: ErrorCounts::default(),
         }
+    }
+}
+
+/// Width of a [`Windows`] window.
+pub(crate) const WINDOW: Duration = Duration::from_millis(100);
+
+/// The slowest latency (µs) among the requests that started in each
+/// [`WINDOW`] of the rush: where the tail was made (a stall shows as a few
+/// windows far above the rest; a slow service as all of them).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Windows(Vec<u32>);
+
+impl Windows {
+    /// Notes a request that started `since` after the rush's start.
+    pub(crate) fn note(&mut self, since: Duration, latency_us: u64) {
+        let w = (since.as_millis() / WINDOW.as_millis()) as usize;
+        if self.0.len() <= w {
+            self.0.resize(w + 1, 0);
+        }
+        self.0[w] = self.0[w].max(latency_us.min(u64::from(u32::MAX)) as u32);
+    }
+
+    fn merge(&mut self, o: &Windows) {
+        if self.0.len() < o.0.len() {
+            self.0.resize(o.0.len(), 0);
+        }
+        for (a, b) in self.0.iter_mut().zip(&o.0) {
+            *a = (*a).max(*b);
+        }
+    }
+
+    /// The `n` slowest windows, slowest first: (start s, slowest ms).
+    pub(crate) fn slowest(&self, n: usize) -> Vec<(f64, f64)> {
+        let mut v: Vec<(usize, u32)> = self.0.iter().copied().enumerate().collect();
+        v.sort_by_key(|&(_, us)| std::cmp::Reverse(us));
+        v.into_iter()
+            .take(n)
+            .map(|(w, us)| (w as f64 * WINDOW.as_secs_f64(), f64::from(us) / 1000.0))
+            .collect()
+    }
+
+    /// The median window's slowest request, ms: the tail without stalls.
+    pub(crate) fn median(&self) -> f64 {
+        let mut v = self.0.clone();
+        v.sort_unstable();
+        v.get(v.len() / 2).map_or(0.0, |&us| f64::from(us) / 1000.0)
     }
 }
 
@@ -115,6 +164,8 @@ pub(crate) struct Load {
 pub(crate) struct RushOut {
     /// Latency of every request, microseconds.
     pub(crate) hist: Histogram<u64>,
+    /// Slowest first answer per window of the rush.
+    pub(crate) worst: Windows,
     /// What each user was last told, by user number (`None`: not reached).
     pub(crate) seen: Vec<Seen>,
     /// Repeats and polls that contradicted the first answer.
@@ -186,6 +237,7 @@ pub(crate) async fn drive(rush: &Arc<Rush>, mode: &str, load: &Load) -> anyhow::
     }
     let mut merged = RushOut {
         hist: new_hist(),
+        worst: Windows::default(),
         seen: vec![Seen::default(); users],
         unstable: 0,
         behind: 0,
@@ -195,6 +247,7 @@ pub(crate) async fn drive(rush: &Arc<Rush>, mode: &str, load: &Load) -> anyhow::
     for h in handles {
         let o = h.await?;
         merged.hist.add(o.hist)?;
+        merged.worst.merge(&o.worst);
         for (i, a) in o.seen {
             merged.seen[i as usize] = a;
         }
@@ -236,4 +289,26 @@ pub(crate) async fn top_up(
         }
     }
     topup_users
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_keep_each_windows_slowest_and_rank_them() {
+        let mut a = Windows::default();
+        a.note(Duration::from_millis(5), 2_000);
+        a.note(Duration::from_millis(50), 9_000);
+        a.note(Duration::from_millis(250), 3_000);
+        let mut b = Windows::default();
+        b.note(Duration::from_millis(120), 4_000);
+        b.note(Duration::from_millis(260), 1_000);
+        a.merge(&b);
+        // 0-100 ms: 9 ms; 100-200: 4 ms; 200-300: 3 ms (the larger of the two).
+        assert_eq!(a.slowest(2), vec![(0.0, 9.0), (0.1, 4.0)]);
+        assert_eq!(a.slowest(9).len(), 3);
+        assert_eq!(a.median(), 4.0);
+        assert_eq!(Windows::default().median(), 0.0);
+    }
 }

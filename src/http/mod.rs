@@ -106,6 +106,9 @@ pub struct AppInner {
     /// the stores, never on this copy. Unpublished ones are not cached
     /// (they may be published by another process).
     pub campaigns: CampaignCopies,
+    /// Reads of a campaign not in `campaigns` yet: one at a time per id, so
+    /// a rush's first instant reads it once, not once per connection.
+    pub campaign_loads: crate::flights::Flights<CampaignId>,
     /// Longest an SSE stream stays open.
     pub sse_max: Duration,
     /// True once shutdown started: event streams end.
@@ -158,14 +161,36 @@ impl AppState {
             .parse::<i64>()
             .map(CampaignId)
             .map_err(|_| ApiError::campaign_not_found())?;
-        if let Some((at, c)) = self.campaigns.read().expect("cache lock").get(&id) {
-            if at.elapsed() < CAMPAIGN_TTL {
-                return Ok(c.clone());
+        let mut waited = false;
+        loop {
+            if let Some((at, c)) = self.campaigns.read().expect("cache lock").get(&id) {
+                if at.elapsed() < CAMPAIGN_TTL {
+                    return Ok(c.clone());
+                }
+            }
+            if let Some(c) = self.refresh_campaign(id) {
+                return Ok(c);
+            }
+            if waited {
+                // The read waited for cached nothing (an unknown or
+                // unpublished campaign, or a failed read): read on our own
+                // rather than queue behind each other.
+                return self.load_campaign(id, admin).await;
+            }
+            // Not cached: the callers of the same instant share one read.
+            match self
+                .campaign_loads
+                .run(id, self.load_campaign(id, admin))
+                .await
+            {
+                Some(r) => return r,
+                None => waited = true,
             }
         }
-        if let Some(c) = self.refresh_campaign(id) {
-            return Ok(c);
-        }
+    }
+
+    /// Reads campaign `id` from the database and caches it if published.
+    async fn load_campaign(&self, id: CampaignId, admin: bool) -> Result<Arc<Campaign>, ApiError> {
         let c = Arc::new(
             self.db
                 .load_campaign_seen_by(id, admin)

@@ -145,8 +145,10 @@ pub(super) async fn one_user(
     let (p, pool_name) = pool;
     let first = claim_with_retry(rush, k, i, pool, &mut out.errors).await;
     // The latency is the time to the final answer, retries included.
-    out.hist
-        .saturating_record(t_start.elapsed().as_micros() as u64);
+    let latency = t_start.elapsed().as_micros() as u64;
+    out.hist.saturating_record(latency);
+    out.worst
+        .note(t_start.saturating_duration_since(rush.t0), latency);
     let mut told = first;
     let body = json!({"user_id": format!("u{i}"), "pool": pool_name});
     let path = format!("/v1/campaigns/{}/claims", rush.id);

@@ -116,25 +116,35 @@ impl RedisCommon {
         user: &UserId,
         now: DateTime<Utc>,
     ) -> Result<CancelOutcome, AdmissionError> {
-        let mut tx = self.db.begin().await?;
-        tx.cancel_grant(c.id, user, now).await?;
-        let answer = tx.grant_answer(c, user).await?;
-        tx.commit().await?;
-        match answer {
-            Some(ClaimOutcome::Cancelled {
-                ref pool, ref code, ..
-            }) => {
-                let pidx = pool_index(c, pool)?;
-                if !Self::keys_expired(c, now) {
-                    self.mirror_release(c, user, pidx, code).await?;
+        // Twice at most: a grant whose commit lands between the two reads
+        // below is cancelled by the second pass.
+        let mut pass = 0;
+        loop {
+            pass += 1;
+            let mut tx = self.db.begin().await?;
+            tx.cancel_grant(c.id, user, now).await?;
+            let answer = tx.grant_answer(c, user).await?;
+            tx.commit().await?;
+            return match answer {
+                Some(ClaimOutcome::Cancelled {
+                    ref pool, ref code, ..
+                }) => {
+                    let pidx = pool_index(c, pool)?;
+                    if !Self::keys_expired(c, now) {
+                        self.mirror_release(c, user, pidx, code).await?;
+                    }
+                    Ok(CancelOutcome::Cancelled(answer.expect("matched Some")))
                 }
-                Ok(CancelOutcome::Cancelled(answer.expect("matched Some")))
-            }
-            Some(other) => Ok(CancelOutcome::NotGranted(other)),
-            None => match self.stored(c, user).await? {
-                None => Ok(CancelOutcome::NotFound),
-                Some(s) => Ok(CancelOutcome::NotGranted(s.outcome(c, user)?)),
-            },
+                Some(other) => Ok(CancelOutcome::NotGranted(other)),
+                // Nothing durable: the answer Redis holds, settled first (a
+                // refusal told but not yet promoted is `sold_out`, never
+                // shown as the `queued` its pending form would read as).
+                None => match self.status_settled(c, user).await? {
+                    None => Ok(CancelOutcome::NotFound),
+                    Some(ClaimOutcome::Granted { .. }) if pass == 1 => continue,
+                    Some(o) => Ok(CancelOutcome::NotGranted(o)),
+                },
+            };
         }
     }
 }

@@ -19,6 +19,8 @@ use crate::{
 
 /// How long a claim that finds the state missing waits for a rebuild.
 const REBUILD_WAIT: Duration = Duration::from_secs(1);
+/// How often such a claim looks again while another process rebuilds.
+const REBUILD_POLL: Duration = Duration::from_millis(5);
 
 fn second(r: &[String]) -> Result<&str, RedisStoreError> {
     r.get(1)
@@ -73,14 +75,24 @@ impl RedisCommon {
                 Some("noinit") => {
                     // A proof holds in its generation only.
                     proven = None;
-                    match self.rebuild(c).await {
-                        Ok(()) => {}
-                        Err(AdmissionError::Rebuilding)
-                            if tokio::time::Instant::now() < deadline =>
-                        {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                        Err(e) => return Err(e),
+                    // Claims of this process wait for one rebuild and
+                    // retry the moment it ends; another process' rebuild
+                    // (the Redis lock) is polled, the poll's pause inside
+                    // the flight so that its waiters pause too. A waiter
+                    // gives up at the deadline, as before; the rebuilder
+                    // itself is never cut short (it holds the Redis lock).
+                    let flight = self
+                        .rebuilds
+                        .run_waiting_until(c.id, Some(deadline), async {
+                            let r = self.rebuild(c).await;
+                            if matches!(r, Err(AdmissionError::Rebuilding)) {
+                                tokio::time::sleep(REBUILD_POLL).await;
+                            }
+                            r
+                        });
+                    match flight.await {
+                        Some(Ok(())) | None | Some(Err(AdmissionError::Rebuilding)) => {}
+                        Some(Err(e)) => return Err(e),
                     }
                     if tokio::time::Instant::now() >= deadline {
                         return Err(AdmissionError::Rebuilding);

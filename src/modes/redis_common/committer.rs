@@ -4,9 +4,9 @@
 //! committing connection is busy, new decisions queue up and go together in
 //! the next batch; an optional linger trades a little latency for larger
 //! batches. The transaction is fenced by the Redis state's generation
-//! (`pg::insert_fenced`). After it, the batch's Redis answers go from
-//! pending to final in one `promote.lua` call per campaign rather than one
-//! call per decision.
+//! (`pg::insert_fenced`). After it, the batch's answers are told, then its
+//! Redis answers go from pending to final in one `promote.lua` call per
+//! campaign rather than one call per decision.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -111,7 +111,7 @@ impl Default for CommitterConfig {
         Self {
             max_batch: 512,
             max_inflight: 4,
-            linger: Duration::from_micros(500),
+            linger: Duration::ZERO,
         }
     }
 }
@@ -126,9 +126,9 @@ pub struct CommitterHandle {
 impl CommitterHandle {
     /// Waits until `row`, decided in a state of generation `gen`, is
     /// committed (or refused, or found stale, or its batch failed). When
-    /// stored, `promote` is applied in Redis (best effort: the row is
-    /// durable either way, and a later read settles a missed promotion)
-    /// before the answer.
+    /// stored, `promote` is applied in Redis right after the answer (best
+    /// effort: the row is durable either way, and whoever reads the answer
+    /// still pending settles it from PostgreSQL).
     pub async fn commit(
         &self,
         row: Row,
@@ -160,7 +160,12 @@ pub fn spawn(db: Store, redis: RedisStore, cfg: CommitterConfig) -> CommitterHan
                 break;
             };
             let mut batch = vec![first];
-            if !cfg.linger.is_zero() {
+            // Linger only behind another batch in flight: under light load
+            // a decision is committed at once (the timer's granularity made
+            // a 500 µs linger cost 1-2 ms), under load the batch forms while
+            // the others commit and the linger only tops it up.
+            let others_in_flight = slots.available_permits() + 1 < cfg.max_inflight;
+            if !cfg.linger.is_zero() && others_in_flight {
                 let deadline = tokio::time::Instant::now() + cfg.linger;
                 while batch.len() < cfg.max_batch {
                     match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -169,6 +174,9 @@ pub fn spawn(db: Store, redis: RedisStore, cfg: CommitterConfig) -> CommitterHan
                     }
                 }
             }
+            // Whatever is ready now goes too: requests already running
+            // hand their decisions in before this task runs again.
+            tokio::task::yield_now().await;
             while batch.len() < cfg.max_batch {
                 match rx.try_recv() {
                     Ok(j) => batch.push(j),
@@ -229,7 +237,11 @@ async fn run_batch(
                         .contains(&(r.campaign_id, r.user_id.clone())),
                 })
                 .collect();
-            promote(redis, &batch, &stored).await;
+            // Answered before the promotion: the rows are durable, and an
+            // answer still pending in Redis is settled from PostgreSQL by
+            // whoever reads it next (as when the promotion fails), so the
+            // promotion's round trip is not in the answer's wait.
+            let mut promotions = Vec::new();
             for (j, stored) in batch.into_iter().zip(stored) {
                 let v = if stored {
                     Verdict::Stored
@@ -238,8 +250,14 @@ async fn run_batch(
                 } else {
                     Verdict::Refused
                 };
+                if stored {
+                    if let Some(p) = j.promote {
+                        promotions.push((j.row.user_id().to_string(), p));
+                    }
+                }
                 let _ = j.reply.send(Ok(v));
             }
+            promote(redis, promotions).await;
         }
         Err(e) => {
             tracing::warn!(error = %e, rows = batch.len(), "group commit failed");
@@ -275,18 +293,14 @@ async fn stale_generations(
 
 /// One `promote.lua` call per campaign shard for the batch's stored rows
 /// (each answer lives on its user's home shard: the promotion's keys).
-async fn promote(redis: &RedisStore, batch: &[Job], stored: &[bool]) {
-    let mut by_shard: HashMap<&str, (Arc<CampaignKeys>, Vec<AnswerSwap>)> = HashMap::new();
-    for (j, &stored) in batch.iter().zip(stored) {
-        let Some(p) = &j.promote else { continue };
-        if !stored {
-            continue;
-        }
+async fn promote(redis: &RedisStore, promotions: Vec<(String, Promotion)>) {
+    let mut by_shard: HashMap<String, (Arc<CampaignKeys>, Vec<AnswerSwap>)> = HashMap::new();
+    for (user, p) in promotions {
         by_shard
-            .entry(p.keys.meta.as_str())
+            .entry(p.keys.meta.clone())
             .or_insert_with(|| (p.keys.clone(), Vec::new()))
             .1
-            .push((j.row.user_id().to_string(), p.from.clone(), p.to.clone()));
+            .push((user, p.from, p.to));
     }
     for (keys, triples) in by_shard.into_values() {
         if let Err(e) = redis.promote(&keys, &triples, false).await {

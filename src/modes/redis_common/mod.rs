@@ -146,6 +146,9 @@ pub struct RedisCommon {
     /// Age (Redis clock, ms) after which a pending reservation whose request
     /// never answered is settled from PostgreSQL.
     pub orphan_after_ms: i64,
+    /// Rebuilds in progress in this process: claims that find a state
+    /// missing together wait for one rebuild instead of polling.
+    pub rebuilds: crate::flights::Flights<crate::domain::CampaignId>,
 }
 
 /// Spread of key expiry across campaigns, so that campaigns closing at the
@@ -168,6 +171,7 @@ impl RedisCommon {
             redis,
             pending_wait,
             orphan_after_ms: ORPHAN_PENDING_MS,
+            rebuilds: Default::default(),
         }
     }
 

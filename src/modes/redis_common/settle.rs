@@ -46,13 +46,16 @@ impl RedisCommon {
         let mut pause = Duration::from_millis(1);
         // Ages are measured on Redis' clock, read once.
         let mut clock: Option<(i64, tokio::time::Instant)> = None;
+        // PostgreSQL is asked about a pending code at most twice: first,
+        // and once more when the wait is over.
+        let mut db_looks = 0;
         loop {
             match &s {
                 Stored::Refusing { seq } => {
                     let g = gen.ok_or(AdmissionError::Rebuilding)?;
                     return self.resolve_refusal(c, user, *seq, g).await;
                 }
-                Stored::Pending { at_ms, .. } => {
+                Stored::Pending { at_ms, code, .. } => {
                     let (r0, t0) = match clock {
                         Some(x) => x,
                         None => *clock.insert((
@@ -61,9 +64,18 @@ impl RedisCommon {
                         )),
                     };
                     let now_ms = r0 + t0.elapsed().as_millis() as i64;
+                    let due = tokio::time::Instant::now() >= deadline;
                     if now_ms - at_ms > self.orphan_after_ms {
                         self.resolve_orphan(c, user, &s).await?;
-                    } else if tokio::time::Instant::now() >= deadline {
+                    } else if (db_looks == 0 || due) && db_looks < 2 && {
+                        db_looks += 1;
+                        self.committed(code).await?
+                    } {
+                        // Its grant is in PostgreSQL: the committer told it
+                        // and has not promoted it yet (or its promotion was
+                        // lost). The row settles it; nothing is voided.
+                        self.resolve_orphan(c, user, &s).await?;
+                    } else if due {
                         return Err(AdmissionError::Pending);
                     } else {
                         tokio::time::sleep(pause).await;
@@ -78,6 +90,16 @@ impl RedisCommon {
                 None => return Err(AdmissionError::Pending),
             };
         }
+    }
+
+    /// Whether PostgreSQL holds a grant (active or since released) under a
+    /// reservation's code: its commit landed.
+    async fn committed(&self, code: &str) -> Result<bool, AdmissionError> {
+        Ok(self
+            .db
+            .code_state(code)
+            .await?
+            .is_some_and(|state| state != "void"))
     }
 
     /// Makes a pending refusal durable (idempotent) and promotes it.

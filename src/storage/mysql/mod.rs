@@ -48,6 +48,17 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<MySqlPool, sqlx:
         .max_connections(max_connections)
         // As PostgreSQL's: fail fast with 503 rather than queue forever.
         .acquire_timeout(Duration::from_secs(3))
+        // As PostgreSQL's: warm at start, a ping only after idling.
+        .min_connections(super::WARM_CONNECTIONS.min(max_connections))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= super::PING_IDLE {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .after_connect(|conn, _| {
             Box::pin(async move {
                 conn.execute("SET time_zone = '+00:00'").await?;

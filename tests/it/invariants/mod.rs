@@ -320,3 +320,136 @@ async fn an_uncertain_commit_is_settled_by_postgres() {
     let (left, _) = common.counters(&c).await.unwrap().unwrap();
     assert_eq!(left, vec![4], "only a's grant holds stock");
 }
+
+/// The group committer answers as soon as a batch is durable and promotes
+/// the batch's Redis answers after: between the two, and if the promotion
+/// never comes, Redis still holds the pending reservation (`P`) or refusal
+/// (`X`) while the user has been told granted or sold_out. Every read in
+/// that window (status, a repeat claim, a cancel) must agree with what
+/// was told, and a promotion arriving late must change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_answer_told_before_its_promotion_is_what_every_read_sees() {
+    let app = common::spawn_app_without_worker().await;
+    let id = app.campaign("gate", &[("main", 2)]).await;
+    let (common, c, _) = app.redis_side(id).await;
+    let pool = c.pools[0].clone();
+    // Decided in Redis and committed as the committer does, not promoted.
+    let told = |user: &'static str| {
+        let (app, common, c, pool) = (&app, common.clone(), c.clone(), pool.clone());
+        async move {
+            let u = UserId::parse(user).unwrap();
+            let (s, gen) = match common
+                .claim_script(&c, &pool, &u, ScriptMode::Reserve)
+                .await
+                .unwrap()
+            {
+                firstcome::modes::redis_common::ScriptReply::New(s, gen) => (s, gen),
+                other => panic!("{other:?}"),
+            };
+            let stored = match &s {
+                Stored::Pending {
+                    slot, code, seq, ..
+                } => {
+                    let g = NewGrant {
+                        campaign_id: id,
+                        pool_id: pool.id,
+                        user_id: user.into(),
+                        slot: *slot,
+                        code: code.clone(),
+                        seq: *seq,
+                    };
+                    let f = app.db.insert_fenced(&[g], &[gen], &[], &[]).await.unwrap();
+                    f.codes.len()
+                }
+                Stored::Refusing { seq } => {
+                    let r = NewRejection {
+                        campaign_id: id,
+                        user_id: user.into(),
+                        seq: *seq,
+                    };
+                    let f = app.db.insert_fenced(&[], &[], &[r], &[gen]).await.unwrap();
+                    f.refusals.len()
+                }
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(stored, 1, "{user}: committed");
+            s
+        }
+    };
+    let p1 = told("winner").await;
+    let p2 = told("canceller").await;
+    let x = told("loser").await;
+    let (Stored::Pending { code: code1, .. }, Stored::Refusing { seq: lseq }) = (&p1, &x) else {
+        panic!("{p1:?} {x:?}")
+    };
+
+    // Reads before any promotion agree with what was told.
+    let (s, v) = app.status(id, "winner").await;
+    assert_eq!(
+        (s, v["status"].as_str(), v["code"].as_str()),
+        (200, Some("granted"), Some(code1.as_str())),
+        "{v}"
+    );
+    let (s, v) = app.claim(id, "winner", None).await;
+    assert_eq!(
+        (s, v["status"].as_str(), v["code"].as_str()),
+        (200, Some("granted"), Some(code1.as_str())),
+        "{v}"
+    );
+    let (s, v) = app.cancel(id, "loser").await;
+    assert_eq!(s, 409, "a refused user has nothing to cancel: {v}");
+    assert!(
+        v.to_string().contains("rejected"),
+        "told sold_out, never queued: {v}"
+    );
+    let (s, v) = app.status(id, "loser").await;
+    assert_eq!(
+        (s, v["status"].as_str(), v["reason"].as_str()),
+        (200, Some("rejected"), Some("sold_out")),
+        "{v}"
+    );
+    let (s, v) = app.claim(id, "loser", None).await;
+    assert_eq!(
+        (v["reason"].as_str(), v["seq"].as_i64()),
+        (Some("sold_out"), Some(*lseq)),
+        "{s} {v}"
+    );
+
+    // A cancel while still pending in Redis; then the late promotions.
+    let (s, v) = app.cancel(id, "canceller").await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("cancelled")), "{v}");
+    let promote = |s: &Stored| match s.clone() {
+        Stored::Pending {
+            pidx,
+            slot,
+            code,
+            seq,
+            ..
+        } => Stored::Granted {
+            pidx,
+            slot,
+            code,
+            seq,
+        },
+        Stored::Refusing { seq } => Stored::Rejected { seq },
+        other => panic!("{other:?}"),
+    };
+    let triples: Vec<(String, String, String)> =
+        [("winner", &p1), ("canceller", &p2), ("loser", &x)]
+            .iter()
+            .map(|(u, s)| (u.to_string(), s.encode(), promote(s).encode()))
+            .collect();
+    let late = common.promote(&c, &triples, false).await.unwrap();
+    assert_eq!(
+        late, 0,
+        "every answer was settled by the reads: the late promotion found none"
+    );
+    let (s, v) = app.status(id, "canceller").await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("cancelled")), "{v}");
+    // The cancelled unit is claimable again, once.
+    let (s, v) = app.claim(id, "next", None).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("granted")), "{v}");
+    let (s, v) = app.claim(id, "after", None).await;
+    assert_eq!((s, v["reason"].as_str()), (409, Some("sold_out")), "{v}");
+    app.assert_db_invariants(id).await;
+}
