@@ -267,8 +267,12 @@ pub(crate) async fn final_states(
         .enumerate()
         .map(|(i, n)| (n.as_str(), i as u8))
         .collect();
-    let to_check: Vec<usize> = (0..seen.len()).filter(|&i| checked(seen[i].kind)).collect();
-    let lookups = futures::stream::iter(to_check.iter().copied().map(|i| {
+    // Read back one by one into a table allocated once (40 B per user):
+    // no list of the users to check, no list of pairs beside the table.
+    let to_check = (0..seen.len()).filter(|&i| checked(seen[i].kind));
+    let mut finals = vec![Seen::default(); seen.len()];
+    let mut n = 0;
+    let mut lookups = futures::stream::iter(to_check.map(|i| {
         let (path, pool) = (rush.status_path(i), seen[i].pool);
         let idx = &idx;
         async move {
@@ -297,14 +301,12 @@ pub(crate) async fn final_states(
             (i, now)
         }
     }))
-    .buffer_unordered(conc.clamp(1, 32))
-    .collect::<Vec<_>>()
-    .await;
-    let mut finals = vec![Seen::default(); seen.len()];
-    for (i, now) in lookups {
+    .buffer_unordered(conc.clamp(1, 32));
+    while let Some((i, now)) = lookups.next().await {
         finals[i] = now;
+        n += 1;
     }
-    (finals, to_check.len())
+    (finals, n)
 }
 
 /// Twice the largest redis-lua flush lag between two scrapes of the
