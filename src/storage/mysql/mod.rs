@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use sqlx::{mysql::MySqlPoolOptions, Executor, MySqlPool};
 
+use crate::storage::pool::{ping_if_idle, WARM_CONNECTIONS};
+
 use super::error::{StoreError, STATEMENT_TIMEOUT_MS};
 
 mod campaigns;
@@ -49,16 +51,9 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<MySqlPool, sqlx:
         // As PostgreSQL's: fail fast with 503 rather than queue forever.
         .acquire_timeout(Duration::from_secs(3))
         // As PostgreSQL's: warm at start, a ping only after idling.
-        .min_connections(super::WARM_CONNECTIONS.min(max_connections))
+        .min_connections(WARM_CONNECTIONS.min(max_connections))
         .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
-            Box::pin(async move {
-                if meta.idle_for >= super::PING_IDLE {
-                    sqlx::Connection::ping(conn).await?;
-                }
-                Ok(true)
-            })
-        })
+        .before_acquire(ping_if_idle)
         .after_connect(|conn, _| {
             Box::pin(async move {
                 conn.execute("SET time_zone = '+00:00'").await?;

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use sqlx::{postgres::PgPoolOptions, PgPool};
 
+use crate::storage::pool::{ping_if_idle, WARM_CONNECTIONS};
+
 mod campaigns;
 mod confirmations;
 pub mod db_modes;
@@ -38,20 +40,13 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
         .acquire_timeout(Duration::from_secs(3))
         // Opened at start and kept open: a rush's first commits must not
         // wait for connections to be opened.
-        .min_connections(super::WARM_CONNECTIONS.min(max_connections))
+        .min_connections(WARM_CONNECTIONS.min(max_connections))
         // A ping before each use was one more round trip per transaction:
         // only a connection idle for a while is pinged (one that sat
         // through a database restart is dropped, not handed to a commit),
         // and one in steady use goes straight to its statement.
         .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
-            Box::pin(async move {
-                if meta.idle_for >= super::PING_IDLE {
-                    sqlx::Connection::ping(conn).await?;
-                }
-                Ok(true)
-            })
-        })
+        .before_acquire(ping_if_idle)
         .connect_with(opts)
         .await?;
     sqlx::migrate!("./migrations").run(&pool).await?;
