@@ -102,7 +102,8 @@ pub struct CommitterConfig {
     pub max_batch: usize,
     /// Transactions in flight at once (connections used).
     pub max_inflight: usize,
-    /// How long a batch waits for company after its first row.
+    /// How long a batch waits for company after its first row, and only
+    /// while another batch is in flight (0: never).
     pub linger: Duration,
 }
 
