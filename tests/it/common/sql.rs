@@ -13,6 +13,29 @@ pub fn lazy_store(db_url: &str) -> Store {
     }
 }
 
+/// A test's SQL (`$1` for the campaign id, maybe more than once) as MySQL
+/// takes it: `?` for each, each bound.
+struct MySqlText {
+    /// The statement with `?` placeholders.
+    sql: String,
+    /// How many `$1` it had.
+    uses: usize,
+}
+
+impl MySqlText {
+    fn of(sql: &str) -> Self {
+        Self {
+            sql: sql.replace("$1", "?"),
+            uses: sql.matches("$1").count(),
+        }
+    }
+
+    /// The statement with `id` bound to every placeholder.
+    fn query(&self, id: i64) -> sqlx::query::Query<'_, sqlx::MySql, sqlx::mysql::MySqlArguments> {
+        (0..self.uses).fold(sqlx::query(&self.sql), |q, _| q.bind(id))
+    }
+}
+
 /// `sql` (standard SQL, `$1` for the campaign id, which may appear more
 /// than once) as a number, on either store.
 pub async fn count(app: &TestApp, sql: &str, id: i64) -> i64 {
@@ -25,13 +48,8 @@ pub async fn count(app: &TestApp, sql: &str, id: i64) -> i64 {
                 .unwrap()
         }
         Store::MySql(db) => {
-            let uses = sql.matches("$1").count();
-            let sql = sql.replace("$1", "?");
-            let mut q = sqlx::query(&sql);
-            for _ in 0..uses {
-                q = q.bind(id);
-            }
-            let r = q.fetch_one(db).await.unwrap();
+            let sql = MySqlText::of(sql);
+            let r = sql.query(id).fetch_one(db).await.unwrap();
             r.try_get::<i64, _>(0)
                 .or_else(|_| r.try_get::<i32, _>(0).map(i64::from))
                 .unwrap()
@@ -49,15 +67,10 @@ pub async fn strings(app: &TestApp, sql: &str, id: i64) -> Vec<String> {
             .await
             .unwrap(),
         Store::MySql(db) => {
-            let uses = sql.matches("$1").count();
-            let sql = sql.replace("$1", "?");
-            let mut q = sqlx::query_scalar::<_, Vec<u8>>(&sql);
-            for _ in 0..uses {
-                q = q.bind(id);
-            }
-            let rows = q.fetch_all(db).await.unwrap();
-            rows.into_iter()
-                .map(|b| String::from_utf8(b).unwrap())
+            let sql = MySqlText::of(sql);
+            let rows = sql.query(id).fetch_all(db).await.unwrap();
+            rows.iter()
+                .map(|r| String::from_utf8(r.try_get::<Vec<u8>, _>(0).unwrap()).unwrap())
                 .collect()
         }
     }
@@ -133,13 +146,8 @@ pub async fn execute(app: &TestApp, sql: &str, id: i64) {
             sqlx::query(sql).bind(id).execute(db).await.unwrap();
         }
         Store::MySql(db) => {
-            let uses = sql.matches("$1").count();
-            let sql = sql.replace("$1", "?");
-            let mut q = sqlx::query(&sql);
-            for _ in 0..uses {
-                q = q.bind(id);
-            }
-            q.execute(db).await.unwrap();
+            let sql = MySqlText::of(sql);
+            sql.query(id).execute(db).await.unwrap();
         }
     }
 }
