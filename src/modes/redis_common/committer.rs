@@ -295,10 +295,12 @@ async fn stale_generations(
 /// One `promote.lua` call per campaign shard for the batch's stored rows
 /// (each answer lives on its user's home shard: the promotion's keys).
 async fn promote(redis: &RedisStore, promotions: Vec<(String, Promotion)>) {
-    let mut by_shard: HashMap<String, (Arc<CampaignKeys>, Vec<AnswerSwap>)> = HashMap::new();
+    // Keyed by the shard's cached key names (one `Arc` per shard): no
+    // string built per decision.
+    let mut by_shard: HashMap<usize, (Arc<CampaignKeys>, Vec<AnswerSwap>)> = HashMap::new();
     for (user, p) in promotions {
         by_shard
-            .entry(p.keys.meta.clone())
+            .entry(Arc::as_ptr(&p.keys) as usize)
             .or_insert_with(|| (p.keys.clone(), Vec::new()))
             .1
             .push((user, p.from, p.to));
